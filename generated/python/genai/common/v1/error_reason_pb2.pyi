@@ -1,0 +1,92 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from typing import ClassVar as _ClassVar
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_REASON_UNSPECIFIED: _ClassVar[ErrorReason]
+    FIELD_VIOLATION: _ClassVar[ErrorReason]
+    NOT_IMPLEMENTED: _ClassVar[ErrorReason]
+    INTERNAL_ERROR: _ClassVar[ErrorReason]
+    UNAUTHENTICATED: _ClassVar[ErrorReason]
+    PERMISSION_DENIED: _ClassVar[ErrorReason]
+    DEADLINE_EXCEEDED: _ClassVar[ErrorReason]
+    CANCELLED: _ClassVar[ErrorReason]
+    RESOURCE_NOT_FOUND: _ClassVar[ErrorReason]
+    RESOURCE_ALREADY_EXISTS: _ClassVar[ErrorReason]
+    CONCURRENT_MODIFICATION: _ClassVar[ErrorReason]
+    FAILED_PRECONDITION: _ClassVar[ErrorReason]
+    SERVICE_UNAVAILABLE: _ClassVar[ErrorReason]
+    PROMPT_NOT_FOUND: _ClassVar[ErrorReason]
+    PROMPT_VERSION_NOT_FOUND: _ClassVar[ErrorReason]
+    LABEL_NOT_FOUND: _ClassVar[ErrorReason]
+    PROMPT_ALREADY_EXISTS: _ClassVar[ErrorReason]
+    LABEL_VERSION_MISMATCH: _ClassVar[ErrorReason]
+    TEMPLATE_INVALID: _ClassVar[ErrorReason]
+    VARIABLE_INVALID: _ClassVar[ErrorReason]
+    EVALUATION_GATE_FAILED: _ClassVar[ErrorReason]
+    NO_ROLLBACK_TARGET: _ClassVar[ErrorReason]
+    EXPERIMENT_NOT_FOUND: _ClassVar[ErrorReason]
+    EXPERIMENT_ALREADY_EXISTS: _ClassVar[ErrorReason]
+    EXPERIMENT_NOT_RUNNING: _ClassVar[ErrorReason]
+    VARIANT_NOT_FOUND: _ClassVar[ErrorReason]
+    METRIC_NOT_FOUND: _ClassVar[ErrorReason]
+    DATASET_NOT_FOUND: _ClassVar[ErrorReason]
+    DATASET_ALREADY_EXISTS: _ClassVar[ErrorReason]
+    EVALUATION_RUN_NOT_FOUND: _ClassVar[ErrorReason]
+    EVALUATION_REPORT_NOT_FOUND: _ClassVar[ErrorReason]
+    MODEL_NOT_FOUND: _ClassVar[ErrorReason]
+    NO_ELIGIBLE_MODEL: _ClassVar[ErrorReason]
+    CONTEXT_LENGTH_EXCEEDED: _ClassVar[ErrorReason]
+    BACKEND_UNAVAILABLE: _ClassVar[ErrorReason]
+    BACKEND_OVERLOADED: _ClassVar[ErrorReason]
+    BACKEND_ERROR: _ClassVar[ErrorReason]
+    STREAM_INTERRUPTED: _ClassVar[ErrorReason]
+    OUTPUT_SCHEMA_VIOLATION: _ClassVar[ErrorReason]
+    QUOTA_EXCEEDED: _ClassVar[ErrorReason]
+    TENANT_NOT_FOUND: _ClassVar[ErrorReason]
+    API_KEY_NOT_FOUND: _ClassVar[ErrorReason]
+ERROR_REASON_UNSPECIFIED: ErrorReason
+FIELD_VIOLATION: ErrorReason
+NOT_IMPLEMENTED: ErrorReason
+INTERNAL_ERROR: ErrorReason
+UNAUTHENTICATED: ErrorReason
+PERMISSION_DENIED: ErrorReason
+DEADLINE_EXCEEDED: ErrorReason
+CANCELLED: ErrorReason
+RESOURCE_NOT_FOUND: ErrorReason
+RESOURCE_ALREADY_EXISTS: ErrorReason
+CONCURRENT_MODIFICATION: ErrorReason
+FAILED_PRECONDITION: ErrorReason
+SERVICE_UNAVAILABLE: ErrorReason
+PROMPT_NOT_FOUND: ErrorReason
+PROMPT_VERSION_NOT_FOUND: ErrorReason
+LABEL_NOT_FOUND: ErrorReason
+PROMPT_ALREADY_EXISTS: ErrorReason
+LABEL_VERSION_MISMATCH: ErrorReason
+TEMPLATE_INVALID: ErrorReason
+VARIABLE_INVALID: ErrorReason
+EVALUATION_GATE_FAILED: ErrorReason
+NO_ROLLBACK_TARGET: ErrorReason
+EXPERIMENT_NOT_FOUND: ErrorReason
+EXPERIMENT_ALREADY_EXISTS: ErrorReason
+EXPERIMENT_NOT_RUNNING: ErrorReason
+VARIANT_NOT_FOUND: ErrorReason
+METRIC_NOT_FOUND: ErrorReason
+DATASET_NOT_FOUND: ErrorReason
+DATASET_ALREADY_EXISTS: ErrorReason
+EVALUATION_RUN_NOT_FOUND: ErrorReason
+EVALUATION_REPORT_NOT_FOUND: ErrorReason
+MODEL_NOT_FOUND: ErrorReason
+NO_ELIGIBLE_MODEL: ErrorReason
+CONTEXT_LENGTH_EXCEEDED: ErrorReason
+BACKEND_UNAVAILABLE: ErrorReason
+BACKEND_OVERLOADED: ErrorReason
+BACKEND_ERROR: ErrorReason
+STREAM_INTERRUPTED: ErrorReason
+OUTPUT_SCHEMA_VIOLATION: ErrorReason
+QUOTA_EXCEEDED: ErrorReason
+TENANT_NOT_FOUND: ErrorReason
+API_KEY_NOT_FOUND: ErrorReason
