@@ -1,0 +1,143 @@
+"""The `genai` command line: run the platform and talk to it.
+
+genai serve [--config FILE] [--host H] [--port P] [--service NAME ...] [--ready-file F]
+genai info [--target HOST:PORT]
+genai version
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from genai.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
+from google.protobuf import json_format
+
+from services.common.config import ConfigError, load_settings
+from services.platform.runner import platform_version, start_platform
+from services.platform.settings import ALL_SERVICES, PlatformSettings
+
+_logger = logging.getLogger("genai")
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one `genai` command and returns its exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("GENAI_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result: int = args.run(args)
+    except ConfigError as error:
+        print(f"genai: {error}", file=sys.stderr)
+        return 2
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genai", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run platform services (all of them by default)")
+    serve.add_argument("--config", type=Path, help="YAML settings file (GENAI_* env overrides)")
+    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on; 0 picks a free one")
+    serve.add_argument(
+        "--service",
+        action="append",
+        choices=ALL_SERVICES,
+        help="host only this service (repeatable); default: every service in one process",
+    )
+    serve.add_argument(
+        "--ready-file", type=Path, help="write the address as JSON here once serving"
+    )
+    serve.set_defaults(run=_serve)
+
+    info = commands.add_parser("info", help="describe a running gateway and its dependencies")
+    info.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (host:port)")
+    info.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
+    info.set_defaults(run=_info)
+
+    version = commands.add_parser("version", help="print the platform version")
+    version.set_defaults(run=lambda _args: print(platform_version()) or 0)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = load_settings(PlatformSettings, path=args.config, env=os.environ)
+    overrides: dict[str, Any] = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    settings = PlatformSettings.model_validate(
+        {
+            **settings.model_dump(),
+            "server": {**settings.server.model_dump(), **overrides},
+            **({"services": tuple(args.service)} if args.service else {}),
+        }
+    )
+    return asyncio.run(_serve_until_signalled(settings, args.ready_file))
+
+
+async def _serve_until_signalled(settings: PlatformSettings, ready_file: Path | None) -> int:
+    platform = await start_platform(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    address = platform.address
+    print(f"genai platform {platform_version()} serving on {address}", flush=True)
+    for name in platform.hosted_services:
+        print(f"  {name}", flush=True)
+    print("  grpc.health.v1.Health, grpc.reflection.v1alpha.ServerReflection", flush=True)
+    print(f"try: grpcurl -plaintext {address} list", flush=True)
+    print(f"     genai info --target {address}", flush=True)
+    if ready_file is not None:
+        ready: dict[str, object] = {
+            "address": address,
+            "port": platform.server.port,
+            "services": list(platform.hosted_services),
+        }
+        await asyncio.to_thread(ready_file.write_text, json.dumps(ready))
+
+    await stop.wait()
+    print(f"shutting down (draining for up to {settings.server.grace_seconds:g} s)", flush=True)
+    await platform.stop()
+    if ready_file is not None:
+        await asyncio.to_thread(ready_file.unlink, missing_ok=True)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    async def call() -> gateway_service_pb2.GetServerInfoResponse:
+        async with grpc.aio.insecure_channel(args.target) as channel:
+            stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+            response: gateway_service_pb2.GetServerInfoResponse = await stub.GetServerInfo(
+                gateway_service_pb2.GetServerInfoRequest(), timeout=args.timeout
+            )
+            return response
+
+    try:
+        response = asyncio.run(call())
+    except grpc.aio.AioRpcError as error:
+        print(f"genai: {args.target}: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    print(json_format.MessageToJson(response, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Shared runtime of every service: domain errors, status mapping, interceptors, server, config."""

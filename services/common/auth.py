@@ -1,0 +1,86 @@
+"""Who is calling: the `Principal` of the current request and the `Authenticator` interface.
+
+The auth interceptor authenticates every RPC (except health checks and reflection) and stores
+the principal in a context variable that handlers read with `current_principal()`. This module
+imports no grpc, so core code may read the principal too.
+"""
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from services.common.errors import Unauthenticated
+
+DEFAULT_TENANT = "default"
+"""The tenant of every request in the embedded, single-tenant default setup."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of a request: which tenant, which subject within it."""
+
+    tenant_id: str
+    subject: str
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    """Free-form facts the authenticator established (key id, roles, ...)."""
+
+
+class Authenticator(Protocol):
+    """Turns a request's metadata into a `Principal`."""
+
+    async def authenticate(self, method: str, metadata: Mapping[str, str]) -> Principal:
+        """Returns the caller of `method` (`"/pkg.Service/Method"`).
+
+        `metadata` holds the request's text (non `-bin`) metadata, keys in lower case.
+        Raises `Unauthenticated` when the credentials are missing or invalid, and may raise
+        `PermissionDenied` when they do not grant `method`.
+        """
+        ...
+
+
+class AnonymousAuthenticator:
+    """Accepts every request as one anonymous subject of one tenant (the embedded default)."""
+
+    def __init__(self, tenant_id: str = DEFAULT_TENANT, subject: str = "anonymous") -> None:
+        self._principal = Principal(tenant_id=tenant_id, subject=subject)
+
+    async def authenticate(self, method: str, metadata: Mapping[str, str]) -> Principal:
+        return self._principal
+
+
+_current_principal: ContextVar[Principal | None] = ContextVar(
+    "genai_current_principal", default=None
+)
+
+
+def current_principal() -> Principal:
+    """Returns the caller of the request being handled.
+
+    Raises `Unauthenticated` outside an authenticated request, so code that forgot the auth
+    interceptor fails closed.
+    """
+    principal = _current_principal.get()
+    if principal is None:
+        raise Unauthenticated("the request has no authenticated principal")
+    return principal
+
+
+def set_current_principal(principal: Principal) -> None:
+    """Sets the caller for the rest of the current task.
+
+    grpc.aio runs each RPC in its own asyncio task, with its own copy of the context, so the
+    principal never leaks into another request.
+    """
+    _current_principal.set(principal)
+
+
+@contextmanager
+def principal_scope(principal: Principal) -> Iterator[Principal]:
+    """Acts as `principal` inside the block: for tests and for work done on a caller's behalf."""
+    token = _current_principal.set(principal)
+    try:
+        yield principal
+    finally:
+        _current_principal.reset(token)

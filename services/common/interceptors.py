@@ -1,0 +1,314 @@
+"""The server interceptor chain: tracing, auth, errors, validation, in this order, everywhere.
+
+grpc.aio applies interceptors outermost first, so for every RPC:
+
+1. tracing (OpenTelemetry) opens the server span, so even a rejected RPC is traced;
+2. auth authenticates the caller and sets `current_principal()`; it reports its own failures
+   (UNAUTHENTICATED, ...) because it sits outside the error layer;
+3. errors turns the domain exceptions raised below it into rich statuses, and anything
+   unexpected into a generic INTERNAL (logged with its traceback, never sent);
+4. validation rejects invalid requests with INVALID_ARGUMENT before the handler runs.
+
+Health checks and server reflection skip tracing and auth. Each layer wraps the handler's
+behaviour and rebuilds the method handler with the same (de)serializers, for all four RPC kinds.
+"""
+
+import abc
+import inspect
+import logging
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any, NoReturn, cast
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.trace import TracerProvider
+
+from services.common.auth import Authenticator, set_current_principal
+from services.common.errors import DomainError, Unimplemented
+from services.common.grpc_types import MethodHandler, ServerInterceptor, ServicerContext
+from services.common.status import status_code_of, to_grpc_status
+from services.common.validation import Validator, Validators, validate
+
+_logger = logging.getLogger(__name__)
+
+Context = ServicerContext
+UnaryBehaviour = Callable[[Any, Context], Awaitable[Any]]
+"""A unary-response behaviour: (request or request iterator, context) -> response."""
+StreamingBehaviour = Callable[[Any, Context], AsyncGenerator[Any, None]]
+"""A streaming-response behaviour: (request or request iterator, context) -> responses."""
+Handler = MethodHandler
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
+
+HEALTH_SERVICE = health.SERVICE_NAME
+_REFLECTION_PACKAGE = "grpc.reflection."
+
+
+def is_infrastructure_method(method: str) -> bool:
+    """True for health-check and server-reflection methods, which skip tracing and auth."""
+    service = method.removeprefix("/").partition("/")[0]
+    return service == HEALTH_SERVICE or service.startswith(_REFLECTION_PACKAGE)
+
+
+def default_interceptors(
+    *,
+    authenticator: Authenticator,
+    validators: Validators,
+    tracer_provider: TracerProvider | None = None,
+) -> list[ServerInterceptor]:
+    """Returns the chain every server uses, outermost first: tracing, auth, errors, validation.
+
+    `tracer_provider` None means OpenTelemetry's global provider.
+    """
+    return [
+        tracing_interceptor(tracer_provider),
+        AuthInterceptor(authenticator),
+        ErrorInterceptor(),
+        ValidationInterceptor(validators),
+    ]
+
+
+def tracing_interceptor(
+    tracer_provider: TracerProvider | None = None,
+) -> ServerInterceptor:
+    """OpenTelemetry's server interceptor, leaving health checks and reflection untraced."""
+    interceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
+        tracer_provider=tracer_provider, filter_=_is_traced
+    )
+    return cast(ServerInterceptor, interceptor)
+
+
+def _is_traced(details: grpc.HandlerCallDetails) -> bool:
+    return not is_infrastructure_method(details.method)
+
+
+class _BehaviourInterceptor(ServerInterceptor, abc.ABC):
+    """An interceptor that wraps the behaviour of the method handler it intercepts."""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler:
+        # The stubs say a handler always exists; for an unknown method there is none (grpc
+        # then answers UNIMPLEMENTED), and there is nothing to wrap.
+        handler = cast("Handler | None", await continuation(handler_call_details))
+        if handler is None:
+            return cast(Handler, None)
+        return self._wrap(handler, handler_call_details.method)
+
+    @abc.abstractmethod
+    def _wrap(self, handler: Handler, method: str) -> Handler:
+        """Returns `handler`, wrapped or as it is, for an RPC of `method`."""
+
+
+class AuthInterceptor(_BehaviourInterceptor):
+    """Authenticates each RPC with an `Authenticator` and sets `current_principal()`."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
+    def _wrap(self, handler: Handler, method: str) -> Handler:
+        if is_infrastructure_method(method):
+            return handler
+
+        async def authenticate(request: Any, context: Context) -> Any:
+            try:
+                principal = await self._authenticator.authenticate(method, _text_metadata(context))
+            except Exception as error:  # the error layer is inside this one: report it here
+                await abort_with_error(context, error, method=method)
+            set_current_principal(principal)
+            return request
+
+        return _with_prelude(handler, authenticate)
+
+
+class ErrorInterceptor(_BehaviourInterceptor):
+    """Maps exceptions raised by the layers below to rich statuses (see `abort_with_error`).
+
+    `asyncio.CancelledError` (a client cancelled or the deadline passed) and a handler's own
+    `context.abort(...)` pass through untouched.
+    """
+
+    def _wrap(self, handler: Handler, method: str) -> Handler:
+        def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
+            async def mapped(request: Any, context: Context) -> Any:
+                try:
+                    return await behaviour(request, context)
+                except Exception as error:
+                    await abort_with_error(context, error, method=method)
+
+            return mapped
+
+        def streaming(behaviour: StreamingBehaviour) -> StreamingBehaviour:
+            async def mapped(request: Any, context: Context) -> AsyncGenerator[Any, None]:
+                try:
+                    async with aclosing(behaviour(request, context)) as responses:
+                        async for response in responses:
+                            yield response
+                except Exception as error:
+                    # Aborting raises, also after messages were sent: the stream then ends
+                    # with this status instead of a generic UNKNOWN.
+                    await abort_with_error(context, error, method=method)
+
+            return mapped
+
+        return _rebuild(handler, unary, streaming)
+
+
+class ValidationInterceptor(_BehaviourInterceptor):
+    """Runs the method's validator on each request; raises `InvalidArgument` listing all
+    violations before the handler runs. Request streams are validated message by message as
+    the handler reads them through its request iterator."""
+
+    def __init__(self, validators: Validators) -> None:
+        self._validators = validators
+
+    def _wrap(self, handler: Handler, method: str) -> Handler:
+        validator = self._validators.get(method)
+        if validator is None:
+            return handler
+        checked = validator
+        request_streaming = handler.request_streaming
+
+        async def check(request: Any, context: Context) -> Any:
+            if request_streaming:
+                return _validated_stream(request, checked)
+            validate(checked, request)
+            return request
+
+        return _with_prelude(handler, check)
+
+
+async def _validated_stream(
+    requests: AsyncIterable[Any], validator: Validator
+) -> AsyncGenerator[Any, None]:
+    async for request in requests:
+        validate(validator, request)
+        yield request
+
+
+async def abort_with_error(context: Context, error: Exception, *, method: str) -> NoReturn:
+    """Ends the RPC with the rich status of `error` (see `services.common.status`).
+
+    An unexpected exception is logged with its traceback and reported as a generic INTERNAL;
+    `NotImplementedError` (raised by the generated servicer base classes) is UNIMPLEMENTED.
+    A `grpc.aio.AbortError` means the RPC was aborted already and is re-raised as it is.
+    """
+    if isinstance(error, grpc.aio.AbortError):
+        raise error
+    if isinstance(error, NotImplementedError):  # what generated servicer base classes raise
+        error = Unimplemented(method=method.removeprefix("/"), missing="an implementation")
+    if isinstance(error, DomainError) and status_code_of(error) is not None:
+        _logger.debug("%s failed: %r", method, error)
+    else:
+        _logger.error("%s raised an unexpected exception", method, exc_info=error)
+    status = to_grpc_status(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _text_metadata(context: Context) -> dict[str, str]:
+    metadata: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):  # binary ("-bin") values are bytes
+            metadata.setdefault(key.lower(), value)
+    return metadata
+
+
+Prelude = Callable[[Any, Context], Awaitable[Any]]
+"""Runs before a behaviour; returns the request (or request iterator) to pass on."""
+
+
+def _with_prelude(handler: Handler, prelude: Prelude) -> Handler:
+    def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
+        async def guarded(request: Any, context: Context) -> Any:
+            return await behaviour(await prelude(request, context), context)
+
+        return guarded
+
+    def streaming(behaviour: StreamingBehaviour) -> StreamingBehaviour:
+        async def guarded(request: Any, context: Context) -> AsyncGenerator[Any, None]:
+            request = await prelude(request, context)
+            async with aclosing(behaviour(request, context)) as responses:
+                async for response in responses:
+                    yield response
+
+        return guarded
+
+    return _rebuild(handler, unary, streaming)
+
+
+def _rebuild(
+    handler: Handler,
+    unary: Callable[[UnaryBehaviour], UnaryBehaviour],
+    streaming: Callable[[StreamingBehaviour], StreamingBehaviour],
+) -> Handler:
+    """Returns `handler` with its behaviour wrapped, keeping its kind and (de)serializers."""
+    factory: Callable[..., Handler]
+    wrapped: UnaryBehaviour | StreamingBehaviour
+    if handler.response_streaming:
+        if handler.request_streaming:
+            factory, behaviour = grpc.stream_stream_rpc_method_handler, handler.stream_stream
+        else:
+            factory, behaviour = grpc.unary_stream_rpc_method_handler, handler.unary_stream
+        wrapped = streaming(_as_streaming(behaviour))
+    else:
+        if handler.request_streaming:
+            factory, behaviour = grpc.stream_unary_rpc_method_handler, handler.stream_unary
+        else:
+            factory, behaviour = grpc.unary_unary_rpc_method_handler, handler.unary_unary
+        wrapped = unary(_as_unary(behaviour))
+    return factory(
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _as_unary(behaviour: Callable[..., Any] | None) -> UnaryBehaviour:
+    """Normalizes a unary-response behaviour (async, or plain for tests) to a coroutine."""
+    if behaviour is None:
+        raise ValueError("the method handler has no behaviour for its kind")
+    if inspect.iscoroutinefunction(behaviour):
+        return cast(UnaryBehaviour, behaviour)
+    call = behaviour
+
+    async def unary(request: Any, context: Context) -> Any:
+        response = call(request, context)
+        if inspect.isawaitable(response):
+            response = await response
+        return response
+
+    return unary
+
+
+def _as_streaming(behaviour: Callable[..., Any] | None) -> StreamingBehaviour:
+    """Normalizes a streaming-response behaviour to an async generator.
+
+    grpc.aio accepts async generators, plain iterators, and coroutines that send with
+    `context.write()` and return None.
+    """
+    if behaviour is None:
+        raise ValueError("the method handler has no behaviour for its kind")
+    if inspect.isasyncgenfunction(behaviour):  # every layer of this module, most handlers
+        return cast(StreamingBehaviour, behaviour)
+    call = behaviour
+
+    async def streaming(request: Any, context: Context) -> AsyncGenerator[Any, None]:
+        responses = call(request, context)
+        if inspect.isawaitable(responses):
+            await responses
+        elif isinstance(responses, AsyncIterable):
+            iterator = aiter(responses)
+            try:
+                async for response in iterator:
+                    yield response
+            finally:
+                aclose = getattr(iterator, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        elif responses is not None:
+            for response in responses:
+                yield response
+
+    return streaming

@@ -1,0 +1,57 @@
+"""Machine-readable error reasons sent in `google.rpc.ErrorInfo.reason`.
+
+Each value is the name of a `genai.common.v1.ErrorReason` enum value, so that clients in any
+language can switch on it. This module imports neither grpc nor generated code: core packages
+use these constants through `services.common.errors`.
+"""
+
+from typing import Final
+
+ERROR_DOMAIN: Final = "genai.platform"
+"""`ErrorInfo.domain` of every error the platform raises."""
+
+FIELD_VIOLATION: Final = "FIELD_VIOLATION"
+"""One or more request fields are invalid; `BadRequest` lists them."""
+RESOURCE_NOT_FOUND: Final = "RESOURCE_NOT_FOUND"
+"""The addressed resource does not exist."""
+RESOURCE_ALREADY_EXISTS: Final = "RESOURCE_ALREADY_EXISTS"
+"""A resource with the requested name already exists."""
+CONCURRENT_MODIFICATION: Final = "CONCURRENT_MODIFICATION"
+"""The resource changed since the client read it (e.g. an expected-version check failed)."""
+FAILED_PRECONDITION: Final = "FAILED_PRECONDITION"
+"""The system is not in the state the operation requires."""
+QUOTA_EXCEEDED: Final = "QUOTA_EXCEEDED"
+"""A quota or rate limit is exhausted; `QuotaFailure` and `RetryInfo` say which and when."""
+UNAUTHENTICATED: Final = "UNAUTHENTICATED"
+"""The request carries no valid credentials."""
+PERMISSION_DENIED: Final = "PERMISSION_DENIED"
+"""The caller is authenticated but may not perform the operation."""
+SERVICE_UNAVAILABLE: Final = "SERVICE_UNAVAILABLE"
+"""A dependency is unavailable; the request may be retried (see `RetryInfo`)."""
+DEADLINE_EXCEEDED: Final = "DEADLINE_EXCEEDED"
+"""The operation did not finish within its deadline."""
+CANCELLED: Final = "CANCELLED"
+"""The operation was cancelled, usually by the caller."""
+NOT_IMPLEMENTED: Final = "NOT_IMPLEMENTED"
+"""The method exists in the contract but is not implemented yet."""
+INTERNAL_ERROR: Final = "INTERNAL_ERROR"
+"""An unexpected server error; details are in the server logs, never in the response."""
+
+ALL_REASONS: Final = frozenset(
+    {
+        FIELD_VIOLATION,
+        RESOURCE_NOT_FOUND,
+        RESOURCE_ALREADY_EXISTS,
+        CONCURRENT_MODIFICATION,
+        FAILED_PRECONDITION,
+        QUOTA_EXCEEDED,
+        UNAUTHENTICATED,
+        PERMISSION_DENIED,
+        SERVICE_UNAVAILABLE,
+        DEADLINE_EXCEEDED,
+        CANCELLED,
+        NOT_IMPLEMENTED,
+        INTERNAL_ERROR,
+    }
+)
+"""Every reason above; a contract test checks each is a `genai.common.v1.ErrorReason` name."""

@@ -1,0 +1,51 @@
+"""Tracing setup: one SDK `TracerProvider` per process, exporting over OTLP when asked to.
+
+The standard OpenTelemetry variables decide: `OTEL_TRACES_EXPORTER=otlp`, or an
+`OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, turns on a batching OTLP
+gRPC exporter; otherwise spans are recorded but not exported, which costs little.
+`OTEL_TRACES_EXPORTER=none` turns export off whatever else is set.
+"""
+
+import os
+from collections.abc import Mapping
+
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+
+def configure_tracing(service_name: str, *, env: Mapping[str, str] | None = None) -> TracerProvider:
+    """Returns a new provider for `service_name`; it is not installed as the global one.
+
+    Pass it to `default_interceptors` and `create_channel`; call its `shutdown()` at exit to
+    flush. `env` defaults to the process environment.
+    """
+    env = os.environ if env is None else env
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
+    if otlp_export_requested(env):
+        # Imported only when used: the exporter pulls in its own gRPC channel machinery.
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter,
+        )
+
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    return provider
+
+
+def otlp_export_requested(env: Mapping[str, str]) -> bool:
+    """True when the `OTEL_*` variables in `env` ask for spans to be exported over OTLP."""
+    exporters = {
+        name.strip().lower()
+        for name in env.get("OTEL_TRACES_EXPORTER", "").split(",")
+        if name.strip()
+    }
+    if "none" in exporters:
+        return False
+    if "otlp" in exporters:
+        return True
+    return bool(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )

@@ -1,0 +1,1 @@
+"""EvaluationService: datasets, evaluation runs with scorers, reports, gates, online monitoring."""

@@ -1,0 +1,1 @@
+"""Evaluation domain: runs, scorers, reports, drift detection. No grpc, no generated code."""

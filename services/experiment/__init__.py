@@ -1,0 +1,1 @@
+"""ExperimentService: server-side A/B assignment, exposures, outcomes and honest statistics."""

@@ -1,0 +1,1 @@
+"""Adapters of the experiment service: assignment and outcome storage."""

@@ -1,0 +1,1 @@
+"""Experiment domain: bucketing, sticky assignment, statistics. No grpc, no generated code."""

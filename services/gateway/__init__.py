@@ -1,0 +1,1 @@
+"""GatewayService: the product-facing API that composes prompt, router, inference and more."""

@@ -1,0 +1,1 @@
+"""Adapters of the gateway: clients of the platform's other services."""

@@ -1,0 +1,1 @@
+"""Gateway domain: composition, response processing, quotas. No grpc, no generated code."""

@@ -1,0 +1,1 @@
+"""InferenceService: token streaming from NVIDIA Triton and OpenAI-compatible backends."""

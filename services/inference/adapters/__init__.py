@@ -1,0 +1,1 @@
+"""Adapters of inference: Triton over tritonclient.grpc.aio, OpenAI-compatible HTTP."""

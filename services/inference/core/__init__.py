@@ -1,0 +1,1 @@
+"""Inference domain: requests, token streams, admission limits. No grpc, no generated code."""

@@ -1,0 +1,163 @@
+"""Starts and stops one platform process: the chosen services on one gRPC server.
+
+Every server gets the same interceptor chain, health service and reflection. Services reach
+each other only through generated stubs over gRPC channels, also when they share the process,
+so the same code runs embedded (one process) or split (a process or pod per service).
+"""
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import grpc
+
+from services.common.auth import AnonymousAuthenticator, Authenticator
+from services.common.clients import create_channel
+from services.common.interceptors import default_interceptors
+from services.common.reflection import enable_documented_reflection
+from services.common.server import RunningServer, ServiceRegistration, TlsConfig, start_server
+from services.common.telemetry import configure_tracing
+from services.common.validation import Validators
+from services.evaluation import server as evaluation_server
+from services.experiment import server as experiment_server
+from services.gateway import server as gateway_server
+from services.inference import server as inference_server
+from services.platform.settings import PlatformSettings, ServerSettings, ServiceKey
+from services.prompt import server as prompt_server
+from services.router import server as router_server
+
+_logger = logging.getLogger(__name__)
+
+SERVICE_NAMES: dict[ServiceKey, str] = {
+    "prompt": "genai.prompt.v1.PromptService",
+    "experiment": "genai.experiment.v1.ExperimentService",
+    "evaluation": "genai.evaluation.v1.EvaluationService",
+    "router": "genai.router.v1.RouterService",
+    "inference": "genai.inference.v1.InferenceService",
+    "gateway": "genai.gateway.v1.GatewayService",
+}
+"""Full proto name of each service."""
+
+
+def platform_version() -> str:
+    """The installed package's version, or a marker when running from an uninstalled tree."""
+    try:
+        return metadata.version("genai-platform")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+class ChannelPool:
+    """One client channel per target, shared by every service of the process."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def get(self, target: str) -> grpc.aio.Channel:
+        """Returns the channel to `target`, creating it on first use."""
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = self._channels[target] = create_channel(target)
+        return channel
+
+    async def close(self) -> None:
+        """Closes every channel."""
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close(None)
+
+
+@dataclass
+class Platform:
+    """A running platform process."""
+
+    server: RunningServer
+    hosted_services: tuple[str, ...]
+    channels: ChannelPool
+
+    @property
+    def address(self) -> str:
+        """A `host:port` that clients on this machine can dial."""
+        return self.server.address
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drains in-flight RPCs within the grace period, then closes client channels."""
+        await self.server.stop(grace)
+        await self.channels.close()
+
+
+async def start_platform(
+    settings: PlatformSettings, *, authenticator: Authenticator | None = None
+) -> Platform:
+    """Starts the services `settings` names on one server and returns once it is serving."""
+    hosted = tuple(SERVICE_NAMES[key] for key in settings.services)
+    channels = ChannelPool()
+    local: list[str] = []  # this server's own address, known once it is bound
+
+    def local_target() -> str:
+        return local[0] if local else ""
+
+    registrations = [
+        _registration(key, settings, hosted, local_target, channels) for key in settings.services
+    ]
+    server = await start_server(
+        bind=f"{_bracket(settings.server.host)}:{settings.server.port}",
+        registrations=registrations,
+        interceptors=default_interceptors(
+            authenticator=authenticator or AnonymousAuthenticator(),
+            validators=Validators(),
+            tracer_provider=configure_tracing("genai-platform"),
+        ),
+        tls=_tls(settings.server),
+        grace=settings.server.grace_seconds,
+        reflection=enable_documented_reflection,
+    )
+    local.append(server.address)
+    _logger.info("serving %s on %s", ", ".join(hosted), server.address)
+    return Platform(server=server, hosted_services=hosted, channels=channels)
+
+
+def _registration(
+    key: ServiceKey,
+    settings: PlatformSettings,
+    hosted: tuple[str, ...],
+    local_target: Callable[[], str],
+    channels: ChannelPool,
+) -> ServiceRegistration:
+    match key:
+        case "prompt":
+            return prompt_server.registration()
+        case "experiment":
+            return experiment_server.registration()
+        case "evaluation":
+            return evaluation_server.registration()
+        case "router":
+            return router_server.registration()
+        case "inference":
+            return inference_server.registration()
+        case "gateway":
+            return gateway_server.registration(
+                settings=settings.gateway,
+                version=platform_version(),
+                hosted_services=hosted,
+                local_target=local_target,
+                channel_for=channels.get,
+            )
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _tls(server: ServerSettings) -> TlsConfig | None:
+    if not server.tls_certificate_file and not server.tls_private_key_file:
+        return None
+    if not (server.tls_certificate_file and server.tls_private_key_file):
+        raise ValueError("TLS needs both tls_certificate_file and tls_private_key_file")
+    return TlsConfig(
+        certificate_chain=Path(server.tls_certificate_file),
+        private_key=Path(server.tls_private_key_file),
+        client_ca=Path(server.tls_client_ca_file) if server.tls_client_ca_file else None,
+    )

@@ -1,0 +1,1 @@
+"""PromptService: prompts as code, with immutable versions, typed variables and movable labels."""

@@ -1,0 +1,1 @@
+"""Adapters of the prompt registry: storage (SQLite, PostgreSQL) and the template sandbox."""

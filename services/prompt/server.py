@@ -1,0 +1,17 @@
+"""Composition root of PromptService: wires its adapters and servicer into a registration."""
+
+from genai.prompt.v1 import prompt_service_pb2_grpc
+
+from services.common.server import ServiceRegistration
+from services.prompt.servicer import SERVICE_NAME, PromptServicer
+
+
+def registration() -> ServiceRegistration:
+    """Returns PromptService ready to be added to a server."""
+    servicer = PromptServicer()
+    return ServiceRegistration(
+        name=SERVICE_NAME,
+        add_to_server=lambda server: prompt_service_pb2_grpc.add_PromptServiceServicer_to_server(
+            servicer, server
+        ),
+    )

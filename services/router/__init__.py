@@ -1,0 +1,1 @@
+"""RouterService: cost-, latency- and capability-based model routing with health and failover."""

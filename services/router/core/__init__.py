@@ -1,0 +1,1 @@
+"""Routing domain: catalog, policies, live statistics, breakers. No grpc, no generated code."""

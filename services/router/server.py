@@ -1,0 +1,17 @@
+"""Composition root of RouterService: wires its adapters and servicer into a registration."""
+
+from genai.router.v1 import router_service_pb2_grpc
+
+from services.common.server import ServiceRegistration
+from services.router.servicer import SERVICE_NAME, RouterServicer
+
+
+def registration() -> ServiceRegistration:
+    """Returns RouterService ready to be added to a server."""
+    servicer = RouterServicer()
+    return ServiceRegistration(
+        name=SERVICE_NAME,
+        add_to_server=lambda server: router_service_pb2_grpc.add_RouterServiceServicer_to_server(
+            servicer, server
+        ),
+    )

@@ -1,0 +1,166 @@
+"""The embedded platform in-process: every service on one server, reached over real gRPC."""
+
+import re
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from genai.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services.common import reasons
+from services.common.contract import contract_digest, contract_services
+from services.common.reasons import ERROR_DOMAIN
+from services.common.status import error_details
+from services.platform.runner import SERVICE_NAMES, Platform, platform_version, start_platform
+from services.platform.settings import PlatformSettings, ServerSettings
+
+IMPLEMENTED = {"genai.gateway.v1.GatewayService/GetServerInfo"}
+"""RPCs with behaviour so far; every other contract RPC must answer UNIMPLEMENTED."""
+
+
+def _settings(**fields: object) -> PlatformSettings:
+    return PlatformSettings.model_validate({"server": ServerSettings(port=0), **fields})
+
+
+@pytest.fixture
+async def platform() -> AsyncIterator[Platform]:
+    running = await start_platform(_settings())
+    yield running
+    await running.stop(grace=0)
+
+
+@pytest.fixture
+async def channel(platform: Platform) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(platform.address) as channel:
+        yield channel
+
+
+async def test_hosts_all_six_services_with_health(
+    platform: Platform, channel: grpc.aio.Channel
+) -> None:
+    assert set(platform.hosted_services) == set(SERVICE_NAMES.values())
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in [*SERVICE_NAMES.values(), ""]:
+        response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+async def test_reflection_lists_every_service(channel: grpc.aio.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    response = await call.read()
+    await call.done_writing()
+    listed = {s.name for s in response.list_services_response.service}
+    assert listed == {
+        *SERVICE_NAMES.values(),
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+
+
+async def test_server_info_reports_version_contract_and_healthy_dependencies(
+    platform: Platform, channel: grpc.aio.Channel
+) -> None:
+    stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+    info = await stub.GetServerInfo(gateway_service_pb2.GetServerInfoRequest(), timeout=5)
+
+    assert info.version == platform_version()
+    assert info.contract_digest == contract_digest()
+    assert len(info.contract_digest) == 64
+    assert list(info.hosted_services) == sorted(SERVICE_NAMES.values())
+    assert info.uptime.ToTimedelta().total_seconds() >= 0
+    assert info.start_time.seconds > 0
+    by_service = {d.service: d for d in info.dependencies}
+    assert set(by_service) == set(SERVICE_NAMES.values()) - {"genai.gateway.v1.GatewayService"}
+    for dependency in by_service.values():
+        assert dependency.status == "SERVING", dependency
+        assert dependency.target == platform.address
+
+
+async def test_split_deployment_reaches_dependencies_by_configured_address() -> None:
+    prompt_only = await start_platform(_settings(services=("prompt",)))
+    gateway_only = await start_platform(
+        _settings(services=("gateway",), gateway={"targets": {"prompt": prompt_only.address}})
+    )
+    try:
+        async with grpc.aio.insecure_channel(gateway_only.address) as channel:
+            stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+            info = await stub.GetServerInfo(gateway_service_pb2.GetServerInfoRequest(), timeout=5)
+        statuses = {d.service: (d.status, d.target) for d in info.dependencies}
+        assert statuses["genai.prompt.v1.PromptService"] == ("SERVING", prompt_only.address)
+        # Not hosted here and no address configured: reported, not guessed.
+        assert statuses["genai.router.v1.RouterService"] == ("UNREACHABLE", "")
+        assert list(info.hosted_services) == ["genai.gateway.v1.GatewayService"]
+    finally:
+        await gateway_only.stop(grace=0)
+        await prompt_only.stop(grace=0)
+
+
+async def test_a_configured_address_that_hosts_something_else_is_service_unknown() -> None:
+    router_only = await start_platform(_settings(services=("router",)))
+    gateway_only = await start_platform(
+        _settings(services=("gateway",), gateway={"targets": {"prompt": router_only.address}})
+    )
+    try:
+        async with grpc.aio.insecure_channel(gateway_only.address) as channel:
+            stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+            info = await stub.GetServerInfo(gateway_service_pb2.GetServerInfoRequest(), timeout=5)
+        statuses = {d.service: d.status for d in info.dependencies}
+        assert statuses["genai.prompt.v1.PromptService"] == "SERVICE_UNKNOWN"
+    finally:
+        await gateway_only.stop(grace=0)
+        await router_only.stop(grace=0)
+
+
+def _pending_methods() -> list[MethodDescriptor]:
+    methods = [m for s in contract_services() for m in s.methods]
+    pending = [
+        m for m in methods if f"{m.containing_service.full_name}/{m.name}" not in IMPLEMENTED
+    ]
+    assert len(pending) == len(methods) - len(IMPLEMENTED)
+    return pending
+
+
+@pytest.mark.parametrize("method", _pending_methods(), ids=lambda m: m.full_name)
+async def test_every_unbuilt_rpc_answers_unimplemented_naming_what_is_missing(
+    channel: grpc.aio.Channel, method: MethodDescriptor
+) -> None:
+    full_method = f"/{method.containing_service.full_name}/{method.name}"
+    request_class = message_factory.GetMessageClass(method.input_type)
+    response_class = message_factory.GetMessageClass(method.output_type)
+    if method.server_streaming:
+        stream = channel.unary_stream(
+            full_method,
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
+
+        async def call() -> None:
+            async for _ in stream(request_class(), timeout=5):
+                pytest.fail("a pending streaming RPC sent a message")
+    else:
+        unary = channel.unary_unary(
+            full_method,
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
+
+        async def call() -> None:
+            await unary(request_class(), timeout=5)
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call()
+
+    error = error_details(raised.value)
+    assert error.code == grpc.StatusCode.UNIMPLEMENTED
+    assert error.reason == reasons.NOT_IMPLEMENTED
+    assert error.domain == ERROR_DOMAIN
+    assert error.metadata["method"] == full_method.removeprefix("/")
+    assert re.search(r"issues? #\d", error.metadata["missing"])
+    assert method.name in error.message
+    assert error.metadata["missing"] in error.message

@@ -1,0 +1,73 @@
+"""What every polyglot client must have seen: shared by the Node and Go client tests, whose
+clients print the same JSON lines (one object per call)."""
+
+import json
+import re
+from typing import Any
+
+from services.common.contract import contract_digest, contract_services
+from services.common.reasons import ERROR_DOMAIN, NOT_IMPLEMENTED
+
+UNIMPLEMENTED_CALL = "genai.prompt.v1.PromptService/GetPrompt"
+
+
+def contract_service_names() -> list[str]:
+    """Full names of the six `genai.*` services, from the generated Python contract."""
+    return [service.full_name for service in contract_services()]
+
+
+def parse_json_lines(stdout: str) -> list[dict[str, Any]]:
+    """Every non-empty stdout line as a JSON object; fails naming the line that is not one."""
+    lines: list[dict[str, Any]] = []
+    for number, line in enumerate(stdout.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            parsed = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise AssertionError(f"stdout line {number} is not JSON ({error}): {line!r}") from None
+        assert isinstance(parsed, dict), f"stdout line {number} is not an object: {line!r}"
+        lines.append(parsed)
+    return lines
+
+
+def assert_client_saw_the_platform(stdout: str) -> None:
+    """GetServerInfo, health of the server and of each service, and one UNIMPLEMENTED RPC with
+    its google.rpc.ErrorInfo, in the clients' shared line format."""
+    lines = parse_json_lines(stdout)
+    by_call: dict[str, list[dict[str, Any]]] = {}
+    for line in lines:
+        by_call.setdefault(line["call"], []).append(line)
+    assert set(by_call) == {
+        "genai.gateway.v1.GatewayService/GetServerInfo",
+        "grpc.health.v1.Health/Check",
+        UNIMPLEMENTED_CALL,
+    }, stdout
+
+    [info_line] = by_call["genai.gateway.v1.GatewayService/GetServerInfo"]
+    assert info_line["ok"] is True
+    info = info_line["response"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", info["version"]), info
+    assert info["contractDigest"] == contract_digest()
+    assert re.fullmatch(r"[0-9a-f]{64}", info["contractDigest"])
+    assert sorted(info["hostedServices"]) == sorted(contract_service_names())
+    assert len(info["hostedServices"]) == 6
+    assert {dependency["status"] for dependency in info["dependencies"]} == {"SERVING"}
+    assert "startTime" in info
+    assert "uptime" in info
+
+    health = {line["service"]: line["status"] for line in by_call["grpc.health.v1.Health/Check"]}
+    assert health == dict.fromkeys(["", *contract_service_names()], "SERVING")
+
+    [failed] = by_call[UNIMPLEMENTED_CALL]
+    assert failed["ok"] is False
+    assert failed["code"] == 12
+    assert failed["codeName"] == "Unimplemented"
+    error_info = failed["errorInfo"]
+    assert error_info is not None, failed
+    assert error_info["reason"] == NOT_IMPLEMENTED
+    assert error_info["domain"] == ERROR_DOMAIN
+    assert error_info["metadata"]["method"] == UNIMPLEMENTED_CALL
+    missing = error_info["metadata"]["missing"]
+    assert missing
+    assert failed["message"] == f"{UNIMPLEMENTED_CALL} is not implemented yet: it needs {missing}"

@@ -1,0 +1,130 @@
+// Command genaiclient is a Go client of the platform: grpc-go 1.33 with the stubs under
+// generated/go, built in GOPATH mode (GO111MODULE=off).
+//
+//	genaiclient HOST:PORT
+//
+// It prints one JSON object per line on stdout, one per call, in the same shape as the Node
+// client (tests/polyglot/node/client.ts):
+//
+//	{"call":"genai.gateway.v1.GatewayService/GetServerInfo","ok":true,"response":{...proto JSON}}
+//	{"call":"grpc.health.v1.Health/Check","ok":true,"service":"...","status":"SERVING"}
+//	{"call":"genai.prompt.v1.PromptService/GetPrompt","ok":false,"code":12,"codeName":"Unimplemented",...}
+//
+// An expected error is a line with "ok":false; anything unexpected exits with status 1.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	gatewayv1 "github.com/genai-platform/genai/generated/go/genai/gateway/v1"
+	promptv1 "github.com/genai-platform/genai/generated/go/genai/prompt/v1"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+const callTimeout = 10 * time.Second
+
+func emit(line map[string]interface{}) {
+	encoded, err := json.Marshal(line)
+	if err != nil {
+		fail("encoding output: %v", err)
+	}
+	fmt.Println(string(encoded))
+}
+
+func fail(format string, args ...interface{}) {
+	fmt.Fprintf(os.Stderr, "genaiclient: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+// describeError turns a failed call into an output line, with the google.rpc.ErrorInfo
+// detail decoded when the status carries one.
+func describeError(call string, err error) map[string]interface{} {
+	st, ok := status.FromError(err)
+	if !ok {
+		fail("%s: not a gRPC status error: %v", call, err)
+	}
+	line := map[string]interface{}{
+		"call":      call,
+		"ok":        false,
+		"code":      int(st.Code()),
+		"codeName":  st.Code().String(),
+		"message":   st.Message(),
+		"errorInfo": nil,
+	}
+	for _, detail := range st.Details() {
+		if info, isInfo := detail.(*errdetails.ErrorInfo); isInfo {
+			line["errorInfo"] = map[string]interface{}{
+				"reason":   info.GetReason(),
+				"domain":   info.GetDomain(),
+				"metadata": info.GetMetadata(),
+			}
+		}
+	}
+	return line
+}
+
+func run(address string) {
+	dialCtx, cancelDial := context.WithTimeout(context.Background(), callTimeout)
+	defer cancelDial()
+	conn, err := grpc.DialContext(dialCtx, address, grpc.WithInsecure(), grpc.WithBlock())
+	if err != nil {
+		fail("dial %s: %v", address, err)
+	}
+	defer conn.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+
+	info, err := gatewayv1.NewGatewayServiceClient(conn).GetServerInfo(ctx, &gatewayv1.GetServerInfoRequest{})
+	if err != nil {
+		fail("GetServerInfo: %v", err)
+	}
+	infoJSON, err := protojson.Marshal(info)
+	if err != nil {
+		fail("GetServerInfo response to JSON: %v", err)
+	}
+	emit(map[string]interface{}{
+		"call":     "genai.gateway.v1.GatewayService/GetServerInfo",
+		"ok":       true,
+		"response": json.RawMessage(infoJSON),
+	})
+
+	// The overall server ("") and every hosted service, as a load balancer would check them.
+	health := grpc_health_v1.NewHealthClient(conn)
+	for _, service := range append([]string{""}, info.GetHostedServices()...) {
+		checked, err := health.Check(ctx, &grpc_health_v1.HealthCheckRequest{Service: service})
+		if err != nil {
+			fail("Health/Check %q: %v", service, err)
+		}
+		emit(map[string]interface{}{
+			"call":    "grpc.health.v1.Health/Check",
+			"ok":      true,
+			"service": service,
+			"status":  checked.GetStatus().String(),
+		})
+	}
+
+	const call = "genai.prompt.v1.PromptService/GetPrompt"
+	got, err := promptv1.NewPromptServiceClient(conn).GetPrompt(ctx, &promptv1.GetPromptRequest{Name: "x"})
+	if err != nil {
+		emit(describeError(call, err))
+	} else {
+		emit(map[string]interface{}{"call": call, "ok": true, "response": got.GetPrompt().GetName()})
+	}
+}
+
+func main() {
+	if len(os.Args) != 2 {
+		fmt.Fprintln(os.Stderr, "usage: genaiclient HOST:PORT")
+		os.Exit(2)
+	}
+	run(os.Args[1])
+}

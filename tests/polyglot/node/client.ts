@@ -1,0 +1,80 @@
+// A Node/TypeScript client of the platform: Connect v2 over gRPC (HTTP/2) with the
+// protoc-gen-es stubs under generated/ts.
+//
+//   tsx tests/polyglot/node/client.ts HOST:PORT
+//
+// Prints one JSON object per line on stdout, one per call:
+//   {"call":"genai.gateway.v1.GatewayService/GetServerInfo","ok":true,"response":{...proto JSON}}
+//   {"call":"grpc.health.v1.Health/Check","ok":true,"service":"...","status":"SERVING"}
+//   {"call":"genai.prompt.v1.PromptService/GetPrompt","ok":false,"code":12,"codeName":"Unimplemented",
+//    "message":"...","errorInfo":{"reason":"NOT_IMPLEMENTED","domain":"genai.platform","metadata":{...}}}
+// An expected error is a line with "ok":false; anything unexpected exits non-zero.
+
+import { toJson } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+
+import { GatewayService, GetServerInfoResponseSchema } from "../../../generated/ts/genai/gateway/v1/gateway_service_pb.js";
+import { PromptService } from "../../../generated/ts/genai/prompt/v1/prompt_service_pb.js";
+import { ErrorInfoSchema, Health } from "./standard_protos.js";
+
+const CALL_OPTIONS = { timeoutMs: 10_000 };
+
+function emit(line: Record<string, unknown>): void {
+  process.stdout.write(`${JSON.stringify(line)}\n`);
+}
+
+function describeError(call: string, error: unknown): Record<string, unknown> {
+  const connectError = ConnectError.from(error);
+  const [errorInfo] = connectError.findDetails(ErrorInfoSchema);
+  return {
+    call,
+    ok: false,
+    code: connectError.code,
+    codeName: Code[connectError.code],
+    message: connectError.rawMessage,
+    errorInfo: errorInfo === undefined ? null : toJson(ErrorInfoSchema, errorInfo),
+  };
+}
+
+async function main(address: string): Promise<void> {
+  // The gRPC transport of Connect v2 always speaks HTTP/2 (h2c for http://).
+  const transport = createGrpcTransport({ baseUrl: `http://${address}` });
+
+  const gateway = createClient(GatewayService, transport);
+  const info = await gateway.getServerInfo({}, CALL_OPTIONS);
+  emit({
+    call: "genai.gateway.v1.GatewayService/GetServerInfo",
+    ok: true,
+    response: toJson(GetServerInfoResponseSchema, info),
+  });
+
+  // The overall server ("") and every hosted service, as a load balancer would check them.
+  const health = createClient(Health, transport);
+  for (const service of ["", ...info.hostedServices]) {
+    const response = await health.check({ service }, CALL_OPTIONS);
+    const json = toJson(Health.method.check.output, response, { alwaysEmitImplicit: true }) as {
+      status: string;
+    };
+    emit({ call: "grpc.health.v1.Health/Check", ok: true, service, status: json.status });
+  }
+
+  const prompts = createClient(PromptService, transport);
+  const call = "genai.prompt.v1.PromptService/GetPrompt";
+  try {
+    const response = await prompts.getPrompt({ name: "x" }, CALL_OPTIONS);
+    emit({ call, ok: true, response: response.prompt?.name ?? null });
+  } catch (error) {
+    if (!(error instanceof ConnectError)) {
+      throw error;
+    }
+    emit(describeError(call, error));
+  }
+}
+
+const address = process.argv[2];
+if (address === undefined) {
+  process.stderr.write("usage: client.ts HOST:PORT\n");
+  process.exit(2);
+}
+await main(address);

@@ -1,0 +1,62 @@
+"""Runs `genai serve` as a real child process, the way a user or an operator starts it."""
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class ServeProcess:
+    """A running `genai serve` and what its ready file said."""
+
+    process: "subprocess.Popen[str]"
+    address: str
+    port: int
+    services: tuple[str, ...]
+
+
+@contextmanager
+def genai_serve(workdir: Path, *args: str, timeout: float = 60.0) -> Iterator[ServeProcess]:
+    """Starts `genai serve --port 0 ARGS`, waits until it is serving, and kills it on exit
+    unless the caller already stopped it. Fails with the process output if it never serves."""
+    ready = workdir / "genai-ready.json"
+    command: Sequence[str] = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "serve",
+        "--port",
+        "0",
+        "--ready-file",
+        str(ready),
+        *args,
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                output = process.communicate()[0]
+                raise AssertionError(f"genai serve did not become ready:\n{output}")
+            time.sleep(0.05)
+        described = json.loads(ready.read_text())
+        yield ServeProcess(
+            process=process,
+            address=described["address"],
+            port=described["port"],
+            services=tuple(described["services"]),
+        )
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

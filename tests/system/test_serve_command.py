@@ -1,0 +1,52 @@
+"""`genai serve` as a user runs it: a real process, found through its ready file, stopped by
+SIGTERM."""
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.serve import ROOT, genai_serve
+
+
+def test_serve_prints_endpoints_answers_info_and_stops_cleanly_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    with genai_serve(tmp_path) as served:
+        assert len(served.services) == 6
+        info = subprocess.run(
+            [sys.executable, "-m", "services.cli", "info", "--target", served.address],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        described = json.loads(info.stdout)
+        assert len(described["hostedServices"]) == 6
+        assert {d["status"] for d in described["dependencies"]} == {"SERVING"}
+
+        served.process.send_signal(signal.SIGTERM)
+        output, _ = served.process.communicate(timeout=30)
+        assert served.process.returncode == 0, output
+        assert f"serving on {served.address}" in output
+        assert "genai.prompt.v1.PromptService" in output
+        assert "shutting down" in output
+
+
+def test_serve_one_service_alone(tmp_path: Path) -> None:
+    with genai_serve(tmp_path, "--service", "router") as served:
+        assert served.services == ("genai.router.v1.RouterService",)
+
+
+def test_info_against_nothing_fails_with_unavailable() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "info", "--target", "127.0.0.1:1", "--timeout", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "UNAVAILABLE" in result.stderr
