@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from services.common.auth import AnonymousAuthenticator, Authenticator
-from services.common.clients import create_channel
+from services.common.clients import ClientTlsConfig, create_channel
 from services.common.interceptors import default_interceptors
 from services.common.reflection import enable_documented_reflection
 from services.common.server import RunningServer, ServiceRegistration, TlsConfig, start_server
@@ -24,7 +24,12 @@ from services.evaluation import server as evaluation_server
 from services.experiment import server as experiment_server
 from services.gateway import server as gateway_server
 from services.inference import server as inference_server
-from services.platform.settings import PlatformSettings, ServerSettings, ServiceKey
+from services.platform.settings import (
+    ClientSettings,
+    PlatformSettings,
+    ServerSettings,
+    ServiceKey,
+)
 from services.prompt import server as prompt_server
 from services.router import server as router_server
 
@@ -52,14 +57,15 @@ def platform_version() -> str:
 class ChannelPool:
     """One client channel per target, shared by every service of the process."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: ClientTlsConfig | None = None) -> None:
+        self._tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def get(self, target: str) -> grpc.aio.Channel:
         """Returns the channel to `target`, creating it on first use."""
         channel = self._channels.get(target)
         if channel is None:
-            channel = self._channels[target] = create_channel(target)
+            channel = self._channels[target] = create_channel(target, tls=self._tls)
         return channel
 
     async def close(self) -> None:
@@ -93,7 +99,7 @@ async def start_platform(
 ) -> Platform:
     """Starts the services `settings` names on one server and returns once it is serving."""
     hosted = tuple(SERVICE_NAMES[key] for key in settings.services)
-    channels = ChannelPool()
+    channels = ChannelPool(tls=_client_tls(settings.clients))
     local: list[str] = []  # this server's own address, known once it is bound
 
     def local_target() -> str:
@@ -152,12 +158,24 @@ def _bracket(host: str) -> str:
 
 
 def _tls(server: ServerSettings) -> TlsConfig | None:
-    if not server.tls_certificate_file and not server.tls_private_key_file:
+    if not server.tls_certificate_file:  # the settings guarantee cert and key come together
         return None
-    if not (server.tls_certificate_file and server.tls_private_key_file):
-        raise ValueError("TLS needs both tls_certificate_file and tls_private_key_file")
     return TlsConfig(
         certificate_chain=Path(server.tls_certificate_file),
         private_key=Path(server.tls_private_key_file),
         client_ca=Path(server.tls_client_ca_file) if server.tls_client_ca_file else None,
+    )
+
+
+def _client_tls(clients: ClientSettings) -> ClientTlsConfig | None:
+    if not clients.tls:
+        return None
+
+    def path(name: str) -> Path | None:
+        return Path(name) if name else None
+
+    return ClientTlsConfig(
+        root_ca=path(clients.tls_ca_file),
+        certificate_chain=path(clients.tls_certificate_file),
+        private_key=path(clients.tls_private_key_file),
     )

@@ -1,8 +1,8 @@
 """Typed settings of one platform process, read once at start (YAML file, then GENAI_* env)."""
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from services.common.config import Settings
 from services.gateway.config import GatewaySettings
@@ -41,6 +41,37 @@ class ServerSettings(Settings):
         default="", description="PEM CA that client certificates must chain to (mutual TLS)."
     )
 
+    @model_validator(mode="after")
+    def _tls_files_come_in_pairs(self) -> Self:
+        if bool(self.tls_certificate_file) != bool(self.tls_private_key_file):
+            raise ValueError("TLS needs both tls_certificate_file and tls_private_key_file")
+        if self.tls_client_ca_file and not self.tls_certificate_file:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs server TLS configured")
+        return self
+
+
+class ClientSettings(Settings):
+    """How this process dials the other services (also the ones it hosts itself)."""
+
+    tls: bool = Field(default=False, description="Dial the other services over TLS.")
+    tls_ca_file: str = Field(
+        default="", description="PEM CA that verifies their certificates; empty: system roots."
+    )
+    tls_certificate_file: str = Field(
+        default="", description="PEM client certificate, for services that require mutual TLS."
+    )
+    tls_private_key_file: str = Field(
+        default="", description="PEM private key of the client certificate."
+    )
+
+    @model_validator(mode="after")
+    def _tls_settings_are_consistent(self) -> Self:
+        if bool(self.tls_certificate_file) != bool(self.tls_private_key_file):
+            raise ValueError("a client certificate needs both its file and its private key")
+        if not self.tls and (self.tls_ca_file or self.tls_certificate_file):
+            raise ValueError("TLS files are set but clients.tls is false")
+        return self
+
 
 class PlatformSettings(Settings):
     """Settings of one platform process."""
@@ -49,6 +80,11 @@ class PlatformSettings(Settings):
         default=ALL_SERVICES, description="Services this process hosts; all of them by default."
     )
     server: ServerSettings = Field(default_factory=ServerSettings, description="The gRPC server.")
+    clients: ClientSettings = Field(
+        default_factory=ClientSettings,
+        description="Channels to the other services. With server TLS, the embedded services "
+        "reach each other over TLS too, so set clients.tls and clients.tls_ca_file.",
+    )
     gateway: GatewaySettings = Field(
         default_factory=GatewaySettings, description="GatewayService, when hosted."
     )

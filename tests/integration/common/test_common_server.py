@@ -2,8 +2,6 @@
 
 import asyncio
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +29,7 @@ from tests.integration.common.harness import (
     unary_stream,
     unary_unary,
 )
+from tests.support.tls import make_certificates
 
 REQUEST = StringValue(value="hello")
 
@@ -207,35 +206,7 @@ async def test_channel_propagates_the_trace_to_the_server(serve: Serve, tracing:
 @pytest.fixture
 def certificates(tmp_path: Path) -> Path:
     """A self-signed certificate and key for `localhost` (and one for a client), via openssl."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
-    for name in ["server", "client"]:
-        subprocess.run(
-            [
-                openssl,
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                f"/CN={'localhost' if name == 'server' else 'test-client'}",
-                "-addext",
-                "subjectAltName=DNS:localhost",
-                "-keyout",
-                str(tmp_path / f"{name}.key"),
-                "-out",
-                str(tmp_path / f"{name}.crt"),
-            ],
-            check=True,
-            capture_output=True,
-        )
-    return tmp_path
+    return make_certificates(tmp_path)
 
 
 async def test_mutual_tls(certificates: Path) -> None:

@@ -1,7 +1,9 @@
 """The embedded platform in-process: every service on one server, reached over real gRPC."""
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,6 +19,7 @@ from services.common.reasons import ERROR_DOMAIN
 from services.common.status import error_details
 from services.platform.runner import SERVICE_NAMES, Platform, platform_version, start_platform
 from services.platform.settings import PlatformSettings, ServerSettings
+from tests.support.tls import make_certificates
 
 IMPLEMENTED = {"genai.gateway.v1.GatewayService/GetServerInfo"}
 """RPCs with behaviour so far; every other contract RPC must answer UNIMPLEMENTED."""
@@ -164,3 +167,37 @@ async def test_every_unbuilt_rpc_answers_unimplemented_naming_what_is_missing(
     assert re.search(r"issues? #\d", error.metadata["missing"])
     assert method.name in error.message
     assert error.metadata["missing"] in error.message
+
+
+async def test_tls_end_to_end_with_the_embedded_services_calling_each_other(
+    tmp_path: Path,
+) -> None:
+    certificates = make_certificates(tmp_path)
+    server_certificate = str(certificates / "server.crt")
+    platform = await start_platform(
+        _settings(
+            server={
+                "port": 0,
+                "host": "localhost",
+                "tls_certificate_file": server_certificate,
+                "tls_private_key_file": str(certificates / "server.key"),
+            },
+            clients={"tls": True, "tls_ca_file": server_certificate},
+        )
+    )
+    try:
+        root = await asyncio.to_thread(Path(server_certificate).read_bytes)
+        credentials = grpc.ssl_channel_credentials(root)
+        async with grpc.aio.secure_channel(platform.address, credentials) as channel:
+            stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+            info = await stub.GetServerInfo(gateway_service_pb2.GetServerInfoRequest(), timeout=5)
+        assert {d.status for d in info.dependencies} == {"SERVING"}
+
+        async with grpc.aio.insecure_channel(platform.address) as plaintext:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await gateway_service_pb2_grpc.GatewayServiceStub(plaintext).GetServerInfo(
+                    gateway_service_pb2.GetServerInfoRequest(), timeout=5
+                )
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await platform.stop(grace=0)

@@ -1,0 +1,45 @@
+"""`python -m benchmarks NAME [options]` (what `scripts/bench` runs); `--list` names them.
+
+To add a benchmark: write `benchmarks/<name>.py` with a `main(argv) -> int` (build its parser
+with `benchmarks.cli.benchmark_parser`) and add one line to `BENCHMARKS`.
+"""
+
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Final
+
+BENCHMARKS: Final[dict[str, str]] = {
+    "chain": "per-RPC cost of the server interceptor chain against a bare grpc.aio server",
+}
+"""Each benchmark's name (its module in this package) and what it measures, in one line."""
+
+USAGE = """\
+usage: scripts/bench NAME [options]     run a benchmark (NAME --help shows its options)
+       scripts/bench --list             list the benchmarks"""
+
+
+def listing() -> str:
+    width = max(len(name) for name in BENCHMARKS)
+    return "\n".join(f"{name.ljust(width)}  {what}" for name, what in BENCHMARKS.items())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(f"{USAGE}\n\nbenchmarks:\n{listing()}")
+        return 0 if args else 2
+    if args[0] in ("-l", "--list"):
+        print(listing())
+        return 0
+    name, *rest = args
+    if name not in BENCHMARKS:
+        print(f"unknown benchmark {name!r}; the benchmarks are:\n{listing()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"benchmarks.{name}")
+    code: int = module.main(rest)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
