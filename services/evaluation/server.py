@@ -8,7 +8,9 @@ from services.evaluation.servicer import SERVICE_NAME, EvaluationServicer
 
 def registration() -> ServiceRegistration:
     """Returns EvaluationService ready to be added to a server."""
-    servicer = EvaluationServicer()
+    # The RPCs still pending are installed by @pending_rpcs at import time, which mypy cannot
+    # see; the ignore becomes unused (an error) once every RPC is implemented.
+    servicer = EvaluationServicer()  # type: ignore[abstract]
     return ServiceRegistration(
         name=SERVICE_NAME,
         add_to_server=lambda server: (

@@ -8,7 +8,9 @@ from services.experiment.servicer import SERVICE_NAME, ExperimentServicer
 
 def registration() -> ServiceRegistration:
     """Returns ExperimentService ready to be added to a server."""
-    servicer = ExperimentServicer()
+    # The RPCs still pending are installed by @pending_rpcs at import time, which mypy cannot
+    # see; the ignore becomes unused (an error) once every RPC is implemented.
+    servicer = ExperimentServicer()  # type: ignore[abstract]
     return ServiceRegistration(
         name=SERVICE_NAME,
         add_to_server=lambda server: (

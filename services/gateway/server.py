@@ -54,7 +54,9 @@ def registration(
             timeout=settings.health_check_timeout_seconds,
         ),
     )
-    servicer = GatewayServicer(server_info=reporter)
+    # The RPCs still pending are installed by @pending_rpcs at import time, which mypy cannot
+    # see; the ignore becomes unused (an error) once every RPC is implemented.
+    servicer = GatewayServicer(server_info=reporter)  # type: ignore[abstract]
     return ServiceRegistration(
         name=SERVICE_NAME,
         add_to_server=lambda server: gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(

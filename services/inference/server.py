@@ -8,7 +8,9 @@ from services.inference.servicer import SERVICE_NAME, InferenceServicer
 
 def registration() -> ServiceRegistration:
     """Returns InferenceService ready to be added to a server."""
-    servicer = InferenceServicer()
+    # The RPCs still pending are installed by @pending_rpcs at import time, which mypy cannot
+    # see; the ignore becomes unused (an error) once every RPC is implemented.
+    servicer = InferenceServicer()  # type: ignore[abstract]
     return ServiceRegistration(
         name=SERVICE_NAME,
         add_to_server=lambda server: (

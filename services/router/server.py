@@ -8,7 +8,9 @@ from services.router.servicer import SERVICE_NAME, RouterServicer
 
 def registration() -> ServiceRegistration:
     """Returns RouterService ready to be added to a server."""
-    servicer = RouterServicer()
+    # The RPCs still pending are installed by @pending_rpcs at import time, which mypy cannot
+    # see; the ignore becomes unused (an error) once every RPC is implemented.
+    servicer = RouterServicer()  # type: ignore[abstract]
     return ServiceRegistration(
         name=SERVICE_NAME,
         add_to_server=lambda server: router_service_pb2_grpc.add_RouterServiceServicer_to_server(
