@@ -27,7 +27,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.trace import TracerProvider
 
 from services.common.auth import Authenticator, set_current_principal
-from services.common.errors import DomainError, Unimplemented
+from services.common.errors import DomainError, FieldViolation, InvalidArgument, Unimplemented
 from services.common.grpc_types import MethodHandler, ServerInterceptor, ServicerContext
 from services.common.status import status_code_of, to_grpc_status
 from services.common.validation import Validator, Validators, validate
@@ -131,10 +131,15 @@ class ErrorInterceptor(_BehaviourInterceptor):
     """
 
     def _wrap(self, handler: Handler, method: str) -> Handler:
+        # This layer parses the request bytes itself, so that a request that does not parse
+        # (truncated, invalid UTF-8 in a string field, ...) is INVALID_ARGUMENT: grpc's own
+        # deserialization would answer UNKNOWN.
+        decode = _request_decoder(handler)
+
         def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
             async def mapped(request: Any, context: Context) -> Any:
                 try:
-                    return await behaviour(request, context)
+                    return await behaviour(decode(request), context)
                 except Exception as error:
                     await abort_with_error(context, error, method=method)
 
@@ -143,7 +148,7 @@ class ErrorInterceptor(_BehaviourInterceptor):
         def streaming(behaviour: StreamingBehaviour) -> StreamingBehaviour:
             async def mapped(request: Any, context: Context) -> AsyncGenerator[Any, None]:
                 try:
-                    async with aclosing(behaviour(request, context)) as responses:
+                    async with aclosing(behaviour(decode(request), context)) as responses:
                         async for response in responses:
                             yield response
                 except Exception as error:
@@ -153,7 +158,41 @@ class ErrorInterceptor(_BehaviourInterceptor):
 
             return mapped
 
-        return _rebuild(handler, unary, streaming)
+        return _rebuild(handler, unary, streaming, request_deserializer=None)
+
+
+def _request_decoder(handler: Handler) -> Callable[[Any], Any]:
+    """Returns a function turning the raw request (or request stream) of `handler` into
+    messages, raising `InvalidArgument` for bytes that are not a valid request."""
+    deserialize = handler.request_deserializer
+    if deserialize is None:
+        return lambda request: request
+    parse = deserialize
+    message_class = getattr(parse, "__self__", None)
+    name = getattr(getattr(message_class, "DESCRIPTOR", None), "full_name", "request message")
+
+    def decode_one(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except Exception:
+            raise InvalidArgument(
+                violations=[
+                    FieldViolation(
+                        field="request",
+                        description=f"the bytes do not parse as a {name} (truncated, a wrong "
+                        "wire type, or a string field that is not valid UTF-8)",
+                    )
+                ]
+            ) from None
+
+    if not handler.request_streaming:
+        return decode_one
+
+    async def decode_stream(raw_messages: AsyncIterable[bytes]) -> AsyncGenerator[Any, None]:
+        async for raw in raw_messages:
+            yield decode_one(raw)
+
+    return decode_stream
 
 
 class ValidationInterceptor(_BehaviourInterceptor):
@@ -238,12 +277,18 @@ def _with_prelude(handler: Handler, prelude: Prelude) -> Handler:
     return _rebuild(handler, unary, streaming)
 
 
+_KEEP: Any = object()
+
+
 def _rebuild(
     handler: Handler,
     unary: Callable[[UnaryBehaviour], UnaryBehaviour],
     streaming: Callable[[StreamingBehaviour], StreamingBehaviour],
+    *,
+    request_deserializer: Any = _KEEP,
 ) -> Handler:
-    """Returns `handler` with its behaviour wrapped, keeping its kind and (de)serializers."""
+    """Returns `handler` with its behaviour wrapped, keeping its kind and (de)serializers
+    unless `request_deserializer` replaces the request's (None: the raw bytes)."""
     factory: Callable[..., Handler]
     wrapped: UnaryBehaviour | StreamingBehaviour
     if handler.response_streaming:
@@ -260,7 +305,9 @@ def _rebuild(
         wrapped = unary(_as_unary(behaviour))
     return factory(
         wrapped,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=(
+            handler.request_deserializer if request_deserializer is _KEEP else request_deserializer
+        ),
         response_serializer=handler.response_serializer,
     )
 

@@ -201,3 +201,35 @@ async def test_tls_end_to_end_with_the_embedded_services_calling_each_other(
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await platform.stop(grace=0)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # GenerateStreamRequest{model: "m", text: "hi", parameters: {stop: [b"\xff\xfe"]}}
+        b"\x0a\x01m\x1a\x02hi\x2a\x04\x2a\x02\xff\xfe",
+        # a length prefix that runs past the end of the message
+        b"\x0a\x7fm",
+    ],
+    ids=["invalid-utf8-in-a-string", "truncated"],
+)
+async def test_a_request_that_does_not_parse_is_invalid_argument_not_unknown(
+    channel: grpc.aio.Channel, raw: bytes
+) -> None:
+    call = channel.unary_stream(
+        "/genai.inference.v1.InferenceService/GenerateStream",
+        request_serializer=lambda message: message,
+        response_deserializer=lambda message: message,
+    )
+
+    async def consume() -> None:
+        async for _ in call(raw, timeout=5):
+            pytest.fail("an unparseable request got a response")
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await consume()
+    error = error_details(raised.value)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.reason == reasons.FIELD_VIOLATION
+    assert error.field_violations[0].field == "request"
+    assert "genai.inference.v1.GenerateStreamRequest" in error.field_violations[0].description
