@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from genai.common.v1 import chat_pb2, generation_pb2
 from genai.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
+from genai.inference.v1 import inference_pb2, inference_service_pb2, inference_service_pb2_grpc
 from google.protobuf import json_format
 
 from services.common.config import ConfigError, load_settings
+from services.inference.adapters import tritonserver
 from services.platform.runner import platform_version, start_platform
 from services.platform.settings import ALL_SERVICES, PlatformSettings
 
@@ -68,6 +71,31 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (host:port)")
     info.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
     info.set_defaults(run=_info)
+
+    generate = commands.add_parser(
+        "generate", help="stream a completion from InferenceService, as a chat turn"
+    )
+    generate.add_argument("prompt", help="the user message (or raw text with --raw)")
+    generate.add_argument("--target", default=DEFAULT_TARGET, help="platform address")
+    generate.add_argument("--model", default="smollm2-135m-instruct", help="served model name")
+    generate.add_argument("--raw", action="store_true", help="send the prompt as raw text")
+    generate.add_argument("--system", help="a system message before the prompt")
+    generate.add_argument("--max-tokens", type=int, help="tokens to generate at most")
+    generate.add_argument("--temperature", type=float, help="0 is greedy")
+    generate.add_argument("--top-p", type=float)
+    generate.add_argument("--top-k", type=int)
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--stop", action="append", default=[], help="stop sequence")
+    generate.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+    generate.set_defaults(run=_generate)
+
+    triton = commands.add_parser(
+        "triton",
+        help="run Triton Inference Server in the foreground (see `genai triton --help`)",
+        add_help=False,
+    )
+    triton.add_argument("arguments", nargs=argparse.REMAINDER)
+    triton.set_defaults(run=lambda args: tritonserver.main(args.arguments))
 
     version = commands.add_parser("version", help="print the platform version")
     version.set_defaults(run=lambda _args: print(platform_version()) or 0)
@@ -136,6 +164,49 @@ def _info(args: argparse.Namespace) -> int:
         print(f"genai: {args.target}: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
     print(json_format.MessageToJson(response, indent=2))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    parameters = generation_pb2.SamplingParameters(stop=args.stop)
+    for field in ("max_tokens", "temperature", "top_p", "top_k", "seed"):
+        value = getattr(args, field)
+        if value is not None:
+            setattr(parameters, field, value)
+    request = inference_service_pb2.GenerateStreamRequest(model=args.model, parameters=parameters)
+    if args.raw:
+        request.text = args.prompt
+    else:
+        if args.system:
+            request.chat.messages.add(role=chat_pb2.CHAT_ROLE_SYSTEM, content=args.system)
+        request.chat.messages.add(role=chat_pb2.CHAT_ROLE_USER, content=args.prompt)
+
+    async def stream() -> inference_pb2.GenerationFinal:
+        final = inference_pb2.GenerationFinal()
+        async with grpc.aio.insecure_channel(args.target) as channel:
+            stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+            async for response in stub.GenerateStream(request, timeout=args.timeout):
+                if response.HasField("delta"):
+                    sys.stdout.write(response.delta.text)
+                    sys.stdout.flush()
+                elif response.HasField("final"):
+                    final = response.final
+        return final
+
+    try:
+        final = asyncio.run(stream())
+    except grpc.aio.AioRpcError as error:
+        print(f"\ngenai: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    timings = final.timings
+    print(
+        f"\n[{final.model} on {final.backend_id}: "
+        f"{generation_pb2.FinishReason.Name(final.finish_reason).removeprefix('FINISH_REASON_')}"
+        f", {final.usage.input_tokens} tokens in, {final.usage.output_tokens} out, "
+        f"first token {timings.first_token_duration.ToTimedelta().total_seconds() * 1000:.0f} ms"
+        f", total {timings.total_duration.ToTimedelta().total_seconds():.2f} s]",
+        file=sys.stderr,
+    )
     return 0
 
 

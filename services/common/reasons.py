@@ -37,6 +37,17 @@ NOT_IMPLEMENTED: Final = "NOT_IMPLEMENTED"
 INTERNAL_ERROR: Final = "INTERNAL_ERROR"
 """An unexpected server error; details are in the server logs, never in the response."""
 
+MODEL_NOT_FOUND: Final = "MODEL_NOT_FOUND"
+"""The model is not in the catalog, or not served by the backend."""
+CONTEXT_LENGTH_EXCEEDED: Final = "CONTEXT_LENGTH_EXCEEDED"
+"""Prompt tokens plus max_tokens exceed the model's context window."""
+BACKEND_UNAVAILABLE: Final = "BACKEND_UNAVAILABLE"
+"""The model backend is down or unreachable; safe to retry."""
+BACKEND_OVERLOADED: Final = "BACKEND_OVERLOADED"
+"""The backend's bounded in-flight limit is reached; `RetryInfo` says when to retry."""
+BACKEND_ERROR: Final = "BACKEND_ERROR"
+"""The backend reported an error for this request."""
+
 ALL_REASONS: Final = frozenset(
     {
         FIELD_VIOLATION,
@@ -52,6 +63,11 @@ ALL_REASONS: Final = frozenset(
         CANCELLED,
         NOT_IMPLEMENTED,
         INTERNAL_ERROR,
+        MODEL_NOT_FOUND,
+        CONTEXT_LENGTH_EXCEEDED,
+        BACKEND_UNAVAILABLE,
+        BACKEND_OVERLOADED,
+        BACKEND_ERROR,
     }
 )
 """Every reason above; a contract test checks each is a `genai.common.v1.ErrorReason` name."""

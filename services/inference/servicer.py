@@ -1,23 +1,217 @@
 """genai.inference.v1.InferenceService: converts between protos and inference domain types."""
 
-from genai.inference.v1 import inference_service_pb2_grpc
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 
-from services.common.unimplemented import pending_rpcs
+from genai.common.v1 import chat_pb2, generation_pb2
+from genai.inference.v1 import inference_pb2, inference_service_pb2, inference_service_pb2_grpc
+from google.protobuf.duration_pb2 import Duration
+
+from services.common.errors import FieldViolation, InvalidArgument
+from services.common.grpc_types import ServicerContext
+from services.inference.core.engine import BackendStatus, Delta, Finished, InferenceEngine, Started
+from services.inference.core.model import (
+    ChatTurn,
+    FinishReason,
+    GenerationRequest,
+    ModelState,
+    Sampling,
+    Task,
+)
 
 SERVICE_NAME = "genai.inference.v1.InferenceService"
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
 
-_TRITON = "the Triton backend over KServe v2 ModelStreamInfer (issue #3)"
+_ROLES = {
+    chat_pb2.CHAT_ROLE_SYSTEM: "system",
+    chat_pb2.CHAT_ROLE_USER: "user",
+    chat_pb2.CHAT_ROLE_ASSISTANT: "assistant",
+}
+_FINISH_REASONS = {
+    FinishReason.STOP: generation_pb2.FINISH_REASON_STOP,
+    FinishReason.LENGTH: generation_pb2.FINISH_REASON_LENGTH,
+    FinishReason.STOP_SEQUENCE: generation_pb2.FINISH_REASON_STOP_SEQUENCE,
+    # A cancelled request never gets a final message; listed for completeness.
+    FinishReason.CANCELLED: generation_pb2.FINISH_REASON_UNSPECIFIED,
+}
+_STATES = {
+    ModelState.READY: inference_pb2.MODEL_STATE_READY,
+    ModelState.LOADING: inference_pb2.MODEL_STATE_LOADING,
+    ModelState.UNAVAILABLE: inference_pb2.MODEL_STATE_UNAVAILABLE,
+}
+_TASKS = {
+    Task.GENERATION: inference_pb2.MODEL_TASK_GENERATION,
+    Task.EMBEDDING: inference_pb2.MODEL_TASK_EMBEDDING,
+}
 
-
-@pending_rpcs(
-    SERVICE_NAME,
-    {
-        "Generate": _TRITON,
-        "GenerateStream": _TRITON,
-        "Embed": "the all-MiniLM-L6-v2 embedding model on Triton (issue #3)",
-        "ListModels": _TRITON,
-        "GetModelStatus": _TRITON,
-    },
+GenerationMessage = (
+    inference_service_pb2.GenerateRequest | inference_service_pb2.GenerateStreamRequest
 )
+
+
 class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
-    """Serves InferenceService. Every RPC waits on the Triton backend of issue #3."""
+    """Serves InferenceService from an `InferenceEngine`."""
+
+    def __init__(self, engine: InferenceEngine) -> None:
+        self._engine = engine
+
+    async def GenerateStream(
+        self,
+        request: inference_service_pb2.GenerateStreamRequest,
+        context: ServicerContext,
+    ) -> AsyncIterator[inference_service_pb2.GenerateStreamResponse]:
+        """Streams one start, the deltas, and one final."""
+        Response = inference_service_pb2.GenerateStreamResponse
+        events = self._engine.stream(_generation(request), time_left=context.time_remaining())
+        # aclosing: a cancelled caller releases the backend slot and the Triton request now,
+        # not whenever the garbage collector finalizes the generator.
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, Delta):
+                    yield Response(
+                        delta=inference_pb2.TokenDelta(
+                            text=event.text, token_count=event.token_count
+                        )
+                    )
+                elif isinstance(event, Started):
+                    yield Response(
+                        start=inference_pb2.GenerationStart(
+                            model=event.model,
+                            backend_id=event.backend_id,
+                            input_tokens=event.input_tokens,
+                        )
+                    )
+                else:
+                    yield Response(final=_final(event))
+
+    async def Generate(
+        self, request: inference_service_pb2.GenerateRequest, context: ServicerContext
+    ) -> inference_service_pb2.GenerateResponse:
+        """Runs the same stream and returns its text at once."""
+        parts: list[str] = []
+        final = inference_pb2.GenerationFinal()
+        events = self._engine.stream(_generation(request), time_left=context.time_remaining())
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, Delta):
+                    parts.append(event.text)
+                elif isinstance(event, Finished):
+                    final = _final(event)
+        return inference_service_pb2.GenerateResponse(text="".join(parts), final=final)
+
+    async def Embed(
+        self, request: inference_service_pb2.EmbedRequest, context: ServicerContext
+    ) -> inference_service_pb2.EmbedResponse:
+        """Embeds the inputs, in order."""
+        model, embeddings = await self._engine.embed(request.model, list(request.inputs))
+        return inference_service_pb2.EmbedResponse(
+            embeddings=[inference_pb2.Embedding(values=v) for v in embeddings.vectors],
+            dimensions=len(embeddings.vectors[0]) if embeddings.vectors else 0,
+            usage=generation_pb2.TokenUsage(input_tokens=embeddings.input_tokens),
+            model=model.name,
+        )
+
+    async def ListModels(
+        self, request: inference_service_pb2.ListModelsRequest, context: ServicerContext
+    ) -> inference_service_pb2.ListModelsResponse:
+        """One page of every model on every backend."""
+        offset, size = _page(request.page_size, request.page_token)
+        statuses = await self._engine.status()
+        page = statuses[offset : offset + size]
+        next_offset = offset + len(page)
+        return inference_service_pb2.ListModelsResponse(
+            models=[_served(s) for s in page],
+            next_page_token=str(next_offset) if next_offset < len(statuses) else "",
+        )
+
+    async def GetModelStatus(
+        self, request: inference_service_pb2.GetModelStatusRequest, context: ServicerContext
+    ) -> inference_service_pb2.GetModelStatusResponse:
+        """The model on each of its backends (or the one asked for)."""
+        if not request.model:
+            raise InvalidArgument(violations=[FieldViolation("model", "is required")])
+        statuses = await self._engine.status(request.model, request.backend_id)
+        return inference_service_pb2.GetModelStatusResponse(models=[_served(s) for s in statuses])
+
+
+def _generation(request: GenerationMessage) -> GenerationRequest:
+    text: str | None = None
+    messages: tuple[ChatTurn, ...] | None = None
+    match request.WhichOneof("input"):
+        case "text":
+            text = request.text
+        case "chat":
+            messages = tuple(
+                ChatTurn(_ROLES.get(m.role, ""), m.content) for m in request.chat.messages
+            )
+    p = request.parameters
+    return GenerationRequest(
+        model=request.model,
+        text=text,
+        messages=messages,
+        sampling=Sampling(
+            max_tokens=p.max_tokens if p.HasField("max_tokens") else None,
+            temperature=p.temperature if p.HasField("temperature") else None,
+            top_p=p.top_p if p.HasField("top_p") else None,
+            top_k=p.top_k if p.HasField("top_k") else None,
+            seed=p.seed if p.HasField("seed") else None,
+            repetition_penalty=p.repetition_penalty if p.HasField("repetition_penalty") else None,
+            presence_penalty=p.presence_penalty if p.HasField("presence_penalty") else None,
+            frequency_penalty=p.frequency_penalty if p.HasField("frequency_penalty") else None,
+            stop=tuple(p.stop),
+        ),
+        backend_id=request.backend_id,
+        request_id=request.request_id,
+    )
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+def _final(event: Finished) -> inference_pb2.GenerationFinal:
+    return inference_pb2.GenerationFinal(
+        finish_reason=_FINISH_REASONS[event.finish_reason],
+        usage=generation_pb2.TokenUsage(
+            input_tokens=event.input_tokens, output_tokens=event.output_tokens
+        ),
+        timings=generation_pb2.GenerationTimings(
+            first_token_duration=_duration(event.first_token_seconds),
+            total_duration=_duration(event.total_seconds),
+        ),
+        model=event.model,
+        backend_id=event.backend_id,
+    )
+
+
+def _served(status: BackendStatus) -> inference_pb2.ServedModel:
+    return inference_pb2.ServedModel(
+        name=status.model.name,
+        backend_id=status.backend.id,
+        backend_model=status.backend.backend_model,
+        state=_STATES[status.state],
+        task=_TASKS[status.model.task],
+        max_context_tokens=status.model.max_context_tokens,
+        max_output_tokens=status.model.max_output_tokens,
+        streaming=status.model.streaming,
+        in_flight=status.in_flight,
+        max_in_flight=status.backend.max_in_flight,
+    )
+
+
+def _page(page_size: int, page_token: str) -> tuple[int, int]:
+    violations = []
+    if not 0 <= page_size <= MAX_PAGE_SIZE:
+        violations.append(FieldViolation("page_size", f"must be in [0, {MAX_PAGE_SIZE}]"))
+    offset = 0
+    if page_token:
+        if not page_token.isdigit():
+            violations.append(FieldViolation("page_token", "is not a token this service issued"))
+        else:
+            offset = int(page_token)
+    if violations:
+        raise InvalidArgument(violations=violations)
+    return offset, page_size or DEFAULT_PAGE_SIZE

@@ -24,6 +24,7 @@ from services.evaluation import server as evaluation_server
 from services.experiment import server as experiment_server
 from services.gateway import server as gateway_server
 from services.inference import server as inference_server
+from services.inference.adapters.tritonserver import TritonServer
 from services.platform.settings import (
     ClientSettings,
     PlatformSettings,
@@ -75,6 +76,10 @@ class ChannelPool:
             await channel.close(None)
 
 
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+"""Relative paths in the settings (the Triton model repository) start here."""
+
+
 @dataclass
 class Platform:
     """A running platform process."""
@@ -82,6 +87,8 @@ class Platform:
     server: RunningServer
     hosted_services: tuple[str, ...]
     channels: ChannelPool
+    triton: TritonServer | None = None
+    """The Triton server this process launched, if any."""
 
     @property
     def address(self) -> str:
@@ -89,40 +96,75 @@ class Platform:
         return self.server.address
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drains in-flight RPCs within the grace period, then closes client channels."""
+        """Drains in-flight RPCs within the grace period, then stops Triton and closes
+        client channels."""
         await self.server.stop(grace)
+        if self.triton is not None:
+            await self.triton.stop()
         await self.channels.close()
 
 
 async def start_platform(
     settings: PlatformSettings, *, authenticator: Authenticator | None = None
 ) -> Platform:
-    """Starts the services `settings` names on one server and returns once it is serving."""
+    """Starts the services `settings` names on one server and returns once it is serving.
+
+    When InferenceService is hosted and `inference.triton.launch` is set, Triton is started
+    first and the process owns it: it stops with the platform.
+    """
     hosted = tuple(SERVICE_NAMES[key] for key in settings.services)
     channels = ChannelPool(tls=_client_tls(settings.clients))
+    triton = await _launch_triton(settings) if "inference" in settings.services else None
     local: list[str] = []  # this server's own address, known once it is bound
 
     def local_target() -> str:
         return local[0] if local else ""
 
-    registrations = [
-        _registration(key, settings, hosted, local_target, channels) for key in settings.services
-    ]
-    server = await start_server(
-        bind=f"{_bracket(settings.server.host)}:{settings.server.port}",
-        registrations=registrations,
-        interceptors=default_interceptors(
-            authenticator=authenticator or AnonymousAuthenticator(),
-            validators=Validators(),
-            tracer_provider=configure_tracing("genai-platform"),
-        ),
-        tls=_tls(settings.server),
-        grace=settings.server.grace_seconds,
-        reflection=enable_documented_reflection,
-    )
+    try:
+        registrations = [
+            _registration(key, settings, hosted, local_target, channels, triton)
+            for key in settings.services
+        ]
+        server = await start_server(
+            bind=f"{_bracket(settings.server.host)}:{settings.server.port}",
+            registrations=registrations,
+            interceptors=default_interceptors(
+                authenticator=authenticator or AnonymousAuthenticator(),
+                validators=Validators(),
+                tracer_provider=configure_tracing("genai-platform"),
+            ),
+            tls=_tls(settings.server),
+            grace=settings.server.grace_seconds,
+            reflection=enable_documented_reflection,
+        )
+    except BaseException:
+        if triton is not None:
+            await triton.stop()
+        await channels.close()
+        raise
     local.append(server.address)
     _logger.info("serving %s on %s", ", ".join(hosted), server.address)
-    return Platform(server=server, hosted_services=hosted, channels=channels)
+    return Platform(server=server, hosted_services=hosted, channels=channels, triton=triton)
+
+
+async def _launch_triton(settings: PlatformSettings) -> TritonServer | None:
+    launch = settings.inference.triton
+    if not launch.launch:
+        return None
+    repository = REPOSITORY_ROOT / launch.model_repository
+    triton = TritonServer()
+    _logger.info("starting Triton with %s", repository)
+    await triton.start(
+        repository,
+        models=list(launch.models) or None,
+        grpc_port=launch.grpc_port,
+        http_port=launch.http_port,
+        metrics_port=launch.metrics_port,
+        log_file=launch.log_file or None,
+        startup_timeout=launch.startup_timeout_seconds,
+    )
+    _logger.info("Triton ready: gRPC %s, log %s", triton.grpc_address, triton.log_file)
+    return triton
 
 
 def _registration(
@@ -131,6 +173,7 @@ def _registration(
     hosted: tuple[str, ...],
     local_target: Callable[[], str],
     channels: ChannelPool,
+    triton: TritonServer | None,
 ) -> ServiceRegistration:
     match key:
         case "prompt":
@@ -142,7 +185,11 @@ def _registration(
         case "router":
             return router_server.registration()
         case "inference":
-            return inference_server.registration()
+            return inference_server.registration(
+                settings=settings.inference,
+                local_triton=triton.grpc_address if triton is not None else None,
+                channel_for=channels.get,
+            )
         case "gateway":
             return gateway_server.registration(
                 settings=settings.gateway,

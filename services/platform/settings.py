@@ -6,6 +6,7 @@ from pydantic import Field, field_validator, model_validator
 
 from services.common.config import Settings
 from services.gateway.config import GatewaySettings
+from services.inference.config import InferenceSettings
 
 ServiceKey = Literal["prompt", "experiment", "evaluation", "router", "inference", "gateway"]
 """Short name of one service of the platform."""
@@ -87,6 +88,10 @@ class PlatformSettings(Settings):
     )
     gateway: GatewaySettings = Field(
         default_factory=GatewaySettings, description="GatewayService, when hosted."
+    )
+    inference: InferenceSettings = Field(
+        default_factory=InferenceSettings,
+        description="InferenceService, when hosted, and the Triton server it launches.",
     )
 
     @field_validator("services")

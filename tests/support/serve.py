@@ -1,6 +1,7 @@
 """Runs `genai serve` as a real child process, the way a user or an operator starts it."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -9,7 +10,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.settings import inference_without_triton
+
 ROOT = Path(__file__).resolve().parents[2]
+
+NO_TRITON = {
+    "GENAI_INFERENCE__TRITON__LAUNCH": "false",
+    "GENAI_INFERENCE__MODELS": json.dumps(inference_without_triton()["models"]),
+}
+"""Environment for a `genai serve` whose InferenceService points at no running Triton."""
 
 
 @dataclass(frozen=True)
@@ -23,9 +32,12 @@ class ServeProcess:
 
 
 @contextmanager
-def genai_serve(workdir: Path, *args: str, timeout: float = 60.0) -> Iterator[ServeProcess]:
-    """Starts `genai serve --port 0 ARGS`, waits until it is serving, and kills it on exit
-    unless the caller already stopped it. Fails with the process output if it never serves."""
+def genai_serve(
+    workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> Iterator[ServeProcess]:
+    """Starts `genai serve --port 0 ARGS` with `env` added to the environment, waits until it
+    is serving, and kills it on exit unless the caller already stopped it. Fails with the
+    process output if it never serves. Without `env`, no Triton is launched (`NO_TRITON`)."""
     ready = workdir / "genai-ready.json"
     command: Sequence[str] = [
         sys.executable,
@@ -39,7 +51,12 @@ def genai_serve(workdir: Path, *args: str, timeout: float = 60.0) -> Iterator[Se
         *args,
     ]
     process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(NO_TRITON if env is None else env)},
     )
     try:
         deadline = time.monotonic() + timeout

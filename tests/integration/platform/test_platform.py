@@ -19,14 +19,24 @@ from services.common.reasons import ERROR_DOMAIN
 from services.common.status import error_details
 from services.platform.runner import SERVICE_NAMES, Platform, platform_version, start_platform
 from services.platform.settings import PlatformSettings, ServerSettings
+from tests.support.settings import inference_without_triton
 from tests.support.tls import make_certificates
 
-IMPLEMENTED = {"genai.gateway.v1.GatewayService/GetServerInfo"}
+IMPLEMENTED = {
+    "genai.gateway.v1.GatewayService/GetServerInfo",
+    "genai.inference.v1.InferenceService/Generate",
+    "genai.inference.v1.InferenceService/GenerateStream",
+    "genai.inference.v1.InferenceService/Embed",
+    "genai.inference.v1.InferenceService/ListModels",
+    "genai.inference.v1.InferenceService/GetModelStatus",
+}
 """RPCs with behaviour so far; every other contract RPC must answer UNIMPLEMENTED."""
 
 
 def _settings(**fields: object) -> PlatformSettings:
-    return PlatformSettings.model_validate({"server": ServerSettings(port=0), **fields})
+    return PlatformSettings.model_validate(
+        {"server": ServerSettings(port=0), "inference": inference_without_triton(), **fields}
+    )
 
 
 @pytest.fixture

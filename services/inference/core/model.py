@@ -1,0 +1,148 @@
+"""What InferenceService serves: models, their backends, and the requests they take."""
+
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+
+class Task(StrEnum):
+    """What a served model produces."""
+
+    GENERATION = "generation"
+    EMBEDDING = "embedding"
+
+
+class FinishReason(StrEnum):
+    """Why generation ended; the values are the facade's `finish_reason` strings."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    STOP_SEQUENCE = "stop_words"
+    CANCELLED = "cancelled"
+
+
+class ModelState(StrEnum):
+    """Whether a backend can take requests for a model."""
+
+    READY = "ready"
+    LOADING = "loading"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    """One endpoint serving a model."""
+
+    id: str
+    """Unique id, e.g. `triton-0/smollm2`."""
+    endpoint: str
+    """`host:port` of the Triton server."""
+    backend_model: str
+    """The model's name on the backend (the Triton facade model)."""
+    max_in_flight: int
+    """Requests InferenceService lets run at once on this backend; more are refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model InferenceService serves, under its catalog name."""
+
+    name: str
+    task: Task
+    backends: tuple[BackendSpec, ...]
+    max_context_tokens: int
+    max_output_tokens: int
+    default_max_tokens: int
+    streaming: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ChatTurn:
+    """One message of a conversation to complete."""
+
+    role: str
+    """`system`, `user` or `assistant`."""
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Decoding parameters; None means the model's default."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """A caller's request, before validation. Exactly one of `text` and `messages` is set."""
+
+    model: str
+    text: str | None = None
+    messages: tuple[ChatTurn, ...] | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    backend_id: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendRequest:
+    """What a backend is asked to generate: the final prompt text and resolved limits."""
+
+    prompt: str
+    max_tokens: int
+    sampling: Sampling
+    request_id: str
+    stream: bool
+    timeout: float | None
+    """Seconds left of the caller's deadline, passed on to the backend."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendChunk:
+    """One response of a backend: new text and the counts so far."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+    """Tokens generated so far, cumulative."""
+    finish_reason: FinishReason | None
+    """Set on the last chunk only."""
+
+
+class GenerationBackend(Protocol):
+    """A backend that generates text (Triton's facade, an OpenAI-compatible endpoint, ...).
+
+    `generate` yields chunks until one carries a finish reason. Closing the iterator early,
+    or cancelling the task consuming it, cancels the backend request.
+    """
+
+    def generate(
+        self, spec: BackendSpec, request: BackendRequest
+    ) -> AsyncGenerator[BackendChunk, None]:
+        """Streams the generation of `request` on `spec`."""
+        ...
+
+    async def embed(self, spec: BackendSpec, texts: Sequence[str]) -> "Embeddings":
+        """Embeds `texts` with the embedding model on `spec`."""
+        ...
+
+    async def model_state(self, spec: BackendSpec) -> ModelState:
+        """Asks the backend whether the model is ready."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """Vectors for a list of texts, in order."""
+
+    vectors: tuple[tuple[float, ...], ...]
+    input_tokens: int

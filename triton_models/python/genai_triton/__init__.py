@@ -1,0 +1,1 @@
+"""Python shared by the CPU Triton models."""
