@@ -8,7 +8,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -23,6 +23,11 @@ from services.platform.settings import PlatformSettings
 from tests.support.triton import CPU_REPOSITORY, triton_server
 
 pytestmark = pytest.mark.system
+
+if TYPE_CHECKING:
+    Stub = inference_service_pb2_grpc.InferenceServiceAsyncStub
+else:
+    Stub = inference_service_pb2_grpc.InferenceServiceStub
 
 SLOW_INTERVAL_US = 20_000
 """Pace of `zero_llm_slow`: 50 tokens/s, slow enough to cancel mid-stream."""
@@ -91,7 +96,7 @@ async def platform(triton: TritonServer) -> AsyncIterator[Platform]:
 @pytest.fixture
 async def stub(
     platform: Platform,
-) -> AsyncIterator[inference_service_pb2_grpc.InferenceServiceStub]:
+) -> AsyncIterator[Stub]:
     async with grpc.aio.insecure_channel(platform.address) as channel:
         yield inference_service_pb2_grpc.InferenceServiceStub(channel)
 
@@ -105,7 +110,7 @@ def _request(
 
 
 async def _collect(
-    stub: inference_service_pb2_grpc.InferenceServiceStub,
+    stub: Stub,
     request: inference_service_pb2.GenerateStreamRequest,
 ) -> list[inference_service_pb2.GenerateStreamResponse]:
     return [response async for response in stub.GenerateStream(request, timeout=30)]
@@ -118,7 +123,7 @@ async def _failure(call: Any) -> Any:
 
 
 async def test_stream_is_one_start_deltas_and_one_final(
-    stub: inference_service_pb2_grpc.InferenceServiceStub,
+    stub: Stub,
 ) -> None:
     responses = await _collect(stub, _request(max_tokens=5))
     kinds = [r.WhichOneof("event") for r in responses]
@@ -134,7 +139,7 @@ async def test_stream_is_one_start_deltas_and_one_final(
 
 
 async def test_unary_generate_returns_the_same_text(
-    stub: inference_service_pb2_grpc.InferenceServiceStub,
+    stub: Stub,
 ) -> None:
     request = inference_service_pb2.GenerateRequest(
         model="zero", text="a b", parameters=generation_pb2.SamplingParameters(max_tokens=3)
@@ -146,7 +151,7 @@ async def test_unary_generate_returns_the_same_text(
 
 
 async def test_stop_sequence_ends_the_stream_without_the_sequence(
-    stub: inference_service_pb2_grpc.InferenceServiceStub,
+    stub: Stub,
 ) -> None:
     responses = await _collect(stub, _request(max_tokens=20, stop=["tok3"]))
     text = "".join(r.delta.text for r in responses if r.HasField("delta"))
@@ -155,7 +160,7 @@ async def test_stop_sequence_ends_the_stream_without_the_sequence(
 
 
 async def test_chat_input_is_rendered_with_the_models_template(
-    stub: inference_service_pb2_grpc.InferenceServiceStub,
+    stub: Stub,
 ) -> None:
     request = inference_service_pb2.GenerateStreamRequest(
         model="zero",
@@ -212,7 +217,7 @@ async def test_chat_input_is_rendered_with_the_models_template(
     ],
 )
 async def test_bad_requests_get_precise_statuses(
-    stub: inference_service_pb2_grpc.InferenceServiceStub,
+    stub: Stub,
     request_: inference_service_pb2.GenerateStreamRequest,
     code: grpc.StatusCode,
     reason: str,
@@ -239,7 +244,7 @@ async def _in_flight(triton: TritonServer, model: str) -> float:
 
 
 async def test_cancelling_the_caller_cancels_the_triton_request(
-    stub: inference_service_pb2_grpc.InferenceServiceStub, triton: TritonServer
+    stub: Stub, triton: TritonServer
 ) -> None:
     call = stub.GenerateStream(_request(model="zero-slow", max_tokens=10_000), timeout=60)
     received = 0
@@ -256,7 +261,7 @@ async def test_cancelling_the_caller_cancels_the_triton_request(
 
 
 async def test_requests_past_the_in_flight_bound_are_refused_with_retry_info(
-    stub: inference_service_pb2_grpc.InferenceServiceStub,
+    stub: Stub,
 ) -> None:
     running = [
         stub.GenerateStream(_request(model="zero-slow", max_tokens=10_000), timeout=60)
@@ -277,7 +282,7 @@ async def test_requests_past_the_in_flight_bound_are_refused_with_retry_info(
 
 
 async def test_deadline_is_passed_on_and_reported(
-    stub: inference_service_pb2_grpc.InferenceServiceStub,
+    stub: Stub,
 ) -> None:
     call = stub.GenerateStream(_request(model="zero-slow", max_tokens=10_000), timeout=0.3)
     with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -306,7 +311,7 @@ async def test_a_triton_that_is_down_is_unavailable_within_the_deadline() -> Non
 
 
 async def test_embed_returns_normalised_vectors_in_order(
-    stub: inference_service_pb2_grpc.InferenceServiceStub,
+    stub: Stub,
 ) -> None:
     texts = ["The cat sits on the mat.", "A cat is sitting on a mat.", "Stock markets fell."]
     response = await stub.Embed(
@@ -326,7 +331,7 @@ async def test_embed_returns_normalised_vectors_in_order(
 
 
 async def test_list_models_and_status(
-    stub: inference_service_pb2_grpc.InferenceServiceStub,
+    stub: Stub,
 ) -> None:
     listed = await stub.ListModels(inference_service_pb2.ListModelsRequest(), timeout=10)
     by_name = {m.name: m for m in listed.models}
