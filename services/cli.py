@@ -34,8 +34,11 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one `genai` command and returns its exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["triton"]:  # its own parser, options included (`genai triton --help`)
+        return tritonserver.main(arguments[1:])
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     logging.basicConfig(
         level=os.environ.get("GENAI_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -89,13 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
     generate.set_defaults(run=_generate)
 
-    triton = commands.add_parser(
-        "triton",
-        help="run Triton Inference Server in the foreground (see `genai triton --help`)",
-        add_help=False,
+    # Listed for --help only: main() hands `genai triton ...` to the launcher's own parser.
+    commands.add_parser(
+        "triton", help="run Triton Inference Server in the foreground (`genai triton --help`)"
     )
-    triton.add_argument("arguments", nargs=argparse.REMAINDER)
-    triton.set_defaults(run=lambda args: tritonserver.main(args.arguments))
 
     version = commands.add_parser("version", help="print the platform version")
     version.set_defaults(run=lambda _args: print(platform_version()) or 0)

@@ -50,3 +50,43 @@ def test_info_against_nothing_fails_with_unavailable() -> None:
     )
     assert result.returncode == 1
     assert "UNAVAILABLE" in result.stderr
+
+
+FREE_TRITON_PORTS = {
+    "GENAI_INFERENCE__TRITON__GRPC_PORT": "0",
+    "GENAI_INFERENCE__TRITON__HTTP_PORT": "0",
+    "GENAI_INFERENCE__TRITON__METRICS_PORT": "0",
+}
+
+
+def test_the_main_job_serves_a_real_smollm2_answer_from_the_triton_it_launched(
+    tmp_path: Path,
+) -> None:
+    """What `scripts/serve` runs: Triton with the CPU repository, every service, and a real
+    streamed answer through InferenceService."""
+    with genai_serve(tmp_path, env=FREE_TRITON_PORTS, timeout=300) as served:
+        answer = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "generate",
+                "--target",
+                served.address,
+                "--max-tokens",
+                "24",
+                "--temperature",
+                "0",
+                "What is the capital of France?",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        assert "Paris" in answer.stdout
+        assert "smollm2-135m-instruct on triton-0" in answer.stderr
+        served.process.send_signal(signal.SIGTERM)
+        output, _ = served.process.communicate(timeout=60)
+        assert served.process.returncode == 0, output

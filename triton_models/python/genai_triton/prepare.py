@@ -175,6 +175,8 @@ def prepared_model_dir(root: Path | None = None, gguf: Path | None = None) -> Pa
         gguf = gguf or find_gguf()
     except PrepareError as error:
         raise ModelNotPreparedError(f"{error}; then run scripts/setup") from None
+    if not gguf.is_file():
+        raise ModelNotPreparedError(f"{gguf} does not exist: run scripts/setup")
     directory = prepared_dir_for(gguf, root)
     if not is_prepared(directory):
         raise ModelNotPreparedError(
@@ -446,6 +448,8 @@ def prepare(
     (then this takes milliseconds); returns the directory. Raises `PrepareError`."""
     root = root or model_cache_root()
     gguf = gguf or find_gguf()
+    if not gguf.is_file():
+        raise PrepareError(f"{gguf} does not exist")
     started = time.monotonic()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -505,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             directory = prepare(
                 root=args.cache_dir, gguf=args.gguf, force=args.force, quiet=args.quiet
             )
-    except PrepareError as error:
+    except (PrepareError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

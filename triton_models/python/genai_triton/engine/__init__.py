@@ -1,0 +1,39 @@
+"""The CPU generation engine: a Llama forward in plain torch with a slot-based KV cache and an
+in-flight batcher (`Engine`). Importable without Triton."""
+
+from __future__ import annotations
+
+from genai_triton.engine.model import KVCache, LlamaConfig, LlamaModel, default_backend, load_model
+from genai_triton.engine.sampling import SamplingParams, SequenceSampler
+from genai_triton.engine.scheduler import (
+    FINISH_CANCELLED,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    FINISH_STOP_WORDS,
+    ContextLengthExceededError,
+    Engine,
+    EngineError,
+    EngineRequest,
+    InvalidRequestError,
+    Update,
+)
+
+__all__ = [
+    "FINISH_CANCELLED",
+    "FINISH_LENGTH",
+    "FINISH_STOP",
+    "FINISH_STOP_WORDS",
+    "ContextLengthExceededError",
+    "Engine",
+    "EngineError",
+    "EngineRequest",
+    "InvalidRequestError",
+    "KVCache",
+    "LlamaConfig",
+    "LlamaModel",
+    "SamplingParams",
+    "SequenceSampler",
+    "Update",
+    "default_backend",
+    "load_model",
+]

@@ -1,0 +1,549 @@
+"""The in-flight batcher: requests join and leave one running batch between decoding steps.
+
+One thread owns the model and the KV cache and loops:
+
+1. take new requests and cancellations (a cancelled sequence leaves now, its slot is free);
+2. give free slots to waiting requests, first come first served;
+3. prefill: run at most `prefill_chunk` prompt tokens of the sequences that are being
+   prefilled (a long prompt takes several turns, so running streams keep their pace); a
+   sequence whose prompt is done samples its first token and joins the batch;
+4. decode: one batched forward for every sequence in the batch, then per sequence: penalties
+   and banned words, a greedy or seeded choice, the stop conditions (end id, stop token
+   sequences, stop strings on the decoded text, max tokens, the cache length), and an
+   `Update` delivered to the request's callback (from this thread: callbacks must be quick).
+
+Finish reasons: `stop` (the end id; it is not part of the output), `stop_words` (a stop token
+sequence or stop string appeared; the tokens that made it are part of the output, the text is
+cut by the detokenizer), `length` (max tokens) and `cancelled`.
+
+`Engine.run_once()` is one pass of that loop, so tests can drive the batcher step by step
+without the thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from genai_triton.engine.model import KVCache, LlamaModel
+from genai_triton.engine.sampling import SamplingParams, SequenceSampler
+
+__all__ = [
+    "FINISH_CANCELLED",
+    "FINISH_LENGTH",
+    "FINISH_STOP",
+    "FINISH_STOP_WORDS",
+    "ContextLengthExceededError",
+    "Engine",
+    "EngineError",
+    "EngineRequest",
+    "InvalidRequestError",
+    "Update",
+]
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+FINISH_STOP_WORDS = "stop_words"
+FINISH_CANCELLED = "cancelled"
+
+_log = logging.getLogger(__name__)
+_ids = itertools.count(1)
+
+
+class EngineError(Exception):
+    """A request the engine refuses."""
+
+
+class InvalidRequestError(EngineError):
+    """A bad field; `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ContextLengthExceededError(EngineError):
+    def __init__(self, prompt_tokens: int, max_tokens: int, context: int) -> None:
+        super().__init__(
+            f"prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}: "
+            f"{prompt_tokens + max_tokens} exceeds the context of {context} tokens"
+        )
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context = context
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRequest:
+    prompt_ids: Sequence[int]
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    end_id: int | None = None
+    """Generation stops when this token is chosen (it is not returned); None: never."""
+    stop_sequences: Sequence[Sequence[int]] = ()
+    """Token sequences that end generation when the output ends with one."""
+    stop_strings: Sequence[str] = ()
+    """Texts that end generation when the decoded output contains one (needs the engine's
+    `decode`); they match across token boundaries."""
+    bad_words: Sequence[Sequence[int]] = ()
+    """Token sequences never generated."""
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """What one step produced for one request."""
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    """Tokens new in this step (empty when the step only finished the request)."""
+    num_output_tokens: int
+    """Output tokens so far (the end id excluded)."""
+    num_input_tokens: int
+    finish_reason: str | None = None
+    """None while the request runs; set on its last update."""
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+Callback = Callable[[Update], None]
+
+
+class _Sequence:
+    __slots__ = (
+        "callback",
+        "cancelled",
+        "closed",
+        "delivery",
+        "generated",
+        "length",
+        "max_stop_chars",
+        "pending",
+        "prefilled",
+        "request",
+        "request_id",
+        "sampler",
+        "slot",
+        "stop_search_from",
+        "submitted",
+    )
+
+    def __init__(
+        self, request_id: str, request: EngineRequest, callback: Callback, vocab: int
+    ) -> None:
+        self.request_id = request_id
+        self.request = request
+        self.callback = callback
+        self.sampler = SequenceSampler(
+            request.sampling, request.prompt_ids, vocab, request.bad_words
+        )
+        self.slot = -1
+        self.prefilled = 0
+        """Prompt tokens whose keys and values are in the cache."""
+        self.length = 0
+        """Tokens in the cache."""
+        self.pending = -1
+        """The token chosen last, fed at the next decoding step."""
+        self.generated: list[int] = []
+        self.cancelled = False
+        self.closed = False
+        """The last update was delivered; nothing more is."""
+        self.delivery = threading.RLock()
+        self.max_stop_chars = max((len(s) for s in request.stop_strings), default=0)
+        self.stop_search_from = 0
+        self.submitted = time.monotonic()
+
+
+class Engine:
+    """In-flight batching over a `LlamaModel` (see the module doc).
+
+    `slots`: sequences decoded together at most (the KV cache holds that many); `max_len`:
+    the context in tokens (prompt + output), at most the model's `max_position_embeddings`;
+    `decode`: token ids -> text, needed for stop strings; `threads`: torch threads for the
+    engine thread (default: the CPU count).
+    """
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        *,
+        slots: int = 16,
+        max_len: int | None = None,
+        prefill_chunk: int = 512,
+        decode: Callable[[Sequence[int]], str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        limit = model.config.max_position_embeddings
+        max_len = limit if max_len is None else max_len
+        if not 2 <= max_len <= limit:
+            raise ValueError(f"max_len must be in [2, {limit}], got {max_len}")
+        if prefill_chunk < 1:
+            raise ValueError("prefill_chunk must be >= 1")
+        self.model = model
+        self.cache = KVCache(model.config, slots, max_len)
+        self.slots = slots
+        self.max_len = max_len
+        self.prefill_chunk = prefill_chunk
+        self.threads = threads or os.cpu_count() or 1
+        self._decode_text = decode
+        self._vocab = model.config.vocab_size
+        self._inbox: queue.SimpleQueue[tuple[str, _Sequence | None]] = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._waiting: deque[_Sequence] = deque()
+        self._prefilling: list[_Sequence] = []
+        self._decoding: dict[int, _Sequence] = {}  # slot -> sequence
+        self._free_slots = list(range(slots))
+        heapq.heapify(self._free_slots)
+        self._known: dict[str, _Sequence] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.steps = 0
+        """Decoding steps run so far."""
+        self.generated_tokens = 0
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def validate(self, request: EngineRequest) -> None:
+        """Raises `InvalidRequestError` or `ContextLengthExceededError` for a request the
+        engine would refuse."""
+        prompt = len(request.prompt_ids)
+        if prompt < 1:
+            raise InvalidRequestError("text_input", "the prompt has no tokens")
+        if request.max_tokens < 1:
+            raise InvalidRequestError(
+                "max_tokens", f"max_tokens must be >= 1, got {request.max_tokens}"
+            )
+        bad_ids = [t for t in request.prompt_ids if not 0 <= t < self._vocab]
+        if bad_ids:
+            raise InvalidRequestError(
+                "input_ids", f"token id {bad_ids[0]} is not in the vocabulary"
+            )
+        for problem in request.sampling.problems():
+            raise InvalidRequestError(problem.split(" ", 1)[0], problem)
+        if request.stop_strings and self._decode_text is None:
+            raise InvalidRequestError("stop_words", "this engine cannot match stop strings")
+        if prompt + request.max_tokens > self.max_len:
+            raise ContextLengthExceededError(prompt, request.max_tokens, self.max_len)
+
+    def submit(
+        self, request: EngineRequest, callback: Callback, request_id: str | None = None
+    ) -> str:
+        """Queues a request; `callback` gets its `Update`s from the engine thread, the last one
+        with a finish reason. Returns the request id. Raises `EngineError` at once for a
+        request that cannot run."""
+        self.validate(request)
+        request_id = request_id or f"req-{next(_ids)}"
+        sequence = _Sequence(request_id, request, callback, self._vocab)
+        with self._lock:
+            if request_id in self._known:
+                raise InvalidRequestError("request_id", f"request {request_id} is running")
+            self._known[request_id] = sequence
+        self._inbox.put(("submit", sequence))
+        self._wakeup.set()
+        return request_id
+
+    def cancel(self, request_id: str) -> bool:
+        """Stops a request: its last update (finish reason `cancelled`) is delivered now, from
+        the caller's thread, and it leaves the batch (its slot freed) before the next decoding
+        step. False when the id is unknown or already finished."""
+        with self._lock:
+            sequence = self._known.get(request_id)
+        if sequence is None:
+            return False
+        sequence.cancelled = True
+        self._close(sequence, FINISH_CANCELLED, ())
+        self._wakeup.set()
+        return True
+
+    def generate(self, request: EngineRequest, request_id: str | None = None) -> Iterator[Update]:
+        """Submits a request and yields its updates (for callers with their own thread)."""
+        updates: queue.SimpleQueue[Update] = queue.SimpleQueue()
+        request_id = self.submit(request, updates.put, request_id)
+        try:
+            while True:
+                update = updates.get()
+                yield update
+                if update.finished:
+                    return
+        finally:
+            self.cancel(request_id)
+
+    @property
+    def active(self) -> int:
+        """Sequences holding a slot (prefilling or decoding)."""
+        return len(self._decoding) + len(self._prefilling)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def warm_up(self, batch_sizes: Sequence[int] = (1, 2)) -> None:
+        """Runs a short prefill and decoding steps of the given batch sizes once, so that the
+        first requests do not pay for oneDNN's kernel creation. Call before `start`."""
+        rows = [b for b in batch_sizes if 1 <= b <= self.slots]
+        torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            prompt = torch.zeros(8, dtype=torch.long)
+            self.model.prefill(self.cache, self.cache.scratch, prompt, 0)
+            for size in rows:
+                scratch = torch.full((size,), self.cache.scratch, dtype=torch.long)
+                zeros = torch.zeros(size, dtype=torch.long)
+                self.model.decode(self.cache, zeros, zeros, scratch, 1)
+
+    def start(self) -> None:
+        """Starts the engine thread (idempotent)."""
+        if self._thread is not None:
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="genai-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancels everything and ends the engine thread."""
+        with self._lock:
+            running = list(self._known)
+        for request_id in running:
+            self.cancel(request_id)
+        self._stopping = True
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        torch.set_num_threads(self.threads)
+        while True:
+            try:
+                busy = self.run_once()
+            except Exception:  # pragma: no cover - a bug; keep serving the others
+                _log.exception("engine step failed; failing the running requests")
+                self._fail_all()
+                busy = False
+            if self._stopping and not self._known and not self.active and not self._waiting:
+                return
+            if not busy:
+                self._wakeup.wait(0.5)
+                self._wakeup.clear()
+
+    def run_once(self) -> bool:
+        """One pass: intake, cancellations, admission, a prefill turn, a decoding step.
+        Returns whether anything is still running or waiting."""
+        with torch.inference_mode():
+            self._intake()
+            self._drop_cancelled()
+            self._admit()
+            if self._prefilling:
+                self._prefill_turn()
+            if self._decoding:
+                self._decode_step()
+        return bool(self._known) or bool(self._waiting) or self.active > 0
+
+    def _intake(self) -> None:
+        while True:
+            try:
+                _, sequence = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if sequence is not None:
+                self._waiting.append(sequence)
+
+    def _drop_cancelled(self) -> None:
+        if any(s.cancelled for s in self._waiting):
+            kept: deque[_Sequence] = deque()
+            for sequence in self._waiting:
+                if sequence.cancelled:
+                    self._finish(sequence, FINISH_CANCELLED, ())
+                else:
+                    kept.append(sequence)
+            self._waiting = kept
+        for sequence in [s for s in self._prefilling if s.cancelled]:
+            self._prefilling.remove(sequence)
+            self._finish(sequence, FINISH_CANCELLED, ())
+        for slot, sequence in list(self._decoding.items()):
+            if sequence.cancelled:
+                del self._decoding[slot]
+                self._finish(sequence, FINISH_CANCELLED, ())
+
+    def _admit(self) -> None:
+        while self._waiting and self._free_slots:
+            sequence = self._waiting.popleft()
+            sequence.slot = heapq.heappop(self._free_slots)
+            self._prefilling.append(sequence)
+
+    def _prefill_turn(self) -> None:
+        budget = self.prefill_chunk
+        for sequence in list(self._prefilling):
+            if budget <= 0:
+                break
+            prompt = sequence.request.prompt_ids
+            start = sequence.prefilled
+            end = min(len(prompt), start + budget)
+            chunk = torch.tensor(prompt[start:end], dtype=torch.long)
+            logits = self.model.prefill(self.cache, sequence.slot, chunk, start)
+            budget -= end - start
+            sequence.prefilled = sequence.length = end
+            if end == len(prompt):
+                self._prefilling.remove(sequence)
+                self._decoding[sequence.slot] = sequence
+                self._accept(sequence, self._choose(sequence, logits))
+
+    def _decode_step(self) -> None:
+        rows = max(self._decoding) + 1
+        scratch = self.cache.scratch
+        tokens = [0] * rows
+        positions = [0] * rows
+        writes = [scratch] * rows
+        length = 0
+        for slot, sequence in self._decoding.items():
+            tokens[slot] = sequence.pending
+            positions[slot] = sequence.length
+            writes[slot] = slot
+            length = max(length, sequence.length + 1)
+        logits = self.model.decode(
+            self.cache,
+            torch.tensor(tokens, dtype=torch.long),
+            torch.tensor(positions, dtype=torch.long),
+            torch.tensor(writes, dtype=torch.long),
+            length,
+        )
+        self.steps += 1
+        sequences = list(self._decoding.items())
+        for _, sequence in sequences:
+            sequence.length += 1
+        simple = [
+            slot
+            for slot, s in sequences
+            if s.sampler.params.greedy and not s.sampler.needs_logits_processing
+        ]
+        greedy: dict[int, int] = {}
+        if simple:
+            index = torch.tensor(simple, dtype=torch.long)
+            greedy = dict(
+                zip(simple, logits.index_select(0, index).argmax(-1).tolist(), strict=True)
+            )
+        for slot, sequence in sequences:
+            token = greedy.get(slot)
+            if token is None:
+                token = self._choose(sequence, logits[slot])
+            self._accept(sequence, token)
+
+    # -- per sequence -------------------------------------------------------------------------
+
+    def _choose(self, sequence: _Sequence, logits: torch.Tensor) -> int:
+        sampler = sequence.sampler
+        if sampler.needs_logits_processing:
+            logits = logits.clone()
+            sampler.process(logits)
+        if sampler.params.greedy:
+            return int(logits.argmax())
+        return sampler.choose(logits)
+
+    def _accept(self, sequence: _Sequence, token: int) -> None:
+        """Adds the chosen token and applies the stop conditions."""
+        request = sequence.request
+        if request.end_id is not None and token == request.end_id:
+            self._release(sequence)
+            self._finish(sequence, FINISH_STOP, ())
+            return
+        sequence.generated.append(token)
+        sequence.sampler.observe(token)
+        sequence.pending = token
+        self.generated_tokens += 1
+        reason: str | None = None
+        if self._hits_stop(sequence):
+            reason = FINISH_STOP_WORDS
+        elif len(sequence.generated) >= request.max_tokens or sequence.length + 1 > self.max_len:
+            reason = FINISH_LENGTH
+        if reason is not None:
+            self._release(sequence)
+            self._finish(sequence, reason, (token,))
+            return
+        self._deliver(
+            sequence,
+            Update(
+                sequence.request_id,
+                (token,),
+                len(sequence.generated),
+                len(request.prompt_ids),
+            ),
+        )
+
+    def _hits_stop(self, sequence: _Sequence) -> bool:
+        generated = sequence.generated
+        for stop in sequence.request.stop_sequences:
+            size = len(stop)
+            if size and len(generated) >= size and tuple(generated[-size:]) == tuple(stop):
+                return True
+        if sequence.request.stop_strings and self._decode_text is not None:
+            text = self._decode_text(generated)
+            start = max(0, sequence.stop_search_from - sequence.max_stop_chars)
+            window = text[start:]
+            if any(stop and stop in window for stop in sequence.request.stop_strings):
+                return True
+            # Characters before a trailing replacement character may still change.
+            stable = len(text.rstrip("\ufffd"))
+            sequence.stop_search_from = stable
+        return False
+
+    def _release(self, sequence: _Sequence) -> None:
+        if sequence.slot >= 0:
+            self._decoding.pop(sequence.slot, None)
+            heapq.heappush(self._free_slots, sequence.slot)
+            sequence.slot = -1
+
+    def _finish(self, sequence: _Sequence, reason: str, tokens: tuple[int, ...]) -> None:
+        """Ends a sequence on the engine thread: frees its slot and sends its last update."""
+        self._release(sequence)
+        self._close(sequence, reason, tokens)
+
+    def _close(self, sequence: _Sequence, reason: str, tokens: tuple[int, ...]) -> None:
+        """Delivers the last update once (from any thread)."""
+        with sequence.delivery:
+            if sequence.closed:
+                return
+            with self._lock:
+                self._known.pop(sequence.request_id, None)
+            self._deliver(
+                sequence,
+                Update(
+                    sequence.request_id,
+                    tokens,
+                    len(sequence.generated),
+                    len(sequence.request.prompt_ids),
+                    reason,
+                ),
+            )
+            sequence.closed = True
+
+    def _deliver(self, sequence: _Sequence, update: Update) -> None:
+        with sequence.delivery:
+            if sequence.closed:
+                return
+            try:
+                sequence.callback(update)
+            except Exception:
+                _log.exception("callback of %s failed; cancelling it", sequence.request_id)
+                sequence.cancelled = True
+
+    def _fail_all(self) -> None:
+        everything = [*self._waiting, *self._prefilling, *self._decoding.values()]
+        self._waiting.clear()
+        self._prefilling.clear()
+        for sequence in everything:
+            with contextlib.suppress(Exception):
+                self._finish(sequence, FINISH_CANCELLED, ())
