@@ -117,6 +117,14 @@ async def test_streams_the_answer_greedily(client, tokenizer: TextTokenizer) -> 
     assert counts[:-1] == list(range(1, len(chunks)))
     assert counts[-1] == len(chunks) - (chunks[-1].finish_reason == "stop")
 
+    (whole,) = await stream_generation(
+        client, generation_inputs(prompt, 48, stream=False), model="ensemble"
+    )
+    assert whole.final
+    assert whole.text == text
+    assert whole.num_output_tokens == counts[-1]
+    assert whole.finish_reason == chunks[-1].finish_reason
+
 
 async def test_the_stream_concatenates_to_the_non_streamed_text(
     client, tokenizer: TextTokenizer

@@ -168,6 +168,39 @@ def test_chunked_prefill_gives_the_same_tokens(
     assert generate(chunked, request).tokens == greedy(QUESTIONS[1], 8)
 
 
+def test_reused_prompt_prefixes_give_the_same_tokens(
+    model: LlamaModel, tokenizer: TextTokenizer, greedy: Callable[[str, int], list[int]]
+) -> None:
+    engine = Engine(model, slots=2, max_len=256, prefix_cache_tokens=1024)
+    fresh = Engine(model, slots=2, max_len=256, prefix_cache_tokens=0)
+    first = EngineRequest(chat(tokenizer, QUESTIONS[0]), 6)
+    second = EngineRequest(chat(tokenizer, QUESTIONS[3]), 6)
+    assert generate(engine, first).tokens == greedy(QUESTIONS[0], 6)
+    assert engine.prefix_cache.reused_tokens == 0
+    # The second chat shares the template's system prompt: whole blocks of it are reused.
+    shared = next(
+        i
+        for i, (a, b) in enumerate(zip(first.prompt_ids, second.prompt_ids, strict=False))
+        if a != b
+    )
+    assert generate(engine, second).tokens == generate(fresh, second).tokens
+    assert engine.prefix_cache.reused_tokens == shared // 16 * 16 > 0
+    # The same prompt again reuses everything but its last block's tail.
+    reused = engine.prefix_cache.reused_tokens
+    assert generate(engine, first).tokens == greedy(QUESTIONS[0], 6)
+    expected = (len(first.prompt_ids) - 1) // 16 * 16
+    assert engine.prefix_cache.reused_tokens - reused == expected
+    assert fresh.prefix_cache.reused_tokens == 0
+
+
+def test_prefix_cache_evicts_beyond_its_capacity(model: LlamaModel) -> None:
+    engine = Engine(model, slots=1, max_len=128, prefix_cache_tokens=32)
+    generate(engine, EngineRequest(list(range(100, 150)), 1))  # 3 whole blocks, keeps 2
+    assert len(engine.prefix_cache) == 2
+    generate(engine, EngineRequest(list(range(100, 150)), 1))
+    assert engine.prefix_cache.reused_tokens == 0  # the first block was evicted
+
+
 def test_the_answer_mentions_paris(engine: Engine, tokenizer: TextTokenizer) -> None:
     collector = generate(engine, EngineRequest(chat(tokenizer, QUESTIONS[0]), 30, end_id=2))
     assert "Paris" in tokenizer.decode(collector.tokens)

@@ -265,7 +265,10 @@ class EngineModel:
     """Parameters (config `parameters`, all optional): `max_seq_len` (context in tokens, prompt
     plus output; 0 or absent: the model's `max_position_embeddings`), `max_num_sequences`
     (decoded together, default 16), `prefill_chunk` (prompt tokens per scheduler turn, default
-    256), `cancellation_check_period_ms` (default 20), `threads` (torch threads, 0: all CPUs),
+    256), `cancellation_check_period_ms` (default 20), `threads` (torch threads of decoding
+    steps, 0: all CPUs), `prefill_threads` (torch threads of prompts, 0: all CPUs),
+    `kv_cache_reuse_tokens` (prompt tokens kept for reuse by prompts with the same start,
+    default 4096, 0: off),
     `linear_backend` (`onednn` or `mkl`), `model_dir` (default: the prepared SmolLM2)."""
 
     def __init__(self, pb_utils: Any) -> None:
@@ -283,7 +286,9 @@ class EngineModel:
         if backend is not None and backend.startswith("${"):
             backend = None
         model = load_model(directory, backend)
-        threads = _int_parameter(parameters, "threads", 0) or os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+        threads = _int_parameter(parameters, "threads", 0) or cpus
+        prefill_threads = _int_parameter(parameters, "prefill_threads", 0) or cpus
         max_len = _int_parameter(parameters, "max_seq_len", 0) or None
         self.engine = Engine(
             model,
@@ -292,6 +297,8 @@ class EngineModel:
             prefill_chunk=_int_parameter(parameters, "prefill_chunk", 256),
             decode=self.tokenizer.decode,
             threads=threads,
+            prefill_threads=prefill_threads,
+            prefix_cache_tokens=_int_parameter(parameters, "kv_cache_reuse_tokens", 4096),
         )
         self.period = _int_parameter(parameters, "cancellation_check_period_ms", 20) / 1000
         self._running: dict[str, _Running] = {}  # engine id -> request
@@ -307,7 +314,8 @@ class EngineModel:
         self._poller.start()
         self.pb.Logger.log_info(
             f"tensorrt_llm stand-in: {directory.name}, {self.engine.slots} sequences of up to "
-            f"{self.engine.max_len} tokens, {threads} threads, {model.backend} matmuls, "
+            f"{self.engine.max_len} tokens, {threads} decoding / {prefill_threads} prefill "
+            f"threads, {model.backend} matmuls, "
             f"warmed up in {warm_up:.1f} s"
         )
 

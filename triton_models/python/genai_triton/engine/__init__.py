@@ -4,6 +4,7 @@ in-flight batcher (`Engine`). Importable without Triton."""
 from __future__ import annotations
 
 from genai_triton.engine.model import KVCache, LlamaConfig, LlamaModel, default_backend, load_model
+from genai_triton.engine.prefix_cache import PrefixCache
 from genai_triton.engine.sampling import SamplingParams, SequenceSampler
 from genai_triton.engine.scheduler import (
     FINISH_CANCELLED,
@@ -31,6 +32,7 @@ __all__ = [
     "KVCache",
     "LlamaConfig",
     "LlamaModel",
+    "PrefixCache",
     "SamplingParams",
     "SequenceSampler",
     "Update",

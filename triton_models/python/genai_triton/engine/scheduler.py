@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from genai_triton.engine.model import KVCache, LlamaModel
+from genai_triton.engine.prefix_cache import PrefixCache
 from genai_triton.engine.sampling import SamplingParams, SequenceSampler
 
 __all__ = [
@@ -171,8 +172,13 @@ class Engine:
 
     `slots`: sequences decoded together at most (the KV cache holds that many); `max_len`:
     the context in tokens (prompt + output), at most the model's `max_position_embeddings`;
-    `decode`: token ids -> text, needed for stop strings; `threads`: torch threads for the
-    engine thread (default: the CPU count).
+    `decode`: token ids -> text, needed for stop strings; `threads`: torch threads for
+    decoding steps (default: the CPU count); `prefill_threads`: torch threads for prompts
+    (default: `threads`). Prefill is compute-bound and scales with cores; a decoding step is
+    short and bound by memory, so where other processes share the cores (Triton, its Python
+    stubs, a client) one decoding thread avoids stalls at OpenMP barriers.
+    `prefix_cache_tokens`: prompt tokens whose keys/values are kept for reuse by later prompts
+    that start the same way (`PrefixCache`; 0 turns reuse off).
     """
 
     def __init__(
@@ -184,6 +190,8 @@ class Engine:
         prefill_chunk: int = 512,
         decode: Callable[[Sequence[int]], str] | None = None,
         threads: int | None = None,
+        prefill_threads: int | None = None,
+        prefix_cache_tokens: int = 4096,
     ) -> None:
         limit = model.config.max_position_embeddings
         max_len = limit if max_len is None else max_len
@@ -197,6 +205,8 @@ class Engine:
         self.max_len = max_len
         self.prefill_chunk = prefill_chunk
         self.threads = threads or os.cpu_count() or 1
+        self.prefill_threads = prefill_threads or self.threads
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self._decode_text = decode
         self._vocab = model.config.vocab_size
         self._inbox: queue.SimpleQueue[tuple[str, _Sequence | None]] = queue.SimpleQueue()
@@ -383,9 +393,23 @@ class Engine:
         while self._waiting and self._free_slots:
             sequence = self._waiting.popleft()
             sequence.slot = heapq.heappop(self._free_slots)
+            reused = self.prefix_cache.restore(
+                self.cache, sequence.slot, sequence.request.prompt_ids
+            )
+            sequence.prefilled = sequence.length = reused
             self._prefilling.append(sequence)
 
     def _prefill_turn(self) -> None:
+        if self.prefill_threads != self.threads:
+            torch.set_num_threads(self.prefill_threads)
+            try:
+                self._prefill_chunks()
+            finally:
+                torch.set_num_threads(self.threads)
+        else:
+            self._prefill_chunks()
+
+    def _prefill_chunks(self) -> None:
         budget = self.prefill_chunk
         for sequence in list(self._prefilling):
             if budget <= 0:
@@ -398,6 +422,7 @@ class Engine:
             budget -= end - start
             sequence.prefilled = sequence.length = end
             if end == len(prompt):
+                self.prefix_cache.store(self.cache, sequence.slot, prompt)
                 self._prefilling.remove(sequence)
                 self._decoding[sequence.slot] = sequence
                 self._accept(sequence, self._choose(sequence, logits))
