@@ -3,11 +3,14 @@ SmolLM2 deployment delivers against plain `transformers`.
 
 Part `zero` (the platform's own overhead). Triton, launched here with just `zero_llm` (the
 generation facade with zero compute: `tokens` tokens per stream, no pause between them), is
-called two ways in one run:
+called three ways in one run:
 - `direct`: `tritonclient.grpc.aio` `stream_infer`, one bidirectional stream per request;
+- `hop`: the same client through a bare grpc.aio relay in a process of its own
+  (`benchmarks.passthrough`: bytes in, bytes out, no work at all), the floor of any Python gRPC
+  hop in front of Triton;
 - `platform`: InferenceService `GenerateStream`, with InferenceService in a process of its own
   (`genai serve --service inference`) calling the same Triton.
-Rounds alternate the two paths (and which goes first). At concurrency 1 streams run one after
+Rounds alternate the paths (and their order). At concurrency 1 streams run one after
 another; at 16 and 64 that many are kept in flight (closed loop: each finished stream starts the
 next) and only the streams that end within a measured window count. Each stream gives its time
 to first token (TTFT: from the call to the first message carrying text), its total latency
@@ -25,8 +28,9 @@ batch-1 call alternates with a single stream on the same prompt, batch 8 follows
 
 The report ends with a PASS/FAIL line per target of the issue: InferenceService adds at most
 0.5 ms to TTFT p50 at concurrency 1 and keeps >= 80% of direct streams/s at concurrency 64
-(zero); 8 streams reach >= 4x the single-stream tokens/s, and a single stream through
-InferenceService is at least as fast as transformers batch 1 (smollm2).
+(zero), with what the bare relay adds beside it (the floor); 8 streams reach >= 4x the
+single-stream tokens/s, and a single stream through InferenceService is at least as fast as
+transformers batch 1 (smollm2).
 """
 
 import asyncio
@@ -49,7 +53,7 @@ from genai.inference.v1 import inference_pb2, inference_service_pb2, inference_s
 
 from benchmarks.cli import ROOT, benchmark_parser, shown
 from benchmarks.processes import genai_serve, group_cpu_seconds
-from benchmarks.serving import ServerProcess
+from benchmarks.serving import ServerProcess, server_process
 from benchmarks.stats import (
     BenchmarkResult,
     Comparison,
@@ -83,8 +87,12 @@ DESCRIPTION: Final = (
 DIRECT: Final = "direct"
 PLATFORM: Final = "platform"
 TRANSFORMERS: Final = "transformers"
+HOP: Final = "hop"
 PATHS: Final = (DIRECT, PLATFORM)
-"""Part zero's variants, baseline first: every comparison is platform / direct."""
+"""Part zero's compared paths, baseline first: the issue's targets are platform / direct."""
+ZERO_PATHS: Final = (DIRECT, HOP, PLATFORM)
+"""Part zero's measured paths: `hop` is the direct client through a bare grpc.aio relay
+(`benchmarks.passthrough`), the floor of any Python gRPC hop in front of Triton."""
 
 CPU_REPOSITORY: Final = ROOT / "triton_models" / "cpu"
 RUN_ROOT: Final = ROOT / ".run"
@@ -241,6 +249,11 @@ class Scenario:
 
     concurrency: int
     rounds: dict[str, list[StreamRound]] = field(default_factory=dict)
+
+    @property
+    def paths(self) -> list[str]:
+        """The measured paths, in `ZERO_PATHS` order."""
+        return [p for p in ZERO_PATHS if p in self.rounds]
 
     def timings(self, path: str) -> list[StreamTiming]:
         return [s for r in self.rounds[path] for s in r.streams]
@@ -690,15 +703,20 @@ async def run_zero(config: ZeroConfig, progress: Progress, run_dir: Path) -> Zer
                 )
             ]
         )
-        async with genai_serve(["inference"], env, log_file=run_dir / "genai-zero.log") as service:
+        async with (
+            genai_serve(["inference"], env, log_file=run_dir / "genai-zero.log") as service,
+            server_process("benchmarks.passthrough", ["--target", triton.grpc_address]) as hop,
+        ):
             pid = triton.pid
             assert pid is not None
             probes: dict[str, CpuProbe] = {
                 "inference": service.cpu_seconds,
+                "hop": hop.cpu_seconds,
                 "triton": lambda: group_cpu_seconds(pid),
             }
+            addresses = {DIRECT: triton.grpc_address, HOP: hop.address}
             scenarios = await while_alive(
-                triton, _measure_zero(config, triton.grpc_address, service, progress, probes)
+                triton, _measure_zero(config, addresses, service, progress, probes)
             )
     finally:
         await triton.stop()
@@ -709,7 +727,7 @@ def zero_run(
     config: ZeroConfig, scenarios: list[Scenario], started_at: datetime, duration_s: float
 ) -> ZeroRun:
     """Part zero's result from its scenarios."""
-    measurements = [m for s in scenarios for p in PATHS for m in _zero_measurements(s, p)]
+    measurements = [m for s in scenarios for p in s.paths for m in _zero_measurements(s, p)]
     result = BenchmarkResult(
         benchmark=f"{NAME}.zero",
         started_at=started_at,
@@ -719,11 +737,20 @@ def zero_run(
         config=asdict(config),
         environment={},
         measurements=measurements,
-        comparisons=[c for s in scenarios for c in _zero_comparisons(s)],
+        comparisons=[
+            c
+            for s in scenarios
+            for c in (
+                *_zero_comparisons(s),
+                *(_zero_comparisons(s, (DIRECT, HOP), "zero hop") if HOP in s.rounds else ()),
+            )
+        ],
         notes=[
             f"zero_llm in Triton, {config.tokens} tokens per stream, no pause between tokens. "
             "direct: tritonclient.grpc.aio stream_infer; platform: InferenceService "
-            "GenerateStream (genai serve, own process) -> the same Triton.",
+            "GenerateStream (genai serve, own process) -> the same Triton; hop: the direct "
+            "client through a bare grpc.aio relay (own process) -> the same Triton, the floor "
+            "of any Python gRPC hop (scenario 'zero hop': hop vs direct).",
             "TTFT: call to first message with text; total: call to final message. Rounds "
             "alternate the paths; rounds column: each round's ratio, median (min-max).",
             "overhead: platform - direct; for a rate, the time added per item.",
@@ -734,7 +761,7 @@ def zero_run(
 
 async def _measure_zero(
     config: ZeroConfig,
-    triton_address: str,
+    addresses: Mapping[str, str],
     service: ServerProcess,
     progress: Progress,
     probes: Mapping[str, CpuProbe],
@@ -744,15 +771,24 @@ async def _measure_zero(
         text=ZERO_PROMPT,
         parameters=generation_pb2.SamplingParameters(max_tokens=config.tokens),
     )
-    direct = DirectPath(triton_address, ZERO_TRITON_MODEL, ZERO_PROMPT, config.tokens)
+    direct, hop = (
+        DirectPath(addresses[p], ZERO_TRITON_MODEL, ZERO_PROMPT, config.tokens)
+        for p in (DIRECT, HOP)
+    )
     platform = PlatformPath(service.address, request)
     try:
         await platform.ready()
         expected = await direct.check()
+        if (relayed := await hop.check()) != expected:
+            raise RuntimeError(f"hop streamed {relayed!r}, direct {expected!r}")
         _, text, final, _ = await platform.generate(request)
         if text != expected or final.usage.output_tokens != config.tokens:
             raise RuntimeError(f"platform streamed {text!r}, direct {expected!r}")
-        paths: dict[str, StreamFn] = {DIRECT: direct.stream, PLATFORM: platform.stream}
+        paths: dict[str, StreamFn] = {
+            DIRECT: direct.stream,
+            HOP: hop.stream,
+            PLATFORM: platform.stream,
+        }
         per_round = config.streams // config.rounds
         load_s = config.load_seconds / config.load_rounds
 
@@ -786,6 +822,7 @@ async def _measure_zero(
         return scenarios
     finally:
         await direct.close()
+        await hop.close()
         await platform.close()
 
 
@@ -796,7 +833,7 @@ def _loader(concurrency: int, seconds: float) -> RoundRunner:
     return run
 
 
-PROCESSES: Final = ("client", "inference", "triton")
+PROCESSES: Final = ("client", "inference", "hop", "triton")
 
 
 def _round_figures(r: StreamRound) -> dict[str, float]:
@@ -845,8 +882,11 @@ def _zero_measurements(scenario: Scenario, path: str) -> list[Measurement]:
     ]
 
 
-def _zero_comparisons(scenario: Scenario) -> list[Comparison]:
-    direct, platform = (scenario.rounds[p] for p in PATHS)
+def _zero_comparisons(
+    scenario: Scenario, paths: tuple[str, str] = PATHS, label: str = "zero"
+) -> list[Comparison]:
+    """`paths[1]` against `paths[0]` (the baseline) in `scenario`."""
+    direct, platform = (scenario.rounds[p] for p in paths)
     concurrency = scenario.concurrency
 
     def figures(rounds: list[StreamRound], key: str) -> list[float]:
@@ -855,11 +895,11 @@ def _zero_comparisons(scenario: Scenario) -> list[Comparison]:
     def latency(metric: str, p: float) -> Comparison:
         base, cand = (
             percentile(sorted(getattr(t, f"{metric}_us") for t in scenario.timings(path)), p)
-            for path in PATHS
+            for path in paths
         )
         key = f"{metric}_p{p:.0f}_us"
         return Comparison.of_latency(
-            "zero",
+            label,
             concurrency,
             f"{'TTFT' if metric == 'ttft' else 'total'} p{p:.0f}",
             base,
@@ -870,10 +910,10 @@ def _zero_comparisons(scenario: Scenario) -> list[Comparison]:
     def rate(item: str, key: str) -> Comparison:
         base, cand = (
             scenario.streams_per_s(p) if item == "stream" else scenario.tokens_per_s(p)
-            for p in PATHS
+            for p in paths
         )
         return Comparison.of_rate(
-            "zero",
+            label,
             concurrency,
             "rate",
             item,
@@ -898,17 +938,7 @@ def zero_targets(scenarios: Sequence[Scenario]) -> list[TargetCheck]:
     checks = []
     single = next((s for s in scenarios if s.concurrency == 1), None)
     if single is not None:
-        base, cand = (percentile(sorted(t.ttft_us for t in single.timings(p)), 50) for p in PATHS)
-        differences = [
-            figures_p - figures_d
-            for figures_d, figures_p in zip(
-                *(
-                    [_round_figures(r)["ttft_p50_us"] for r in single.rounds[p] if r.streams]
-                    for p in PATHS
-                ),
-                strict=False,
-            )
-        ]
+        base, cand, differences = ttft_added(single, *PATHS)
         checks.append(
             check_at_most(
                 "zero c=1: TTFT p50 added by InferenceService",
@@ -932,6 +962,48 @@ def zero_targets(scenarios: Sequence[Scenario]) -> list[TargetCheck]:
             )
         )
     return checks
+
+
+def ttft_added(
+    scenario: Scenario, baseline: str, candidate: str
+) -> tuple[float, float, list[float]]:
+    """TTFT p50 of `baseline` and `candidate` over all rounds, and each round's difference."""
+    base, cand = (
+        percentile(sorted(t.ttft_us for t in scenario.timings(p)), 50)
+        for p in (baseline, candidate)
+    )
+    differences = [
+        c - b
+        for b, c in zip(
+            *(
+                [_round_figures(r)["ttft_p50_us"] for r in scenario.rounds[p] if r.streams]
+                for p in (baseline, candidate)
+            ),
+            strict=False,
+        )
+    ]
+    return base, cand, differences
+
+
+def zero_floor(scenarios: Sequence[Scenario]) -> list[str]:
+    """What the bare relay adds at each concurrency (the floor of a Python gRPC hop), and what
+    InferenceService adds beyond it."""
+    lines = []
+    for scenario in scenarios:
+        if HOP not in scenario.rounds:
+            continue
+        direct, hop, hop_rounds = ttft_added(scenario, DIRECT, HOP)
+        _, platform, own_rounds = ttft_added(scenario, HOP, PLATFORM)
+        rates = {p: scenario.streams_per_s(p) for p in scenario.paths}
+        lines.append(
+            f"c={scenario.concurrency}: TTFT p50 direct {direct:,.0f}, hop {hop:,.0f}, platform "
+            f"{platform:,.0f} µs: the bare hop adds {hop - direct:+,.0f} µs (rounds "
+            f"{_spread(hop_rounds, '+.0f')}), InferenceService {platform - hop:+,.0f} µs beyond "
+            f"it (rounds {_spread(own_rounds, '+.0f')}); streams/s hop/direct "
+            f"{format_ratio(_ratio(rates[HOP], rates[DIRECT]))}, platform/hop "
+            f"{format_ratio(_ratio(rates[PLATFORM], rates[HOP]))}"
+        )
+    return lines
 
 
 def _spread(values: Sequence[float], spec: str) -> str:
@@ -1364,6 +1436,7 @@ class InferenceRun:
                 {**asdict(t), "measured": t.measured if math.isfinite(t.measured) else None}
                 for t in self.targets
             ],
+            "floor": zero_floor(self.zero.scenarios) if self.zero else [],
             "skipped": list(self.skipped),
             "failed": list(self.failed),
             "aborted": self.smollm2.aborted if self.smollm2 else "",
@@ -1446,7 +1519,7 @@ def cpu_table(scenarios: Sequence[Scenario]) -> str:
     ]
     rows = []
     for scenario in scenarios:
-        for path in PATHS:
+        for path in scenario.paths:
             cpu = [scenario.cpu_us_per_stream(path, p) for p in PROCESSES]
             rows.append(
                 [
@@ -1515,10 +1588,14 @@ def report(run: InferenceRun) -> str:
             "",
             cpu_table(zero.scenarios),
             "",
+            "floor (a bare grpc.aio relay in front of Triton, same rounds):",
+            *(f"  {line}" for line in zero_floor(zero.scenarios)),
+            "",
             *(f"- {note}" for note in zero.result.notes),
             "- CPU: user+system time per stream served (ramp-up and ramp-down streams too) of "
-            "this client, InferenceService's process and Triton's process group (with its "
-            "Python stubs), from /proc (10 ms ticks, summed over all rounds).",
+            "this client, InferenceService's process, the relay of the hop path and Triton's "
+            "process group (with its Python stubs), from /proc (10 ms ticks, summed over all "
+            "rounds).",
             "",
         ]
     if run.smollm2 is not None:
@@ -1559,12 +1636,12 @@ def _panels(run: InferenceRun) -> list[Any]:
         panels += [
             LatencyPanel(
                 "zero_llm, concurrency 1: time to first token",
-                {p: [t.ttft_us for t in single.timings(p)] for p in PATHS},
+                {p: [t.ttft_us for t in single.timings(p)] for p in single.paths},
                 xlabel="TTFT",
             ),
             LatencyPanel(
                 f"zero_llm, concurrency 1: whole stream ({tokens} tokens)",
-                {p: [t.total_us for t in single.timings(p)] for p in PATHS},
+                {p: [t.total_us for t in single.timings(p)] for p in single.paths},
                 xlabel="total latency",
             ),
         ]
@@ -1572,7 +1649,7 @@ def _panels(run: InferenceRun) -> list[Any]:
             panels.append(
                 LatencyPanel(
                     f"zero_llm, concurrency {busiest.concurrency}: time to first token",
-                    {p: [t.ttft_us for t in busiest.timings(p)] for p in PATHS},
+                    {p: [t.ttft_us for t in busiest.timings(p)] for p in busiest.paths},
                     xlabel="TTFT",
                 )
             )
@@ -1581,7 +1658,7 @@ def _panels(run: InferenceRun) -> list[Any]:
                 f"zero_llm streams per second ({tokens} tokens each)",
                 "streams/s",
                 {
-                    f"concurrency {s.concurrency}": {p: s.streams_per_s(p) for p in PATHS}
+                    f"concurrency {s.concurrency}": {p: s.streams_per_s(p) for p in s.paths}
                     for s in scenarios
                 },
             ),
@@ -1590,7 +1667,8 @@ def _panels(run: InferenceRun) -> list[Any]:
                 "CPU µs per stream",
                 {
                     f"c={s.concurrency}": {
-                        p: {proc: s.cpu_us_per_stream(p, proc) for proc in PROCESSES} for p in PATHS
+                        p: {proc: s.cpu_us_per_stream(p, proc) for proc in PROCESSES}
+                        for p in s.paths
                     }
                     for s in scenarios
                 },

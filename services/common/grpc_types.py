@@ -12,17 +12,21 @@ import grpc.aio
 if TYPE_CHECKING:
     ServerInterceptor: TypeAlias = grpc.aio.ServerInterceptor[Any, Any]
     MethodHandler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+    GenericRpcHandler: TypeAlias = grpc.GenericRpcHandler[Any, Any]
     StreamUnaryMultiCallable: TypeAlias = grpc.aio.StreamUnaryMultiCallable[Any, Any]
     StreamStreamMultiCallable: TypeAlias = grpc.aio.StreamStreamMultiCallable[Any, Any]
     UnaryUnaryClientInterceptor: TypeAlias = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
     StreamUnaryClientInterceptor: TypeAlias = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
+    UnaryStreamClientInterceptor: TypeAlias = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
 else:
     ServerInterceptor = grpc.aio.ServerInterceptor
     MethodHandler = grpc.RpcMethodHandler
+    GenericRpcHandler = grpc.GenericRpcHandler
     StreamUnaryMultiCallable = grpc.aio.StreamUnaryMultiCallable
     StreamStreamMultiCallable = grpc.aio.StreamStreamMultiCallable
     UnaryUnaryClientInterceptor = grpc.aio.UnaryUnaryClientInterceptor
     StreamUnaryClientInterceptor = grpc.aio.StreamUnaryClientInterceptor
+    UnaryStreamClientInterceptor = grpc.aio.UnaryStreamClientInterceptor
 
 ServicerContext: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 UnaryUnaryMultiCallable: TypeAlias = grpc.aio.UnaryUnaryMultiCallable[Any, Any]

@@ -4,6 +4,8 @@ from collections.abc import Callable
 
 import grpc
 from genai.inference.v1 import inference_service_pb2_grpc
+from opentelemetry import trace
+from opentelemetry.trace import TracerProvider
 
 from services.common.server import ServiceRegistration
 from services.inference.adapters.chat_templates import (
@@ -23,16 +25,22 @@ def registration(
     settings: InferenceSettings,
     local_triton: str | None,
     channel_for: Callable[[str], grpc.aio.Channel],
+    tracer_provider: TracerProvider | None = None,
 ) -> ServiceRegistration:
     """Returns InferenceService ready to be added to a server.
 
     A backend with no endpoint uses `local_triton`, the gRPC address of the Triton this
     process launched; without one, every backend needs its endpoint (else ValueError).
+    `channel_for` gives the channel to a Triton endpoint (see `triton_channel`); calls to
+    Triton are traced with `tracer_provider` (None: OpenTelemetry's global provider).
     """
     models = [_model_spec(m, local_triton) for m in settings.models]
     engine = InferenceEngine(
         models=models,
-        backend=TritonBackend(channel_for=channel_for),
+        backend=TritonBackend(
+            channel_for=channel_for,
+            tracer=trace.get_tracer(__name__, tracer_provider=tracer_provider),
+        ),
         chat_templates=JinjaChatTemplates(
             {m.name: _chat_template(m.chat_template) for m in settings.models if m.chat_template}
         ),

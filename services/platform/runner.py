@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 import grpc
+from opentelemetry.trace import TracerProvider
 
 from services.common.auth import AnonymousAuthenticator, Authenticator
 from services.common.clients import ClientTlsConfig, create_channel
@@ -24,6 +25,7 @@ from services.evaluation import server as evaluation_server
 from services.experiment import server as experiment_server
 from services.gateway import server as gateway_server
 from services.inference import server as inference_server
+from services.inference.adapters.triton import triton_channel
 from services.inference.adapters.tritonserver import TritonServer
 from services.platform.settings import (
     ClientSettings,
@@ -56,17 +58,23 @@ def platform_version() -> str:
 
 
 class ChannelPool:
-    """One client channel per target, shared by every service of the process."""
+    """One client channel per target, shared by every service of the process; `factory`
+    makes each (default: `create_channel`, traced, with the platform's client TLS)."""
 
-    def __init__(self, *, tls: ClientTlsConfig | None = None) -> None:
-        self._tls = tls
+    def __init__(
+        self,
+        *,
+        tls: ClientTlsConfig | None = None,
+        factory: Callable[[str], grpc.aio.Channel] | None = None,
+    ) -> None:
+        self._factory = factory or (lambda target: create_channel(target, tls=tls))
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def get(self, target: str) -> grpc.aio.Channel:
         """Returns the channel to `target`, creating it on first use."""
         channel = self._channels.get(target)
         if channel is None:
-            channel = self._channels[target] = create_channel(target, tls=self._tls)
+            channel = self._channels[target] = self._factory(target)
         return channel
 
     async def close(self) -> None:
@@ -87,6 +95,8 @@ class Platform:
     server: RunningServer
     hosted_services: tuple[str, ...]
     channels: ChannelPool
+    triton_channels: ChannelPool
+    """InferenceService's channels to Triton servers (see `triton_channel`)."""
     triton: TritonServer | None = None
     """The Triton server this process launched, if any."""
 
@@ -102,6 +112,7 @@ class Platform:
         if self.triton is not None:
             await self.triton.stop()
         await self.channels.close()
+        await self.triton_channels.close()
 
 
 async def start_platform(
@@ -114,6 +125,8 @@ async def start_platform(
     """
     hosted = tuple(SERVICE_NAMES[key] for key in settings.services)
     channels = ChannelPool(tls=_client_tls(settings.clients))
+    triton_channels = ChannelPool(factory=triton_channel)
+    tracer_provider = configure_tracing("genai-platform")
     triton = await _launch_triton(settings) if "inference" in settings.services else None
     local: list[str] = []  # this server's own address, known once it is bound
 
@@ -122,7 +135,14 @@ async def start_platform(
 
     try:
         registrations = [
-            _registration(key, settings, hosted, local_target, channels, triton)
+            _registration(
+                key,
+                settings,
+                hosted,
+                local_target,
+                _Clients(channels, triton_channels, tracer_provider),
+                triton,
+            )
             for key in settings.services
         ]
         server = await start_server(
@@ -131,7 +151,7 @@ async def start_platform(
             interceptors=default_interceptors(
                 authenticator=authenticator or AnonymousAuthenticator(),
                 validators=Validators(),
-                tracer_provider=configure_tracing("genai-platform"),
+                tracer_provider=tracer_provider,
             ),
             tls=_tls(settings.server),
             grace=settings.server.grace_seconds,
@@ -141,10 +161,17 @@ async def start_platform(
         if triton is not None:
             await triton.stop()
         await channels.close()
+        await triton_channels.close()
         raise
     local.append(server.address)
     _logger.info("serving %s on %s", ", ".join(hosted), server.address)
-    return Platform(server=server, hosted_services=hosted, channels=channels, triton=triton)
+    return Platform(
+        server=server,
+        hosted_services=hosted,
+        channels=channels,
+        triton_channels=triton_channels,
+        triton=triton,
+    )
 
 
 async def _launch_triton(settings: PlatformSettings) -> TritonServer | None:
@@ -167,12 +194,21 @@ async def _launch_triton(settings: PlatformSettings) -> TritonServer | None:
     return triton
 
 
+@dataclass(frozen=True)
+class _Clients:
+    """What services use to call out: platform channels, Triton channels, the tracer."""
+
+    channels: ChannelPool
+    triton_channels: ChannelPool
+    tracer_provider: TracerProvider
+
+
 def _registration(
     key: ServiceKey,
     settings: PlatformSettings,
     hosted: tuple[str, ...],
     local_target: Callable[[], str],
-    channels: ChannelPool,
+    clients: "_Clients",
     triton: TritonServer | None,
 ) -> ServiceRegistration:
     match key:
@@ -188,7 +224,8 @@ def _registration(
             return inference_server.registration(
                 settings=settings.inference,
                 local_triton=triton.grpc_address if triton is not None else None,
-                channel_for=channels.get,
+                channel_for=clients.triton_channels.get,
+                tracer_provider=clients.tracer_provider,
             )
         case "gateway":
             return gateway_server.registration(
@@ -196,7 +233,7 @@ def _registration(
                 version=platform_version(),
                 hosted_services=hosted,
                 local_target=local_target,
-                channel_for=channels.get,
+                channel_for=clients.channels.get,
             )
 
 

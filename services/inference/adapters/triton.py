@@ -3,13 +3,21 @@
 One `ModelStreamInfer` call per caller request, so cancelling it cancels exactly that request
 in Triton. Requests are built as protobufs with raw tensor contents (no numpy on the hot path);
 channels are shared per endpoint. The facade is described in `triton_models/README.md`.
+
+This is InferenceService's hot path, so it takes the short way through grpc.aio: channels to
+Triton carry no client interceptors (each costs extra tasks and loop turns per message); the
+adapter opens its own client span per request and hands Triton its W3C `traceparent`.
 """
 
 import re
 import struct
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Final
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from services.common import reasons
@@ -22,6 +30,7 @@ from services.common.errors import (
     InvalidArgument,
     Unavailable,
 )
+from services.common.server import MAX_MESSAGE_BYTES
 from services.inference.core.model import (
     BackendChunk,
     BackendRequest,
@@ -37,29 +46,97 @@ EMBED_BATCH = 32
 """Texts per embedding request (the facade's max_batch_size is larger)."""
 EMBEDDING_DIMENSIONS_OUTPUT = "embedding"
 
+TRITON_CHANNEL_OPTIONS: Final = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Triton's gRPC server, by default, permits no pings without calls and at most one ping
+    # per 5 minutes without data (it answers more with GOAWAY "too_many_pings"): ping only
+    # during calls, at its pace. A dead Triton shows as the request's deadline or UNAVAILABLE.
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+)
+STREAM_INFER_METHOD: Final = "/inference.GRPCInferenceService/ModelStreamInfer"
+
 _TAG = re.compile(r"^\[([A-Z_]+)\]\s*(.*)$", re.DOTALL)
 _FINISH_REASONS = {reason.value: reason for reason in FinishReason}
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
+_INT32 = struct.Struct("<i")
+_UINT32 = struct.Struct("<I")
 
 InferInput = service_pb2.ModelInferRequest.InferInputTensor
+StreamInfer = grpc.aio.UnaryStreamMultiCallable[
+    service_pb2.ModelInferRequest, service_pb2.ModelStreamInferResponse
+]
+
+
+def triton_channel(target: str) -> grpc.aio.Channel:
+    """A channel to the Triton server at `target` (`host:port`), with Triton-friendly
+    keepalive and no interceptors (see the module docstring)."""
+    return grpc.aio.insecure_channel(target, options=TRITON_CHANNEL_OPTIONS)
 
 
 class TritonBackend:
     """Generates and embeds through Triton servers; `channel_for(endpoint)` gives the
-    (shared) grpc.aio channel of each endpoint."""
+    (shared) grpc.aio channel of each endpoint; `tracer` makes a client span per call."""
 
-    def __init__(self, *, channel_for: Callable[[str], grpc.aio.Channel]) -> None:
+    def __init__(
+        self,
+        *,
+        channel_for: Callable[[str], grpc.aio.Channel],
+        tracer: Tracer | None = None,
+    ) -> None:
         self._channel_for = channel_for
+        self._tracer = tracer or trace.get_tracer(__name__)
+        self._stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}
+        self._stream_infer: dict[str, StreamInfer] = {}
 
     def _stub(self, spec: BackendSpec) -> service_pb2_grpc.GRPCInferenceServiceStub:
-        return service_pb2_grpc.GRPCInferenceServiceStub(self._channel_for(spec.endpoint))
+        stub = self._stubs.get(spec.endpoint)
+        if stub is None:
+            stub = self._stubs[spec.endpoint] = service_pb2_grpc.GRPCInferenceServiceStub(
+                self._channel_for(spec.endpoint)
+            )
+        return stub
+
+    def _streamer(self, spec: BackendSpec) -> StreamInfer:
+        # ModelStreamInfer is bidirectional; a request of ours is one message and a half-close,
+        # which a unary-stream call sends in one batch with the call's start. On the wire it
+        # is the same stream, and cancelling the call cancels the request in Triton.
+        streamer = self._stream_infer.get(spec.endpoint)
+        if streamer is None:
+            streamer = self._stream_infer[spec.endpoint] = self._channel_for(
+                spec.endpoint
+            ).unary_stream(
+                STREAM_INFER_METHOD,
+                request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+            )
+        return streamer
 
     async def generate(
         self, spec: BackendSpec, request: BackendRequest
     ) -> AsyncGenerator[BackendChunk, None]:
         """Streams the facade's responses as chunks; cancels the Triton request when the
         consumer stops early or is cancelled."""
-        call = self._stub(spec).ModelStreamInfer(
-            _single(generation_request(spec, request)), timeout=request.timeout
+        span = self._tracer.start_span(
+            "inference.GRPCInferenceService/ModelStreamInfer",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": "inference.GRPCInferenceService",
+                "rpc.method": "ModelStreamInfer",
+                "server.address": spec.endpoint,
+                "genai.backend.id": spec.id,
+                "genai.backend.model": spec.backend_model,
+            },
+        )
+        carrier: dict[str, str] = {}
+        _TRACE_CONTEXT.inject(carrier, context=trace.set_span_in_context(span))
+        call = self._streamer(spec)(
+            generation_request(spec, request),
+            timeout=request.timeout,
+            metadata=tuple(carrier.items()),
         )
         finished = False
         try:
@@ -91,10 +168,15 @@ class TritonBackend:
                 metadata={"backend_id": spec.id},
             )
         except grpc.aio.AioRpcError as error:
+            span.set_status(Status(StatusCode.ERROR, error.code().name))
             raise rpc_error(spec, error) from None
+        except DomainError as error:
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            raise
         finally:
             if not finished:
                 call.cancel()
+            span.end()
 
     async def embed(self, spec: BackendSpec, texts: Sequence[str]) -> Embeddings:
         """Embeds `texts` in batches of `EMBED_BATCH`."""
@@ -130,10 +212,6 @@ class TritonBackend:
         except grpc.aio.AioRpcError:
             return ModelState.UNAVAILABLE
         return ModelState.READY if ready.ready else ModelState.UNAVAILABLE
-
-
-async def _single(request: service_pb2.ModelInferRequest) -> AsyncIterator[object]:
-    yield request
 
 
 def generation_request(spec: BackendSpec, request: BackendRequest) -> service_pb2.ModelInferRequest:
@@ -185,7 +263,7 @@ def _outputs(response: service_pb2.ModelInferResponse) -> dict[str, tuple[list[i
 
 
 def _first_bytes(raw: bytes) -> bytes:
-    (length,) = struct.unpack_from("<I", raw)
+    (length,) = _UINT32.unpack_from(raw)
     return raw[4 : 4 + length]
 
 
@@ -195,25 +273,28 @@ def _is_final(response: service_pb2.ModelInferResponse) -> bool:
 
 
 def parse_generation_response(response: service_pb2.ModelInferResponse) -> BackendChunk:
-    """One facade response as a chunk (see the output table of triton_models/README.md)."""
-    outputs = _outputs(response)
-    text = _first_bytes(outputs["text_output"][1]).decode() if "text_output" in outputs else ""
-    finish = (
-        _first_bytes(outputs["finish_reason"][1]).decode() if "finish_reason" in outputs else ""
-    )
+    """One facade response as a chunk (see the output table of triton_models/README.md).
+
+    One pass over the outputs, reading only the first element of each: this runs for every
+    token of every stream."""
+    text = finish = ""
+    input_tokens = output_tokens = 0
+    for output, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+        match output.name:
+            case "text_output":
+                text = _first_bytes(raw).decode()
+            case "num_output_tokens":
+                (output_tokens,) = _INT32.unpack_from(raw)
+            case "num_input_tokens":
+                (input_tokens,) = _INT32.unpack_from(raw)
+            case "finish_reason":
+                finish = _first_bytes(raw).decode()
     return BackendChunk(
         text=text,
-        input_tokens=_first_int(outputs, "num_input_tokens"),
-        output_tokens=_first_int(outputs, "num_output_tokens"),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
         finish_reason=_FINISH_REASONS.get(finish) if finish else None,
     )
-
-
-def _first_int(outputs: dict[str, tuple[list[int], bytes]], name: str) -> int:
-    if name not in outputs:
-        return 0
-    (value,) = struct.unpack_from("<i", outputs[name][1])
-    return int(value)
 
 
 def backend_error(spec: BackendSpec, message: str) -> DomainError:

@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks.inference import (
     DIRECT,
+    HOP,
     PLATFORM,
     TRANSFORMERS,
     InferenceConfig,
@@ -61,6 +62,7 @@ def _scenarios() -> list[Scenario]:
     single = Scenario(1)
     single.rounds = {
         DIRECT: [_round(1000, 100, 1.0), _round(1100, 100, 1.0)],
+        HOP: [_round(1200, 100, 1.1), _round(1300, 100, 1.1)],
         PLATFORM: [_round(1400, 100, 1.2), _round(1450, 100, 1.3)],
     }
     loaded = Scenario(64)
@@ -241,6 +243,12 @@ def test_report_and_json_of_a_synthetic_run(tmp_path: Path):
     assert set(document["parts"]) == {"zero", "smollm2"}
     assert [t["passed"] for t in document["targets"]] == [True, False, True, True]
     assert isinstance(run.targets[0], TargetCheck)
+    # The relay's floor is reported where it was measured (concurrency 1 here).
+    assert len(document["floor"]) == 1
+    assert document["floor"][0].startswith("c=1: TTFT p50 direct")
+    assert "the bare hop adds +" in text
+    zero_scenarios = {c["scenario"] for c in document["parts"]["zero"]["comparisons"]}
+    assert zero_scenarios == {"zero", "zero hop"}
 
 
 class _Triton:
