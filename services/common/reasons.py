@@ -48,6 +48,25 @@ BACKEND_OVERLOADED: Final = "BACKEND_OVERLOADED"
 BACKEND_ERROR: Final = "BACKEND_ERROR"
 """The backend reported an error for this request."""
 
+PROMPT_NOT_FOUND: Final = "PROMPT_NOT_FOUND"
+"""No prompt with that name exists in the caller's tenant."""
+PROMPT_VERSION_NOT_FOUND: Final = "PROMPT_VERSION_NOT_FOUND"
+"""The prompt exists but the requested version does not."""
+LABEL_NOT_FOUND: Final = "LABEL_NOT_FOUND"
+"""The prompt has no label with that name."""
+PROMPT_ALREADY_EXISTS: Final = "PROMPT_ALREADY_EXISTS"
+"""A prompt with that name already exists in the tenant."""
+LABEL_VERSION_MISMATCH: Final = "LABEL_VERSION_MISMATCH"
+"""A label move's expected current version did not match (metadata: expected, actual)."""
+TEMPLATE_INVALID: Final = "TEMPLATE_INVALID"
+"""A message template does not parse or uses constructs the sandbox forbids."""
+VARIABLE_INVALID: Final = "VARIABLE_INVALID"
+"""Template variables are missing, unknown or of the wrong type."""
+EVALUATION_GATE_FAILED: Final = "EVALUATION_GATE_FAILED"
+"""The label is protected and the target version has no passing evaluation report."""
+NO_ROLLBACK_TARGET: Final = "NO_ROLLBACK_TARGET"
+"""A rollback found no earlier version in the label's history."""
+
 ALL_REASONS: Final = frozenset(
     {
         FIELD_VIOLATION,
@@ -68,6 +87,15 @@ ALL_REASONS: Final = frozenset(
         BACKEND_UNAVAILABLE,
         BACKEND_OVERLOADED,
         BACKEND_ERROR,
+        PROMPT_NOT_FOUND,
+        PROMPT_VERSION_NOT_FOUND,
+        LABEL_NOT_FOUND,
+        PROMPT_ALREADY_EXISTS,
+        LABEL_VERSION_MISMATCH,
+        TEMPLATE_INVALID,
+        VARIABLE_INVALID,
+        EVALUATION_GATE_FAILED,
+        NO_ROLLBACK_TARGET,
     }
 )
 """Every reason above; a contract test checks each is a `genai.common.v1.ErrorReason` name."""

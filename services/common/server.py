@@ -6,7 +6,7 @@ service (every registered service SERVING, plus the overall `""`), and server re
 """
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -42,6 +42,10 @@ class ServiceRegistration:
 
     name: str
     add_to_server: Callable[[grpc.aio.Server], None]
+    start: Callable[[], Awaitable[None]] | None = None
+    """Runs before the server serves (e.g. migrating a database); failing aborts start-up."""
+    stop: Callable[[], Awaitable[None]] | None = None
+    """Runs after the server has stopped serving (e.g. closing database connections)."""
 
 
 ReflectionRegistrar = Callable[[grpc.aio.Server, Sequence[str]], None]

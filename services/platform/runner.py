@@ -6,7 +6,7 @@ so the same code runs embedded (one process) or split (a process or pod per serv
 """
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -99,6 +99,8 @@ class Platform:
     """InferenceService's channels to Triton servers (see `triton_channel`)."""
     triton: TritonServer | None = None
     """The Triton server this process launched, if any."""
+    registrations: tuple[ServiceRegistration, ...] = ()
+    """The hosted services, whose `stop` hooks run after the server stops."""
 
     @property
     def address(self) -> str:
@@ -109,10 +111,20 @@ class Platform:
         """Drains in-flight RPCs within the grace period, then stops Triton and closes
         client channels."""
         await self.server.stop(grace)
+        await _stop_services(self.registrations)
         if self.triton is not None:
             await self.triton.stop()
         await self.channels.close()
         await self.triton_channels.close()
+
+
+async def _stop_services(registrations: Sequence[ServiceRegistration]) -> None:
+    for registration in reversed(registrations):
+        if registration.stop is not None:
+            try:
+                await registration.stop()
+            except Exception:  # one failing hook must not keep the others from running
+                _logger.exception("stopping %s failed", registration.name)
 
 
 async def start_platform(
@@ -133,6 +145,7 @@ async def start_platform(
     def local_target() -> str:
         return local[0] if local else ""
 
+    registrations: list[ServiceRegistration] = []
     try:
         registrations = [
             _registration(
@@ -145,6 +158,9 @@ async def start_platform(
             )
             for key in settings.services
         ]
+        for registration in registrations:
+            if registration.start is not None:
+                await registration.start()
         server = await start_server(
             bind=f"{_bracket(settings.server.host)}:{settings.server.port}",
             registrations=registrations,
@@ -158,6 +174,7 @@ async def start_platform(
             reflection=enable_documented_reflection,
         )
     except BaseException:
+        await _stop_services(registrations)
         if triton is not None:
             await triton.stop()
         await channels.close()
@@ -171,6 +188,7 @@ async def start_platform(
         channels=channels,
         triton_channels=triton_channels,
         triton=triton,
+        registrations=tuple(registrations),
     )
 
 
@@ -213,7 +231,7 @@ def _registration(
 ) -> ServiceRegistration:
     match key:
         case "prompt":
-            return prompt_server.registration()
+            return prompt_server.registration(settings=settings.prompt)
         case "experiment":
             return experiment_server.registration()
         case "evaluation":

@@ -7,6 +7,7 @@ from pydantic import Field, field_validator, model_validator
 from services.common.config import Settings
 from services.gateway.config import GatewaySettings
 from services.inference.config import InferenceSettings
+from services.prompt.config import PromptSettings
 
 ServiceKey = Literal["prompt", "experiment", "evaluation", "router", "inference", "gateway"]
 """Short name of one service of the platform."""
@@ -85,6 +86,9 @@ class PlatformSettings(Settings):
         default_factory=ClientSettings,
         description="Channels to the other services. With server TLS, the embedded services "
         "reach each other over TLS too, so set clients.tls and clients.tls_ca_file.",
+    )
+    prompt: PromptSettings = Field(
+        default_factory=PromptSettings, description="PromptService, when hosted."
     )
     gateway: GatewaySettings = Field(
         default_factory=GatewaySettings, description="GatewayService, when hosted."

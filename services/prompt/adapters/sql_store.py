@@ -64,8 +64,10 @@ prompts = sa.Table(
     sa.Column("evaluation_gate", sa.Text, nullable=True),
     sa.Column("create_time_us", sa.BigInteger, nullable=False),
     sa.Column("update_time_us", sa.BigInteger, nullable=False),
+    sa.Column("request_id", sa.String(128), nullable=True),
     sa.UniqueConstraint("tenant_id", "name", name="uq_prompts_tenant_name"),
 )
+
 
 versions = sa.Table(
     "prompt_versions",
@@ -77,6 +79,7 @@ versions = sa.Table(
     sa.Column("author", sa.String(256), nullable=False),
     sa.Column("commit_message", sa.Text, nullable=False),
     sa.Column("create_time_us", sa.BigInteger, nullable=False),
+    sa.Column("request_id", sa.String(128), nullable=True),
 )
 
 labels = sa.Table(
@@ -249,13 +252,15 @@ class SqlPromptStore:
 
     # ------------------------------------------------------------------------------ prompts
 
-    async def create_prompt(self, new: NewPrompt) -> Prompt:
-        """Creates a prompt; AlreadyExists when the tenant has one of that name."""
+    async def create_prompt(self, new: NewPrompt, request_id: str = "") -> Prompt:
+        """Creates a prompt; AlreadyExists when the tenant has one of that name, unless the
+        same non-empty `request_id` created it (a retry), which returns it."""
         now = _now_us()
         try:
             async with self._write() as conn:
                 await conn.execute(
                     prompts.insert().values(
+                        request_id=request_id or None,
                         tenant_id=new.tenant_id,
                         name=new.name,
                         description=new.description,
@@ -267,8 +272,15 @@ class SqlPromptStore:
                     )
                 )
         except IntegrityError:
+            if request_id:
+                async with self._read() as conn:
+                    row = await self._prompt_row(conn, new.tenant_id, new.name, lock=False)
+                    if row["request_id"] == request_id:
+                        return await self._prompt(conn, row)
             raise AlreadyExists(
-                f"prompt {new.name!r} already exists", metadata={"prompt": new.name}
+                f"prompt {new.name!r} already exists",
+                reason=reasons.PROMPT_ALREADY_EXISTS,
+                metadata={"prompt": new.name},
             ) from None
         return await self.get_prompt(new.tenant_id, new.name)
 
@@ -313,13 +325,29 @@ class SqlPromptStore:
     # ------------------------------------------------------------------------------ versions
 
     async def create_version(
-        self, tenant_id: str, prompt: str, new: NewVersion
+        self, tenant_id: str, prompt: str, new: NewVersion, request_id: str = ""
     ) -> tuple[PromptVersion, bool]:
         """Adds version `latest + 1`, or returns the latest when its content hash is the same
-        (an idempotent push); the flag says whether a version was created."""
+        (an idempotent push) or the version the same non-empty `request_id` created (a retry);
+        the flag says whether a version was created."""
         now = _now_us()
         async with self._write() as conn:
             row = await self._prompt_row(conn, tenant_id, prompt, lock=True)
+            if request_id:
+                earlier = (
+                    (
+                        await conn.execute(
+                            sa.select(versions).where(
+                                versions.c.prompt_id == row["id"],
+                                versions.c.request_id == request_id,
+                            )
+                        )
+                    )
+                    .mappings()
+                    .first()
+                )
+                if earlier is not None:
+                    return _version(prompt, earlier), False
             latest = int(row["latest_version"])
             if latest:
                 current = await self._version_row(conn, row["id"], latest)
@@ -335,7 +363,7 @@ class SqlPromptStore:
                 "commit_message": new.commit_message,
                 "create_time_us": now,
             }
-            await conn.execute(versions.insert().values(**values))
+            await conn.execute(versions.insert().values(request_id=request_id or None, **values))
             await conn.execute(
                 prompts.update()
                 .where(prompts.c.id == row["id"])
@@ -357,6 +385,7 @@ class SqlPromptStore:
             if number is None:
                 raise NotFound(
                     f"prompt {prompt!r} has no label {label!r}",
+                    reason=reasons.LABEL_NOT_FOUND,
                     metadata={"prompt": prompt, "label": label},
                 )
             return _version(prompt, await self._version_row(conn, row["id"], number))
@@ -423,6 +452,7 @@ class SqlPromptStore:
                 raise FailedPrecondition(
                     f"label {move.label!r} of prompt {move.prompt!r} has no earlier version to "
                     "roll back to",
+                    reason=reasons.NO_ROLLBACK_TARGET,
                     metadata={"prompt": move.prompt, "label": move.label},
                 )
             return await self._move(conn, row, move, current, target, LabelEventKind.ROLLED_BACK)
@@ -508,7 +538,11 @@ class SqlPromptStore:
             query = query.with_for_update()
         row = (await conn.execute(query)).mappings().first()
         if row is None:
-            raise NotFound(f"no prompt named {name!r}", metadata={"prompt": name})
+            raise NotFound(
+                f"no prompt named {name!r}",
+                reason=reasons.PROMPT_NOT_FOUND,
+                metadata={"prompt": name},
+            )
         return row
 
     async def _prompt(self, conn: AsyncConnection, row: Mapping[Any, Any]) -> Prompt:
@@ -547,7 +581,7 @@ class SqlPromptStore:
         if row is None:
             raise NotFound(
                 f"the prompt has no version {version}",
-                reason=reasons.RESOURCE_NOT_FOUND,
+                reason=reasons.PROMPT_VERSION_NOT_FOUND,
                 metadata={"version": str(version)},
             )
         return row
@@ -571,11 +605,12 @@ class SqlPromptStore:
             raise Conflict(
                 f"label {move.label!r} of prompt {move.prompt!r} points to {where}, not to "
                 f"the expected {move.expected_version or 'nothing'}",
+                reason=reasons.LABEL_VERSION_MISMATCH,
                 metadata={
                     "prompt": move.prompt,
                     "label": move.label,
-                    "current_version": str(current or 0),
-                    "expected_version": str(move.expected_version),
+                    "expected": str(move.expected_version),
+                    "actual": str(current or 0),
                 },
             )
         return current
@@ -646,6 +681,7 @@ def _rollback_target(history: Sequence[tuple[LabelEventKind, int]]) -> int | Non
 def _no_label(move: LabelMove) -> NotFound:
     return NotFound(
         f"prompt {move.prompt!r} has no label {move.label!r}",
+        reason=reasons.LABEL_NOT_FOUND,
         metadata={"prompt": move.prompt, "label": move.label},
     )
 

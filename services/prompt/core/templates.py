@@ -49,6 +49,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace, pass_context, pass_environment
 from jinja2.visitor import NodeTransformer
 
+from services.common import reasons
 from services.common.errors import FieldViolation, InvalidArgument
 
 JsonValue: TypeAlias = (
@@ -421,7 +422,7 @@ def _template_values(
         except _BadValue as e:
             violations.append(FieldViolation(f"{field}.{name}", e.description))
     if violations:
-        raise InvalidArgument(violations=violations)
+        raise InvalidArgument(violations=violations, reason=reasons.VARIABLE_INVALID)
     return context
 
 
@@ -455,7 +456,7 @@ def render(
             field = f"{messages_field}[{index}].content"
             violations += [FieldViolation(field, problem) for problem in e.problems]
     if violations:
-        raise InvalidArgument(violations=violations)
+        raise InvalidArgument(violations=violations, reason=reasons.TEMPLATE_INVALID)
 
     budget = _Budget(
         steps=MAX_RENDER_STEPS,
@@ -471,7 +472,10 @@ def render(
                 content = _generate(template, context, budget)
             except Exception as e:  # any failure of a template is the template's fault
                 field = f"{messages_field}[{index}].content"
-                raise InvalidArgument(violations=[FieldViolation(field, _describe(e))]) from None
+                raise InvalidArgument(
+                    violations=[FieldViolation(field, _describe(e))],
+                    reason=reasons.TEMPLATE_INVALID,
+                ) from None
             rendered.append(RenderedMessage(message.role, content))
         return rendered
     finally:

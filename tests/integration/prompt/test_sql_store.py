@@ -131,7 +131,8 @@ async def test_labels_move_with_preconditions_and_keep_their_history(store: SqlP
     assert (label.version, label.protected, event.kind) == (1, True, LabelEventKind.CREATED)
     with pytest.raises(Conflict) as conflict:
         await store.set_label(LabelMove(TENANT, "p", "production", expected_version=0), 2)
-    assert conflict.value.metadata["current_version"] == "1"
+    assert conflict.value.metadata["actual"] == "1"
+    assert conflict.value.reason == "LABEL_VERSION_MISMATCH"
     await store.set_label(LabelMove(TENANT, "p", "production", expected_version=1), 2)
     await store.set_label(move, 3)
     with pytest.raises(NotFound):
@@ -246,3 +247,16 @@ async def test_a_killed_writer_loses_no_committed_version_and_leaves_no_partial_
     # The store goes on from there.
     next_version, _ = await store.create_version(TENANT, "p", NewVersion(_content("after")))
     assert next_version.version == prompt.latest_version + 1
+
+
+async def test_a_retried_create_with_the_same_request_id_returns_what_the_first_made(
+    store: SqlPromptStore,
+) -> None:
+    first = await store.create_prompt(NewPrompt(TENANT, "p"), request_id="r1")
+    assert (await store.create_prompt(NewPrompt(TENANT, "p"), request_id="r1")) == first
+    with pytest.raises(AlreadyExists):
+        await store.create_prompt(NewPrompt(TENANT, "p"), request_id="r2")
+    one, created = await store.create_version(TENANT, "p", NewVersion(_content("a")), "v1")
+    await store.create_version(TENANT, "p", NewVersion(_content("b")))
+    again, created_again = await store.create_version(TENANT, "p", NewVersion(_content("a")), "v1")
+    assert (one.version, created, again.version, created_again) == (1, True, 1, False)

@@ -1,0 +1,544 @@
+"""The prompt registry: the rules of prompts, versions and labels over a `PromptStore`.
+
+A version's content is a JSON document with the fields of `genai.prompt.v1.PromptVersion`
+that define behaviour (proto field names, enums by name): `messages`, `variables`,
+`parameters`, `routing`, `output_schema`, `processing`. The registry reads `messages` and
+`variables` to check and render templates; the rest it stores, hashes and diffs as it is.
+"""
+
+import asyncio
+import contextlib
+import difflib
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from services.common import reasons
+from services.common.errors import FieldViolation, InvalidArgument
+from services.prompt.core.model import (
+    UNSET,
+    JsonObject,
+    Label,
+    LabelEvent,
+    LabelMove,
+    NewPrompt,
+    NewVersion,
+    Prompt,
+    PromptChanges,
+    PromptVersion,
+)
+from services.prompt.core.templates import (
+    MessageTemplate,
+    RenderedMessage,
+    VariableSpec,
+    VariableType,
+    check_version,
+    render,
+)
+
+NAME_PATTERN: Final = re.compile(r"[a-z][a-z0-9._-]{0,63}")
+"""Prompt and label names: 1 to 64 of `a-z 0-9 . _ -`, starting with a letter."""
+DEFAULT_LABEL: Final = "production"
+MAX_DESCRIPTION: Final = 1024
+MAX_AUTHOR: Final = 256
+MAX_COMMIT_MESSAGE: Final = 4096
+MAX_REQUEST_ID: Final = 128
+MAX_REASON: Final = 1024
+MAX_PAGE_SIZE: Final = 1000
+DEFAULT_PAGE_SIZE: Final = 100
+CONTENT_FIELDS: Final = (
+    "messages",
+    "variables",
+    "parameters",
+    "routing",
+    "output_schema",
+    "processing",
+)
+ROLES: Final = {
+    "CHAT_ROLE_SYSTEM": "system",
+    "CHAT_ROLE_USER": "user",
+    "CHAT_ROLE_ASSISTANT": "assistant",
+}
+_TYPES: Final = {f"VARIABLE_TYPE_{t.name}": t for t in VariableType}
+
+
+class PromptStore(Protocol):
+    """Where prompts live (`services.prompt.adapters.sql_store.SqlPromptStore`)."""
+
+    async def create_prompt(self, new: NewPrompt, request_id: str = "") -> Prompt: ...
+    async def get_prompt(self, tenant_id: str, name: str) -> Prompt: ...
+    async def list_prompts(
+        self, tenant_id: str, *, name_prefix: str = "", after_name: str = "", limit: int = 100
+    ) -> list[Prompt]: ...
+    async def update_prompt(self, tenant_id: str, name: str, changes: PromptChanges) -> Prompt: ...
+    async def create_version(
+        self, tenant_id: str, prompt: str, new: NewVersion, request_id: str = ""
+    ) -> tuple[PromptVersion, bool]: ...
+    async def get_version(self, tenant_id: str, prompt: str, version: int) -> PromptVersion: ...
+    async def get_labelled_version(
+        self, tenant_id: str, prompt: str, label: str
+    ) -> PromptVersion: ...
+    async def list_versions(
+        self, tenant_id: str, prompt: str, *, before_version: int = 0, limit: int = 100
+    ) -> list[PromptVersion]: ...
+    async def set_label(self, move: LabelMove, version: int) -> tuple[Label, LabelEvent]: ...
+    async def delete_label(self, move: LabelMove) -> LabelEvent: ...
+    async def rollback_label(self, move: LabelMove) -> tuple[Label, LabelEvent]: ...
+    async def label_history(
+        self, tenant_id: str, prompt: str, label: str, *, before_sequence: int = 0, limit: int = 100
+    ) -> list[LabelEvent]: ...
+    async def events_after(
+        self, tenant_id: str, sequence: int, *, prompts_: Sequence[str] = (), limit: int = 500
+    ) -> list[LabelEvent]: ...
+    async def label_snapshot(
+        self, tenant_id: str, prompts_: Sequence[str] = ()
+    ) -> tuple[list[Label], int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The watched labels at one point of the event log."""
+
+    labels: list[Label]
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One difference between two versions' content, at a JSON path."""
+
+    path: str
+    kind: str
+    """"added", "removed" or "modified"."""
+    old_value: Any
+    new_value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A rendered version."""
+
+    version: PromptVersion
+    messages: list[RenderedMessage]
+
+
+class LabelNotifier:
+    """Wakes this process's watchers when a label move commits here (other replicas' moves are
+    found by polling). A watcher notes `generation` before it reads the event log and waits
+    with it, so a move committed in between is never slept through."""
+
+    def __init__(self) -> None:
+        self._generation = 0
+        self._event = asyncio.Event()
+
+    @property
+    def generation(self) -> int:
+        """How many notifications there have been."""
+        return self._generation
+
+    def notify(self) -> None:
+        """Wakes every waiter."""
+        self._generation += 1
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, seen_generation: int, patience_s: float) -> None:
+        """Returns once there was a notification after `seen_generation`, or after
+        `patience_s` seconds."""
+        if self._generation != seen_generation:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), patience_s)
+
+
+class PromptRegistry:
+    """Validates and carries out every PromptService operation for one tenant at a time."""
+
+    def __init__(
+        self,
+        store: PromptStore,
+        *,
+        poll_seconds: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._poll_seconds = poll_seconds
+        self._clock = clock
+        self._notifier = LabelNotifier()
+
+    # ------------------------------------------------------------------------------ prompts
+
+    async def create_prompt(self, new: NewPrompt, request_id: str = "") -> Prompt:
+        """Creates a prompt with no versions."""
+        violations = _name_violations("prompt.name", new.name)
+        violations += _text_violations("prompt.description", new.description, MAX_DESCRIPTION)
+        violations += _label_list_violations("prompt.protected_labels", new.protected_labels)
+        violations += _request_id_violations(request_id)
+        _raise_if(violations)
+        return await self._store.create_prompt(new, request_id)
+
+    async def get_prompt(self, tenant_id: str, name: str) -> Prompt:
+        """One prompt with its labels."""
+        _raise_if(_name_violations("name", name))
+        return await self._store.get_prompt(tenant_id, name)
+
+    async def list_prompts(
+        self, tenant_id: str, *, name_prefix: str, page_size: int, page_token: str
+    ) -> tuple[list[Prompt], str]:
+        """One page of prompts in name order, and the next page's token."""
+        size = _page_size(page_size)
+        after = _decode_token(page_token, "n")
+        found = await self._store.list_prompts(
+            tenant_id, name_prefix=name_prefix, after_name=after, limit=size + 1
+        )
+        page = found[:size]
+        return page, _token("n", page[-1].name) if len(found) > size else ""
+
+    async def update_prompt(self, tenant_id: str, name: str, changes: PromptChanges) -> Prompt:
+        """Updates a prompt's description, protected labels or evaluation gate."""
+        violations = _name_violations("prompt.name", name)
+        if changes.description is not None:
+            violations += _text_violations(
+                "prompt.description", changes.description, MAX_DESCRIPTION
+            )
+        if changes.protected_labels is not None:
+            violations += _label_list_violations(
+                "prompt.protected_labels", changes.protected_labels
+            )
+        _raise_if(violations)
+        return await self._store.update_prompt(tenant_id, name, changes)
+
+    # ------------------------------------------------------------------------------ versions
+
+    async def create_version(
+        self, tenant_id: str, prompt: str, new: NewVersion, request_id: str = ""
+    ) -> tuple[PromptVersion, bool]:
+        """Checks the content (templates against the variable schema) and stores it as the
+        next version, unless it equals the latest (idempotent push)."""
+        violations = _name_violations("prompt", prompt)
+        violations += _text_violations("version.author", new.author, MAX_AUTHOR)
+        violations += _text_violations(
+            "version.commit_message", new.commit_message, MAX_COMMIT_MESSAGE
+        )
+        violations += _request_id_violations(request_id)
+        messages, variables, shape = parse_content(new.content)
+        template_problems = shape or check_version(messages, variables)
+        if violations or template_problems:
+            reason = reasons.TEMPLATE_INVALID if template_problems else None
+            raise InvalidArgument(violations=[*violations, *template_problems], reason=reason)
+        return await self._store.create_version(tenant_id, prompt, new, request_id)
+
+    async def get_version(
+        self, tenant_id: str, prompt: str, *, version: int = 0, label: str = ""
+    ) -> PromptVersion:
+        """A version by number, through a label, or (neither) the latest."""
+        _raise_if(_name_violations("prompt", prompt) + _selector_violations(version, label))
+        if label:
+            return await self._store.get_labelled_version(tenant_id, prompt, label)
+        if not version:
+            version = (await self._store.get_prompt(tenant_id, prompt)).latest_version
+        return await self._store.get_version(tenant_id, prompt, version)
+
+    async def list_versions(
+        self, tenant_id: str, prompt: str, *, page_size: int, page_token: str
+    ) -> tuple[list[PromptVersion], str]:
+        """One page of versions, newest first, and the next page's token."""
+        _raise_if(_name_violations("prompt", prompt))
+        size = _page_size(page_size)
+        before = _decode_int_token(page_token, "v")
+        found = await self._store.list_versions(
+            tenant_id, prompt, before_version=before, limit=size + 1
+        )
+        page = found[:size]
+        return page, _token("v", str(page[-1].version)) if len(found) > size else ""
+
+    async def diff(
+        self, tenant_id: str, prompt: str, from_version: int, to_version: int
+    ) -> tuple[list[Change], str]:
+        """What changed from one version to another, field by field, and a unified diff of
+        the canonical content."""
+        violations = _name_violations("prompt", prompt)
+        for field, value in (("from_version", from_version), ("to_version", to_version)):
+            if value < 1:
+                violations.append(FieldViolation(field, "must be a version number (>= 1)"))
+        _raise_if(violations)
+        old = await self._store.get_version(tenant_id, prompt, from_version)
+        new = await self._store.get_version(tenant_id, prompt, to_version)
+        return diff_content(old.content, new.content), unified_diff(old, new)
+
+    # ------------------------------------------------------------------------------ labels
+
+    async def set_label(self, move: LabelMove, version: int) -> tuple[Label, LabelEvent]:
+        """Points a label at a version (see `SqlPromptStore.set_label`)."""
+        violations = _move_violations(move)
+        if version < 1:
+            violations.append(FieldViolation("version", "must be a version number (>= 1)"))
+        _raise_if(violations)
+        result = await self._store.set_label(move, version)
+        self._notifier.notify()
+        return result
+
+    async def delete_label(self, move: LabelMove) -> LabelEvent:
+        """Deletes a label; its history stays."""
+        _raise_if(_move_violations(move))
+        event = await self._store.delete_label(move)
+        self._notifier.notify()
+        return event
+
+    async def rollback_label(self, move: LabelMove) -> tuple[Label, LabelEvent]:
+        """Moves a label back one move (see `SqlPromptStore.rollback_label`)."""
+        _raise_if(_move_violations(move))
+        result = await self._store.rollback_label(move)
+        self._notifier.notify()
+        return result
+
+    async def label_history(
+        self, tenant_id: str, prompt: str, label: str, *, page_size: int, page_token: str
+    ) -> tuple[list[LabelEvent], str]:
+        """One page of a prompt's label events, newest first, and the next page's token."""
+        violations = _name_violations("prompt", prompt)
+        if label:
+            violations += _name_violations("label", label)
+        _raise_if(violations)
+        size = _page_size(page_size)
+        before = _decode_int_token(page_token, "s")
+        found = await self._store.label_history(
+            tenant_id, prompt, label, before_sequence=before, limit=size + 1
+        )
+        page = found[:size]
+        return page, _token("s", str(page[-1].sequence)) if len(found) > size else ""
+
+    async def watch(
+        self, tenant_id: str, prompts: Sequence[str], after_sequence: int
+    ) -> AsyncIterator[Snapshot | LabelEvent]:
+        """A snapshot (unless resuming after `after_sequence`), then every committed label
+        event in order, without end: moves made here arrive at once, other replicas' within
+        the poll interval."""
+        violations = [
+            v for i, p in enumerate(prompts) for v in _name_violations(f"prompts[{i}]", p)
+        ]
+        if after_sequence < 0:
+            violations.append(FieldViolation("after_sequence", "must be >= 0"))
+        _raise_if(violations)
+        sequence = after_sequence
+        if not after_sequence:
+            labels, sequence = await self._store.label_snapshot(tenant_id, prompts)
+            yield Snapshot(labels, sequence)
+        while True:
+            generation = self._notifier.generation
+            events = await self._store.events_after(tenant_id, sequence, prompts_=prompts)
+            for event in events:
+                yield event
+            if events:
+                sequence = events[-1].sequence
+                continue
+            await self._notifier.wait(generation, self._poll_seconds)
+
+    # ------------------------------------------------------------------------------ render
+
+    async def render(
+        self,
+        tenant_id: str,
+        prompt: str,
+        values: Mapping[str, object],
+        *,
+        version: int = 0,
+        label: str = "",
+    ) -> Rendered:
+        """Renders a version (by number or label; neither: the `production` label)."""
+        _raise_if(_name_violations("prompt", prompt) + _selector_violations(version, label))
+        if version:
+            found = await self._store.get_version(tenant_id, prompt, version)
+        else:
+            found = await self._store.get_labelled_version(
+                tenant_id, prompt, label or DEFAULT_LABEL
+            )
+        return Rendered(found, render_version(found.content, values))
+
+
+def render_version(content: JsonObject, values: Mapping[str, object]) -> list[RenderedMessage]:
+    """Renders a stored version's messages (also what clients do from their cache)."""
+    messages, variables, shape = parse_content(content)
+    if shape:  # stored content was checked when created; this is a corrupted store
+        raise InvalidArgument(violations=shape, reason=reasons.TEMPLATE_INVALID)
+    return render(messages, variables, values)
+
+
+def parse_content(
+    content: JsonObject,
+) -> tuple[list[MessageTemplate], list[VariableSpec], list[FieldViolation]]:
+    """The templates and variable schema of a content document, and what is malformed in
+    its shape (unknown roles or types, wrong JSON types)."""
+    problems: list[FieldViolation] = []
+    messages: list[MessageTemplate] = []
+    for index, message in enumerate(_list(content.get("messages"))):
+        path = f"version.messages[{index}]"
+        if not isinstance(message, Mapping):
+            problems.append(FieldViolation(path, "must be a message"))
+            continue
+        role = ROLES.get(str(message.get("role", "")), "")
+        if not role:
+            problems.append(FieldViolation(f"{path}.role", "must be system, user or assistant"))
+        messages.append(MessageTemplate(role, str(message.get("content", ""))))
+    variables: list[VariableSpec] = []
+    for index, spec in enumerate(_list(content.get("variables"))):
+        path = f"version.variables[{index}]"
+        if not isinstance(spec, Mapping):
+            problems.append(FieldViolation(path, "must be a variable"))
+            continue
+        kind = _TYPES.get(str(spec.get("type", "VARIABLE_TYPE_UNSPECIFIED")))
+        if kind is None:
+            problems.append(FieldViolation(f"{path}.type", "is not a variable type"))
+            continue
+        variables.append(
+            VariableSpec(
+                name=str(spec.get("name", "")),
+                type=kind,
+                required=bool(spec.get("required", False)),
+                default=spec.get("default_value"),
+                enum_values=tuple(str(v) for v in _list(spec.get("enum_values"))),
+                max_length=int(spec.get("max_length", 0)),
+                max_items=int(spec.get("max_items", 0)),
+                description=str(spec.get("description", "")),
+            )
+        )
+    return messages, variables, problems
+
+
+def diff_content(old: JsonObject, new: JsonObject) -> list[Change]:
+    """Field-level differences between two content documents, in path order."""
+    before, after = dict(_flatten(old)), dict(_flatten(new))
+    changes = []
+    for path in sorted(before.keys() | after.keys(), key=_path_key):
+        if path not in after:
+            changes.append(Change(path, "removed", before[path], None))
+        elif path not in before:
+            changes.append(Change(path, "added", None, after[path]))
+        elif before[path] != after[path]:
+            changes.append(Change(path, "modified", before[path], after[path]))
+    return changes
+
+
+def unified_diff(old: PromptVersion, new: PromptVersion) -> str:
+    """A unified diff of two versions' content, pretty-printed JSON, for review."""
+    lines = [
+        json.dumps(v.content, indent=2, sort_keys=True, ensure_ascii=False).splitlines(True)
+        for v in (old, new)
+    ]
+    return "".join(
+        difflib.unified_diff(
+            lines[0], lines[1], f"{old.prompt}@{old.version}", f"{new.prompt}@{new.version}"
+        )
+    )
+
+
+def _flatten(value: Any, path: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        if not value and path:
+            return [(path, {})]
+        return [
+            pair
+            for key in sorted(value)
+            for pair in _flatten(value[key], f"{path}.{key}" if path else str(key))
+        ]
+    if isinstance(value, list) and value and not all(_scalar(v) for v in value):
+        return [pair for i, v in enumerate(value) for pair in _flatten(v, f"{path}[{i}]")]
+    return [(path, value)]
+
+
+def _scalar(value: Any) -> bool:
+    return not isinstance(value, Mapping | list)
+
+
+def _path_key(path: str) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"[.\[\]]+", path) if p]
+
+
+def _list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+# -------------------------------------------------------------------------------- validation
+
+
+def _raise_if(violations: list[FieldViolation]) -> None:
+    if violations:
+        raise InvalidArgument(violations=violations)
+
+
+def _name_violations(field: str, name: str) -> list[FieldViolation]:
+    if not name:
+        return [FieldViolation(field, "is required")]
+    if NAME_PATTERN.fullmatch(name) is None:
+        return [
+            FieldViolation(
+                field, "must be 1 to 64 of a-z, 0-9, '.', '_' and '-', starting with a letter"
+            )
+        ]
+    return []
+
+
+def _text_violations(field: str, text: str, limit: int) -> list[FieldViolation]:
+    if len(text) > limit:
+        return [FieldViolation(field, f"at most {limit} characters")]
+    return []
+
+
+def _label_list_violations(field: str, names: Sequence[str]) -> list[FieldViolation]:
+    violations = [v for i, n in enumerate(names) for v in _name_violations(f"{field}[{i}]", n)]
+    if len(set(names)) != len(names):
+        violations.append(FieldViolation(field, "lists a label twice"))
+    return violations
+
+
+def _request_id_violations(request_id: str) -> list[FieldViolation]:
+    return _text_violations("request_id", request_id, MAX_REQUEST_ID)
+
+
+def _selector_violations(version: int, label: str) -> list[FieldViolation]:
+    if version < 0:
+        return [FieldViolation("version", "must be a version number (>= 1)")]
+    return _name_violations("label", label) if label else []
+
+
+def _move_violations(move: LabelMove) -> list[FieldViolation]:
+    violations = _name_violations("prompt", move.prompt) + _name_violations("label", move.label)
+    if move.expected_version < 0 and move.expected_version != UNSET:
+        violations.append(FieldViolation("expected_version", "must be >= 0"))
+    violations += _text_violations("reason", move.reason, MAX_REASON)
+    return violations
+
+
+def _page_size(page_size: int) -> int:
+    if not 0 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidArgument(
+            violations=[FieldViolation("page_size", f"must be in [0, {MAX_PAGE_SIZE}]")]
+        )
+    return page_size or DEFAULT_PAGE_SIZE
+
+
+def _token(kind: str, value: str) -> str:
+    return f"{kind}:{value}"
+
+
+def _decode_token(token: str, kind: str) -> str:
+    if not token:
+        return ""
+    prefix, _, value = token.partition(":")
+    if prefix != kind or not value:
+        raise InvalidArgument(
+            violations=[FieldViolation("page_token", "is not a token this service issued")]
+        )
+    return value
+
+
+def _decode_int_token(token: str, kind: str) -> int:
+    value = _decode_token(token, kind)
+    if value and not value.isdigit():
+        raise InvalidArgument(
+            violations=[FieldViolation("page_token", "is not a token this service issued")]
+        )
+    return int(value or 0)
