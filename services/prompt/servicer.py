@@ -217,7 +217,7 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
         self, request: pb.RenderPromptRequest, context: ServicerContext
     ) -> pb.RenderPromptResponse:
         """Renders a version with typed variables."""
-        values = json_format.MessageToDict(request.variables)
+        values = struct_values(request.variables)
         rendered = await self._registry.render(
             _tenant(), request.prompt, values, version=request.version, label=request.label
         )
@@ -257,9 +257,39 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
 
 
 def version_content(version: prompt_pb2.PromptVersion) -> dict[str, Any]:
-    """The behaviour-defining fields of a version as its JSON content document."""
-    document = json_format.MessageToDict(version, preserving_proto_field_name=True)
+    """The behaviour-defining fields of a version as its JSON content document.
+
+    Raises `InvalidArgument` when a JSON value in it (a default value, the output schema) is
+    a number JSON cannot hold (NaN or an infinity)."""
+    try:
+        document = json_format.MessageToDict(version, preserving_proto_field_name=True)
+    except (ValueError, json_format.Error) as error:
+        raise InvalidArgument(
+            violations=[FieldViolation("version", f"is not representable as JSON: {error}")]
+        ) from None
     return {field: document[field] for field in CONTENT_FIELDS if field in document}
+
+
+def struct_values(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as Python values, keeping every number as it is (NaN and infinities too, for
+    the variable checks to reject with a precise message)."""
+    return {key: _python(value) for key, value in struct.fields.items()}
+
+
+def _python(value: struct_pb2.Value) -> Any:
+    match value.WhichOneof("kind"):
+        case "number_value":
+            return value.number_value
+        case "string_value":
+            return value.string_value
+        case "bool_value":
+            return value.bool_value
+        case "struct_value":
+            return struct_values(value.struct_value)
+        case "list_value":
+            return [_python(v) for v in value.list_value.values]
+        case _:
+            return None
 
 
 def version_proto(version: PromptVersion) -> prompt_pb2.PromptVersion:
