@@ -6,9 +6,11 @@ import re
 from typing import Any
 
 from services.common.contract import contract_digest, contract_services
-from services.common.reasons import ERROR_DOMAIN, NOT_IMPLEMENTED
+from services.common.reasons import ERROR_DOMAIN, NOT_IMPLEMENTED, PROMPT_NOT_FOUND
 
-UNIMPLEMENTED_CALL = "genai.prompt.v1.PromptService/GetPrompt"
+UNIMPLEMENTED_CALL = "genai.experiment.v1.ExperimentService/GetExperiment"
+NOT_FOUND_CALL = "genai.prompt.v1.PromptService/GetPrompt"
+"""Asked for a prompt named `x`, which no test creates: a real NOT_FOUND with ErrorInfo."""
 
 
 def contract_service_names() -> list[str]:
@@ -32,8 +34,9 @@ def parse_json_lines(stdout: str) -> list[dict[str, Any]]:
 
 
 def assert_client_saw_the_platform(stdout: str) -> None:
-    """GetServerInfo, health of the server and of each service, and one UNIMPLEMENTED RPC with
-    its google.rpc.ErrorInfo, in the clients' shared line format."""
+    """GetServerInfo, health of the server and of each service, a NOT_FOUND from PromptService
+    and an UNIMPLEMENTED RPC, each error with its google.rpc.ErrorInfo, in the clients' shared
+    line format."""
     lines = parse_json_lines(stdout)
     by_call: dict[str, list[dict[str, Any]]] = {}
     for line in lines:
@@ -41,6 +44,7 @@ def assert_client_saw_the_platform(stdout: str) -> None:
     assert set(by_call) == {
         "genai.gateway.v1.GatewayService/GetServerInfo",
         "grpc.health.v1.Health/Check",
+        NOT_FOUND_CALL,
         UNIMPLEMENTED_CALL,
     }, stdout
 
@@ -58,6 +62,13 @@ def assert_client_saw_the_platform(stdout: str) -> None:
 
     health = {line["service"]: line["status"] for line in by_call["grpc.health.v1.Health/Check"]}
     assert health == dict.fromkeys(["", *contract_service_names()], "SERVING")
+
+    [missing_prompt] = by_call[NOT_FOUND_CALL]
+    assert missing_prompt["ok"] is False
+    assert (missing_prompt["code"], missing_prompt["codeName"]) == (5, "NotFound")
+    assert missing_prompt["errorInfo"]["reason"] == PROMPT_NOT_FOUND
+    assert missing_prompt["errorInfo"]["metadata"] == {"prompt": "x"}
+    assert missing_prompt["message"] == "no prompt named 'x'"
 
     [failed] = by_call[UNIMPLEMENTED_CALL]
     assert failed["ok"] is False

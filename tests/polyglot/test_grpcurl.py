@@ -230,3 +230,56 @@ def test_malformed_request_json_is_rejected_by_grpcurl(
     assert "error getting request data" in result.stderr
     assert complaint in result.stderr
     assert "Unimplemented" not in result.stderr
+
+
+def test_the_prompt_registry_is_usable_from_grpcurl(server: ServeProcess) -> None:
+    """Create, version, label, render and diff a prompt with nothing but grpcurl and JSON."""
+    service = "genai.prompt.v1.PromptService"
+    call(server, f"{service}/CreatePrompt", '{"prompt": {"name": "grpcurl-hello"}}')
+    version = {
+        "prompt": "grpcurl-hello",
+        "version": {
+            "messages": [{"role": "CHAT_ROLE_USER", "content": "Say hello to {{ who }}."}],
+            "variables": [{"name": "who", "type": "VARIABLE_TYPE_STRING", "required": True}],
+        },
+    }
+    created = json.loads(call(server, f"{service}/CreatePromptVersion", json.dumps(version)))
+    assert (created["version"]["version"], created["created"]) == (1, True)
+    version["version"]["messages"][0]["content"] = "Say hi to {{ who }}."  # type: ignore[index]
+    call(server, f"{service}/CreatePromptVersion", json.dumps(version))
+    call(
+        server,
+        f"{service}/SetLabel",
+        '{"prompt": "grpcurl-hello", "label": "production", "version": 2, "expectedVersion": 0}',
+    )
+    rendered = json.loads(
+        call(
+            server,
+            f"{service}/RenderPrompt",
+            '{"prompt": "grpcurl-hello", "variables": {"who": "grpcurl"}}',
+        )
+    )
+    assert rendered["messages"] == [{"role": "CHAT_ROLE_USER", "content": "Say hi to grpcurl."}]
+    diff = json.loads(
+        call(
+            server,
+            f"{service}/DiffPromptVersions",
+            '{"prompt": "grpcurl-hello", "fromVersion": 1, "toVersion": 2}',
+        )
+    )
+    assert [c["path"] for c in diff["changes"]] == ["messages[0].content"]
+
+    missing = grpcurl(
+        "-plaintext",
+        "-format-error",
+        "-d",
+        '{"prompt": "grpcurl-hello", "variables": {"whom": 1}}',
+        server.address,
+        f"{service}/RenderPrompt",
+    )
+    assert missing.returncode == 64 + 3, missing.stderr  # INVALID_ARGUMENT
+    error = json.loads(missing.stderr)
+    violations = next(d for d in error["details"] if d["@type"].endswith("BadRequest"))
+    # grpcurl 1.8 prints details with their proto field names.
+    fields = sorted(v["field"] for v in violations["field_violations"])
+    assert fields == ["variables.who", "variables.whom"]

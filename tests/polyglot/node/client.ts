@@ -6,8 +6,10 @@
 // Prints one JSON object per line on stdout, one per call:
 //   {"call":"genai.gateway.v1.GatewayService/GetServerInfo","ok":true,"response":{...proto JSON}}
 //   {"call":"grpc.health.v1.Health/Check","ok":true,"service":"...","status":"SERVING"}
-//   {"call":"genai.prompt.v1.PromptService/GetPrompt","ok":false,"code":12,"codeName":"Unimplemented",
-//    "message":"...","errorInfo":{"reason":"NOT_IMPLEMENTED","domain":"genai.platform","metadata":{...}}}
+//   {"call":"genai.prompt.v1.PromptService/GetPrompt","ok":false,"code":5,"codeName":"NotFound",
+//    "message":"...","errorInfo":{"reason":"PROMPT_NOT_FOUND","domain":"genai.platform","metadata":{...}}}
+//   {"call":"genai.experiment.v1.ExperimentService/GetExperiment","ok":false,"code":12,
+//    "codeName":"Unimplemented","message":"...","errorInfo":{"reason":"NOT_IMPLEMENTED",...}}
 // An expected error is a line with "ok":false; anything unexpected exits non-zero.
 
 import { toJson } from "@bufbuild/protobuf";
@@ -15,6 +17,7 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
 import { GatewayService, GetServerInfoResponseSchema } from "../../../generated/ts/genai/gateway/v1/gateway_service_pb.js";
+import { ExperimentService } from "../../../generated/ts/genai/experiment/v1/experiment_service_pb.js";
 import { PromptService } from "../../../generated/ts/genai/prompt/v1/prompt_service_pb.js";
 import { ErrorInfoSchema, Health } from "./standard_protos.js";
 
@@ -60,10 +63,21 @@ async function main(address: string): Promise<void> {
   }
 
   const prompts = createClient(PromptService, transport);
-  const call = "genai.prompt.v1.PromptService/GetPrompt";
-  try {
+  await expectError("genai.prompt.v1.PromptService/GetPrompt", async () => {
     const response = await prompts.getPrompt({ name: "x" }, CALL_OPTIONS);
-    emit({ call, ok: true, response: response.prompt?.name ?? null });
+    return response.prompt?.name ?? null;
+  });
+  const experiments = createClient(ExperimentService, transport);
+  await expectError("genai.experiment.v1.ExperimentService/GetExperiment", async () => {
+    const response = await experiments.getExperiment({ name: "x" }, CALL_OPTIONS);
+    return response.experiment?.name ?? null;
+  });
+}
+
+// Emits the call's error line, or an "ok" line when it unexpectedly succeeds.
+async function expectError(call: string, invoke: () => Promise<unknown>): Promise<void> {
+  try {
+    emit({ call, ok: true, response: await invoke() });
   } catch (error) {
     if (!(error instanceof ConnectError)) {
       throw error;

@@ -8,7 +8,8 @@
 //
 //	{"call":"genai.gateway.v1.GatewayService/GetServerInfo","ok":true,"response":{...proto JSON}}
 //	{"call":"grpc.health.v1.Health/Check","ok":true,"service":"...","status":"SERVING"}
-//	{"call":"genai.prompt.v1.PromptService/GetPrompt","ok":false,"code":12,"codeName":"Unimplemented",...}
+//	{"call":"genai.prompt.v1.PromptService/GetPrompt","ok":false,"code":5,"codeName":"NotFound",...}
+//	{"call":"genai.experiment.v1.ExperimentService/GetExperiment","ok":false,"code":12,"codeName":"Unimplemented",...}
 //
 // An expected error is a line with "ok":false; anything unexpected exits with status 1.
 package main
@@ -20,6 +21,7 @@ import (
 	"os"
 	"time"
 
+	experimentv1 "github.com/genai-platform/genai/generated/go/genai/experiment/v1"
 	gatewayv1 "github.com/genai-platform/genai/generated/go/genai/gateway/v1"
 	promptv1 "github.com/genai-platform/genai/generated/go/genai/prompt/v1"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -112,12 +114,20 @@ func run(address string) {
 		})
 	}
 
-	const call = "genai.prompt.v1.PromptService/GetPrompt"
-	got, err := promptv1.NewPromptServiceClient(conn).GetPrompt(ctx, &promptv1.GetPromptRequest{Name: "x"})
+	const promptCall = "genai.prompt.v1.PromptService/GetPrompt"
+	prompt, err := promptv1.NewPromptServiceClient(conn).GetPrompt(ctx, &promptv1.GetPromptRequest{Name: "x"})
 	if err != nil {
-		emit(describeError(call, err))
+		emit(describeError(promptCall, err))
 	} else {
-		emit(map[string]interface{}{"call": call, "ok": true, "response": got.GetPrompt().GetName()})
+		emit(map[string]interface{}{"call": promptCall, "ok": true, "response": prompt.GetPrompt().GetName()})
+	}
+
+	const experimentCall = "genai.experiment.v1.ExperimentService/GetExperiment"
+	experiment, err := experimentv1.NewExperimentServiceClient(conn).GetExperiment(ctx, &experimentv1.GetExperimentRequest{Name: "x"})
+	if err != nil {
+		emit(describeError(experimentCall, err))
+	} else {
+		emit(map[string]interface{}{"call": experimentCall, "ok": true, "response": experiment.GetExperiment().GetName()})
 	}
 }
 
