@@ -5,6 +5,7 @@ the caller's subject as their actor.
 """
 
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from datetime import datetime
 from typing import Any
 
@@ -240,17 +241,23 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
         self, request: pb.WatchLabelsRequest, context: ServicerContext
     ) -> AsyncIterator[pb.WatchLabelsResponse]:
         """A snapshot, then every label event as it commits."""
-        updates = self._registry.watch(_tenant(), list(request.prompts), request.after_sequence)
-        async for update in updates:
-            if isinstance(update, Snapshot):
-                yield pb.WatchLabelsResponse(
-                    snapshot=pb.LabelSnapshot(
-                        labels=[_label(label) for label in update.labels],
-                        sequence=update.sequence,
+        updates = await self._registry.watch(
+            _tenant(), list(request.prompts), request.after_sequence
+        )
+        # Tell the caller at once that the watch is established: a resumed watch may have
+        # nothing to send for a long time.
+        await context.send_initial_metadata(())
+        async with aclosing(updates):
+            async for update in updates:
+                if isinstance(update, Snapshot):
+                    yield pb.WatchLabelsResponse(
+                        snapshot=pb.LabelSnapshot(
+                            labels=[_label(label) for label in update.labels],
+                            sequence=update.sequence,
+                        )
                     )
-                )
-            else:
-                yield pb.WatchLabelsResponse(event=_event(update))
+                else:
+                    yield pb.WatchLabelsResponse(event=_event(update))
 
 
 # ------------------------------------------------------------------------------ conversions

@@ -12,12 +12,12 @@ import difflib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from services.common import reasons
-from services.common.errors import FieldViolation, InvalidArgument
+from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from services.prompt.core.model import (
     UNSET,
     JsonObject,
@@ -313,16 +313,33 @@ class PromptRegistry:
 
     async def watch(
         self, tenant_id: str, prompts: Sequence[str], after_sequence: int
-    ) -> AsyncIterator[Snapshot | LabelEvent]:
-        """A snapshot (unless resuming after `after_sequence`), then every committed label
-        event in order, without end: moves made here arrive at once, other replicas' within
-        the poll interval."""
+    ) -> AsyncGenerator[Snapshot | LabelEvent, None]:
+        """Checks a watch request and returns its stream: a snapshot (unless resuming after
+        `after_sequence`), then every committed label event in order, without end. Moves made
+        here arrive at once, other replicas' within the poll interval.
+
+        Raises `InvalidArgument` for a bad request and `FailedPrecondition` when
+        `after_sequence` is beyond the event log (a restored database): resume from 0.
+        """
         violations = [
             v for i, p in enumerate(prompts) for v in _name_violations(f"prompts[{i}]", p)
         ]
         if after_sequence < 0:
             violations.append(FieldViolation("after_sequence", "must be >= 0"))
         _raise_if(violations)
+        if after_sequence:
+            _, last = await self._store.label_snapshot(tenant_id, prompts)
+            if after_sequence > last:
+                raise FailedPrecondition(
+                    f"after_sequence {after_sequence} is beyond the last label event ({last}); "
+                    "start a new watch from 0",
+                    metadata={"after_sequence": str(after_sequence), "last_sequence": str(last)},
+                )
+        return self._watch(tenant_id, prompts, after_sequence)
+
+    async def _watch(
+        self, tenant_id: str, prompts: Sequence[str], after_sequence: int
+    ) -> AsyncGenerator[Snapshot | LabelEvent, None]:
         sequence = after_sequence
         if not after_sequence:
             labels, sequence = await self._store.label_snapshot(tenant_id, prompts)

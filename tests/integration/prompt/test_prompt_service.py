@@ -391,3 +391,11 @@ async def test_a_label_move_reaches_a_watcher_within_100_ms(stub: Stub) -> None:
     assert [r.WhichOneof("kind") for r in replay] == ["event", "event"]
     assert [r.event.sequence for r in replay] == sequences[1:]
     resumed.cancel()
+
+    # A resume past the end of the log (a restored database) says to start over.
+    beyond = stub.WatchLabels(
+        pb.WatchLabelsRequest(prompts=["greeting"], after_sequence=sequences[-1] + 100)
+    )
+    error = await _fails(beyond.read())
+    assert error.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.metadata["last_sequence"] == str(sequences[-1])
