@@ -1,7 +1,9 @@
 """The `genai` command line: run the platform and talk to it.
 
 genai serve [--config FILE] [--host H] [--port P] [--service NAME ...] [--ready-file F]
+            [--prompts DIR | --no-prompts]
 genai info [--target HOST:PORT]
+genai prompts push|pull|diff|history|promote|rollback|list ... (`genai prompts --help`)
 genai version
 """
 
@@ -24,12 +26,15 @@ from google.protobuf import json_format
 
 from services.common.config import ConfigError, load_settings
 from services.inference.adapters import tritonserver
-from services.platform.runner import platform_version, start_platform
+from services.platform.runner import REPOSITORY_ROOT, Platform, platform_version, start_platform
 from services.platform.settings import ALL_SERVICES, PlatformSettings
+from services.prompt import cli as prompts_cli
 
 _logger = logging.getLogger("genai")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+SAMPLE_PROMPTS = REPOSITORY_ROOT / "prompts"
+"""The sample prompts `genai serve` seeds PromptService with (when the folder exists)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,6 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ready-file", type=Path, help="write the address as JSON here once serving"
     )
+    seeding = serve.add_mutually_exclusive_group()
+    seeding.add_argument(
+        "--prompts",
+        type=Path,
+        metavar="DIR",
+        help="prompt files to push at start when PromptService is hosted; `production` is set "
+        "only where it does not exist yet (default: the repository's prompts/ folder)",
+    )
+    seeding.add_argument("--no-prompts", action="store_true", help="push no prompt files at start")
     serve.set_defaults(run=_serve)
 
     info = commands.add_parser("info", help="describe a running gateway and its dependencies")
@@ -97,6 +111,13 @@ def _parser() -> argparse.ArgumentParser:
         "triton", help="run Triton Inference Server in the foreground (`genai triton --help`)"
     )
 
+    prompts = commands.add_parser(
+        "prompts",
+        help="prompts as code: push and pull YAML files, diff, history, promote, rollback",
+        description=prompts_cli.__doc__.splitlines()[0] if prompts_cli.__doc__ else None,
+    )
+    prompts_cli.add_commands(prompts, default_target=DEFAULT_TARGET)
+
     version = commands.add_parser("version", help="print the platform version")
     version.set_defaults(run=lambda _args: print(platform_version()) or 0)
     return parser
@@ -116,10 +137,24 @@ def _serve(args: argparse.Namespace) -> int:
             **({"services": tuple(args.service)} if args.service else {}),
         }
     )
-    return asyncio.run(_serve_until_signalled(settings, args.ready_file))
+    seed = _seed_folder(args, settings)
+    return asyncio.run(_serve_until_signalled(settings, args.ready_file, seed))
 
 
-async def _serve_until_signalled(settings: PlatformSettings, ready_file: Path | None) -> int:
+def _seed_folder(args: argparse.Namespace, settings: PlatformSettings) -> Path | None:
+    """The folder of prompt files to push at start, if any."""
+    if args.no_prompts or "prompt" not in settings.services:
+        return None
+    if args.prompts is not None:
+        if not args.prompts.is_dir():
+            raise ConfigError([f"--prompts: {args.prompts} is not a folder"])
+        return Path(args.prompts)
+    return SAMPLE_PROMPTS if SAMPLE_PROMPTS.is_dir() else None  # absent from a wheel install
+
+
+async def _serve_until_signalled(
+    settings: PlatformSettings, ready_file: Path | None, seed: Path | None = None
+) -> int:
     platform = await start_platform(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -133,6 +168,8 @@ async def _serve_until_signalled(settings: PlatformSettings, ready_file: Path | 
     print("  grpc.health.v1.Health, grpc.reflection.v1alpha.ServerReflection", flush=True)
     print(f"try: grpcurl -plaintext {address} list", flush=True)
     print(f"     genai info --target {address}", flush=True)
+    if seed is not None:
+        await _seed_prompts(platform, seed)
     if ready_file is not None:
         ready: dict[str, object] = {
             "address": address,
@@ -147,6 +184,23 @@ async def _serve_until_signalled(settings: PlatformSettings, ready_file: Path | 
     if ready_file is not None:
         await asyncio.to_thread(ready_file.unlink, missing_ok=True)
     return 0
+
+
+async def _seed_prompts(platform: Platform, folder: Path) -> None:
+    """Pushes `folder`'s prompt files to the PromptService of `platform`, over its own client
+    channel (TLS as configured); failures are logged, never raised."""
+    try:
+        report = await prompts_cli.seed_prompts(platform.channels.get(platform.address), folder)
+    except Exception:  # seeding is a convenience: the platform serves without it
+        _logger.exception("seeding prompts from %s failed", folder)
+        return
+    print(f"prompts from {folder}:", flush=True)
+    for line in report.lines:
+        print(f"  {line}", flush=True)
+    if report.failures:
+        _logger.error(
+            "%d of the prompt files in %s were not seeded (see above)", report.failures, folder
+        )
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -426,8 +426,9 @@ def parse_content(
 
 
 def diff_content(old: JsonObject, new: JsonObject) -> list[Change]:
-    """Field-level differences between two content documents, in path order."""
-    before, after = dict(_flatten(old)), dict(_flatten(new))
+    """Field-level differences between two content documents, in path order. Variables are
+    keyed by name (`variables.city.type`), messages by position (`messages[1].content`)."""
+    before, after = dict(_flatten(_by_name(old))), dict(_flatten(_by_name(new)))
     changes = []
     for path in sorted(before.keys() | after.keys(), key=_path_key):
         if path not in after:
@@ -437,6 +438,15 @@ def diff_content(old: JsonObject, new: JsonObject) -> list[Change]:
         elif before[path] != after[path]:
             changes.append(Change(path, "modified", before[path], after[path]))
     return changes
+
+
+def _by_name(content: JsonObject) -> JsonObject:
+    variables = _list(content.get("variables"))
+    names = [v.get("name") for v in variables if isinstance(v, Mapping)]
+    if len(names) != len(variables) or len(set(names)) != len(names):
+        return content  # not a valid schema (never stored): compare by position
+    keyed = {str(v["name"]): {k: x for k, x in v.items() if k != "name"} for v in variables}
+    return {**content, "variables": keyed}
 
 
 def unified_diff(old: PromptVersion, new: PromptVersion) -> str:
