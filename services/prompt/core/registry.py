@@ -16,6 +16,9 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
 from services.common import reasons
 from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from services.prompt.core.model import (
@@ -226,6 +229,7 @@ class PromptRegistry:
         violations += _request_id_violations(request_id)
         messages, variables, shape = parse_content(new.content)
         template_problems = shape or check_version(messages, variables)
+        violations += output_schema_violations(new.content.get("output_schema"))
         if violations or template_problems:
             reason = reasons.TEMPLATE_INVALID if template_problems else None
             raise InvalidArgument(violations=[*violations, *template_problems], reason=reason)
@@ -423,6 +427,24 @@ def parse_content(
             )
         )
     return messages, variables, problems
+
+
+def output_schema_violations(schema: Any) -> list[FieldViolation]:
+    """Why a version's output schema is not a valid JSON Schema (draft 2020-12), if it is not."""
+    if schema is None:
+        return []
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as error:
+        where = "/".join(str(p) for p in error.absolute_path)
+        return [
+            FieldViolation(
+                "version.output_schema",
+                f"is not a valid JSON Schema (draft 2020-12){f' at {where}' if where else ''}: "
+                f"{error.message[:300]}",
+            )
+        ]
+    return []
 
 
 def diff_content(old: JsonObject, new: JsonObject) -> list[Change]:

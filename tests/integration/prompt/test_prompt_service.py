@@ -399,3 +399,25 @@ async def test_a_label_move_reaches_a_watcher_within_100_ms(stub: Stub) -> None:
     error = await _fails(beyond.read())
     assert error.code == grpc.StatusCode.FAILED_PRECONDITION
     assert error.metadata["last_sequence"] == str(sequences[-1])
+
+
+async def test_an_output_schema_must_be_a_valid_json_schema(stub: Stub) -> None:
+    await stub.CreatePrompt(pb.CreatePromptRequest(prompt=prompt_pb2.Prompt(name="extract")))
+    version = _version("Extract the total.")
+    json_format.ParseDict(
+        {"type": "object", "properties": {"total": {"type": "numbr"}}}, version.output_schema
+    )
+    error = await _fails(
+        stub.CreatePromptVersion(pb.CreatePromptVersionRequest(prompt="extract", version=version))
+    )
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    [violation] = error.field_violations
+    assert violation.field == "version.output_schema"
+    assert "properties/total/type" in violation.description
+    version.output_schema.fields["properties"].struct_value.fields["total"].struct_value.fields[
+        "type"
+    ].string_value = "number"
+    created = await stub.CreatePromptVersion(
+        pb.CreatePromptVersionRequest(prompt="extract", version=version)
+    )
+    assert created.version.output_schema.fields["type"].string_value == "object"
