@@ -47,6 +47,10 @@ BACKEND_OVERLOADED: Final = "BACKEND_OVERLOADED"
 """The backend's bounded in-flight limit is reached; `RetryInfo` says when to retry."""
 BACKEND_ERROR: Final = "BACKEND_ERROR"
 """The backend reported an error for this request."""
+NO_ELIGIBLE_MODEL: Final = "NO_ELIGIBLE_MODEL"
+"""No catalog model satisfies the request; the metadata says why each model was rejected."""
+STREAM_INTERRUPTED: Final = "STREAM_INTERRUPTED"
+"""The backend failed after tokens had streamed; the tokens sent are accounted."""
 
 PROMPT_NOT_FOUND: Final = "PROMPT_NOT_FOUND"
 """No prompt with that name exists in the caller's tenant."""
@@ -87,6 +91,8 @@ ALL_REASONS: Final = frozenset(
         BACKEND_UNAVAILABLE,
         BACKEND_OVERLOADED,
         BACKEND_ERROR,
+        NO_ELIGIBLE_MODEL,
+        STREAM_INTERRUPTED,
         PROMPT_NOT_FOUND,
         PROMPT_VERSION_NOT_FOUND,
         LABEL_NOT_FOUND,

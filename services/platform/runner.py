@@ -237,7 +237,11 @@ def _registration(
         case "evaluation":
             return evaluation_server.registration()
         case "router":
-            return router_server.registration()
+            return router_server.registration(
+                settings=settings.router,
+                local_triton=triton.grpc_address if triton is not None else "",
+                channel_for=clients.triton_channels.get,
+            )
         case "inference":
             return inference_server.registration(
                 settings=settings.inference,

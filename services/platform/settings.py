@@ -8,6 +8,7 @@ from services.common.config import Settings
 from services.gateway.config import GatewaySettings
 from services.inference.config import InferenceSettings
 from services.prompt.config import PromptSettings
+from services.router.config import RouterSettings
 
 ServiceKey = Literal["prompt", "experiment", "evaluation", "router", "inference", "gateway"]
 """Short name of one service of the platform."""
@@ -89,6 +90,9 @@ class PlatformSettings(Settings):
     )
     prompt: PromptSettings = Field(
         default_factory=PromptSettings, description="PromptService, when hosted."
+    )
+    router: RouterSettings = Field(
+        default_factory=RouterSettings, description="RouterService, when hosted."
     )
     gateway: GatewaySettings = Field(
         default_factory=GatewaySettings, description="GatewayService, when hosted."

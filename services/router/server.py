@@ -1,19 +1,51 @@
-"""Composition root of RouterService: wires its adapters and servicer into a registration."""
+"""Composition root of RouterService: settings -> catalog -> router -> health checks -> servicer."""
 
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
 from genai.router.v1 import router_service_pb2_grpc
 
 from services.common.server import ServiceRegistration
+from services.router.adapters.health import HealthChecker
+from services.router.config import DEFAULT_CATALOG, RouterSettings, load_catalog
+from services.router.core.live import BreakerPolicy
+from services.router.core.router import Router
 from services.router.servicer import SERVICE_NAME, RouterServicer
 
 
-def registration() -> ServiceRegistration:
-    """Returns RouterService ready to be added to a server."""
-    # The RPCs still pending are installed by @pending_rpcs at import time, which mypy cannot
-    # see; the ignore becomes unused (an error) once every RPC is implemented.
-    servicer = RouterServicer()  # type: ignore[abstract]
+def registration(
+    *,
+    settings: RouterSettings,
+    local_triton: str,
+    channel_for: Callable[[str], grpc.aio.Channel],
+) -> ServiceRegistration:
+    """Returns RouterService ready to be added to a server. The catalog is read (and validated)
+    here; Triton backends with an empty endpoint are `local_triton`. Health checks start with
+    the server and stop with it."""
+    catalog = load_catalog(
+        Path(settings.catalog_file) if settings.catalog_file else DEFAULT_CATALOG,
+        local_triton=local_triton,
+    )
+    router = Router(
+        catalog,
+        breaker=BreakerPolicy(
+            consecutive_failures=settings.breaker_failures,
+            failure_rate=settings.breaker_failure_rate,
+            window=settings.breaker_window,
+            cooldown_s=settings.breaker_cooldown_seconds,
+            probes=settings.breaker_probes,
+        ),
+    )
+    checker = HealthChecker(
+        router, interval_s=settings.health_check_seconds, channel_for=channel_for
+    )
+    servicer = RouterServicer(router)
     return ServiceRegistration(
         name=SERVICE_NAME,
         add_to_server=lambda server: router_service_pb2_grpc.add_RouterServiceServicer_to_server(
             servicer, server
         ),
+        start=checker.start,
+        stop=checker.stop,
     )

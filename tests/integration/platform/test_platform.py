@@ -31,7 +31,7 @@ IMPLEMENTED = {
     "genai.inference.v1.InferenceService/GetModelStatus",
 }
 """RPCs with behaviour so far; every other contract RPC must answer UNIMPLEMENTED."""
-IMPLEMENTED_SERVICES = {"genai.prompt.v1.PromptService"}
+IMPLEMENTED_SERVICES = {"genai.prompt.v1.PromptService", "genai.router.v1.RouterService"}
 """Services whose every RPC has behaviour (issue #4's prompt registry)."""
 
 

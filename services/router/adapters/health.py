@@ -1,0 +1,86 @@
+"""Active health checks: every backend is asked, on an interval, whether it can serve its
+model; the answers go to the router, which stops sending requests to a backend that fails.
+
+Triton backends are asked `ModelReady` for their model. OpenAI-compatible endpoints are not
+probed yet (their health is learnt from reported outcomes and the circuit breaker only).
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from services.router.core.catalog import BackendKind
+from services.router.core.live import Health
+from services.router.core.router import Router
+
+_logger = logging.getLogger(__name__)
+CHECK_TIMEOUT_S = 2.0
+
+
+class HealthChecker:
+    """Checks every backend of `router`'s catalog every `interval_s` seconds."""
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        interval_s: float,
+        channel_for: Callable[[str], grpc.aio.Channel],
+    ) -> None:
+        self._router = router
+        self._interval_s = interval_s
+        self._channel_for = channel_for
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Runs one round of checks, then keeps checking in the background."""
+        await self.check_all()
+        self._task = asyncio.create_task(self._loop(), name="router-health-checks")
+
+    async def stop(self) -> None:
+        """Stops checking."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.check_all()
+            except Exception:  # a check round must never end the loop
+                _logger.exception("a round of backend health checks failed")
+
+    async def check_all(self) -> None:
+        """Checks every backend once, concurrently."""
+        checks = [
+            self._check(model.name, backend.id, backend.endpoint, backend.backend_model)
+            for model in self._router.catalog.models
+            for backend in model.backends
+            if backend.kind is BackendKind.TRITON and backend.endpoint
+        ]
+        await asyncio.gather(*checks)
+
+    async def _check(self, model: str, backend_id: str, endpoint: str, backend_model: str) -> None:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel_for(endpoint))
+        try:
+            ready = await stub.ModelReady(
+                service_pb2.ModelReadyRequest(name=backend_model), timeout=CHECK_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as error:
+            self._router.set_health(
+                model, backend_id, Health.NOT_SERVING, f"health check: {error.code().name}"
+            )
+            return
+        if ready.ready:
+            self._router.set_health(model, backend_id, Health.SERVING)
+        else:
+            self._router.set_health(
+                model, backend_id, Health.NOT_SERVING, f"{backend_model} is not ready"
+            )

@@ -1,0 +1,443 @@
+"""Routing decisions: the capability filter, then a ranking policy, then a backend per model by
+power-of-two-choices on requests in flight, every choice with a reason a person can read.
+
+Candidates come model by model in policy order; within a model the picked backend comes first
+and its other available replicas follow, so a caller failing over before the first token tries
+another replica of the same model before the next model (the failover contract of
+`genai.router.v1.RouterService`).
+"""
+
+import hashlib
+import random
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+
+from services.common import reasons
+from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from services.router.core.catalog import BackendEntry, Capability, Catalog, ModelEntry
+from services.router.core.live import BackendLive, BreakerPolicy, Health, Outcome
+
+WEIGHT_BUCKETS = 10_000
+MAX_OPEN_DECISIONS = 100_000
+"""Decisions remembered for their outcome reports (oldest forgotten first)."""
+
+
+class Policy(StrEnum):
+    """How eligible models are ranked (`genai.common.v1.RoutingPolicy`)."""
+
+    COST = "cost"
+    LATENCY = "latency"
+    QUALITY = "quality"
+    WEIGHTED = "weighted"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """What a request needs and prefers."""
+
+    input_tokens: int
+    max_output_tokens: int
+    policy: Policy | None = None
+    """None: the router's default (cost)."""
+    model: str = ""
+    """Pins one model (the filters still apply)."""
+    required: frozenset[Capability] = frozenset()
+    min_quality_tier: int = 0
+    max_cost: Decimal | None = None
+    max_first_token_s: float | None = None
+    max_total_s: float | None = None
+    unit_id: str = ""
+    prompt: str = ""
+    exclude_backends: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One ranked choice."""
+
+    model: ModelEntry
+    backend: BackendEntry
+    estimated_cost: Decimal
+    predicted_first_token_s: float
+    predicted_total_s: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A model the filters excluded."""
+
+    model: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The ranked answer for one request."""
+
+    decision_id: str
+    policy: Policy
+    candidates: tuple[Candidate, ...]
+    rejected: tuple[Rejection, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The outcome of one attempt."""
+
+    model: str
+    backend_id: str
+    outcome: Outcome
+    decision_id: str = ""
+    first_token_s: float | None = None
+    total_s: float | None = None
+    output_tokens: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The live view of one backend."""
+
+    model: ModelEntry
+    backend: BackendEntry
+    live: BackendLive
+
+
+@dataclass(slots=True)
+class _Ranked:
+    model: ModelEntry
+    cost: Decimal
+    first_token_s: float
+    total_s: float
+    misses_target: bool
+    backends: list[BackendEntry] = field(default_factory=list)
+
+
+class Router:
+    """Routes over one catalog and learns from reported outcomes and health checks."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        breaker: BreakerPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self._clock = clock
+        self._rng = rng or random.Random()
+        policy = breaker or BreakerPolicy()
+        self._live: dict[tuple[str, str], BackendLive] = {
+            (m.name, b.id): BackendLive.new(policy, clock)
+            for m in catalog.models
+            for b in m.backends
+        }
+        """Live state by (model, backend id): one Triton serves several models."""
+        self._open: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        """decision id -> the (model, backend) counted in flight for it."""
+
+    # ------------------------------------------------------------------------------ routing
+
+    def route(self, request: RouteRequest) -> Decision:
+        """Ranks the eligible models and backends; raises `InvalidArgument` for a bad request,
+        `NotFound` for an unknown pinned model and `FailedPrecondition` (NO_ELIGIBLE_MODEL,
+        every rejection in the metadata) when nothing qualifies."""
+        _validate(request, self.catalog)
+        policy = request.policy or Policy.COST
+        rejected: list[Rejection] = []
+        ranked: list[_Ranked] = []
+        for model in self.catalog.models:
+            reason = self._rejection(model, request)
+            if reason:
+                rejected.append(Rejection(model.name, reason))
+                continue
+            available = [
+                b
+                for b in model.backends
+                if b.id not in request.exclude_backends and self._live[(model.name, b.id)].available
+            ]
+            if not available:
+                rejected.append(Rejection(model.name, self._no_backend(model, request)))
+                continue
+            ranked.append(self._estimate(model, request, available))
+        if not ranked:
+            raise FailedPrecondition(
+                "no model qualifies: " + "; ".join(f"{r.model}: {r.reason}" for r in rejected),
+                reason=reasons.NO_ELIGIBLE_MODEL,
+                metadata={r.model: r.reason for r in rejected},
+            )
+        ordered = self._order(ranked, policy, request)
+        candidates = [
+            c for position, r in enumerate(ordered) for c in self._candidates(r, policy, position)
+        ]
+        decision = Decision(
+            decision_id=uuid.uuid4().hex,
+            policy=policy,
+            candidates=tuple(candidates),
+            rejected=tuple(rejected),
+        )
+        first = (candidates[0].model.name, candidates[0].backend.id)
+        live = self._live[first]
+        live.breaker.take()
+        live.in_flight += 1
+        self._open[decision.decision_id] = first
+        while len(self._open) > MAX_OPEN_DECISIONS:
+            _, forgotten = self._open.popitem(last=False)
+            self._live[forgotten].in_flight = max(0, self._live[forgotten].in_flight - 1)
+        return decision
+
+    def _rejection(self, model: ModelEntry, request: RouteRequest) -> str:
+        if request.model and model.name != request.model:
+            return f"not the pinned model {request.model}"
+        missing = request.required - model.capabilities
+        if missing:
+            return "lacks " + ", ".join(sorted(c.value for c in missing))
+        needed = request.input_tokens + request.max_output_tokens
+        if needed > model.max_context_tokens:
+            return (
+                f"context {model.max_context_tokens} < {request.input_tokens} + "
+                f"{request.max_output_tokens} tokens"
+            )
+        if request.max_output_tokens > model.max_output_tokens:
+            return f"max output {model.max_output_tokens} < {request.max_output_tokens} tokens"
+        if model.quality_tier < request.min_quality_tier:
+            return f"quality tier {model.quality_tier} < floor {request.min_quality_tier}"
+        cost = model.cost(request.input_tokens, request.max_output_tokens)
+        if request.max_cost is not None and cost > request.max_cost:
+            return f"estimated cost {_money(cost, self.catalog.currency)} > ceiling " + _money(
+                request.max_cost, self.catalog.currency
+            )
+        return ""
+
+    def _no_backend(self, model: ModelEntry, request: RouteRequest) -> str:
+        parts = [
+            f"{b.id} excluded"
+            if b.id in request.exclude_backends
+            else f"{b.id} {self._live[(model.name, b.id)].unavailable_reason()}"
+            for b in model.backends
+        ]
+        return "no available backend: " + ", ".join(parts)
+
+    def _estimate(
+        self, model: ModelEntry, request: RouteRequest, available: list[BackendEntry]
+    ) -> _Ranked:
+        best = min(available, key=lambda b: self._predict(model, b, request)[1])
+        first_token_s, total_s = self._predict(model, best, request)
+        misses = (
+            request.max_first_token_s is not None and first_token_s > request.max_first_token_s
+        ) or (request.max_total_s is not None and total_s > request.max_total_s)
+        return _Ranked(
+            model=model,
+            cost=model.cost(request.input_tokens, request.max_output_tokens),
+            first_token_s=first_token_s,
+            total_s=total_s,
+            misses_target=misses,
+            backends=available,
+        )
+
+    def _predict(
+        self, model: ModelEntry, backend: BackendEntry, request: RouteRequest
+    ) -> tuple[float, float]:
+        """Predicted (time to first token, total time) on `backend`: live EWMAs when there are
+        samples, the catalog's targets before; requests in flight add queueing."""
+        live = self._live[(model.name, backend.id)]
+        first = (
+            live.first_token.ewma
+            if live.first_token.ewma is not None
+            else model.first_token_target_s
+        )
+        per_token = (
+            live.per_token.ewma if live.per_token.ewma is not None else model.per_token_target_s
+        )
+        first *= 1 + 0.1 * live.in_flight
+        return first, first + per_token * max(request.max_output_tokens - 1, 0)
+
+    def _order(self, ranked: list[_Ranked], policy: Policy, request: RouteRequest) -> list[_Ranked]:
+        match policy:
+            case Policy.COST:
+                key = lambda r: (r.misses_target, r.cost, -r.model.quality_tier, r.model.name)  # noqa: E731
+            case Policy.LATENCY:
+                key = lambda r: (r.misses_target, r.total_s, r.first_token_s, r.model.name)  # noqa: E731
+            case Policy.QUALITY:
+                key = lambda r: (r.misses_target, -r.model.quality_tier, r.cost, r.model.name)  # noqa: E731
+            case Policy.WEIGHTED:
+                chosen = self._weighted_pick(ranked, request.unit_id)
+                rest = sorted(
+                    (r for r in ranked if r is not chosen), key=lambda r: (r.cost, r.model.name)
+                )
+                return [chosen, *rest]
+        return sorted(ranked, key=key)
+
+    def _weighted_pick(self, ranked: list[_Ranked], unit_id: str) -> _Ranked:
+        weighted = [r for r in ranked if r.model.weight > 0] or ranked
+        total = sum(r.model.weight for r in weighted) or len(weighted)
+        if unit_id:  # sticky: the same unit lands in the same bucket
+            digest = hashlib.sha256(unit_id.encode()).digest()
+            point = int.from_bytes(digest[:8], "big") % WEIGHT_BUCKETS / WEIGHT_BUCKETS * total
+        else:
+            point = self._rng.random() * total
+        for r in sorted(weighted, key=lambda r: r.model.name):
+            point -= r.model.weight or 1
+            if point < 0:
+                return r
+        return weighted[-1]
+
+    def _candidates(self, ranked: _Ranked, policy: Policy, position: int) -> list[Candidate]:
+        backends = self._power_of_two(ranked.model.name, ranked.backends)
+        why = _why(ranked, policy, position, self.catalog.currency)
+        out = []
+        for index, backend in enumerate(backends):
+            first_token_s, total_s = self._predict(ranked.model, backend, RouteRequest(0, 1))
+            total_s = ranked.total_s - ranked.first_token_s + first_token_s
+            live = self._live[(ranked.model.name, backend.id)]
+            where = (
+                f"backend {backend.id}: {live.in_flight} in flight"
+                if index == 0
+                else f"fallback replica {backend.id}"
+            )
+            out.append(
+                Candidate(
+                    model=ranked.model,
+                    backend=backend,
+                    estimated_cost=ranked.cost,
+                    predicted_first_token_s=first_token_s,
+                    predicted_total_s=total_s,
+                    reason=f"{why}; {where}",
+                )
+            )
+        return out
+
+    def _power_of_two(self, model: str, backends: list[BackendEntry]) -> list[BackendEntry]:
+        """Two random replicas, the less loaded first, then the rest by load."""
+        if len(backends) == 1:
+            return backends
+
+        def load(backend: BackendEntry) -> int:
+            return self._live[(model, backend.id)].in_flight
+
+        first = min(self._rng.sample(backends, 2), key=load)
+        return [first, *sorted((b for b in backends if b is not first), key=load)]
+
+    # ------------------------------------------------------------------------------ learning
+
+    def report(self, report: Report) -> None:
+        """Learns from one attempt: latency statistics, failure counts, the circuit breaker, and
+        the end of the decision's in-flight count."""
+        model = self.catalog.model(report.model)
+        if model is None:
+            raise NotFound(
+                f"no catalog model named {report.model!r}",
+                reason=reasons.MODEL_NOT_FOUND,
+                metadata={"model": report.model},
+            )
+        if all(b.id != report.backend_id for b in model.backends):
+            raise NotFound(
+                f"model {report.model!r} has no backend {report.backend_id!r}",
+                metadata={"model": report.model, "backend_id": report.backend_id},
+            )
+        live = self._live[(report.model, report.backend_id)]
+        counted = self._open.pop(report.decision_id, None) if report.decision_id else None
+        if counted is not None:
+            self._live[counted].in_flight = max(0, self._live[counted].in_flight - 1)
+        if report.outcome is Outcome.CANCELLED:
+            return
+        live.requests += 1
+        if report.outcome is Outcome.SUCCESS:
+            if report.first_token_s is not None:
+                live.first_token.add(report.first_token_s)
+                if report.total_s is not None and report.output_tokens > 1:
+                    live.per_token.add(
+                        max(report.total_s - report.first_token_s, 0) / (report.output_tokens - 1)
+                    )
+        elif report.outcome is not Outcome.OVERLOADED:
+            live.failures += 1
+            live.last_error = report.error[:500]
+        live.breaker.record(report.outcome)
+
+    def set_health(self, model: str, backend_id: str, health: Health, error: str = "") -> None:
+        """Records an active health check's result."""
+        live = self._live[(model, backend_id)]
+        live.health = health
+        live.last_check_time = time.time()
+        if error:
+            live.last_error = error[:500]
+
+    def statuses(self, model_name: str = "") -> list[Status]:
+        """Every backend's live view (of one model when named), by model then backend id."""
+        if model_name and self.catalog.model(model_name) is None:
+            raise NotFound(
+                f"no catalog model named {model_name!r}",
+                reason=reasons.MODEL_NOT_FOUND,
+                metadata={"model": model_name},
+            )
+        return [
+            Status(m, b, self._live[(m.name, b.id)])
+            for m in sorted(self.catalog.models, key=lambda m: m.name)
+            if not model_name or m.name == model_name
+            for b in sorted(m.backends, key=lambda b: b.id)
+        ]
+
+
+def _why(ranked: _Ranked, policy: Policy, position: int, currency: str) -> str:
+    rank = "best" if position == 0 else f"rank {position + 1}"
+    cost = _money(ranked.cost, currency)
+    miss = ", predicted to miss the latency target" if ranked.misses_target else ""
+    match policy:
+        case Policy.COST:
+            detail = f"estimated cost {cost}, quality tier {ranked.model.quality_tier}"
+        case Policy.LATENCY:
+            detail = (
+                f"predicted first token {ranked.first_token_s * 1000:.0f} ms, total "
+                f"{ranked.total_s * 1000:.0f} ms"
+            )
+        case Policy.QUALITY:
+            detail = f"quality tier {ranked.model.quality_tier}, estimated cost {cost}"
+        case Policy.WEIGHTED:
+            detail = (
+                f"weight {ranked.model.weight:g}"
+                if position == 0
+                else f"by cost {cost} after the split"
+            )
+    return f"{policy.value}: {rank}, {detail}{miss}"
+
+
+def _money(amount: Decimal, currency: str) -> str:
+    return f"{amount.normalize():f} {currency}"
+
+
+def _validate(request: RouteRequest, catalog: Catalog) -> None:
+    violations = []
+    if request.input_tokens < 0:
+        violations.append(FieldViolation("input_tokens", "must be >= 0"))
+    if request.max_output_tokens < 1:
+        violations.append(FieldViolation("max_output_tokens", "must be >= 1"))
+    if not 0 <= request.min_quality_tier <= 10:
+        violations.append(FieldViolation("preferences.min_quality_tier", "must be in [0, 10]"))
+    if request.max_cost is not None and request.max_cost < 0:
+        violations.append(FieldViolation("preferences.max_cost", "must be >= 0"))
+    for field_name, value in (
+        ("preferences.max_first_token_duration", request.max_first_token_s),
+        ("preferences.max_total_duration", request.max_total_s),
+    ):
+        if value is not None and value <= 0:
+            violations.append(FieldViolation(field_name, "must be positive"))
+    if violations:
+        raise InvalidArgument(violations=violations)
+    if request.model and catalog.model(request.model) is None:
+        raise NotFound(
+            f"no catalog model named {request.model!r}",
+            reason=reasons.MODEL_NOT_FOUND,
+            metadata={"model": request.model},
+        )
+
+
+def excluded(backends: Sequence[str]) -> frozenset[str]:
+    """The set form of a request's excluded backend ids."""
+    return frozenset(backends)

@@ -1,0 +1,330 @@
+"""The router's decisions, table-driven: the capability filter and its reasons, each policy,
+their composition, power-of-two-choices, learning from outcomes, and the circuit breaker."""
+
+import random
+from collections import Counter
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from services.common.config import ConfigError
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.router.config import DEFAULT_CATALOG, load_catalog
+from services.router.core.catalog import (
+    BackendEntry,
+    BackendKind,
+    Capability,
+    Catalog,
+    ModelEntry,
+)
+from services.router.core.live import BreakerPolicy, Circuit, Health, Outcome
+from services.router.core.router import Policy, Report, Router, RouteRequest
+
+C = Capability
+
+
+def _model(
+    name: str,
+    *,
+    tier: int,
+    price: str,
+    context: int = 8192,
+    caps: frozenset[Capability] = frozenset({C.CHAT, C.STREAMING}),
+    first_token_ms: float = 100,
+    weight: float = 1,
+    replicas: int = 1,
+) -> ModelEntry:
+    return ModelEntry(
+        name=name,
+        display_name=name,
+        capabilities=caps,
+        languages=("en",),
+        max_context_tokens=context,
+        max_output_tokens=min(context, 4096),
+        input_price=Decimal(price),
+        output_price=Decimal(price) * 2,
+        quality_tier=tier,
+        first_token_target_s=first_token_ms / 1000,
+        per_token_target_s=0.02,
+        weight=weight,
+        backends=tuple(
+            BackendEntry(f"{name}-{i}", BackendKind.TRITON, f"10.0.0.{i}:8001", "ensemble")
+            for i in range(replicas)
+        ),
+    )
+
+
+CATALOG = Catalog(
+    currency="USD",
+    models=(
+        _model("small", tier=2, price="0.1", context=2048, first_token_ms=50),
+        _model("medium", tier=5, price="1", caps=frozenset({C.CHAT, C.STREAMING, C.JSON_OUTPUT})),
+        _model("large", tier=9, price="10", context=128_000, first_token_ms=400, replicas=3),
+    ),
+)
+
+
+def _router(**kw: object) -> Router:
+    return Router(CATALOG, rng=random.Random(7), **kw)  # type: ignore[arg-type]
+
+
+def _names(router: Router, request: RouteRequest) -> list[str]:
+    seen: list[str] = []
+    for candidate in router.route(request).candidates:
+        if candidate.model.name not in seen:
+            seen.append(candidate.model.name)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("request_", "expected", "rejected"),
+    [
+        (RouteRequest(100, 100, Policy.COST), ["small", "medium", "large"], {}),
+        (RouteRequest(100, 100, Policy.QUALITY), ["large", "medium", "small"], {}),
+        (RouteRequest(100, 100, Policy.LATENCY), ["small", "medium", "large"], {}),
+        (
+            RouteRequest(1500, 1000, Policy.COST),
+            ["medium", "large"],
+            {"small": "context 2048 < 1500 + 1000 tokens"},
+        ),
+        (
+            RouteRequest(100, 100, Policy.COST, required=frozenset({C.JSON_OUTPUT})),
+            ["medium"],
+            {"small": "lacks json_output", "large": "lacks json_output"},
+        ),
+        (
+            RouteRequest(100, 100, Policy.COST, min_quality_tier=5),
+            ["medium", "large"],
+            {"small": "quality tier 2 < floor 5"},
+        ),
+        (
+            RouteRequest(1000, 1000, Policy.QUALITY, max_cost=Decimal("0.01")),
+            ["medium", "small"],
+            {"large": "estimated cost 0.03 USD > ceiling 0.01 USD"},
+        ),
+        (
+            RouteRequest(100, 100, Policy.COST, model="large"),
+            ["large"],
+            {"small": "not the pinned model large", "medium": "not the pinned model large"},
+        ),
+        (
+            # Latency targets rank the models predicted to miss them last, whatever the policy.
+            RouteRequest(100, 100, Policy.QUALITY, max_first_token_s=0.2),
+            ["medium", "small", "large"],
+            {},
+        ),
+        (
+            RouteRequest(100, 100, Policy.COST, exclude_backends=frozenset({"small-0"})),
+            ["medium", "large"],
+            {"small": "no available backend: small-0 excluded"},
+        ),
+    ],
+    ids=[
+        "cost",
+        "quality",
+        "latency",
+        "context",
+        "capability",
+        "quality-floor",
+        "cost-ceiling",
+        "pinned",
+        "latency-target",
+        "excluded",
+    ],
+)
+def test_policies_filters_and_their_reasons(
+    request_: RouteRequest, expected: list[str], rejected: dict[str, str]
+) -> None:
+    router = _router()
+    decision = router.route(request_)
+    assert _names(router, request_) == expected
+    assert {r.model: r.reason for r in decision.rejected} == rejected
+    best = decision.candidates[0]
+    assert best.reason.startswith(f"{(request_.policy or Policy.COST).value}: best")
+    assert best.estimated_cost == best.model.cost(request_.input_tokens, request_.max_output_tokens)
+
+
+def test_each_replica_of_a_model_is_a_candidate_in_order_before_the_next_model() -> None:
+    decision = _router().route(RouteRequest(100, 100, Policy.QUALITY))
+    models = [c.model.name for c in decision.candidates]
+    assert models == ["large", "large", "large", "medium", "small"]
+    assert {c.backend.id for c in decision.candidates[:3]} == {"large-0", "large-1", "large-2"}
+    assert "in flight" in decision.candidates[0].reason
+    assert "fallback replica" in decision.candidates[1].reason
+
+
+def test_power_of_two_choices_spreads_load_over_replicas() -> None:
+    router = _router()
+    picks = Counter(
+        router.route(RouteRequest(100, 100, Policy.QUALITY)).candidates[0].backend.id
+        for _ in range(300)
+    )  # no outcome reported: every decision stays in flight
+    assert set(picks) == {"large-0", "large-1", "large-2"}
+    assert max(picks.values()) - min(picks.values()) <= 2
+
+
+def test_nothing_eligible_is_failed_precondition_with_every_reason() -> None:
+    with pytest.raises(FailedPrecondition) as raised:
+        _router().route(RouteRequest(200_000, 100, Policy.COST))
+    assert raised.value.reason == "NO_ELIGIBLE_MODEL"
+    assert set(raised.value.metadata) == {"small", "medium", "large"}
+    assert raised.value.metadata["large"] == "context 128000 < 200000 + 100 tokens"
+
+
+@pytest.mark.parametrize(
+    ("request_", "fields"),
+    [
+        (RouteRequest(-1, 0), {"input_tokens", "max_output_tokens"}),
+        (RouteRequest(1, 1, min_quality_tier=11), {"preferences.min_quality_tier"}),
+        (RouteRequest(1, 1, max_total_s=0.0), {"preferences.max_total_duration"}),
+    ],
+)
+def test_bad_requests_name_every_field(request_: RouteRequest, fields: set[str]) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        _router().route(request_)
+    assert {v.field for v in raised.value.violations} == fields
+
+
+def test_an_unknown_pinned_model_is_not_found() -> None:
+    with pytest.raises(NotFound):
+        _router().route(RouteRequest(1, 1, model="nope"))
+
+
+def test_weighted_splits_follow_weights_and_stick_to_the_unit() -> None:
+    catalog = replace(
+        CATALOG,
+        models=tuple(replace(m, weight=w) for m, w in zip(CATALOG.models, (3, 1, 0), strict=True)),
+    )
+    router = Router(catalog, rng=random.Random(1))
+    firsts = Counter(
+        router.route(RouteRequest(10, 10, Policy.WEIGHTED, unit_id=f"user-{i}"))
+        .candidates[0]
+        .model.name
+        for i in range(4000)
+    )
+    assert firsts["large"] == 0
+    assert 0.70 < firsts["small"] / 4000 < 0.80
+    again = {
+        router.route(RouteRequest(10, 10, Policy.WEIGHTED, unit_id="user-42"))
+        .candidates[0]
+        .model.name
+        for _ in range(20)
+    }
+    assert len(again) == 1
+
+
+def test_live_statistics_steer_the_latency_policy() -> None:
+    router = _router()
+    request = RouteRequest(100, 100, Policy.LATENCY)
+    assert router.route(request).candidates[0].model.name == "small"
+    for _ in range(20):  # small turns out slow, medium fast
+        router.report(
+            Report(
+                "small",
+                "small-0",
+                Outcome.SUCCESS,
+                first_token_s=2.0,
+                total_s=4.0,
+                output_tokens=100,
+            )
+        )
+        router.report(
+            Report(
+                "medium",
+                "medium-0",
+                Outcome.SUCCESS,
+                first_token_s=0.01,
+                total_s=0.5,
+                output_tokens=100,
+            )
+        )
+    decision = router.route(request)
+    assert decision.candidates[0].model.name == "medium"
+    assert "predicted first token 10 ms" in decision.candidates[0].reason
+    [status] = router.statuses("medium")
+    assert status.live.first_token.p95() == pytest.approx(0.01)
+    assert status.live.per_token.ewma == pytest.approx(0.49 / 99)
+
+
+def test_the_breaker_opens_moves_traffic_and_half_opens_after_the_cooldown() -> None:
+    now = [0.0]
+    router = Router(
+        CATALOG,
+        breaker=BreakerPolicy(consecutive_failures=3, cooldown_s=5.0),
+        clock=lambda: now[0],
+        rng=random.Random(3),
+    )
+    request = RouteRequest(100, 100, Policy.COST)
+    for _ in range(3):
+        decision = router.route(request)
+        assert decision.candidates[0].backend.id == "small-0"
+        router.report(
+            Report(
+                "small",
+                "small-0",
+                Outcome.FAILED_BEFORE_FIRST_TOKEN,
+                decision.decision_id,
+                error="boom",
+            )
+        )
+
+    def circuit() -> Circuit:
+        return router.statuses("small")[0].live.breaker.state
+
+    assert circuit() is Circuit.OPEN
+    decision = router.route(request)
+    assert decision.candidates[0].model.name == "medium"
+    assert decision.rejected[0].reason == "no available backend: small-0 circuit open"
+    now[0] = 5.0  # cool-down over: one probe goes to small
+    probe = router.route(request)
+    assert probe.candidates[0].backend.id == "small-0"
+    assert router.route(request).candidates[0].model.name == "medium"  # only one probe
+    router.report(
+        Report("small", "small-0", Outcome.SUCCESS, probe.decision_id, first_token_s=0.05)
+    )
+    assert circuit() is Circuit.CLOSED
+    assert router.route(request).candidates[0].backend.id == "small-0"
+
+
+def test_cancellations_and_overloads_do_not_open_the_breaker() -> None:
+    router = Router(CATALOG, breaker=BreakerPolicy(consecutive_failures=2))
+    for outcome in [Outcome.CANCELLED, Outcome.OVERLOADED] * 5:
+        router.report(Report("small", "small-0", outcome))
+    [status] = router.statuses("small")
+    assert status.live.breaker.state is Circuit.CLOSED
+    assert status.live.failures == 0
+
+
+def test_a_failing_health_check_takes_a_backend_out() -> None:
+    router = _router()
+    router.set_health("small", "small-0", Health.NOT_SERVING, "ModelReady: UNAVAILABLE")
+    decision = router.route(RouteRequest(100, 100, Policy.COST))
+    assert decision.candidates[0].model.name == "medium"
+    assert decision.rejected[0].reason == "no available backend: small-0 failing health checks"
+
+
+def test_in_flight_counts_end_with_the_reported_outcome() -> None:
+    router = _router()
+    decision = router.route(RouteRequest(100, 100, Policy.COST))
+    [status] = router.statuses("small")
+    assert status.live.in_flight == 1
+    router.report(Report("small", "small-0", Outcome.SUCCESS, decision.decision_id))
+    assert status.live.in_flight == 0
+
+
+def test_the_shipped_catalog_loads(tmp_path: Path) -> None:
+    catalog = load_catalog(DEFAULT_CATALOG, local_triton="127.0.0.1:8001")
+    assert [m.name for m in catalog.models] == ["smollm2-135m-instruct", "zero"]
+    assert catalog.models[0].backends[0].endpoint == "127.0.0.1:8001"
+
+    bad = tmp_path / "catalog.yaml"
+    bad.write_text(
+        "currency: usd\nmodels:\n  - name: Bad Name\n    colour: red\n    backends: []\n"
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_catalog(bad)
+    problems = "\n".join(raised.value.problems)
+    for expected in ("currency", "models.0.name", "models.0.colour", "models.0.backends"):
+        assert expected in problems
