@@ -12,6 +12,7 @@ from typing import Final
 BENCHMARKS: Final[dict[str, str]] = {
     "chain": "per-RPC cost of the server interceptor chain against a bare grpc.aio server",
     "inference": "InferenceService vs direct Triton streams (zero_llm); SmolLM2 vs transformers",
+    "router": "routing decision cost with a 20-model catalog, in process and over gRPC",
 }
 """Each benchmark's name (its module in this package) and what it measures, in one line."""
 

@@ -103,6 +103,8 @@ class CircuitBreaker:
 
     def allows(self) -> bool:
         """Whether a request may be sent now (without taking a probe slot)."""
+        if self._state is Circuit.CLOSED:  # the common case, checked on every route
+            return True
         state = self.state
         return state is Circuit.CLOSED or (
             state is Circuit.HALF_OPEN and self._probes_out < self._policy.probes

@@ -23,6 +23,9 @@ from services.router.core.catalog import BackendEntry, Capability, Catalog, Mode
 from services.router.core.live import BackendLive, BreakerPolicy, Health, Outcome
 
 WEIGHT_BUCKETS = 10_000
+CANDIDATE_MODELS = 4
+"""Models a decision lists candidates for (each with all its available replicas): enough to
+fail over, and routing stays cheap with large catalogs."""
 MAX_OPEN_DECISIONS = 100_000
 """Decisions remembered for their outcome reports (oldest forgotten first)."""
 
@@ -109,6 +112,9 @@ class Status:
     live: BackendLive
 
 
+_Replica = tuple[BackendEntry, BackendLive]
+
+
 @dataclass(slots=True)
 class _Ranked:
     model: ModelEntry
@@ -116,7 +122,7 @@ class _Ranked:
     first_token_s: float
     total_s: float
     misses_target: bool
-    backends: list[BackendEntry] = field(default_factory=list)
+    backends: list[_Replica] = field(default_factory=list)
 
 
 class Router:
@@ -140,6 +146,10 @@ class Router:
             for b in m.backends
         }
         """Live state by (model, backend id): one Triton serves several models."""
+        self._replicas = [
+            (m, tuple((b, self._live[(m.name, b.id)]) for b in m.backends)) for m in catalog.models
+        ]
+        """Each model with its backends' live state, in catalog order (the hot loop's view)."""
         self._open: OrderedDict[str, tuple[str, str]] = OrderedDict()
         """decision id -> the (model, backend) counted in flight for it."""
 
@@ -153,27 +163,26 @@ class Router:
         policy = request.policy or Policy.COST
         rejected: list[Rejection] = []
         ranked: list[_Ranked] = []
-        for model in self.catalog.models:
-            reason = self._rejection(model, request)
+        exclude = request.exclude_backends
+        for model, replicas in self._replicas:
+            reason, cost = self._rejection(model, request)
             if reason:
                 rejected.append(Rejection(model.name, reason))
                 continue
             available = [
-                b
-                for b in model.backends
-                if b.id not in request.exclude_backends and self._live[(model.name, b.id)].available
+                (b, live) for b, live in replicas if b.id not in exclude and live.available
             ]
             if not available:
                 rejected.append(Rejection(model.name, self._no_backend(model, request)))
                 continue
-            ranked.append(self._estimate(model, request, available))
+            ranked.append(self._estimate(model, request, available, cost))
         if not ranked:
             raise FailedPrecondition(
                 "no model qualifies: " + "; ".join(f"{r.model}: {r.reason}" for r in rejected),
                 reason=reasons.NO_ELIGIBLE_MODEL,
                 metadata={r.model: r.reason for r in rejected},
             )
-        ordered = self._order(ranked, policy, request)
+        ordered = self._order(ranked, policy, request)[:CANDIDATE_MODELS]
         candidates = [
             c for position, r in enumerate(ordered) for c in self._candidates(r, policy, position)
         ]
@@ -193,7 +202,12 @@ class Router:
             self._live[forgotten].in_flight = max(0, self._live[forgotten].in_flight - 1)
         return decision
 
-    def _rejection(self, model: ModelEntry, request: RouteRequest) -> str:
+    def _rejection(self, model: ModelEntry, request: RouteRequest) -> tuple[str, Decimal]:
+        """Why `model` cannot take `request` ("" when it can), and the request's cost there."""
+        cost = model.cost(request.input_tokens, request.max_output_tokens)
+        return self._rejection_reason(model, request, cost), cost
+
+    def _rejection_reason(self, model: ModelEntry, request: RouteRequest, cost: Decimal) -> str:
         if request.model and model.name != request.model:
             return f"not the pinned model {request.model}"
         missing = request.required - model.capabilities
@@ -209,7 +223,6 @@ class Router:
             return f"max output {model.max_output_tokens} < {request.max_output_tokens} tokens"
         if model.quality_tier < request.min_quality_tier:
             return f"quality tier {model.quality_tier} < floor {request.min_quality_tier}"
-        cost = model.cost(request.input_tokens, request.max_output_tokens)
         if request.max_cost is not None and cost > request.max_cost:
             return f"estimated cost {_money(cost, self.catalog.currency)} > ceiling " + _money(
                 request.max_cost, self.catalog.currency
@@ -226,38 +239,26 @@ class Router:
         return "no available backend: " + ", ".join(parts)
 
     def _estimate(
-        self, model: ModelEntry, request: RouteRequest, available: list[BackendEntry]
+        self, model: ModelEntry, request: RouteRequest, available: list[_Replica], cost: Decimal
     ) -> _Ranked:
-        best = min(available, key=lambda b: self._predict(model, b, request)[1])
-        first_token_s, total_s = self._predict(model, best, request)
+        outputs = request.max_output_tokens
+        if len(available) == 1:
+            first_token_s, total_s = _predict(model, available[0][1], outputs)
+        else:
+            first_token_s, total_s = min(
+                (_predict(model, live, outputs) for _, live in available), key=lambda p: p[1]
+            )
         misses = (
             request.max_first_token_s is not None and first_token_s > request.max_first_token_s
         ) or (request.max_total_s is not None and total_s > request.max_total_s)
         return _Ranked(
             model=model,
-            cost=model.cost(request.input_tokens, request.max_output_tokens),
+            cost=cost,
             first_token_s=first_token_s,
             total_s=total_s,
             misses_target=misses,
             backends=available,
         )
-
-    def _predict(
-        self, model: ModelEntry, backend: BackendEntry, request: RouteRequest
-    ) -> tuple[float, float]:
-        """Predicted (time to first token, total time) on `backend`: live EWMAs when there are
-        samples, the catalog's targets before; requests in flight add queueing."""
-        live = self._live[(model.name, backend.id)]
-        first = (
-            live.first_token.ewma
-            if live.first_token.ewma is not None
-            else model.first_token_target_s
-        )
-        per_token = (
-            live.per_token.ewma if live.per_token.ewma is not None else model.per_token_target_s
-        )
-        first *= 1 + 0.1 * live.in_flight
-        return first, first + per_token * max(request.max_output_tokens - 1, 0)
 
     def _order(self, ranked: list[_Ranked], policy: Policy, request: RouteRequest) -> list[_Ranked]:
         match policy:
@@ -290,13 +291,12 @@ class Router:
         return weighted[-1]
 
     def _candidates(self, ranked: _Ranked, policy: Policy, position: int) -> list[Candidate]:
-        backends = self._power_of_two(ranked.model.name, ranked.backends)
+        replicas = self._power_of_two(ranked.backends)
         why = _why(ranked, policy, position, self.catalog.currency)
         out = []
-        for index, backend in enumerate(backends):
-            first_token_s, total_s = self._predict(ranked.model, backend, RouteRequest(0, 1))
+        for index, (backend, live) in enumerate(replicas):
+            first_token_s, _ = _predict(ranked.model, live, 1)
             total_s = ranked.total_s - ranked.first_token_s + first_token_s
-            live = self._live[(ranked.model.name, backend.id)]
             where = (
                 f"backend {backend.id}: {live.in_flight} in flight"
                 if index == 0
@@ -314,16 +314,16 @@ class Router:
             )
         return out
 
-    def _power_of_two(self, model: str, backends: list[BackendEntry]) -> list[BackendEntry]:
+    def _power_of_two(self, replicas: list[_Replica]) -> list[_Replica]:
         """Two random replicas, the less loaded first, then the rest by load."""
-        if len(backends) == 1:
-            return backends
+        if len(replicas) == 1:
+            return replicas
 
-        def load(backend: BackendEntry) -> int:
-            return self._live[(model, backend.id)].in_flight
+        def load(replica: _Replica) -> int:
+            return replica[1].in_flight
 
-        first = min(self._rng.sample(backends, 2), key=load)
-        return [first, *sorted((b for b in backends if b is not first), key=load)]
+        first = min(self._rng.sample(replicas, 2), key=load)
+        return [first, *sorted((r for r in replicas if r is not first), key=load)]
 
     # ------------------------------------------------------------------------------ learning
 
@@ -383,6 +383,20 @@ class Router:
             if not model_name or m.name == model_name
             for b in sorted(m.backends, key=lambda b: b.id)
         ]
+
+
+def _predict(model: ModelEntry, live: BackendLive, outputs: int) -> tuple[float, float]:
+    """Predicted (time to first token, total time for `outputs` tokens) on a backend: live
+    EWMAs when there are samples, the catalog's targets before; requests in flight add
+    queueing."""
+    first = live.first_token.ewma
+    if first is None:
+        first = model.first_token_target_s
+    per_token = live.per_token.ewma
+    if per_token is None:
+        per_token = model.per_token_target_s
+    first *= 1 + 0.1 * live.in_flight
+    return first, first + per_token * max(outputs - 1, 0)
 
 
 def _why(ranked: _Ranked, policy: Policy, position: int, currency: str) -> str:

@@ -853,7 +853,9 @@ type RouteDecision struct {
 	DecisionId string `protobuf:"bytes,1,opt,name=decision_id,json=decisionId,proto3" json:"decision_id,omitempty"`
 	// The policy that ranked the candidates.
 	Policy v1.RoutingPolicy `protobuf:"varint,2,opt,name=policy,proto3,enum=genai.common.v1.RoutingPolicy" json:"policy,omitempty"`
-	// Eligible candidates, best first; never empty.
+	// Eligible candidates, best first; never empty. The best few models are
+	// listed (four), each with every available replica: the picked one first,
+	// the others as fallbacks.
 	Candidates []*RouteCandidate `protobuf:"bytes,3,rep,name=candidates,proto3" json:"candidates,omitempty"`
 	// Models excluded by the filters, with reasons.
 	Rejected []*RejectedModel `protobuf:"bytes,4,rep,name=rejected,proto3" json:"rejected,omitempty"`

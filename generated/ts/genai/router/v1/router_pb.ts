@@ -431,7 +431,9 @@ export type RouteDecision = Message<"genai.router.v1.RouteDecision"> & {
   policy: RoutingPolicy;
 
   /**
-   * Eligible candidates, best first; never empty.
+   * Eligible candidates, best first; never empty. The best few models are
+   * listed (four), each with every available replica: the picked one first,
+   * the others as fallbacks.
    *
    * @generated from field: repeated genai.router.v1.RouteCandidate candidates = 3;
    */
