@@ -55,6 +55,11 @@ TRITON_CHANNEL_OPTIONS: Final = (
     ("grpc.keepalive_time_ms", 300_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 0),
+    # Reconnect to a restarted Triton within about 2 s, not after gRPC's default backoff of
+    # up to 2 minutes: the router's health checks and failover depend on it.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 )
 STREAM_INFER_METHOD: Final = "/inference.GRPCInferenceService/ModelStreamInfer"
 

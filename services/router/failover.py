@@ -1,0 +1,234 @@
+"""The caller's side of RouterService's failover contract, for whoever streams generations
+(the gateway): route, try the candidates in order, report every attempt.
+
+- A failure before the first token (the backend is down, overloaded or broken) moves on to the
+  next candidate; the caller sees it only in `RoutedStream.attempts`.
+- A failure after tokens have streamed is not retried: the stream ends with UNAVAILABLE
+  (STREAM_INTERRUPTED), and the tokens already sent are in the error's metadata and in
+  `RoutedStream.usage`.
+- A problem with the request itself (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ...) or
+  the caller's own cancellation or deadline ends it at once: no other backend would do better.
+- Every attempt is reported with `ReportOutcome` (best effort: a router that cannot take the
+  report never fails the generation).
+"""
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import grpc
+from genai.common.v1 import generation_pb2
+from genai.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from genai.router.v1 import router_pb2, router_service_pb2, router_service_pb2_grpc
+from google.protobuf.duration_pb2 import Duration
+
+from services.common import reasons
+from services.common.errors import Unavailable
+from services.common.status import error_details
+
+if TYPE_CHECKING:
+    RouterStub = router_service_pb2_grpc.RouterServiceAsyncStub
+    InferenceStub = inference_service_pb2_grpc.InferenceServiceAsyncStub
+else:
+    RouterStub = router_service_pb2_grpc.RouterServiceStub
+    InferenceStub = inference_service_pb2_grpc.InferenceServiceStub
+
+_logger = logging.getLogger(__name__)
+RETRY_AFTER_S = 1.0
+
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+"""Before the first token, these mean "this backend cannot serve it now": try the next."""
+
+rpb = router_service_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try on one candidate."""
+
+    model: str
+    backend_id: str
+    result: router_service_pb2.AttemptResult
+    error: str = ""
+
+
+@dataclass
+class RoutedStream:
+    """What a routed generation did: its decision, every attempt, and the tokens streamed."""
+
+    decision: router_pb2.RouteDecision | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    usage: generation_pb2.TokenUsage = field(default_factory=generation_pb2.TokenUsage)
+
+
+class RoutedGenerator:
+    """Streams generations through the router's candidates (see the module docstring)."""
+
+    def __init__(
+        self,
+        router: RouterStub,
+        inference: InferenceStub,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._router = router
+        self._inference = inference
+        self._clock = clock
+
+    async def stream(
+        self,
+        request: inference_service_pb2.GenerateStreamRequest,
+        route: router_service_pb2.RouteRequest,
+        record: RoutedStream,
+        *,
+        time_left: float | None = None,
+    ) -> AsyncIterator[inference_service_pb2.GenerateStreamResponse]:
+        """Yields the messages of the attempt that streams (start, deltas, final), recording
+        the decision, attempts and usage in `record`. Raises the router's errors (for
+        example FAILED_PRECONDITION NO_ELIGIBLE_MODEL) as `grpc.aio.AioRpcError`, and
+        `Unavailable` when every candidate failed or the stream broke after its first token.
+        `time_left` (seconds) bounds the whole generation, failovers included."""
+        deadline = None if time_left is None else self._clock() + time_left
+        decision = (await self._router.Route(route, timeout=_left(deadline, self._clock))).decision
+        record.decision = decision
+        for candidate in decision.candidates:
+            attempt = inference_service_pb2.GenerateStreamRequest()
+            attempt.CopyFrom(request)
+            attempt.model = candidate.model
+            attempt.backend_id = candidate.backend.id
+            started = self._clock()
+            first_token: float | None = None
+            output_tokens = 0
+            try:
+                call = self._inference.GenerateStream(attempt, timeout=_left(deadline, self._clock))
+                async for message in call:
+                    kind = message.WhichOneof("event")
+                    if kind == "start":
+                        record.usage.input_tokens = message.start.input_tokens
+                    elif kind == "delta":
+                        if first_token is None:
+                            first_token = self._clock()
+                        output_tokens += message.delta.token_count
+                        record.usage.output_tokens = output_tokens
+                    elif kind == "final":
+                        record.usage.CopyFrom(message.final.usage)
+                    yield message
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                if first_token is not None:
+                    await self._report(
+                        record,
+                        decision,
+                        candidate,
+                        rpb.ATTEMPT_RESULT_FAILED_AFTER_FIRST_TOKEN,
+                        started,
+                        first_token,
+                        output_tokens,
+                        error,
+                    )
+                    raise Unavailable(
+                        f"backend {candidate.backend.id} failed after {output_tokens} tokens: "
+                        f"{error.details()}",
+                        reason=reasons.STREAM_INTERRUPTED,
+                        retry_after=RETRY_AFTER_S,
+                        metadata={
+                            "model": candidate.model,
+                            "backend_id": candidate.backend.id,
+                            "input_tokens": str(record.usage.input_tokens),
+                            "output_tokens": str(output_tokens),
+                        },
+                    ) from None
+                if code not in _RETRYABLE:
+                    result = (
+                        rpb.ATTEMPT_RESULT_CANCELLED
+                        if code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+                        else None
+                    )
+                    if result is not None:
+                        await self._report(
+                            record, decision, candidate, result, started, None, 0, error
+                        )
+                    raise
+                overloaded = (
+                    code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    and error_details(error).reason == reasons.BACKEND_OVERLOADED
+                )
+                await self._report(
+                    record,
+                    decision,
+                    candidate,
+                    rpb.ATTEMPT_RESULT_OVERLOADED
+                    if overloaded
+                    else rpb.ATTEMPT_RESULT_FAILED_BEFORE_FIRST_TOKEN,
+                    started,
+                    None,
+                    0,
+                    error,
+                )
+                continue
+            await self._report(
+                record,
+                decision,
+                candidate,
+                rpb.ATTEMPT_RESULT_SUCCESS,
+                started,
+                first_token,
+                output_tokens,
+                None,
+            )
+            return
+        raise Unavailable(
+            "every candidate backend failed before the first token: "
+            + "; ".join(f"{a.backend_id}: {a.error}" for a in record.attempts),
+            reason=reasons.BACKEND_UNAVAILABLE,
+            retry_after=RETRY_AFTER_S,
+            metadata={a.backend_id: a.error[:200] for a in record.attempts},
+        )
+
+    async def _report(
+        self,
+        record: RoutedStream,
+        decision: router_pb2.RouteDecision,
+        candidate: router_pb2.RouteCandidate,
+        result: router_service_pb2.AttemptResult,
+        started: float,
+        first_token: float | None,
+        output_tokens: int,
+        error: grpc.aio.AioRpcError | None,
+    ) -> None:
+        text = "" if error is None else f"{error.code().name}: {error.details()}"
+        record.attempts.append(Attempt(candidate.model, candidate.backend.id, result, text))
+        report = rpb.ReportOutcomeRequest(
+            decision_id=decision.decision_id,
+            model=candidate.model,
+            backend_id=candidate.backend.id,
+            result=result,
+            total_duration=_duration(self._clock() - started),
+            usage=generation_pb2.TokenUsage(
+                input_tokens=record.usage.input_tokens, output_tokens=output_tokens
+            ),
+            error=text[:1000],
+        )
+        if first_token is not None:
+            report.first_token_duration.CopyFrom(_duration(first_token - started))
+        try:
+            await self._router.ReportOutcome(report, timeout=2.0)
+        except grpc.aio.AioRpcError as report_error:
+            _logger.warning("could not report an outcome to the router: %s", report_error.code())
+
+
+def _left(deadline: float | None, clock: Callable[[], float]) -> float | None:
+    return None if deadline is None else max(deadline - clock(), 0.0)
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(round(max(seconds, 0.0) * 1e9))
+    return duration
