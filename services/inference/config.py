@@ -1,27 +1,101 @@
-"""Typed settings of InferenceService: the models it serves, their backends, and the Triton
-server it may launch itself."""
+"""Typed settings of InferenceService: the models it serves, their backends (Triton servers
+and OpenAI-compatible HTTP endpoints), and the Triton server it may launch itself."""
 
-from typing import Literal
+import re
+from typing import Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from services.common.config import Settings
 
+DEFAULT_TRITON_MODEL = "ensemble"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
 
 class BackendSettings(Settings):
-    """One Triton endpoint serving a model."""
+    """One endpoint serving a model: a Triton server (`kind: triton`, the default) or an
+    OpenAI-compatible HTTP endpoint with streaming chat completions (`kind: openai_compatible`:
+    vLLM, TGI, trtllm-serve, hosted providers)."""
 
     id: str = Field(default="triton-0", description="Unique backend id, e.g. `triton-0`.")
-    endpoint: str = Field(
-        default="", description="host:port of Triton's gRPC; empty: the Triton launched here."
+    kind: Literal["triton", "openai_compatible"] = Field(
+        default="triton", description="The protocol: `triton` or `openai_compatible`."
     )
-    triton_model: str = Field(default="ensemble", description="The facade model on Triton.")
+    endpoint: str = Field(
+        default="",
+        description="triton: host:port of Triton's gRPC, empty: the Triton launched here; "
+        "openai_compatible: the base URL, e.g. `http://127.0.0.1:8000/v1` (required).",
+    )
+    triton_model: str = Field(
+        default=DEFAULT_TRITON_MODEL, description="triton: the facade model on Triton."
+    )
+    provider_model: str = Field(
+        default="",
+        description="openai_compatible: the provider's model id, sent as `model` (required).",
+    )
+    api_key_env: str = Field(
+        default="",
+        description="openai_compatible: the environment variable holding the API key, read at "
+        "start (a missing variable stops the start); empty: no Authorization header.",
+    )
+    timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="openai_compatible: the longest one request may take; the caller's "
+        "deadline applies when shorter. None: the caller's deadline only.",
+    )
     max_in_flight: int = Field(
         default=64,
         ge=1,
         le=4096,
         description="Requests let through at once; more get RESOURCE_EXHAUSTED, not a queue.",
     )
+
+    @model_validator(mode="after")
+    def _fields_fit_the_kind(self) -> Self:
+        if self.kind == "triton":
+            misplaced = [
+                name
+                for name, value in (
+                    ("provider_model", self.provider_model),
+                    ("api_key_env", self.api_key_env),
+                    ("timeout_seconds", self.timeout_seconds),
+                )
+                if value not in ("", None)
+            ]
+            if misplaced:
+                raise ValueError(
+                    f"backend {self.id}: {', '.join(misplaced)} apply to openai_compatible "
+                    "backends only"
+                )
+            return self
+        if self.triton_model != DEFAULT_TRITON_MODEL:
+            raise ValueError(
+                f"backend {self.id}: triton_model applies to triton backends; an "
+                "openai_compatible backend names its model with provider_model"
+            )
+        if not self.provider_model:
+            raise ValueError(
+                f"backend {self.id}: an openai_compatible backend needs provider_model"
+            )
+        url = urlsplit(self.endpoint)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(
+                f"backend {self.id}: the endpoint of an openai_compatible backend is a base URL "
+                "such as http://127.0.0.1:8000/v1"
+            )
+        if url.query or url.fragment or url.username or url.password:
+            raise ValueError(
+                f"backend {self.id}: the endpoint must carry no query, fragment or credentials "
+                "(put the API key in the variable named by api_key_env)"
+            )
+        if self.api_key_env and not _ENV_NAME.match(self.api_key_env):
+            raise ValueError(
+                f"backend {self.id}: api_key_env must name an environment variable "
+                "(letters, digits and _)"
+            )
+        return self
 
 
 class ModelSettings(Settings):
@@ -43,8 +117,23 @@ class ModelSettings(Settings):
         default="",
         description="Chat template: `builtin:chatml`, `prepared:smollm2` (the prepared "
         "SmolLM2 tokenizer), a tokenizer dir, a .jinja or tokenizer_config.json file; "
-        "empty: the model takes text only.",
+        "empty: the model takes text only. Used by triton backends only: "
+        "openai_compatible ones apply the provider's own template to chat input.",
     )
+
+    @model_validator(mode="after")
+    def _backends_fit_the_task(self) -> Self:
+        kinds = {backend.kind for backend in self.backends}
+        if self.task == "embedding" and "openai_compatible" in kinds:
+            raise ValueError(
+                f"model {self.name}: openai_compatible backends serve generation models only"
+            )
+        if self.chat_template and "triton" not in kinds:
+            raise ValueError(
+                f"model {self.name}: chat_template is unused, since its openai_compatible "
+                "backends apply the provider's own template"
+            )
+        return self
 
 
 DEFAULT_MODELS = (
@@ -103,3 +192,27 @@ class InferenceSettings(Settings):
     triton: TritonLaunchSettings = Field(
         default_factory=TritonLaunchSettings, description="The Triton launched here."
     )
+
+    @model_validator(mode="after")
+    def _one_endpoint_per_backend_id(self) -> Self:
+        # Models share a backend (and its in-flight count) by id: an OpenAI-compatible one
+        # must then be the same endpoint, called the same way, in every model.
+        seen: dict[str, BackendSettings] = {}
+        for model in self.models:
+            for backend in model.backends:
+                first = seen.setdefault(backend.id, backend)
+                if first.kind != backend.kind:
+                    raise ValueError(
+                        f"backend {backend.id} is {first.kind} in one model and {backend.kind} "
+                        "in another"
+                    )
+                if backend.kind == "openai_compatible" and (
+                    first.endpoint,
+                    first.api_key_env,
+                    first.timeout_seconds,
+                ) != (backend.endpoint, backend.api_key_env, backend.timeout_seconds):
+                    raise ValueError(
+                        f"backend {backend.id}: models that share it must give it the same "
+                        "endpoint, api_key_env and timeout_seconds"
+                    )
+        return self

@@ -1,22 +1,33 @@
-"""Composition root of InferenceService: settings -> Triton adapter -> engine -> servicer."""
+"""Composition root of InferenceService: settings -> adapters (Triton, OpenAI-compatible)
+behind one dispatching backend -> engine -> servicer."""
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 
 import grpc
 from genai.inference.v1 import inference_service_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
+from services.common.config import ConfigError
 from services.common.server import ServiceRegistration
 from services.inference.adapters.chat_templates import (
     ChatTemplate,
     JinjaChatTemplates,
     load_chat_template,
 )
+from services.inference.adapters.openai_compat import OpenAICompatibleBackend, ProviderAccess
 from services.inference.adapters.triton import TritonBackend
 from services.inference.config import InferenceSettings, ModelSettings
+from services.inference.core.dispatch import DispatchingBackend
 from services.inference.core.engine import InferenceEngine
-from services.inference.core.model import BackendSpec, ModelSpec, Task
+from services.inference.core.model import (
+    BackendKind,
+    BackendSpec,
+    GenerationBackend,
+    ModelSpec,
+    Task,
+)
 from services.inference.servicer import SERVICE_NAME, InferenceServicer
 
 
@@ -26,21 +37,30 @@ def registration(
     local_triton: str | None,
     channel_for: Callable[[str], grpc.aio.Channel],
     tracer_provider: TracerProvider | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ServiceRegistration:
     """Returns InferenceService ready to be added to a server.
 
-    A backend with no endpoint uses `local_triton`, the gRPC address of the Triton this
-    process launched; without one, every backend needs its endpoint (else ValueError).
+    A Triton backend with no endpoint uses `local_triton`, the gRPC address of the Triton this
+    process launched; without one, every Triton backend needs its endpoint (else ValueError).
     `channel_for` gives the channel to a Triton endpoint (see `triton_channel`); calls to
-    Triton are traced with `tracer_provider` (None: OpenTelemetry's global provider).
+    backends are traced with `tracer_provider` (None: OpenTelemetry's global provider). The
+    API keys of OpenAI-compatible backends are read now from `env` (None: `os.environ`); a
+    variable that is missing or empty raises `ConfigError`.
     """
     models = [_model_spec(m, local_triton) for m in settings.models]
+    tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
+    backends: dict[BackendKind, GenerationBackend] = {
+        BackendKind.TRITON: TritonBackend(channel_for=channel_for, tracer=tracer)
+    }
+    access = _provider_access(settings, os.environ if env is None else env)
+    openai: OpenAICompatibleBackend | None = None
+    if access is not None:
+        openai = OpenAICompatibleBackend(access=access, tracer=tracer)
+        backends[BackendKind.OPENAI_COMPATIBLE] = openai
     engine = InferenceEngine(
         models=models,
-        backend=TritonBackend(
-            channel_for=channel_for,
-            tracer=trace.get_tracer(__name__, tracer_provider=tracer_provider),
-        ),
+        backend=DispatchingBackend(backends),
         chat_templates=JinjaChatTemplates(
             {m.name: _chat_template(m.chat_template) for m in settings.models if m.chat_template}
         ),
@@ -51,12 +71,39 @@ def registration(
         add_to_server=lambda server: (
             inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
         ),
+        stop=openai.aclose if openai is not None else None,
     )
+
+
+def _provider_access(
+    settings: InferenceSettings, env: Mapping[str, str]
+) -> dict[str, ProviderAccess] | None:
+    """The API key and timeout of every OpenAI-compatible backend by id; None when there is
+    none. Raises `ConfigError` naming each API key variable that is not set."""
+    access: dict[str, ProviderAccess] = {}
+    problems: list[str] = []
+    for m, model in enumerate(settings.models):
+        for b, backend in enumerate(model.backends):
+            if backend.kind != "openai_compatible" or backend.id in access:
+                continue
+            key: str | None = None
+            if backend.api_key_env:
+                key = env.get(backend.api_key_env, "")
+                if not key:
+                    problems.append(
+                        f"inference.models[{m}].backends[{b}].api_key_env: the environment "
+                        f"variable {backend.api_key_env} (API key of backend {backend.id} of "
+                        f"model {model.name}) is not set"
+                    )
+            access[backend.id] = ProviderAccess(api_key=key, timeout=backend.timeout_seconds)
+    if problems:
+        raise ConfigError(problems)
+    return access or None
 
 
 def _model_spec(model: ModelSettings, local_triton: str | None) -> ModelSpec:
     for backend in model.backends:
-        if not backend.endpoint and local_triton is None:
+        if backend.kind == "triton" and not backend.endpoint and local_triton is None:
             raise ValueError(
                 f"backend {backend.id} of model {model.name} has no endpoint and this process "
                 "launches no Triton (inference.triton.launch is false)"
@@ -66,6 +113,14 @@ def _model_spec(model: ModelSettings, local_triton: str | None) -> ModelSpec:
         task=Task(model.task),
         backends=tuple(
             BackendSpec(
+                id=backend.id,
+                endpoint=backend.endpoint,
+                backend_model=backend.provider_model,
+                max_in_flight=backend.max_in_flight,
+                kind=BackendKind.OPENAI_COMPATIBLE,
+            )
+            if backend.kind == "openai_compatible"
+            else BackendSpec(
                 id=backend.id,
                 endpoint=backend.endpoint or local_triton or "",
                 backend_model=backend.triton_model,

@@ -32,6 +32,7 @@ _FINISH_REASONS = {
     FinishReason.STOP: generation_pb2.FINISH_REASON_STOP,
     FinishReason.LENGTH: generation_pb2.FINISH_REASON_LENGTH,
     FinishReason.STOP_SEQUENCE: generation_pb2.FINISH_REASON_STOP_SEQUENCE,
+    FinishReason.CONTENT_FILTER: generation_pb2.FINISH_REASON_CONTENT_FILTER,
     # A cancelled request never gets a final message; listed for completeness.
     FinishReason.CANCELLED: generation_pb2.FINISH_REASON_UNSPECIFIED,
 }

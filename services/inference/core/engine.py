@@ -1,5 +1,6 @@
 """InferenceService's core: validates requests, picks a backend, admits within its bound,
-renders chat input, and turns backend chunks into one start, deltas and one final."""
+renders chat input (or passes it on to backends that apply their own template), and turns
+backend chunks into one start, deltas and one final."""
 
 import math
 import time
@@ -17,6 +18,7 @@ from services.common.errors import (
     ResourceExhausted,
 )
 from services.inference.core.model import (
+    BackendKind,
     BackendRequest,
     BackendSpec,
     ChatTurn,
@@ -124,7 +126,7 @@ class InferenceEngine:
         received = self._clock()
         model = self._model(request.model, Task.GENERATION)
         backend = self._pick_backend(model, request.backend_id)
-        backend_request = self._backend_request(model, request, time_left=time_left)
+        backend_request = self._backend_request(model, backend, request, time_left=time_left)
         self._admit(backend)
         try:
             first_token: float | None = None
@@ -244,12 +246,21 @@ class InferenceEngine:
         self._in_flight[backend.id] += 1
 
     def _backend_request(
-        self, model: ModelSpec, request: GenerationRequest, *, time_left: float | None
+        self,
+        model: ModelSpec,
+        backend: BackendSpec,
+        request: GenerationRequest,
+        *,
+        time_left: float | None,
     ) -> BackendRequest:
         violations = validate_generation(model, request)
         if violations:
             raise InvalidArgument(violations=violations)
-        if request.messages is not None:
+        messages: tuple[ChatTurn, ...] | None = None
+        if request.messages is not None and backend.kind is BackendKind.OPENAI_COMPATIBLE:
+            # The provider applies the model's chat template itself: pass the turns on.
+            prompt, messages = "", request.messages
+        elif request.messages is not None:
             prompt = self._chat.render(model.name, request.messages)
         else:
             assert request.text is not None  # validated: exactly one input is set
@@ -262,6 +273,7 @@ class InferenceEngine:
             request_id=request.request_id,
             stream=True,
             timeout=time_left,
+            messages=messages,
         )
 
 

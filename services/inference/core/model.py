@@ -19,6 +19,8 @@ class FinishReason(StrEnum):
     STOP = "stop"
     LENGTH = "length"
     STOP_SEQUENCE = "stop_words"
+    CONTENT_FILTER = "content_filter"
+    """The provider withheld the rest of the output by policy (OpenAI-compatible backends)."""
     CANCELLED = "cancelled"
 
 
@@ -30,6 +32,16 @@ class ModelState(StrEnum):
     UNAVAILABLE = "unavailable"
 
 
+class BackendKind(StrEnum):
+    """What serves a backend: the protocol InferenceService speaks to it."""
+
+    TRITON = "triton"
+    """NVIDIA Triton's KServe v2 gRPC, against the generation facade."""
+    OPENAI_COMPATIBLE = "openai_compatible"
+    """An OpenAI-compatible HTTP endpoint (vLLM, TGI, trtllm-serve, hosted providers) with
+    streaming chat completions. It applies the model's chat template itself."""
+
+
 @dataclass(frozen=True, slots=True)
 class BackendSpec:
     """One endpoint serving a model."""
@@ -37,11 +49,14 @@ class BackendSpec:
     id: str
     """Unique id, e.g. `triton-0/smollm2`."""
     endpoint: str
-    """`host:port` of the Triton server."""
+    """`host:port` of the Triton server; the base URL (`http://host:8000/v1`) of an
+    OpenAI-compatible endpoint."""
     backend_model: str
-    """The model's name on the backend (the Triton facade model)."""
+    """The model's name on the backend (the Triton facade model, the provider's model id)."""
     max_in_flight: int
     """Requests InferenceService lets run at once on this backend; more are refused."""
+    kind: BackendKind = BackendKind.TRITON
+    """The protocol of the backend; the dispatching backend picks the adapter by it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +113,17 @@ class BackendRequest:
     """What a backend is asked to generate: the final prompt text and resolved limits."""
 
     prompt: str
+    """The prompt text: the caller's text, or the conversation rendered with the model's chat
+    template; empty when `messages` is set."""
     max_tokens: int
     sampling: Sampling
     request_id: str
     stream: bool
     timeout: float | None
     """Seconds left of the caller's deadline, passed on to the backend."""
+    messages: tuple[ChatTurn, ...] | None = None
+    """The conversation as the caller sent it, for backends that apply the chat template
+    themselves (OpenAI-compatible ones); None for text input and for Triton backends."""
 
 
 @dataclass(frozen=True, slots=True)

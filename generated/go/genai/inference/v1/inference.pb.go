@@ -131,8 +131,9 @@ func (ModelTask) EnumDescriptor() ([]byte, []int) {
 	return file_genai_inference_v1_inference_proto_rawDescGZIP(), []int{1}
 }
 
-// ChatInput is a conversation to complete. The serving model's own chat
-// template turns it into the prompt text.
+// ChatInput is a conversation to complete. On Triton, the serving model's own
+// chat template turns it into the prompt text; OpenAI-compatible backends get
+// the messages as they are and apply their own template.
 type ChatInput struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache
@@ -192,7 +193,9 @@ type GenerationStart struct {
 	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
 	// Id of the backend serving the request.
 	BackendId string `protobuf:"bytes,2,opt,name=backend_id,json=backendId,proto3" json:"backend_id,omitempty"`
-	// Prompt tokens, counted by the model's tokenizer.
+	// Prompt tokens, counted by the model's tokenizer. 0 when the backend
+	// reports usage only at the end (OpenAI-compatible providers): the final
+	// message has the exact count.
 	InputTokens int32 `protobuf:"varint,3,opt,name=input_tokens,json=inputTokens,proto3" json:"input_tokens,omitempty"`
 }
 
@@ -259,7 +262,8 @@ type TokenDelta struct {
 
 	// The new text.
 	Text string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
-	// Output tokens this delta covers (1 or more).
+	// Output tokens this delta covers (1 or more). For OpenAI-compatible
+	// backends, one per provider chunk; the final message has the exact usage.
 	TokenCount int32 `protobuf:"varint,2,opt,name=token_count,json=tokenCount,proto3" json:"token_count,omitempty"`
 }
 

@@ -17,8 +17,9 @@ export const file_genai_inference_v1_inference: GenFile = /*@__PURE__*/
   fileDesc("CiJnZW5haS9pbmZlcmVuY2UvdjEvaW5mZXJlbmNlLnByb3RvEhJnZW5haS5pbmZlcmVuY2UudjEiOwoJQ2hhdElucHV0Ei4KCG1lc3NhZ2VzGAEgAygLMhwuZ2VuYWkuY29tbW9uLnYxLkNoYXRNZXNzYWdlIkoKD0dlbmVyYXRpb25TdGFydBINCgVtb2RlbBgBIAEoCRISCgpiYWNrZW5kX2lkGAIgASgJEhQKDGlucHV0X3Rva2VucxgDIAEoBSIvCgpUb2tlbkRlbHRhEgwKBHRleHQYASABKAkSEwoLdG9rZW5fY291bnQYAiABKAUiywEKD0dlbmVyYXRpb25GaW5hbBI0Cg1maW5pc2hfcmVhc29uGAEgASgOMh0uZ2VuYWkuY29tbW9uLnYxLkZpbmlzaFJlYXNvbhIqCgV1c2FnZRgCIAEoCzIbLmdlbmFpLmNvbW1vbi52MS5Ub2tlblVzYWdlEjMKB3RpbWluZ3MYAyABKAsyIi5nZW5haS5jb21tb24udjEuR2VuZXJhdGlvblRpbWluZ3MSDQoFbW9kZWwYBCABKAkSEgoKYmFja2VuZF9pZBgFIAEoCSKWAgoLU2VydmVkTW9kZWwSDAoEbmFtZRgBIAEoCRISCgpiYWNrZW5kX2lkGAIgASgJEhUKDWJhY2tlbmRfbW9kZWwYAyABKAkSLQoFc3RhdGUYBCABKA4yHi5nZW5haS5pbmZlcmVuY2UudjEuTW9kZWxTdGF0ZRIrCgR0YXNrGAUgASgOMh0uZ2VuYWkuaW5mZXJlbmNlLnYxLk1vZGVsVGFzaxIaChJtYXhfY29udGV4dF90b2tlbnMYBiABKAUSGQoRbWF4X291dHB1dF90b2tlbnMYByABKAUSEQoJc3RyZWFtaW5nGAggASgIEhEKCWluX2ZsaWdodBgJIAEoBRIVCg1tYXhfaW5fZmxpZ2h0GAogASgFIhsKCUVtYmVkZGluZxIOCgZ2YWx1ZXMYASADKAIqdgoKTW9kZWxTdGF0ZRIbChdNT0RFTF9TVEFURV9VTlNQRUNJRklFRBAAEhUKEU1PREVMX1NUQVRFX1JFQURZEAESFwoTTU9ERUxfU1RBVEVfTE9BRElORxACEhsKF01PREVMX1NUQVRFX1VOQVZBSUxBQkxFEAMqXAoJTW9kZWxUYXNrEhoKFk1PREVMX1RBU0tfVU5TUEVDSUZJRUQQABIZChVNT0RFTF9UQVNLX0dFTkVSQVRJT04QARIYChRNT0RFTF9UQVNLX0VNQkVERElORxACQk1aS2dpdGh1Yi5jb20vZ2VuYWktcGxhdGZvcm0vZ2VuYWkvZ2VuZXJhdGVkL2dvL2dlbmFpL2luZmVyZW5jZS92MTtpbmZlcmVuY2V2MWIGcHJvdG8z", [file_genai_common_v1_chat, file_genai_common_v1_generation]);
 
 /**
- * ChatInput is a conversation to complete. The serving model's own chat
- * template turns it into the prompt text.
+ * ChatInput is a conversation to complete. On Triton, the serving model's own
+ * chat template turns it into the prompt text; OpenAI-compatible backends get
+ * the messages as they are and apply their own template.
  *
  * @generated from message genai.inference.v1.ChatInput
  */
@@ -60,7 +61,9 @@ export type GenerationStart = Message<"genai.inference.v1.GenerationStart"> & {
   backendId: string;
 
   /**
-   * Prompt tokens, counted by the model's tokenizer.
+   * Prompt tokens, counted by the model's tokenizer. 0 when the backend
+   * reports usage only at the end (OpenAI-compatible providers): the final
+   * message has the exact count.
    *
    * @generated from field: int32 input_tokens = 3;
    */
@@ -90,7 +93,8 @@ export type TokenDelta = Message<"genai.inference.v1.TokenDelta"> & {
   text: string;
 
   /**
-   * Output tokens this delta covers (1 or more).
+   * Output tokens this delta covers (1 or more). For OpenAI-compatible
+   * backends, one per provider chunk; the final message has the exact usage.
    *
    * @generated from field: int32 token_count = 2;
    */
