@@ -1,8 +1,10 @@
 """Active health checks: every backend is asked, on an interval, whether it can serve its
 model; the answers go to the router, which stops sending requests to a backend that fails.
 
-Triton backends are asked `ModelReady` for their model. OpenAI-compatible endpoints are not
-probed yet (their health is learnt from reported outcomes and the circuit breaker only).
+Triton backends are asked `ModelReady` for their model. OpenAI-compatible endpoints are asked
+`GET {base}/models`: any answer below 500 (401 included: the catalog holds no API keys) means the
+endpoint is up; 5xx, timeouts and refused connections mean it is not. Whether the provider
+serves the model, and answers well, is learnt from reported outcomes and the circuit breaker.
 """
 
 import asyncio
@@ -11,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 import grpc
+import httpx
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from services.router.core.catalog import BackendKind
@@ -35,6 +38,7 @@ class HealthChecker:
         self._interval_s = interval_s
         self._channel_for = channel_for
         self._task: asyncio.Task[None] | None = None
+        self._http = httpx.AsyncClient(timeout=CHECK_TIMEOUT_S)
 
     async def start(self) -> None:
         """Runs one round of checks, then keeps checking in the background."""
@@ -48,6 +52,7 @@ class HealthChecker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._http.aclose()
 
     async def _loop(self) -> None:
         while True:
@@ -61,11 +66,28 @@ class HealthChecker:
         """Checks every backend once, concurrently."""
         checks = [
             self._check(model.name, backend.id, backend.endpoint, backend.backend_model)
+            if backend.kind is BackendKind.TRITON
+            else self._check_http(model.name, backend.id, backend.endpoint)
             for model in self._router.catalog.models
             for backend in model.backends
-            if backend.kind is BackendKind.TRITON and backend.endpoint
+            if backend.endpoint
         ]
         await asyncio.gather(*checks)
+
+    async def _check_http(self, model: str, backend_id: str, base_url: str) -> None:
+        try:
+            response = await self._http.get(f"{base_url.rstrip('/')}/models")
+        except httpx.HTTPError as error:
+            self._router.set_health(
+                model, backend_id, Health.NOT_SERVING, f"health check: {type(error).__name__}"
+            )
+            return
+        if response.status_code >= 500:
+            self._router.set_health(
+                model, backend_id, Health.NOT_SERVING, f"health check: HTTP {response.status_code}"
+            )
+        else:
+            self._router.set_health(model, backend_id, Health.SERVING)
 
     async def _check(self, model: str, backend_id: str, endpoint: str, backend_model: str) -> None:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel_for(endpoint))

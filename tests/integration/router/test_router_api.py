@@ -15,6 +15,7 @@ from services.common import reasons
 from services.common.status import ParsedError, error_details
 from services.platform.runner import start_platform
 from services.platform.settings import PlatformSettings
+from tests.support.openai_server import OpenAICompatibleServer
 
 pb = router_service_pb2
 
@@ -46,8 +47,10 @@ models:
 
 @pytest.fixture
 async def stub(tmp_path: Path) -> AsyncIterator[Stub]:
+    provider = OpenAICompatibleServer()
+    await provider.start()
     catalog = tmp_path / "catalog.yaml"
-    catalog.write_text(CATALOG)
+    catalog.write_text(CATALOG.replace("http://127.0.0.1:1/v1", provider.base_url))
     settings = PlatformSettings.model_validate(
         {
             "services": ["router"],
@@ -61,6 +64,7 @@ async def stub(tmp_path: Path) -> AsyncIterator[Stub]:
             yield router_service_pb2_grpc.RouterServiceStub(channel)
     finally:
         await platform.stop(grace=0)
+        await provider.stop()
 
 
 async def _error(call: Awaitable[Any]) -> ParsedError:
@@ -186,3 +190,32 @@ async def test_reported_outcomes_feed_statistics_and_the_breaker(stub: Stub) -> 
     decision = (await stub.Route(request)).decision
     assert [c.model for c in decision.candidates] == ["large"]
     assert decision.rejected[0].reason == "no available backend: s-0 circuit open"
+
+
+async def test_openai_compatible_endpoints_are_health_checked(tmp_path: Path) -> None:
+    async with OpenAICompatibleServer(api_key="secret") as provider:
+        catalog = tmp_path / "catalog.yaml"
+        catalog.write_text(
+            CATALOG.replace("http://127.0.0.1:1/v1", provider.base_url, 1)  # small: reachable
+        )
+        settings = PlatformSettings.model_validate(
+            {
+                "services": ["router"],
+                "server": {"port": 0, "grace_seconds": 0},
+                "router": {"catalog_file": str(catalog), "health_check_seconds": 0.2},
+            }
+        )
+        platform = await start_platform(settings)
+        try:
+            async with grpc.aio.insecure_channel(platform.address) as channel:
+                stub = router_service_pb2_grpc.RouterServiceStub(channel)
+                statuses = {
+                    s.backend.id: s
+                    for s in (await stub.GetBackendHealth(pb.GetBackendHealthRequest())).backends
+                }
+        finally:
+            await platform.stop(grace=0)
+    # 401 without a key still proves the endpoint is up; nothing listens on port 1.
+    assert statuses["s-0"].health == router_pb2.HEALTH_STATE_SERVING
+    assert statuses["l-0"].health == router_pb2.HEALTH_STATE_NOT_SERVING
+    assert statuses["l-0"].last_error == "health check: ConnectError"
