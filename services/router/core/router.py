@@ -8,6 +8,8 @@ another replica of the same model before the next model (the failover contract o
 """
 
 import hashlib
+import itertools
+import math
 import random
 import time
 import uuid
@@ -150,6 +152,9 @@ class Router:
             (m, tuple((b, self._live[(m.name, b.id)]) for b in m.backends)) for m in catalog.models
         ]
         """Each model with its backends' live state, in catalog order (the hot loop's view)."""
+        self._id_prefix = uuid.uuid4().hex[:20]
+        self._ids = itertools.count(1)
+        """Decision ids: a random per-router prefix and a counter (unique, and cheap)."""
         self._open: OrderedDict[str, tuple[str, str]] = OrderedDict()
         """decision id -> the (model, backend) counted in flight for it."""
 
@@ -164,18 +169,38 @@ class Router:
         rejected: list[Rejection] = []
         ranked: list[_Ranked] = []
         exclude = request.exclude_backends
+        outputs_after_first = max(request.max_output_tokens - 1, 0)
+        max_first, max_total = request.max_first_token_s, request.max_total_s
+        # The hot loop: every model, every replica. Predictions are inlined (see `_predict`).
         for model, replicas in self._replicas:
             reason, cost = self._rejection(model, request)
             if reason:
                 rejected.append(Rejection(model.name, reason))
                 continue
-            available = [
-                (b, live) for b, live in replicas if b.id not in exclude and live.available
-            ]
+            available: list[_Replica] = []
+            best_first = best_total = math.inf
+            for replica in replicas:
+                backend, live = replica
+                if backend.id in exclude or not live.available:
+                    continue
+                available.append(replica)
+                first_token = live.first_token.ewma
+                if first_token is None:
+                    first_token = model.first_token_target_s
+                per_token = live.per_token.ewma
+                if per_token is None:
+                    per_token = model.per_token_target_s
+                first_token *= 1 + 0.1 * live.in_flight
+                total = first_token + per_token * outputs_after_first
+                if total < best_total:
+                    best_first, best_total = first_token, total
             if not available:
                 rejected.append(Rejection(model.name, self._no_backend(model, request)))
                 continue
-            ranked.append(self._estimate(model, request, available, cost))
+            misses = (max_first is not None and best_first > max_first) or (
+                max_total is not None and best_total > max_total
+            )
+            ranked.append(_Ranked(model, cost, best_first, best_total, misses, available))
         if not ranked:
             raise FailedPrecondition(
                 "no model qualifies: " + "; ".join(f"{r.model}: {r.reason}" for r in rejected),
@@ -187,7 +212,7 @@ class Router:
             c for position, r in enumerate(ordered) for c in self._candidates(r, policy, position)
         ]
         decision = Decision(
-            decision_id=uuid.uuid4().hex,
+            decision_id=f"{self._id_prefix}{next(self._ids):012x}",
             policy=policy,
             candidates=tuple(candidates),
             rejected=tuple(rejected),
@@ -237,28 +262,6 @@ class Router:
             for b in model.backends
         ]
         return "no available backend: " + ", ".join(parts)
-
-    def _estimate(
-        self, model: ModelEntry, request: RouteRequest, available: list[_Replica], cost: Decimal
-    ) -> _Ranked:
-        outputs = request.max_output_tokens
-        if len(available) == 1:
-            first_token_s, total_s = _predict(model, available[0][1], outputs)
-        else:
-            first_token_s, total_s = min(
-                (_predict(model, live, outputs) for _, live in available), key=lambda p: p[1]
-            )
-        misses = (
-            request.max_first_token_s is not None and first_token_s > request.max_first_token_s
-        ) or (request.max_total_s is not None and total_s > request.max_total_s)
-        return _Ranked(
-            model=model,
-            cost=cost,
-            first_token_s=first_token_s,
-            total_s=total_s,
-            misses_target=misses,
-            backends=available,
-        )
 
     def _order(self, ranked: list[_Ranked], policy: Policy, request: RouteRequest) -> list[_Ranked]:
         match policy:
