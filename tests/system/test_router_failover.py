@@ -149,7 +149,10 @@ async def test_a_killed_replica_loses_no_request_before_its_first_token(tmp_path
                         await health.GetBackendHealth(router_service_pb2.GetBackendHealthRequest())
                     ).backends
                 }
-                assert statuses["replica-a"].health == router_pb2.HEALTH_STATE_NOT_SERVING
+                killed = statuses["replica-a"]
+                assert killed.health == router_pb2.HEALTH_STATE_NOT_SERVING
+                assert killed.failure_count >= 1  # the interrupted streams were reported
+                breaker = router_pb2.CircuitState.Name(killed.circuit)
                 phase[0] = "restarting"
                 await a.start(
                     repository,
@@ -190,7 +193,8 @@ async def test_a_killed_replica_loses_no_request_before_its_first_token(tmp_path
         for at in ("before", "after kill", "restarting", "after restart")
     }
     print(
-        f"\nfailover: {summary}; replica-a serving again {rejoined_s * 1000:.0f} ms after restart"
+        f"\nfailover: {summary}; killed replica: {killed.failure_count} failures reported, "
+        f"circuit {breaker}; serving again {rejoined_s * 1000:.0f} ms after restart"
     )
     assert lost == []  # nothing that had not streamed a token failed
     assert summary["before"]["a"] > 0
