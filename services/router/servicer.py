@@ -8,6 +8,7 @@ from genai.router.v1 import router_pb2, router_service_pb2, router_service_pb2_g
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common import reasons
 from services.common.errors import FieldViolation, InvalidArgument, NotFound
 from services.common.grpc_types import ServicerContext
 from services.router.core.catalog import BackendKind, Capability, ModelEntry
@@ -102,7 +103,7 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
         if model is None:
             raise NotFound(
                 f"no catalog model named {request.name!r}",
-                reason="MODEL_NOT_FOUND",
+                reason=reasons.MODEL_NOT_FOUND,
                 metadata={"model": request.name},
             )
         return pb.GetModelResponse(model=self._model(model))

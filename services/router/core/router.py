@@ -14,7 +14,7 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -453,8 +453,3 @@ def _validate(request: RouteRequest, catalog: Catalog) -> None:
             reason=reasons.MODEL_NOT_FOUND,
             metadata={"model": request.model},
         )
-
-
-def excluded(backends: Sequence[str]) -> frozenset[str]:
-    """The set form of a request's excluded backend ids."""
-    return frozenset(backends)
