@@ -14,6 +14,7 @@ Catalog file layout (see `services/router/catalog.yaml`, the shipped one):
         quality_tier: 2
         latency_targets: {first_token_ms: 150, per_output_token_ms: 75}
         weight: 1
+        pinned_only: false         # true: only requests that pin it by name
         backends:
           - {id: triton-0, kind: triton, endpoint: "", backend_model: ensemble}
 """
@@ -77,6 +78,9 @@ class ModelEntrySettings(Settings):
     quality_tier: int = Field(default=1, ge=1, le=10)
     latency_targets: LatencyTargetSettings = Field(default_factory=LatencyTargetSettings)
     weight: float = Field(default=1.0, ge=0)
+    pinned_only: bool = Field(
+        default=False, description="Route only requests that pin this model by name."
+    )
     backends: tuple[BackendEntrySettings, ...] = Field(default=(), min_length=1)
 
     @field_validator("name")
@@ -173,6 +177,7 @@ def catalog_from_settings(settings: CatalogSettings, *, local_triton: str = "") 
                 first_token_target_s=m.latency_targets.first_token_ms / 1000,
                 per_token_target_s=m.latency_targets.per_output_token_ms / 1000,
                 weight=m.weight,
+                pinned_only=m.pinned_only,
                 backends=tuple(
                     BackendEntry(
                         id=b.id,

@@ -54,6 +54,8 @@ class ModelEntry:
     """Expected time per output token after the first."""
     weight: float
     backends: tuple[BackendEntry, ...]
+    pinned_only: bool = False
+    """Routed only to requests that pin it by name (test and benchmark models)."""
 
     def cost(self, input_tokens: int, output_tokens: int) -> Decimal:
         """What a request costs at catalog prices."""

@@ -235,6 +235,8 @@ class Router:
     def _rejection_reason(self, model: ModelEntry, request: RouteRequest, cost: Decimal) -> str:
         if request.model and model.name != request.model:
             return f"not the pinned model {request.model}"
+        if model.pinned_only and not request.model:
+            return "routed only when pinned by name"
         missing = request.required - model.capabilities
         if missing:
             return "lacks " + ", ".join(sorted(c.value for c in missing))

@@ -318,6 +318,14 @@ def test_the_shipped_catalog_loads(tmp_path: Path) -> None:
     catalog = load_catalog(DEFAULT_CATALOG, local_triton="127.0.0.1:8001")
     assert [m.name for m in catalog.models] == ["smollm2-135m-instruct", "zero"]
     assert catalog.models[0].backends[0].endpoint == "127.0.0.1:8001"
+    router = Router(catalog)
+    decision = router.route(RouteRequest(100, 100, Policy.COST))
+    assert [c.model.name for c in decision.candidates] == ["smollm2-135m-instruct"]
+    assert [(r.model, r.reason) for r in decision.rejected] == [
+        ("zero", "routed only when pinned by name")
+    ]
+    pinned = router.route(RouteRequest(100, 100, model="zero"))
+    assert [c.model.name for c in pinned.candidates] == ["zero"]
 
     bad = tmp_path / "catalog.yaml"
     bad.write_text(
