@@ -51,6 +51,8 @@ NO_ELIGIBLE_MODEL: Final = "NO_ELIGIBLE_MODEL"
 """No catalog model satisfies the request; the metadata says why each model was rejected."""
 STREAM_INTERRUPTED: Final = "STREAM_INTERRUPTED"
 """The backend failed after tokens had streamed; the tokens sent are accounted."""
+OUTPUT_SCHEMA_VIOLATION: Final = "OUTPUT_SCHEMA_VIOLATION"
+"""The final output did not validate against the prompt version's output JSON schema."""
 
 PROMPT_NOT_FOUND: Final = "PROMPT_NOT_FOUND"
 """No prompt with that name exists in the caller's tenant."""
@@ -93,6 +95,7 @@ ALL_REASONS: Final = frozenset(
         BACKEND_ERROR,
         NO_ELIGIBLE_MODEL,
         STREAM_INTERRUPTED,
+        OUTPUT_SCHEMA_VIOLATION,
         PROMPT_NOT_FOUND,
         PROMPT_VERSION_NOT_FOUND,
         LABEL_NOT_FOUND,

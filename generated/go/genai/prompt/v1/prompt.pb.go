@@ -920,7 +920,9 @@ type RedactionPattern struct {
 
 	// Required. Name of the rule, used in the replacement and in metrics.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// Required. An RE2-compatible regular expression; at most 512 characters.
+	// Required. A regular expression in Python `re` syntax (which covers the
+	// common subset of RE2 and PCRE; `\pL`-style classes are not supported);
+	// at most 512 characters; it must not match the empty string.
 	Regex string `protobuf:"bytes,2,opt,name=regex,proto3" json:"regex,omitempty"`
 	// The most characters one match can span, which bounds how much streamed
 	// output is held back while a match may still be forming; in [1, 256].

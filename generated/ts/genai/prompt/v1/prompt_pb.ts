@@ -421,7 +421,9 @@ export type RedactionPattern = Message<"genai.prompt.v1.RedactionPattern"> & {
   name: string;
 
   /**
-   * Required. An RE2-compatible regular expression; at most 512 characters.
+   * Required. A regular expression in Python `re` syntax (which covers the
+   * common subset of RE2 and PCRE; `\pL`-style classes are not supported);
+   * at most 512 characters; it must not match the empty string.
    *
    * @generated from field: string regex = 2;
    */
