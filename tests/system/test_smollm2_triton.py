@@ -45,7 +45,7 @@ def model_dir() -> Path:
         try:
             return prepare(quiet=True)
         except PrepareError as error:
-            pytest.skip(f"SmolLM2 cannot be prepared here: {error}")
+            pytest.fail(f"SmolLM2 is not prepared (run scripts/setup models): {error}")
 
 
 @pytest.fixture(scope="module")
