@@ -146,9 +146,15 @@ def validate_config(config: ProcessingConfig) -> None:
     Field names are those of `genai.prompt.v1.PromptVersion` (`parameters.stop[0]`,
     `processing.pii_redaction.patterns[1].regex`, `output_schema`).
     """
-    violations = _config_violations(config)
+    violations = config_violations(config)
     if violations:
         raise InvalidArgument(violations=violations)
+
+
+def config_violations(config: ProcessingConfig, prefix: str = "") -> list[FieldViolation]:
+    """Every problem of a configuration (see `validate_config`), field names after `prefix`
+    (the prompt registry checks a version's configuration with `prefix="version."`)."""
+    return [FieldViolation(prefix + v.field, v.description) for v in _config_violations(config)]
 
 
 def _config_violations(config: ProcessingConfig) -> list[FieldViolation]:

@@ -21,6 +21,13 @@ from jsonschema.exceptions import SchemaError
 
 from services.common import reasons
 from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from services.gateway.core.processing import (
+    PiiKind,
+    PiiRedaction,
+    ProcessingConfig,
+    RedactionPattern,
+    config_violations,
+)
 from services.prompt.core.model import (
     UNSET,
     JsonObject,
@@ -230,6 +237,7 @@ class PromptRegistry:
         messages, variables, shape = parse_content(new.content)
         template_problems = shape or check_version(messages, variables)
         violations += output_schema_violations(new.content.get("output_schema"))
+        violations += processing_violations(new.content)
         if violations or template_problems:
             reason = reasons.TEMPLATE_INVALID if template_problems else None
             raise InvalidArgument(violations=[*violations, *template_problems], reason=reason)
@@ -445,6 +453,45 @@ def output_schema_violations(schema: Any) -> list[FieldViolation]:
             )
         ]
     return []
+
+
+def processing_violations(content: JsonObject) -> list[FieldViolation]:
+    """What the gateway's response processing would reject in a version (stop sequences,
+    maximum length, PII kinds and redaction patterns), so such a version never gets a number.
+    The output schema is checked by `output_schema_violations`."""
+    parameters = content.get("parameters")
+    processing = content.get("processing")
+    stop = _list(parameters.get("stop")) if isinstance(parameters, Mapping) else []
+    processing = processing if isinstance(processing, Mapping) else {}
+    redaction = processing.get("pii_redaction")
+    redaction = redaction if isinstance(redaction, Mapping) else {}
+    violations = []
+    kinds = []
+    for index, kind in enumerate(_list(redaction.get("kinds"))):
+        name = str(kind).removeprefix("PII_KIND_")
+        if name in PiiKind.__members__:
+            kinds.append(PiiKind[name])
+        else:
+            violations.append(
+                FieldViolation(f"version.processing.pii_redaction.kinds[{index}]", "is not set")
+            )
+    config = ProcessingConfig(
+        stop=tuple(str(s) for s in stop),
+        max_output_chars=int(processing.get("max_output_chars", 0)),
+        pii_redaction=PiiRedaction(
+            kinds=tuple(kinds),
+            patterns=tuple(
+                RedactionPattern(
+                    name=str(p.get("name", "")),
+                    regex=str(p.get("regex", "")),
+                    max_match_length=int(p.get("max_match_length", 0)),
+                )
+                for p in _list(redaction.get("patterns"))
+                if isinstance(p, Mapping)
+            ),
+        ),
+    )
+    return violations + config_violations(config, prefix="version.")
 
 
 def diff_content(old: JsonObject, new: JsonObject) -> list[Change]:

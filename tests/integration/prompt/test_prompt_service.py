@@ -423,3 +423,31 @@ async def test_an_output_schema_must_be_a_valid_json_schema(stub: Stub) -> None:
         pb.CreatePromptVersionRequest(prompt="extract", version=version)
     )
     assert created.version.output_schema.fields["type"].string_value == "object"
+
+
+async def test_response_processing_that_the_gateway_would_reject_gets_no_version(
+    stub: Stub,
+) -> None:
+    await stub.CreatePrompt(pb.CreatePromptRequest(prompt=prompt_pb2.Prompt(name="redacting")))
+    version = _version("Answer politely.")
+    version.parameters.stop.append("")
+    json_format.ParseDict(
+        {
+            "pii_redaction": {
+                "kinds": ["PII_KIND_EMAIL", "PII_KIND_UNSPECIFIED"],
+                "patterns": [{"name": "ticket", "regex": "TICKET-(\\d+", "max_match_length": 20}],
+            }
+        },
+        version.processing,
+    )
+    error = await _fails(
+        stub.CreatePromptVersion(pb.CreatePromptVersionRequest(prompt="redacting", version=version))
+    )
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert sorted(v.field for v in error.field_violations) == [
+        "version.parameters.stop[0]",
+        "version.processing.pii_redaction.kinds[1]",
+        "version.processing.pii_redaction.patterns[0].regex",
+    ]
+    listed = await stub.ListPromptVersions(pb.ListPromptVersionsRequest(prompt="redacting"))
+    assert list(listed.versions) == []
