@@ -5,10 +5,10 @@ from contextlib import aclosing
 
 from genai.common.v1 import chat_pb2, generation_pb2
 from genai.inference.v1 import inference_pb2, inference_service_pb2, inference_service_pb2_grpc
-from google.protobuf.duration_pb2 import Duration
 
 from services.common.errors import FieldViolation, InvalidArgument
 from services.common.grpc_types import ServicerContext
+from services.common.wire import duration, next_offset_token, offset_page
 from services.inference.core.engine import BackendStatus, Delta, Finished, InferenceEngine, Started
 from services.inference.core.model import (
     ChatTurn,
@@ -20,8 +20,6 @@ from services.inference.core.model import (
 )
 
 SERVICE_NAME = "genai.inference.v1.InferenceService"
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 
 _ROLES = {
     chat_pb2.CHAT_ROLE_SYSTEM: "system",
@@ -117,13 +115,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         self, request: inference_service_pb2.ListModelsRequest, context: ServicerContext
     ) -> inference_service_pb2.ListModelsResponse:
         """One page of every model on every backend."""
-        offset, size = _page(request.page_size, request.page_token)
+        offset, size = offset_page(request.page_size, request.page_token)
         statuses = await self._engine.status()
         page = statuses[offset : offset + size]
-        next_offset = offset + len(page)
         return inference_service_pb2.ListModelsResponse(
             models=[_served(s) for s in page],
-            next_page_token=str(next_offset) if next_offset < len(statuses) else "",
+            next_page_token=next_offset_token(offset, len(page), len(statuses)),
         )
 
     async def GetModelStatus(
@@ -167,12 +164,6 @@ def _generation(request: GenerationMessage) -> GenerationRequest:
     )
 
 
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(round(seconds * 1e9))
-    return duration
-
-
 def _final(event: Finished) -> inference_pb2.GenerationFinal:
     return inference_pb2.GenerationFinal(
         finish_reason=_FINISH_REASONS[event.finish_reason],
@@ -180,8 +171,8 @@ def _final(event: Finished) -> inference_pb2.GenerationFinal:
             input_tokens=event.input_tokens, output_tokens=event.output_tokens
         ),
         timings=generation_pb2.GenerationTimings(
-            first_token_duration=_duration(event.first_token_seconds),
-            total_duration=_duration(event.total_seconds),
+            first_token_duration=duration(event.first_token_seconds),
+            total_duration=duration(event.total_seconds),
         ),
         model=event.model,
         backend_id=event.backend_id,
@@ -201,18 +192,3 @@ def _served(status: BackendStatus) -> inference_pb2.ServedModel:
         in_flight=status.in_flight,
         max_in_flight=status.backend.max_in_flight,
     )
-
-
-def _page(page_size: int, page_token: str) -> tuple[int, int]:
-    violations = []
-    if not 0 <= page_size <= MAX_PAGE_SIZE:
-        violations.append(FieldViolation("page_size", f"must be in [0, {MAX_PAGE_SIZE}]"))
-    offset = 0
-    if page_token:
-        if not page_token.isdigit():
-            violations.append(FieldViolation("page_token", "is not a token this service issued"))
-        else:
-            offset = int(page_token)
-    if violations:
-        raise InvalidArgument(violations=violations)
-    return offset, page_size or DEFAULT_PAGE_SIZE

@@ -6,17 +6,16 @@ the caller's subject as their actor.
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
-from datetime import datetime
 from typing import Any
 
 from genai.common.v1 import chat_pb2
 from genai.prompt.v1 import prompt_pb2, prompt_service_pb2, prompt_service_pb2_grpc
 from google.protobuf import json_format, struct_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.auth import current_principal
 from services.common.errors import FieldViolation, InvalidArgument
 from services.common.grpc_types import ServicerContext
+from services.common.wire import timestamp
 from services.prompt.core.model import (
     UNSET,
     Label,
@@ -308,7 +307,7 @@ def version_proto(version: PromptVersion) -> prompt_pb2.PromptVersion:
     message.author = version.author
     message.commit_message = version.commit_message
     message.content_hash = version.content_hash
-    message.create_time.CopyFrom(_timestamp(version.create_time))
+    message.create_time.CopyFrom(timestamp(version.create_time))
     return message
 
 
@@ -334,12 +333,6 @@ def _gate(prompt: prompt_pb2.Prompt) -> Mapping[str, Any] | None:
     return json_format.MessageToDict(prompt.evaluation_gate, preserving_proto_field_name=True)
 
 
-def _timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 def _prompt(prompt: Prompt) -> prompt_pb2.Prompt:
     message = prompt_pb2.Prompt(
         name=prompt.name,
@@ -348,8 +341,8 @@ def _prompt(prompt: Prompt) -> prompt_pb2.Prompt:
         latest_version=prompt.latest_version,
         labels=dict(prompt.labels),
         protected_labels=list(prompt.protected_labels),
-        create_time=_timestamp(prompt.create_time),
-        update_time=_timestamp(prompt.update_time),
+        create_time=timestamp(prompt.create_time),
+        update_time=timestamp(prompt.update_time),
     )
     if prompt.evaluation_gate is not None:
         json_format.ParseDict(dict(prompt.evaluation_gate), message.evaluation_gate)
@@ -362,7 +355,7 @@ def _label(label: Label) -> prompt_pb2.Label:
         name=label.name,
         version=label.version,
         protected=label.protected,
-        update_time=_timestamp(label.update_time),
+        update_time=timestamp(label.update_time),
     )
 
 
@@ -376,7 +369,7 @@ def _event(event: LabelEvent) -> prompt_pb2.LabelEvent:
         to_version=event.to_version,
         actor=event.actor,
         reason=event.reason,
-        event_time=_timestamp(event.event_time),
+        event_time=timestamp(event.event_time),
     )
 
 

@@ -22,11 +22,11 @@ import grpc
 from genai.common.v1 import generation_pb2
 from genai.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from genai.router.v1 import router_pb2, router_service_pb2, router_service_pb2_grpc
-from google.protobuf.duration_pb2 import Duration
 
 from services.common import reasons
 from services.common.errors import Unavailable
 from services.common.status import error_details
+from services.common.wire import duration
 
 if TYPE_CHECKING:
     RouterStub = router_service_pb2_grpc.RouterServiceAsyncStub
@@ -210,14 +210,14 @@ class RoutedGenerator:
             model=candidate.model,
             backend_id=candidate.backend.id,
             result=result,
-            total_duration=_duration(self._clock() - started),
+            total_duration=duration(self._clock() - started),
             usage=generation_pb2.TokenUsage(
                 input_tokens=record.usage.input_tokens, output_tokens=output_tokens
             ),
             error=text[:1000],
         )
         if first_token is not None:
-            report.first_token_duration.CopyFrom(_duration(first_token - started))
+            report.first_token_duration.CopyFrom(duration(first_token - started))
         try:
             await self._router.ReportOutcome(report, timeout=2.0)
         except grpc.aio.AioRpcError as report_error:
@@ -226,9 +226,3 @@ class RoutedGenerator:
 
 def _left(deadline: float | None, clock: Callable[[], float]) -> float | None:
     return None if deadline is None else max(deadline - clock(), 0.0)
-
-
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(round(max(seconds, 0.0) * 1e9))
-    return duration

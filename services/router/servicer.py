@@ -6,11 +6,11 @@ from decimal import Decimal
 from genai.common.v1 import money_pb2, routing_pb2
 from genai.router.v1 import router_pb2, router_service_pb2, router_service_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common import reasons
 from services.common.errors import FieldViolation, InvalidArgument, NotFound
 from services.common.grpc_types import ServicerContext
+from services.common.wire import duration, next_offset_token, offset_page, seconds, timestamp
 from services.router.core.catalog import BackendKind, Capability, ModelEntry
 from services.router.core.live import Circuit, Health, Outcome
 from services.router.core.router import (
@@ -23,8 +23,6 @@ from services.router.core.router import (
 )
 
 SERVICE_NAME = "genai.router.v1.RouterService"
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 NANOS = Decimal(1_000_000_000)
 
 pb = router_service_pb2
@@ -76,21 +74,12 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
         self, request: pb.ListModelsRequest, context: ServicerContext
     ) -> pb.ListModelsResponse:
         """One page of the catalog in name order."""
-        violations = []
-        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
-            violations.append(FieldViolation("page_size", f"must be in [0, {MAX_PAGE_SIZE}]"))
-        token = request.page_token
-        if token and not token.isdigit():
-            violations.append(FieldViolation("page_token", "is not a token this service issued"))
-        if violations:
-            raise InvalidArgument(violations=violations)
+        offset, size = offset_page(request.page_size, request.page_token)
         models = sorted(self._router.catalog.models, key=lambda m: m.name)
-        offset, size = int(token or 0), request.page_size or DEFAULT_PAGE_SIZE
         page = models[offset : offset + size]
-        after = offset + len(page)
         return pb.ListModelsResponse(
             models=[self._model(m) for m in page],
-            next_page_token=str(after) if after < len(models) else "",
+            next_page_token=next_offset_token(offset, len(page), len(models)),
         )
 
     async def GetModel(
@@ -146,10 +135,10 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
                 backend_id=request.backend_id,
                 outcome=outcome,
                 decision_id=request.decision_id,
-                first_token_s=_seconds(request.first_token_duration)
+                first_token_s=seconds(request.first_token_duration)
                 if request.HasField("first_token_duration")
                 else None,
-                total_s=_seconds(request.total_duration)
+                total_s=seconds(request.total_duration)
                 if request.HasField("total_duration")
                 else None,
                 output_tokens=request.usage.output_tokens,
@@ -200,12 +189,10 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
             required=frozenset(required),
             min_quality_tier=p.min_quality_tier,
             max_cost=max_cost,
-            max_first_token_s=_seconds(p.max_first_token_duration)
+            max_first_token_s=seconds(p.max_first_token_duration)
             if p.HasField("max_first_token_duration")
             else None,
-            max_total_s=_seconds(p.max_total_duration)
-            if p.HasField("max_total_duration")
-            else None,
+            max_total_s=seconds(p.max_total_duration) if p.HasField("max_total_duration") else None,
             unit_id=request.unit_id,
             prompt=request.prompt,
             exclude_backends=frozenset(request.exclude_backends),
@@ -228,8 +215,8 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
             output_price_per_million_tokens=self._money(model.output_price),
             quality_tier=model.quality_tier,
             latency_targets=router_pb2.LatencyTargets(
-                first_token_duration=_duration(model.first_token_target_s),
-                per_output_token_duration=_duration(model.per_token_target_s),
+                first_token_duration=duration(model.first_token_target_s),
+                per_output_token_duration=duration(model.per_token_target_s),
             ),
             weight=model.weight,
             backends=[
@@ -248,8 +235,8 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
                 id=b.id, kind=_KINDS[b.kind], endpoint=b.endpoint, backend_model=b.backend_model
             ),
             estimated_cost=self._money(candidate.estimated_cost),
-            predicted_first_token_duration=_duration(candidate.predicted_first_token_s),
-            predicted_total_duration=_duration(candidate.predicted_total_s),
+            predicted_first_token_duration=duration(candidate.predicted_first_token_s),
+            predicted_total_duration=duration(candidate.predicted_total_s),
             reason=candidate.reason,
         )
 
@@ -276,9 +263,9 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
             last_error=live.last_error,
         )
         if live.last_check_time is not None:
-            stamp = Timestamp()
-            stamp.FromDatetime(datetime.fromtimestamp(live.last_check_time, tz=UTC))
-            message.last_check_time.CopyFrom(stamp)
+            message.last_check_time.CopyFrom(
+                timestamp(datetime.fromtimestamp(live.last_check_time, tz=UTC))
+            )
         return message
 
 
@@ -286,15 +273,5 @@ def _decimal(money: money_pb2.Money) -> Decimal:
     return Decimal(money.units) + Decimal(money.nanos) / NANOS
 
 
-def _seconds(duration: Duration) -> float:
-    return duration.ToNanoseconds() / 1e9
-
-
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(round(seconds * 1e9))
-    return duration
-
-
-def _optional_duration(seconds: float | None) -> Duration | None:
-    return None if seconds is None else _duration(seconds)
+def _optional_duration(value: float | None) -> Duration | None:
+    return None if value is None else duration(value)

@@ -1,0 +1,51 @@
+"""Small conversions every servicer needs at the proto edge: durations, timestamps and
+offset-based page tokens."""
+
+from datetime import datetime
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.common.errors import FieldViolation, InvalidArgument
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def duration(seconds: float) -> Duration:
+    """`seconds` as a Duration, to the nanosecond (negative values become zero)."""
+    message = Duration()
+    message.FromNanoseconds(round(max(seconds, 0.0) * 1e9))
+    return message
+
+
+def seconds(message: Duration) -> float:
+    """A Duration in seconds."""
+    return message.ToNanoseconds() / 1e9
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    """A timezone-aware datetime as a Timestamp."""
+    message = Timestamp()
+    message.FromDatetime(moment)
+    return message
+
+
+def offset_page(page_size: int, page_token: str) -> tuple[int, int]:
+    """(offset, size) of a page request whose tokens are offsets this service issued; raises
+    `InvalidArgument` naming every bad field."""
+    violations = []
+    if not 0 <= page_size <= MAX_PAGE_SIZE:
+        violations.append(FieldViolation("page_size", f"must be in [0, {MAX_PAGE_SIZE}]"))
+    if page_token and not page_token.isdigit():
+        violations.append(FieldViolation("page_token", "is not a token this service issued"))
+    if violations:
+        raise InvalidArgument(violations=violations)
+    return int(page_token or 0), page_size or DEFAULT_PAGE_SIZE
+
+
+def next_offset_token(offset: int, returned: int, total: int) -> str:
+    """The token of the page after one that returned `returned` of `total` items from
+    `offset`; empty on the last page."""
+    after = offset + returned
+    return str(after) if after < total else ""
