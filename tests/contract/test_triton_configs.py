@@ -923,11 +923,9 @@ class StandinRepository:
 @pytest.fixture(scope="module")
 def standin_repository(tmp_path_factory: pytest.TempPathFactory) -> StandinRepository:
     """The filled inflight_batcher_llm repository, tensorrt_llm a Python stand-in."""
-    prepare = pytest.importorskip("genai_triton.prepare")
-    try:
-        tokenizer_dir = prepare.prepared_model_dir()
-    except prepare.PrepareError as error:
-        pytest.fail(f"SmolLM2 is not prepared (run scripts/setup models): {error}")
+    from tests.support.smollm2 import smollm2_dir
+
+    tokenizer_dir = smollm2_dir()
     root = tmp_path_factory.mktemp("gpu-standin")
     repo, stop_dir = root / "repo", root / "stopped"
     stop_dir.mkdir()
@@ -1070,8 +1068,9 @@ def test_a_built_engine_serves_the_facade(tmp_path: Path) -> None:
             )
     if _tensorrtllm_backend() is None:
         pytest.skip("no tensorrtllm Triton backend")
-    prepare = pytest.importorskip("genai_triton.prepare")
-    hf_model = prepare.prepared_model_dir()
+    from tests.support.smollm2 import smollm2_dir
+
+    hf_model = smollm2_dir()
     from services.inference.adapters.tritonserver import pick_free_ports
     from tests.support.triton import generation_inputs, stream_generation
 

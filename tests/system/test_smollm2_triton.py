@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
-from genai_triton.prepare import PrepareError, prepare, prepared_model_dir
 from genai_triton.tokenization import TextTokenizer
 from tritonclient.utils import InferenceServerException
 
 from services.inference.adapters.tritonserver import TritonServer
+from tests.support.smollm2 import smollm2_dir
 from tests.support.triton import (
     Chunk,
     generation_inputs,
@@ -39,13 +39,7 @@ QUESTION = "What is the capital of France?"
 
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
-    try:
-        return prepared_model_dir()
-    except PrepareError:
-        try:
-            return prepare(quiet=True)
-        except PrepareError as error:
-            pytest.fail(f"SmolLM2 is not prepared (run scripts/setup models): {error}")
+    return smollm2_dir()
 
 
 @pytest.fixture(scope="module")

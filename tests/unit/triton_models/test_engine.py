@@ -28,8 +28,9 @@ from genai_triton.engine import (
     Update,
     load_model,
 )
-from genai_triton.prepare import PrepareError, prepare, prepared_model_dir
 from genai_triton.tokenization import TextTokenizer
+
+from tests.support.smollm2 import smollm2_dir
 
 QUESTIONS = (
     "What is the capital of France?",
@@ -42,13 +43,7 @@ REPEAT = "Repeat the word hello ten times."
 
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
-    try:
-        return prepared_model_dir()
-    except PrepareError:
-        try:
-            return prepare(quiet=True)
-        except PrepareError as error:
-            pytest.fail(f"SmolLM2 is not prepared (run scripts/setup models): {error}")
+    return smollm2_dir()
 
 
 @pytest.fixture(scope="module")

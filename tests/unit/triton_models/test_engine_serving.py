@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 from genai_triton import facade, serving
-from genai_triton.prepare import PrepareError, prepare, prepared_model_dir
 from genai_triton.tokenization import TextTokenizer
 from numpy.typing import NDArray
+
+from tests.support.smollm2 import smollm2_dir
 
 FINAL = 1
 
@@ -199,13 +200,7 @@ def args(name: str, **parameters: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
-    try:
-        return prepared_model_dir()
-    except PrepareError:
-        try:
-            return prepare(quiet=True)
-        except PrepareError as error:
-            pytest.fail(f"SmolLM2 is not prepared (run scripts/setup models): {error}")
+    return smollm2_dir()
 
 
 @pytest.fixture(scope="module")

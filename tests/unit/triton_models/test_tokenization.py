@@ -4,11 +4,8 @@ and held back, word lists round-trip."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from genai_triton.prepare import PrepareError, prepare, prepared_model_dir
 from genai_triton.tokenization import (
     REPLACEMENT,
     IncrementalDetokenizer,
@@ -19,6 +16,8 @@ from genai_triton.tokenization import (
     word_list,
     word_variants,
 )
+
+from tests.support.smollm2 import smollm2_dir
 
 TEXTS = (
     " Hello world, this is a test.",
@@ -32,14 +31,7 @@ TEXTS = (
 
 @pytest.fixture(scope="module")
 def tokenizer() -> TextTokenizer:
-    try:
-        directory: Path = prepared_model_dir()
-    except PrepareError:
-        try:
-            directory = prepare(quiet=True)
-        except PrepareError as error:
-            pytest.fail(f"SmolLM2 is not prepared (run scripts/setup models): {error}")
-    return TextTokenizer(directory)
+    return TextTokenizer(smollm2_dir())
 
 
 def test_multibyte_texts_split_inside_characters(tokenizer: TextTokenizer) -> None:
