@@ -179,6 +179,8 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
                         f"must be {self._currency}, the catalog's currency",
                     )
                 )
+        if p.policy != routing_pb2.ROUTING_POLICY_UNSPECIFIED and p.policy not in _POLICIES:
+            violations.append(FieldViolation("preferences.policy", "is not a routing policy"))
         if violations:
             raise InvalidArgument(violations=violations)
         return RouteRequest(

@@ -135,6 +135,7 @@ async def test_nothing_eligible_and_bad_requests_are_precise(stub: Stub) -> None
                 input_tokens=-1,
                 max_output_tokens=10,
                 preferences=routing_pb2.RoutingPreferences(
+                    policy=99,  # type: ignore[arg-type]
                     required_capabilities=[routing_pb2.CAPABILITY_UNSPECIFIED],
                     max_cost=money_pb2.Money(currency_code="EUR", units=1),
                 ),
@@ -143,6 +144,7 @@ async def test_nothing_eligible_and_bad_requests_are_precise(stub: Stub) -> None
     )
     assert bad.code == grpc.StatusCode.INVALID_ARGUMENT
     assert {v.field for v in bad.field_violations} == {
+        "preferences.policy",
         "preferences.required_capabilities[0]",
         "preferences.max_cost.currency_code",
     }
