@@ -1,41 +1,30 @@
 """The prompt registry's storage: one SQL layer (SQLAlchemy Core, async) over SQLite and PostgreSQL.
 
-- SQLite (`sqlite+aiosqlite:///path.db`) is the embedded default: WAL journal (switched on by
-  `migrate`), synchronous FULL
-  (a committed transaction survives a killed process and a crashed machine), foreign keys on.
-  Every write transaction starts with `BEGIN IMMEDIATE`, taking the database's write lock up
-  front, so concurrent writers queue (busy timeout) instead of failing on lock upgrades.
-- PostgreSQL (`postgresql+asyncpg://...`) serves several replicas: writes lock the prompt's row
-  (`SELECT ... FOR UPDATE`), which serializes version numbers and label moves per prompt.
+The engine settings (SQLite WAL, synchronous FULL, `BEGIN IMMEDIATE` writes; PostgreSQL
+pooling) and the migration machinery are `services.common.sql`'s. PostgreSQL writes lock the
+prompt's row (`SELECT ... FOR UPDATE`), which serializes version numbers and label moves per
+prompt.
 
-Either way a version number is `latest_version + 1` read and written under that lock in one
+On both databases a version number is `latest_version + 1` read and written under that lock in one
 transaction with the version row: numbers are gapless and unique, and a killed process leaves
 either the whole version or nothing. Label moves check their precondition and append to the
 event log in the same transaction.
 
-Schema changes are numbered migrations applied at start-up (`migrate`), each in a transaction,
-recorded in `schema_migrations`; concurrent starters serialize on a lock.
+Schema changes are the numbered `MIGRATIONS`, recorded in `schema_migrations`.
 """
 
-import asyncio
-import fcntl
 import json
-import sqlite3
-import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common import reasons
 from services.common.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
+from services.common.sql import Migration, SqlStore, create_engine, now_us, time_from_us
 from services.prompt.core.model import (
     UNSET,
     Label,
@@ -112,23 +101,6 @@ label_events = sa.Table(
     sa.Index("ix_label_events_tenant", "tenant_id", "sequence"),
 )
 
-schema_migrations = sa.Table(
-    "schema_migrations",
-    sa.MetaData(),
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("name", sa.String(128), nullable=False),
-    sa.Column("applied_at_us", sa.BigInteger, nullable=False),
-)
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One schema change, applied once, in a transaction."""
-
-    version: int
-    name: str
-    apply: Callable[[SyncConnection], None]
-
 
 def _initial_schema(connection: SyncConnection) -> None:
     metadata.create_all(connection)
@@ -137,118 +109,20 @@ def _initial_schema(connection: SyncConnection) -> None:
 MIGRATIONS: Final[Sequence[Migration]] = (Migration(1, "initial schema", _initial_schema),)
 """Every migration, in order. Append; never edit one that has shipped."""
 
-_PG_MIGRATION_LOCK: Final = 0x67656E6169  # pg_advisory_xact_lock key: "genai"
+_now_us = now_us
+_time = time_from_us
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def _time(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1e6, tz=UTC)
-
-
-def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
-    """An engine for `url` with the settings this store relies on (see the module docstring);
-    `schema` sets PostgreSQL's search path (several registries in one database)."""
-    if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30.0})
-        _configure_sqlite(engine)
-        return engine
-    connect_args = {"server_settings": {"search_path": schema}} if schema else {}
-    return create_async_engine(
-        url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=connect_args
-    )
-
-
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
-    def connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let this module issue BEGIN itself (the driver's implicit BEGIN is deferred).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        for pragma in (
-            "PRAGMA busy_timeout=30000",
-            "PRAGMA synchronous=FULL",
-            "PRAGMA foreign_keys=ON",
-        ):
-            cursor.execute(pragma)
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def begin(connection: SyncConnection) -> None:
-        write = connection.get_execution_options().get("genai_write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-
-def _prepare_sqlite_file(path: str) -> None:
-    """Switches a SQLite file to WAL (a lasting property of the file) under an exclusive file
-    lock: connections switching a new file at the same time can deadlock in SQLite's locking."""
-    if not path or path == ":memory:":
-        return
-    with open(f"{path}.lock", "a+b") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            connection = sqlite3.connect(path, timeout=30.0)
-            try:
-                connection.execute("PRAGMA journal_mode=WAL")
-            finally:
-                connection.close()
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-
-class SqlPromptStore:
+class SqlPromptStore(SqlStore):
     """Prompts, versions and labels in SQLite or PostgreSQL. Call `migrate()` once first."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._postgres = engine.dialect.name == "postgresql"
+    MIGRATIONS = MIGRATIONS
+    MIGRATIONS_TABLE = "schema_migrations"
 
     @classmethod
     def from_url(cls, url: str, *, schema: str | None = None) -> "SqlPromptStore":
         """A store on a new engine for `url` (see `create_engine`)."""
         return cls(create_engine(url, schema=schema))
-
-    async def close(self) -> None:
-        """Closes every pooled connection."""
-        await self._engine.dispose()
-
-    # ------------------------------------------------------------------------------ schema
-
-    async def migrate(self) -> list[int]:
-        """Applies the migrations this database lacks; returns their numbers."""
-        applied: list[int] = []
-        if not self._postgres:
-            await asyncio.to_thread(_prepare_sqlite_file, self._engine.url.database or "")
-        async with self._write() as conn:
-            if self._postgres:
-                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
-            await conn.run_sync(lambda c: schema_migrations.create(c, checkfirst=True))
-            done = set((await conn.execute(sa.select(schema_migrations.c.version))).scalars())
-            for migration in MIGRATIONS:
-                if migration.version in done:
-                    continue
-                await conn.run_sync(migration.apply)
-                await conn.execute(
-                    schema_migrations.insert().values(
-                        version=migration.version, name=migration.name, applied_at_us=_now_us()
-                    )
-                )
-                applied.append(migration.version)
-        return applied
-
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._engine.connect() as conn:
-            conn = await conn.execution_options(genai_write=True)
-            async with conn.begin():
-                yield conn
-
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._engine.connect() as conn, conn.begin():
-            yield conn
 
     # ------------------------------------------------------------------------------ prompts
 
