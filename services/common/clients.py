@@ -17,7 +17,12 @@ import grpc.aio
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.trace import TracerProvider
 
-from services.common.grpc_types import StreamUnaryClientInterceptor, UnaryUnaryClientInterceptor
+from services.common.grpc_types import (
+    StreamStreamClientInterceptor,
+    StreamUnaryClientInterceptor,
+    UnaryStreamClientInterceptor,
+    UnaryUnaryClientInterceptor,
+)
 from services.common.server import MAX_MESSAGE_BYTES
 
 ChannelOptions = Sequence[tuple[str, Any]]
@@ -50,14 +55,17 @@ def create_channel(
     tls: ClientTlsConfig | None = None,
     tracer_provider: TracerProvider | None = None,
     options: ChannelOptions = (),
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> grpc.aio.Channel:
     """Returns a channel to `target` (`"host:port"`) with OpenTelemetry client interceptors.
 
-    `options` are added to (and override) `CHANNEL_OPTIONS`. Reading the TLS files blocks, so
-    create channels at start-up, in the composition root.
+    `options` are added to (and override) `CHANNEL_OPTIONS`; `metadata` goes with every call
+    (credentials, say). Reading the TLS files blocks, so create channels at start-up, in the
+    composition root.
     """
     merged = list(dict([*CHANNEL_OPTIONS, *options]).items())
-    interceptors = [
+    interceptors: list[Any] = [*(_DefaultMetadata(metadata).all() if metadata else ())]
+    interceptors += [
         *aio_client_interceptors(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
         # Innermost, next to the real call; see the class.
         _CancelUnaryCallWithChain(),
@@ -71,6 +79,57 @@ def create_channel(
         certificate_chain=_read(tls.certificate_chain),
     )
     return grpc.aio.secure_channel(target, credentials, options=merged, interceptors=interceptors)
+
+
+def api_key_metadata(api_key: str) -> tuple[tuple[str, str], ...]:
+    """The metadata that authenticates calls with `api_key` (none for an empty key)."""
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
+class _DefaultMetadata:
+    """Adds fixed metadata to every call of a channel (the call's own metadata wins)."""
+
+    def __init__(self, metadata: Sequence[tuple[str, str]]) -> None:
+        self._metadata = tuple(metadata)
+
+    def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        own = tuple(details.metadata or ())
+        names = {key for key, _ in own}
+        merged = grpc.aio.Metadata(
+            *own, *((key, value) for key, value in self._metadata if key not in names)
+        )
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, merged, details.credentials, details.wait_for_ready
+        )
+
+    def all(self) -> tuple[Any, ...]:
+        outer = self
+
+        class UnaryUnary(UnaryUnaryClientInterceptor):
+            async def intercept_unary_unary(
+                self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
+            ) -> Any:
+                return await continuation(outer.details(details), request)
+
+        class UnaryStream(UnaryStreamClientInterceptor):
+            async def intercept_unary_stream(
+                self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
+            ) -> Any:
+                return await continuation(outer.details(details), request)
+
+        class StreamUnary(StreamUnaryClientInterceptor):
+            async def intercept_stream_unary(
+                self, continuation: Any, details: grpc.aio.ClientCallDetails, requests: Any
+            ) -> Any:
+                return await continuation(outer.details(details), requests)
+
+        class StreamStream(StreamStreamClientInterceptor):
+            async def intercept_stream_stream(
+                self, continuation: Any, details: grpc.aio.ClientCallDetails, requests: Any
+            ) -> Any:
+                return await continuation(outer.details(details), requests)
+
+        return UnaryUnary(), UnaryStream(), StreamUnary(), StreamStream()
 
 
 class _CancelUnaryCallWithChain(UnaryUnaryClientInterceptor):

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     UnaryUnaryClientInterceptor: TypeAlias = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
     StreamUnaryClientInterceptor: TypeAlias = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
     UnaryStreamClientInterceptor: TypeAlias = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+    StreamStreamClientInterceptor: TypeAlias = grpc.aio.StreamStreamClientInterceptor[Any, Any]
 else:
     ServerInterceptor = grpc.aio.ServerInterceptor
     MethodHandler = grpc.RpcMethodHandler
@@ -27,6 +28,7 @@ else:
     UnaryUnaryClientInterceptor = grpc.aio.UnaryUnaryClientInterceptor
     StreamUnaryClientInterceptor = grpc.aio.StreamUnaryClientInterceptor
     UnaryStreamClientInterceptor = grpc.aio.UnaryStreamClientInterceptor
+    StreamStreamClientInterceptor = grpc.aio.StreamStreamClientInterceptor
 
 ServicerContext: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 UnaryUnaryMultiCallable: TypeAlias = grpc.aio.UnaryUnaryMultiCallable[Any, Any]

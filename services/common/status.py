@@ -196,3 +196,59 @@ def error_details(error: grpc.aio.AioRpcError) -> ParsedError:
             detail.Unpack(retry_info)
             result = replace(result, retry_after=retry_info.retry_delay.ToNanoseconds() / 1e9)
     return result
+
+
+UNREACHABLE_CODES: Final = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+)
+"""Codes that mean the called service could not answer (rather than refused the request)."""
+
+
+def remote_error(error: grpc.aio.AioRpcError, *, service: str, what: str) -> DomainError:
+    """The domain exception for a failed call to another platform service, keeping the
+    server's reason, metadata and details, so that re-raising it answers the caller with the
+    same status. UNAVAILABLE and DEADLINE_EXCEEDED become `Unavailable` ("`what` is
+    unreachable"), with `service` in the metadata."""
+    parsed = error_details(error)
+    code, message = parsed.code, parsed.message
+    metadata = dict(parsed.metadata)
+    reason = parsed.reason
+    if code in UNREACHABLE_CODES:
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            reason = reasons.DEADLINE_EXCEEDED
+        return Unavailable(
+            f"{what} is unreachable: {message or code.name}",
+            retry_after=parsed.retry_after,
+            reason=reason,
+            metadata={"service": service, **metadata},
+        )
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(
+            message, violations=parsed.field_violations, reason=reason, metadata=metadata
+        )
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(
+            message,
+            retry_after=parsed.retry_after,
+            violations=parsed.quota_violations,
+            reason=reason,
+            metadata=metadata,
+        )
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return Unimplemented(
+            message,
+            method=metadata.get("method", ""),
+            missing=metadata.get("missing", ""),
+            reason=reason,
+            metadata=metadata,
+        )
+    simple: dict[grpc.StatusCode, type[DomainError]] = {
+        grpc.StatusCode.NOT_FOUND: NotFound,
+        grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+        grpc.StatusCode.ABORTED: Conflict,
+        grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+        grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+        grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+        grpc.StatusCode.CANCELLED: Cancelled,
+    }
+    return simple.get(code, Internal)(message or code.name, reason=reason, metadata=metadata)

@@ -1,8 +1,10 @@
-"""Small conversions every servicer needs at the proto edge: durations, timestamps and
+"""Small conversions every servicer needs at the proto edge: durations, timestamps, money and
 offset-based page tokens."""
 
 from datetime import datetime
+from decimal import Decimal
 
+from genai.common.v1 import money_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -29,6 +31,21 @@ def timestamp(moment: datetime) -> Timestamp:
     message = Timestamp()
     message.FromDatetime(moment)
     return message
+
+
+NANOS = Decimal(1_000_000_000)
+
+
+def money(amount: Decimal, currency: str) -> money_pb2.Money:
+    """`amount` of `currency` as Money (nanos rounded half-even, the sign of `units`)."""
+    units = int(amount)
+    nanos = int(((amount - units) * NANOS).to_integral_value())
+    return money_pb2.Money(currency_code=currency, units=units, nanos=nanos)
+
+
+def decimal_amount(message: money_pb2.Money) -> Decimal:
+    """The amount of a Money, exactly."""
+    return Decimal(message.units) + Decimal(message.nanos) / NANOS
 
 
 def offset_page(page_size: int, page_token: str) -> tuple[int, int]:

@@ -40,24 +40,14 @@ from genai.prompt.v1 import prompt_pb2, prompt_service_pb2, prompt_service_pb2_g
 from google.protobuf import struct_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.common import reasons
 from services.common.errors import (
-    AlreadyExists,
-    Cancelled,
-    Conflict,
     DomainError,
-    FailedPrecondition,
     FieldViolation,
-    Internal,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    Unauthenticated,
     Unavailable,
-    Unimplemented,
 )
-from services.common.status import error_details
+from services.common.status import UNREACHABLE_CODES, remote_error
 from services.prompt.core.registry import DEFAULT_LABEL, render_version
 from services.prompt.core.templates import RenderedMessage
 from services.prompt.servicer import SERVICE_NAME, version_content
@@ -70,11 +60,6 @@ else:
 _logger = logging.getLogger(__name__)
 
 pb = prompt_service_pb2
-
-UNREACHABLE_CODES: Final = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-)
-"""Codes that mean the registry could not answer: the last known good version is served."""
 
 _RESUMABLE_CODES: Final = UNREACHABLE_CODES | {grpc.StatusCode.CANCELLED}
 """Watch failures after which resuming from the last sequence is still right."""
@@ -635,49 +620,5 @@ class PromptClient:
 
 
 def domain_error(error: grpc.aio.AioRpcError) -> DomainError:
-    """The domain exception for a failed PromptService call, with the server's reason,
-    metadata and details; UNAVAILABLE and DEADLINE_EXCEEDED become `Unavailable` (the
-    registry could not answer)."""
-    parsed = error_details(error)
-    code, message = parsed.code, parsed.message
-    metadata = dict(parsed.metadata)
-    reason = parsed.reason
-    if code in UNREACHABLE_CODES:
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            reason = reasons.DEADLINE_EXCEEDED
-        return Unavailable(
-            f"the prompt registry is unreachable: {message or code.name}",
-            retry_after=parsed.retry_after,
-            reason=reason,
-            metadata={"service": SERVICE_NAME, **metadata},
-        )
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgument(
-            message, violations=parsed.field_violations, reason=reason, metadata=metadata
-        )
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return ResourceExhausted(
-            message,
-            retry_after=parsed.retry_after,
-            violations=parsed.quota_violations,
-            reason=reason,
-            metadata=metadata,
-        )
-    if code == grpc.StatusCode.UNIMPLEMENTED:
-        return Unimplemented(
-            message,
-            method=metadata.get("method", ""),
-            missing=metadata.get("missing", ""),
-            reason=reason,
-            metadata=metadata,
-        )
-    simple: dict[grpc.StatusCode, type[DomainError]] = {
-        grpc.StatusCode.NOT_FOUND: NotFound,
-        grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-        grpc.StatusCode.ABORTED: Conflict,
-        grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-        grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-        grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-        grpc.StatusCode.CANCELLED: Cancelled,
-    }
-    return simple.get(code, Internal)(message or code.name, reason=reason, metadata=metadata)
+    """The domain exception for a failed PromptService call (see `remote_error`)."""
+    return remote_error(error, service=SERVICE_NAME, what="the prompt registry")

@@ -10,7 +10,15 @@ from google.protobuf.duration_pb2 import Duration
 from services.common import reasons
 from services.common.errors import FieldViolation, InvalidArgument, NotFound
 from services.common.grpc_types import ServicerContext
-from services.common.wire import duration, next_offset_token, offset_page, seconds, timestamp
+from services.common.wire import (
+    decimal_amount,
+    duration,
+    money,
+    next_offset_token,
+    offset_page,
+    seconds,
+    timestamp,
+)
 from services.router.core.catalog import BackendKind, Capability, ModelEntry
 from services.router.core.live import Circuit, Health, Outcome
 from services.router.core.router import (
@@ -23,7 +31,6 @@ from services.router.core.router import (
 )
 
 SERVICE_NAME = "genai.router.v1.RouterService"
-NANOS = Decimal(1_000_000_000)
 
 pb = router_service_pb2
 _CAPABILITIES = {
@@ -171,7 +178,7 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
                 required.add(known)
         max_cost = None
         if p.HasField("max_cost"):
-            max_cost = _decimal(p.max_cost)
+            max_cost = decimal_amount(p.max_cost)
             if p.max_cost.currency_code != self._currency:
                 violations.append(
                     FieldViolation(
@@ -201,9 +208,7 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
         )
 
     def _money(self, amount: Decimal) -> money_pb2.Money:
-        units = int(amount)
-        nanos = int(((amount - units) * NANOS).to_integral_value())
-        return money_pb2.Money(currency_code=self._currency, units=units, nanos=nanos)
+        return money(amount, self._currency)
 
     def _model(self, model: ModelEntry) -> router_pb2.Model:
         return router_pb2.Model(
@@ -269,10 +274,6 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
                 timestamp(datetime.fromtimestamp(live.last_check_time, tz=UTC))
             )
         return message
-
-
-def _decimal(money: money_pb2.Money) -> Decimal:
-    return Decimal(money.units) + Decimal(money.nanos) / NANOS
 
 
 def _optional_duration(value: float | None) -> Duration | None:

@@ -1,0 +1,73 @@
+"""Table-driven tests of merging a prompt version's routing preferences with a request's."""
+
+import pytest
+from genai.common.v1 import money_pb2, routing_pb2
+from google.protobuf.duration_pb2 import Duration
+
+from services.router.preferences import merge_preferences
+
+P = routing_pb2.RoutingPreferences
+CHAT, JSON, STREAMING = (
+    routing_pb2.CAPABILITY_CHAT,
+    routing_pb2.CAPABILITY_JSON_OUTPUT,
+    routing_pb2.CAPABILITY_STREAMING,
+)
+COST, LATENCY = routing_pb2.ROUTING_POLICY_COST, routing_pb2.ROUTING_POLICY_LATENCY
+
+
+def usd(nanos: int) -> money_pb2.Money:
+    return money_pb2.Money(currency_code="USD", nanos=nanos)
+
+
+CASES = [
+    ("neither", None, None, P()),
+    ("version only", P(policy=COST, min_quality_tier=3), None, P(policy=COST, min_quality_tier=3)),
+    ("request only", None, P(model="smollm2"), P(model="smollm2")),
+    (
+        "request policy wins",
+        P(policy=COST),
+        P(policy=LATENCY),
+        P(policy=LATENCY),
+    ),
+    (
+        "unset request fields inherit",
+        P(policy=COST, min_quality_tier=4, max_cost=usd(5000)),
+        P(model="zero"),
+        P(model="zero", policy=COST, min_quality_tier=4, max_cost=usd(5000)),
+    ),
+    (
+        "request ceiling and targets replace the version's",
+        P(max_cost=usd(5000), max_first_token_duration=Duration(seconds=2)),
+        P(max_cost=usd(100), max_total_duration=Duration(seconds=9)),
+        P(
+            max_cost=usd(100),
+            max_first_token_duration=Duration(seconds=2),
+            max_total_duration=Duration(seconds=9),
+        ),
+    ),
+    (
+        "capabilities are the union, in order, without repeats",
+        P(required_capabilities=[CHAT, JSON]),
+        P(required_capabilities=[JSON, STREAMING]),
+        P(required_capabilities=[CHAT, JSON, STREAMING]),
+    ),
+    (
+        "a request cannot drop a version's capability",
+        P(required_capabilities=[JSON]),
+        P(required_capabilities=[]),
+        P(required_capabilities=[JSON]),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("version", "request_", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_merge(version: P | None, request_: P | None, expected: P) -> None:
+    before = [P(), P()]
+    for copy, original in zip(before, (version, request_), strict=True):
+        if original is not None:
+            copy.CopyFrom(original)
+
+    assert merge_preferences(version, request_) == expected
+    assert [version or P(), request_ or P()] == before  # inputs untouched
