@@ -73,6 +73,11 @@ EVALUATION_GATE_FAILED: Final = "EVALUATION_GATE_FAILED"
 NO_ROLLBACK_TARGET: Final = "NO_ROLLBACK_TARGET"
 """A rollback found no earlier version in the label's history."""
 
+TENANT_NOT_FOUND: Final = "TENANT_NOT_FOUND"
+"""No tenant with that id exists."""
+API_KEY_NOT_FOUND: Final = "API_KEY_NOT_FOUND"
+"""No API key with that id exists in the tenant."""
+
 ALL_REASONS: Final = frozenset(
     {
         FIELD_VIOLATION,
@@ -105,6 +110,8 @@ ALL_REASONS: Final = frozenset(
         VARIABLE_INVALID,
         EVALUATION_GATE_FAILED,
         NO_ROLLBACK_TARGET,
+        TENANT_NOT_FOUND,
+        API_KEY_NOT_FOUND,
     }
 )
 """Every reason above; a contract test checks each is a `genai.common.v1.ErrorReason` name."""

@@ -1,0 +1,304 @@
+"""Tenants and API keys in SQLite or PostgreSQL, on `services.common.sql`.
+
+Keys are stored with the SHA-256 of their secret, never the secret. Key lists are newest first
+and paged by keyset (creation time, then id), so keys created while a client pages through the
+list neither repeat nor shift a page. Schema changes are the numbered `MIGRATIONS`, recorded in
+`gateway_tenant_migrations`.
+"""
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection as SyncConnection
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.common import reasons
+from services.common.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from services.common.sql import Migration, SqlStore, create_engine, now_us, time_from_us
+from services.common.wire import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from services.gateway.core.tenants import (
+    UNLIMITED,
+    ApiKey,
+    Tenant,
+    TenantQuota,
+    check_new_api_key,
+    check_new_tenant,
+    check_quota_update,
+    new_api_key_secret,
+)
+
+metadata = sa.MetaData()
+
+tenants = sa.Table(
+    "gateway_tenants",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("display_name", sa.String(128), nullable=False),
+    sa.Column("requests_per_minute", sa.Integer, nullable=False),
+    sa.Column("tokens_per_minute", sa.Integer, nullable=False),
+    sa.Column("cost_per_day_micros", sa.BigInteger, nullable=False),
+    sa.Column("create_time_us", sa.BigInteger, nullable=False),
+    sa.Column("update_time_us", sa.BigInteger, nullable=False),
+)
+
+api_keys = sa.Table(
+    "gateway_api_keys",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), sa.ForeignKey("gateway_tenants.id"), nullable=False),
+    sa.Column("display_name", sa.String(128), nullable=False),
+    sa.Column("admin", sa.Boolean, nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("create_time_us", sa.BigInteger, nullable=False),
+    sa.Column("revoke_time_us", sa.BigInteger, nullable=True),
+    sa.Index("ix_gateway_api_keys_tenant_created", "tenant_id", "create_time_us", "id"),
+)
+
+
+def _initial_schema(connection: SyncConnection) -> None:
+    metadata.create_all(connection)
+
+
+MIGRATIONS: Final[Sequence[Migration]] = (Migration(1, "tenants and api keys", _initial_schema),)
+"""Every migration, in order. Append; never edit one that has shipped."""
+
+_KEY_ID_ATTEMPTS: Final = 3
+"""New ids to try when a key id is taken (60 random bits: practically never)."""
+_PAGE_TOKEN: Final = re.compile(r"(\d{1,19})\.([a-z2-7]{1,16})")
+
+
+class SqlTenantStore(SqlStore):
+    """Tenants and their API keys in SQLite or PostgreSQL. Call `migrate()` once first."""
+
+    MIGRATIONS = MIGRATIONS
+    MIGRATIONS_TABLE = "gateway_tenant_migrations"
+
+    @classmethod
+    def from_url(cls, url: str, *, schema: str | None = None) -> "SqlTenantStore":
+        """A store on a new engine for `url` (see `services.common.sql.create_engine`)."""
+        return cls(create_engine(url, schema=schema))
+
+    # ------------------------------------------------------------------------------ tenants
+
+    async def create_tenant(
+        self, tenant_id: str, display_name: str = "", quota: TenantQuota = UNLIMITED
+    ) -> Tenant:
+        """Creates a tenant; InvalidArgument for invalid fields, AlreadyExists when the id is
+        taken."""
+        check_new_tenant(tenant_id, display_name, quota)
+        now = now_us()
+        try:
+            async with self._write() as conn:
+                await conn.execute(
+                    tenants.insert().values(
+                        id=tenant_id,
+                        display_name=display_name,
+                        **_quota_columns(quota),
+                        create_time_us=now,
+                        update_time_us=now,
+                    )
+                )
+        except IntegrityError:
+            raise AlreadyExists(
+                f"tenant {tenant_id!r} already exists",
+                reason=reasons.RESOURCE_ALREADY_EXISTS,
+                metadata={"tenant": tenant_id},
+            ) from None
+        return Tenant(tenant_id, display_name, quota, time_from_us(now))
+
+    async def get_tenant(self, tenant_id: str) -> Tenant:
+        """The tenant; NotFound (TENANT_NOT_FOUND) when there is none with that id."""
+        async with self._read() as conn:
+            return _tenant(await self._tenant_row(conn, tenant_id))
+
+    async def update_quota(self, tenant_id: str, quota: TenantQuota) -> Tenant:
+        """Replaces a tenant's quota whole; returns the tenant with it."""
+        check_quota_update(tenant_id, quota)
+        async with self._write() as conn:
+            result = await conn.execute(
+                tenants.update()
+                .where(tenants.c.id == tenant_id)
+                .values(**_quota_columns(quota), update_time_us=now_us())
+            )
+            if result.rowcount == 0:
+                raise _no_tenant(tenant_id)
+            return _tenant(await self._tenant_row(conn, tenant_id))
+
+    # ------------------------------------------------------------------------------ api keys
+
+    async def create_api_key(
+        self, tenant_id: str, display_name: str = "", admin: bool = False
+    ) -> tuple[ApiKey, str]:
+        """Creates a key of an existing tenant; returns it with its secret, which is not
+        stored and cannot be read again."""
+        check_new_api_key(tenant_id, display_name)
+        for _ in range(_KEY_ID_ATTEMPTS - 1):
+            try:
+                return await self._insert_api_key(tenant_id, display_name, admin)
+            except IntegrityError:
+                # The tenant exists (checked in the transaction; tenants are never deleted),
+                # so the id was taken: draw another.
+                continue
+        return await self._insert_api_key(tenant_id, display_name, admin)
+
+    async def list_api_keys(
+        self, tenant_id: str, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[ApiKey], str]:
+        """One page of a tenant's keys, newest first, and the token of the next page (empty
+        on the last). `page_size` is in [0, 1000], 0 meaning 100; InvalidArgument for a bad
+        size or token, NotFound for an unknown tenant."""
+        violations = []
+        if not 0 <= page_size <= MAX_PAGE_SIZE:
+            violations.append(FieldViolation("page_size", f"must be in [0, {MAX_PAGE_SIZE}]"))
+        after = _decode_page_token(page_token) if page_token else None
+        if page_token and after is None:
+            violations.append(FieldViolation("page_token", "is not a token this service issued"))
+        if violations:
+            raise InvalidArgument(violations=violations)
+        size = page_size or DEFAULT_PAGE_SIZE
+        query = (
+            sa.select(api_keys)
+            .where(api_keys.c.tenant_id == tenant_id)
+            .order_by(api_keys.c.create_time_us.desc(), api_keys.c.id.desc())
+            .limit(size + 1)
+        )
+        if after is not None:
+            time_us, key_id = after
+            query = query.where(
+                sa.or_(
+                    api_keys.c.create_time_us < time_us,
+                    sa.and_(api_keys.c.create_time_us == time_us, api_keys.c.id < key_id),
+                )
+            )
+        async with self._read() as conn:
+            await self._tenant_row(conn, tenant_id)
+            rows = (await conn.execute(query)).mappings().all()
+        keys = [_api_key(row) for row in rows[:size]]
+        if len(rows) <= size:
+            return keys, ""
+        last = rows[size - 1]
+        return keys, _encode_page_token(int(last["create_time_us"]), str(last["id"]))
+
+    async def revoke_api_key(self, key_id: str, *, tenant_id: str | None = None) -> ApiKey:
+        """Revokes a key and returns it. Revoking a revoked key changes nothing (the first
+        revoke time stays). NotFound (API_KEY_NOT_FOUND) when there is no such key, or, with
+        `tenant_id`, when the key belongs to another tenant."""
+        async with self._write() as conn:
+            where = sa.and_(
+                api_keys.c.id == key_id,
+                sa.true() if tenant_id is None else api_keys.c.tenant_id == tenant_id,
+            )
+            await conn.execute(
+                api_keys.update()
+                .where(where, api_keys.c.revoke_time_us.is_(None))
+                .values(revoke_time_us=now_us())
+            )
+            row = (await conn.execute(sa.select(api_keys).where(where))).mappings().first()
+        if row is None:
+            raise NotFound(
+                f"no API key with id {key_id!r}",
+                reason=reasons.API_KEY_NOT_FOUND,
+                metadata={"api_key_id": key_id},
+            )
+        return _api_key(row)
+
+    async def find_api_key(self, key_id: str) -> tuple[ApiKey, str] | None:
+        """The key with that id and the hash of its secret; None when there is none."""
+        async with self._read() as conn:
+            row = (
+                (await conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)))
+                .mappings()
+                .first()
+            )
+        return None if row is None else (_api_key(row), str(row["secret_hash"]))
+
+    # ------------------------------------------------------------------------------ helpers
+
+    async def _insert_api_key(
+        self, tenant_id: str, display_name: str, admin: bool
+    ) -> tuple[ApiKey, str]:
+        key_id, secret, hashed = new_api_key_secret()
+        now = now_us()
+        async with self._write() as conn:
+            await self._tenant_row(conn, tenant_id)
+            await conn.execute(
+                api_keys.insert().values(
+                    id=key_id,
+                    tenant_id=tenant_id,
+                    display_name=display_name,
+                    admin=admin,
+                    secret_hash=hashed,
+                    create_time_us=now,
+                    revoke_time_us=None,
+                )
+            )
+        return ApiKey(key_id, tenant_id, display_name, admin, time_from_us(now)), secret
+
+    async def _tenant_row(self, conn: AsyncConnection, tenant_id: str) -> Mapping[Any, Any]:
+        row = (
+            (await conn.execute(sa.select(tenants).where(tenants.c.id == tenant_id)))
+            .mappings()
+            .first()
+        )
+        if row is None:
+            raise _no_tenant(tenant_id)
+        return row
+
+
+def _no_tenant(tenant_id: str) -> NotFound:
+    return NotFound(
+        f"no tenant with id {tenant_id!r}",
+        reason=reasons.TENANT_NOT_FOUND,
+        metadata={"tenant": tenant_id},
+    )
+
+
+def _quota_columns(quota: TenantQuota) -> dict[str, int]:
+    return {
+        "requests_per_minute": quota.requests_per_minute,
+        "tokens_per_minute": quota.tokens_per_minute,
+        "cost_per_day_micros": quota.cost_per_day_micros,
+    }
+
+
+def _tenant(row: Mapping[Any, Any]) -> Tenant:
+    return Tenant(
+        id=row["id"],
+        display_name=row["display_name"],
+        quota=TenantQuota(
+            requests_per_minute=int(row["requests_per_minute"]),
+            tokens_per_minute=int(row["tokens_per_minute"]),
+            cost_per_day_micros=int(row["cost_per_day_micros"]),
+        ),
+        create_time=time_from_us(row["create_time_us"]),
+    )
+
+
+def _api_key(row: Mapping[Any, Any]) -> ApiKey:
+    revoked = row["revoke_time_us"]
+    return ApiKey(
+        id=row["id"],
+        tenant_id=row["tenant_id"],
+        display_name=row["display_name"],
+        admin=bool(row["admin"]),
+        create_time=time_from_us(row["create_time_us"]),
+        revoke_time=None if revoked is None else time_from_us(revoked),
+    )
+
+
+def _encode_page_token(time_us: int, key_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{time_us}.{key_id}".encode()).decode("ascii").rstrip("=")
+
+
+def _decode_page_token(token: str) -> tuple[int, str] | None:
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    found = _PAGE_TOKEN.fullmatch(text)
+    return None if found is None else (int(found[1]), found[2])

@@ -1,0 +1,194 @@
+"""Tenants, their quotas and their API keys: the domain types and the rules they follow.
+
+An API key's secret is `gk_<id>_<random>`: `id` is the key's public id (12 characters of
+`a-z 2-7`, lowercase base32, 60 random bits), `random` is 32 bytes from `secrets`, URL-safe
+base64 (43 characters). The platform stores only the secret's SHA-256 (hex) and compares hashes
+in constant time; the id in the secret finds the stored key with one indexed read.
+"""
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, Protocol
+
+from services.common.errors import FieldViolation, InvalidArgument
+
+TENANT_ID_PATTERN: Final = re.compile(r"[a-z0-9_-]{1,64}")
+"""Tenant ids: 1 to 64 characters of `a-z 0-9 - _`."""
+MAX_DISPLAY_NAME: Final = 128
+"""Display names of tenants and keys: at most this many characters."""
+MAX_PER_MINUTE: Final = 2**31 - 1
+"""Per-minute limits are int32 in the contract."""
+MAX_COST_MICROS: Final = 10**15
+"""The largest cost limit, in micros (USD 1e9 a day): exact in every store, Redis's Lua
+numbers (doubles) included."""
+
+SECRET_PREFIX: Final = "gk"
+"""First part of every API key secret, so that secret scanners recognise them."""
+KEY_ID_PATTERN: Final = re.compile(r"[a-z2-7]{12}")
+"""Public ids of API keys."""
+SECRET_RANDOM_BYTES: Final = 32
+"""Random bytes in a secret."""
+_SECRET_PATTERN: Final = re.compile(
+    rf"{SECRET_PREFIX}_(?P<id>[a-z2-7]{{12}})_[A-Za-z0-9_-]{{43,86}}"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantQuota:
+    """A tenant's limits; 0 in a field means no limit."""
+
+    requests_per_minute: int = 0
+    """Requests per rolling minute."""
+    tokens_per_minute: int = 0
+    """Input plus output tokens per rolling minute."""
+    cost_per_day_micros: int = 0
+    """Cost per UTC day, in millionths of a USD."""
+
+
+UNLIMITED: Final = TenantQuota()
+"""The quota without limits."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """An isolated customer of the platform."""
+
+    id: str
+    display_name: str
+    quota: TenantQuota
+    create_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A credential of one tenant (never its secret)."""
+
+    id: str
+    tenant_id: str
+    display_name: str
+    admin: bool
+    """Whether the key may call admin RPCs."""
+    create_time: datetime
+    revoke_time: datetime | None = None
+    """When the key was revoked; None while it is valid."""
+
+    @property
+    def revoked(self) -> bool:
+        """Whether the key was revoked."""
+        return self.revoke_time is not None
+
+
+class TenantStore(Protocol):
+    """Where tenants and keys live (`services.gateway.adapters.tenant_store.SqlTenantStore`)."""
+
+    async def create_tenant(
+        self, tenant_id: str, display_name: str = "", quota: TenantQuota = UNLIMITED
+    ) -> Tenant: ...
+    async def get_tenant(self, tenant_id: str) -> Tenant: ...
+    async def update_quota(self, tenant_id: str, quota: TenantQuota) -> Tenant: ...
+    async def create_api_key(
+        self, tenant_id: str, display_name: str = "", admin: bool = False
+    ) -> tuple[ApiKey, str]: ...
+    async def list_api_keys(
+        self, tenant_id: str, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[ApiKey], str]: ...
+    async def revoke_api_key(self, key_id: str, *, tenant_id: str | None = None) -> ApiKey: ...
+    async def find_api_key(self, key_id: str) -> tuple[ApiKey, str] | None: ...
+
+
+# ------------------------------------------------------------------------------------- rules
+
+
+def tenant_id_violations(tenant_id: str, field: str = "tenant_id") -> list[FieldViolation]:
+    """What is wrong with a tenant id, as violations of `field`."""
+    if not tenant_id:
+        return [FieldViolation(field, "is required")]
+    if TENANT_ID_PATTERN.fullmatch(tenant_id) is None:
+        return [FieldViolation(field, "must be 1 to 64 characters of a-z, 0-9, '-' and '_'")]
+    return []
+
+
+def display_name_violations(display_name: str, field: str = "display_name") -> list[FieldViolation]:
+    """What is wrong with a display name, as violations of `field`."""
+    if len(display_name) > MAX_DISPLAY_NAME:
+        return [
+            FieldViolation(
+                field, f"must be at most {MAX_DISPLAY_NAME} characters, not {len(display_name)}"
+            )
+        ]
+    return []
+
+
+def quota_violations(quota: TenantQuota, field: str = "quota") -> list[FieldViolation]:
+    """What is wrong with a quota, as violations of `field.<limit>`."""
+    violations = []
+    for name, value, maximum in (
+        ("requests_per_minute", quota.requests_per_minute, MAX_PER_MINUTE),
+        ("tokens_per_minute", quota.tokens_per_minute, MAX_PER_MINUTE),
+        ("cost_per_day", quota.cost_per_day_micros, MAX_COST_MICROS),
+    ):
+        if value < 0:
+            violations.append(FieldViolation(f"{field}.{name}", "must be >= 0 (0: no limit)"))
+        elif value > maximum:
+            violations.append(FieldViolation(f"{field}.{name}", f"must be at most {maximum:,}"))
+    return violations
+
+
+def check_new_tenant(tenant_id: str, display_name: str, quota: TenantQuota) -> None:
+    """Raises `InvalidArgument` naming every invalid field of a tenant to create (fields of
+    `CreateTenantRequest`: `tenant.id`, `tenant.display_name`, `tenant.quota.*`)."""
+    _raise_if(
+        [
+            *tenant_id_violations(tenant_id, "tenant.id"),
+            *display_name_violations(display_name, "tenant.display_name"),
+            *quota_violations(quota, "tenant.quota"),
+        ]
+    )
+
+
+def check_quota_update(tenant_id: str, quota: TenantQuota) -> None:
+    """Raises `InvalidArgument` naming every invalid field of a quota change (`tenant_id`,
+    `quota.*`)."""
+    _raise_if([*tenant_id_violations(tenant_id), *quota_violations(quota)])
+
+
+def check_new_api_key(tenant_id: str, display_name: str) -> None:
+    """Raises `InvalidArgument` naming every invalid field of a key to create (`tenant_id`,
+    `display_name`)."""
+    _raise_if([*tenant_id_violations(tenant_id), *display_name_violations(display_name)])
+
+
+def _raise_if(violations: list[FieldViolation]) -> None:
+    if violations:
+        raise InvalidArgument(violations=violations)
+
+
+# ------------------------------------------------------------------------------------- secrets
+
+
+def new_api_key_secret() -> tuple[str, str, str]:
+    """A new key: `(key_id, secret, secret_hash)`. Show the secret once; store the hash."""
+    key_id = base64.b32encode(secrets.token_bytes(8)).decode("ascii").lower()[:12]
+    secret = f"{SECRET_PREFIX}_{key_id}_{secrets.token_urlsafe(SECRET_RANDOM_BYTES)}"
+    return key_id, secret, secret_hash(secret)
+
+
+def parse_secret(secret: str) -> str | None:
+    """The key id in `secret`; None when it does not have the shape of a secret."""
+    found = _SECRET_PATTERN.fullmatch(secret)
+    return found["id"] if found is not None else None
+
+
+def secret_hash(secret: str) -> str:
+    """The SHA-256 of a secret, hex: what the platform stores instead of the secret."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def secret_matches(secret: str, stored_hash: str) -> bool:
+    """Whether `secret` is the one whose hash is `stored_hash` (constant-time comparison)."""
+    return hmac.compare_digest(secret_hash(secret), stored_hash)

@@ -1,0 +1,170 @@
+"""Tenant quotas in the real Redis: the behaviour table the in-process limiter passes
+(`tests/unit/gateway/test_quota_memory.py`), then what only a shared store has: several replicas
+reserving at once never over-admit, keys expire after their window, lost keys never make totals
+negative, a flushed script cache is reloaded, and a Redis that does not answer is UNAVAILABLE."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from services.common.errors import ResourceExhausted, Unavailable
+from services.gateway.adapters.redis_quota import DAY_KEY_MARGIN, MINUTE_KEY_TTL, RedisQuotaLimiter
+from services.gateway.core.quota import Reservation, Usage
+from services.gateway.core.tenants import TenantQuota
+from tests.support.redis import RedisNamespace, redis_namespace
+from tests.unit.gateway.test_quota_memory import NOON, SCENARIOS, FakeClock, Scenario, play
+
+TENANT = "acme"
+
+
+@pytest.fixture
+async def namespace() -> AsyncIterator[RedisNamespace]:
+    async with redis_namespace() as found:
+        yield found
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def limiter(namespace: RedisNamespace, clock: FakeClock) -> AsyncIterator[RedisQuotaLimiter]:
+    limiter = RedisQuotaLimiter(namespace.url, key_prefix=namespace.prefix, clock=clock)
+    try:
+        yield limiter
+    finally:
+        await limiter.aclose()
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+async def test_behaviour(limiter: RedisQuotaLimiter, clock: FakeClock, scenario: Scenario) -> None:
+    await play(limiter, clock, scenario)
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+async def test_concurrent_replicas_never_over_admit(
+    namespace: RedisNamespace, replicas: int
+) -> None:
+    # The Redis server's clock, as in production; each replica has its own connections.
+    limiters = [RedisQuotaLimiter(namespace.url, key_prefix=namespace.prefix) for _ in range(replicas)]  # fmt: skip
+    quota = TenantQuota(requests_per_minute=50, tokens_per_minute=100_000)
+    try:
+        results = await asyncio.gather(
+            *(limiters[i % replicas].reserve(TENANT, quota, Usage(1, 10)) for i in range(200)),
+            return_exceptions=True,
+        )
+        admitted = [r for r in results if isinstance(r, Reservation)]
+        rejected = [r for r in results if isinstance(r, ResourceExhausted)]
+        assert (len(admitted), len(rejected)) == (50, 150)
+        assert all(r.retry_after is not None and 58 < r.retry_after <= 60 for r in rejected)
+        requests, tokens, _ = limiters[0].keys(TENANT)
+        assert await namespace.total(requests) == 50
+        assert await namespace.total(tokens) == 500
+        # Every reservation is in the server clock's current second (or the one before).
+        assert all(abs(r.second - time.time()) < 5 for r in admitted)
+    finally:
+        for limiter in limiters:
+            await limiter.aclose()
+
+
+async def test_concurrent_replicas_share_every_limit(namespace: RedisNamespace) -> None:
+    limiters = [RedisQuotaLimiter(namespace.url, key_prefix=namespace.prefix) for _ in range(2)]
+    # Tokens allow 100 requests, cost allows 40: cost decides.
+    quota = TenantQuota(tokens_per_minute=1000, cost_per_day_micros=40_000)
+
+    async def request(i: int) -> bool:
+        limiter = limiters[i % 2]
+        try:
+            reservation = await limiter.reserve(TENANT, quota, Usage(1, 10, 1000))
+        except ResourceExhausted:
+            return False
+        await limiter.settle(reservation, Usage(1, 5, 1000))
+        return True
+
+    try:
+        outcomes = await asyncio.gather(*(request(i) for i in range(120)))
+        assert outcomes.count(True) == 40
+        _, tokens, cost = limiters[0].keys(TENANT)
+        assert await namespace.total(tokens) == 200
+        assert await namespace.total(cost) == 40_000
+    finally:
+        for limiter in limiters:
+            await limiter.aclose()
+
+
+async def test_keys_expire_after_their_window(
+    limiter: RedisQuotaLimiter, namespace: RedisNamespace
+) -> None:
+    quota = TenantQuota(requests_per_minute=10, tokens_per_minute=1000, cost_per_day_micros=10)
+    await limiter.reserve(TENANT, quota, Usage(1, 100, 5))
+    requests, tokens, cost = limiter.keys(TENANT)
+    assert await namespace.keys() == sorted([requests, tokens, cost])
+    assert requests.startswith(namespace.prefix)
+    assert "{acme}" in requests
+    for key in (requests, tokens):
+        assert 60 < await namespace.client.ttl(key) <= MINUTE_KEY_TTL
+    # The fake clock says noon UTC: the day key lives 12 hours, plus the margin.
+    assert 12 * 3600 < await namespace.client.ttl(cost) <= 12 * 3600 + DAY_KEY_MARGIN
+
+
+async def test_lost_keys_never_make_totals_negative(
+    limiter: RedisQuotaLimiter, namespace: RedisNamespace, clock: FakeClock
+) -> None:
+    quota = TenantQuota(tokens_per_minute=1000, cost_per_day_micros=1000)
+    reservation = await limiter.reserve(TENANT, quota, Usage(1, 500, 500))
+    await namespace.client.delete(*limiter.keys(TENANT))  # e.g. a Redis restart without data
+    await limiter.settle(reservation, Usage(1, 100, 100))
+    assert await namespace.keys() == []
+    clock.now += 1
+    await limiter.reserve(TENANT, quota, Usage(1, 1000, 1000))  # the whole limit fits
+    with pytest.raises(ResourceExhausted):
+        await limiter.reserve(TENANT, quota, Usage(1, 1, 0))
+
+
+async def test_a_flushed_script_cache_is_reloaded(
+    limiter: RedisQuotaLimiter, namespace: RedisNamespace
+) -> None:
+    quota = TenantQuota(requests_per_minute=2)
+    reservation = await limiter.reserve(TENANT, quota, Usage())
+    await namespace.client.script_flush()
+    await limiter.settle(reservation, Usage(requests=0))
+    await namespace.client.script_flush()
+    await limiter.reserve(TENANT, quota, Usage())
+    await limiter.reserve(TENANT, quota, Usage())
+    with pytest.raises(ResourceExhausted):
+        await limiter.reserve(TENANT, quota, Usage())
+
+
+async def test_the_server_clock_is_the_default(namespace: RedisNamespace) -> None:
+    limiter = RedisQuotaLimiter(namespace.url, key_prefix=namespace.prefix)
+    try:
+        reservation = await limiter.reserve(TENANT, TenantQuota(), Usage())
+        (seconds, _) = await namespace.client.time()
+        assert seconds - 2 <= reservation.second <= seconds
+        assert reservation.day == reservation.second // 86_400
+    finally:
+        await limiter.aclose()
+
+
+async def test_an_unreachable_redis_is_unavailable_never_a_crash() -> None:
+    # Port 1 refuses connections; the password must not leak into the error.
+    limiter = RedisQuotaLimiter("redis://:hunter2@127.0.0.1:1/0", clock=lambda: NOON, timeout=0.5)
+    try:
+        with pytest.raises(Unavailable) as raised:
+            await limiter.reserve(TENANT, TenantQuota(requests_per_minute=1), Usage())
+        error = raised.value
+        assert error.reason == "SERVICE_UNAVAILABLE"
+        assert error.retry_after == 1.0
+        assert "their Redis store failed (ConnectionError)" in error.message
+        assert "hunter2" not in error.message
+        assert "127.0.0.1" not in error.message
+
+        reservation = Reservation(TENANT, Usage(), second=int(NOON), day=int(NOON) // 86_400)
+        with pytest.raises(Unavailable):
+            await limiter.settle(reservation, Usage(requests=0))
+        assert not reservation.settled  # may be settled again once Redis is back
+    finally:
+        await limiter.aclose()
