@@ -2,8 +2,12 @@
 
 genai serve [--config FILE] [--host H] [--port P] [--service NAME ...] [--ready-file F]
             [--prompts DIR | --no-prompts]
+genai chat MESSAGE [--prompt NAME] [--var NAME=VALUE ...] [--model M] ...
 genai info [--target HOST:PORT]
 genai prompts push|pull|diff|history|promote|rollback|list ... (`genai prompts --help`)
+genai logs [--prompt NAME] [--status CODE] [--since 10m] [--limit N] [--json]
+
+Commands that call the platform send `--api-key` (default: $GENAI_API_KEY).
 genai version
 """
 
@@ -20,13 +24,26 @@ from typing import Any
 
 import grpc
 from genai.common.v1 import chat_pb2, generation_pb2
-from genai.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
+from genai.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from genai.inference.v1 import inference_pb2, inference_service_pb2, inference_service_pb2_grpc
 from google.protobuf import json_format
 
+from services.common.auth import DEFAULT_TENANT
+from services.common.clients import api_key_metadata, create_channel
 from services.common.config import ConfigError, load_settings
+from services.common.status import error_details
+from services.gateway import logs_cli
+from services.gateway.logs_cli import API_KEY_ENV, error_line
 from services.inference.adapters import tritonserver
-from services.platform.runner import REPOSITORY_ROOT, Platform, platform_version, start_platform
+from services.platform.auth import internal_metadata
+from services.platform.bootstrap import dev_key_file, ensure_dev_credentials
+from services.platform.runner import (
+    REPOSITORY_ROOT,
+    Platform,
+    client_tls,
+    platform_version,
+    start_platform,
+)
 from services.platform.settings import ALL_SERVICES, PlatformSettings
 from services.prompt import cli as prompts_cli
 
@@ -87,7 +104,39 @@ def _parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="describe a running gateway and its dependencies")
     info.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (host:port)")
     info.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
+    _api_key_option(info)
     info.set_defaults(run=_info)
+
+    chat = commands.add_parser(
+        "chat", help="stream a completion of a prompt through the gateway (StreamComplete)"
+    )
+    chat.add_argument(
+        "message", nargs="?", help="the `message` variable (for the default `chat` prompt)"
+    )
+    chat.add_argument("--prompt", default="chat", help="prompt name (default: chat)")
+    selector = chat.add_mutually_exclusive_group()
+    selector.add_argument("--label", help="label to serve (default: production)")
+    selector.add_argument("--version", type=int, help="version number to serve")
+    chat.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a template variable (repeatable); VALUE is parsed as JSON when it can be",
+    )
+    chat.add_argument("--model", help="pin a catalog model (routing preference)")
+    chat.add_argument("--max-tokens", type=int, help="tokens to generate at most")
+    chat.add_argument("--temperature", type=float, help="0 is greedy")
+    chat.add_argument("--user", default="", help="end-user id (experiments, request log)")
+    chat.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (host:port)")
+    chat.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+    _api_key_option(chat)
+    chat.set_defaults(run=_chat)
+
+    logs = commands.add_parser(
+        "logs", help="list the request log of your tenant, newest first (ListRequestLogs)"
+    )
+    logs_cli.add_commands(logs, default_target=DEFAULT_TARGET)
 
     generate = commands.add_parser(
         "generate", help="stream a completion from InferenceService, as a chat turn"
@@ -104,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int)
     generate.add_argument("--stop", action="append", default=[], help="stop sequence")
     generate.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+    _api_key_option(generate)
     generate.set_defaults(run=_generate)
 
     # Listed for --help only: main() hands `genai triton ...` to the launcher's own parser.
@@ -121,6 +171,18 @@ def _parser() -> argparse.ArgumentParser:
     version = commands.add_parser("version", help="print the platform version")
     version.set_defaults(run=lambda _args: print(platform_version()) or 0)
     return parser
+
+
+def _api_key_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV, ""),
+        help=f"API key (default: ${API_KEY_ENV})",
+    )
+
+
+def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    return create_channel(args.target, metadata=api_key_metadata(args.api_key))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -166,15 +228,31 @@ async def _serve_until_signalled(
     for name in platform.hosted_services:
         print(f"  {name}", flush=True)
     print("  grpc.health.v1.Health, grpc.reflection.v1alpha.ServerReflection", flush=True)
+    if platform.metrics_port is not None:
+        print(f"metrics: http://{settings.server.host}:{platform.metrics_port}/metrics", flush=True)
+    credentials = None
+    if settings.auth.mode == "api_key" and platform.tenants is not None:
+        credentials = await ensure_dev_credentials(platform.tenants, dev_key_file())
+        made = "created" if credentials.created else "kept"
+        print(
+            f"development tenant '{credentials.tenant_id}', admin API key ({made}, saved in "
+            f"{credentials.key_file}):",
+            flush=True,
+        )
+        print(f"  export {API_KEY_ENV}={credentials.secret}", flush=True)
     print(f"try: grpcurl -plaintext {address} list", flush=True)
     print(f"     genai info --target {address}", flush=True)
+    if "gateway" in settings.services:
+        print(f'     genai chat --target {address} "What is a large language model?"', flush=True)
     if seed is not None:
-        await _seed_prompts(platform, seed)
+        await _seed_prompts(platform, seed, settings)
     if ready_file is not None:
         ready: dict[str, object] = {
             "address": address,
             "port": platform.server.port,
             "services": list(platform.hosted_services),
+            "metrics_port": platform.metrics_port,
+            "api_key": credentials.secret if credentials is not None else "",
         }
         await asyncio.to_thread(ready_file.write_text, json.dumps(ready))
 
@@ -186,14 +264,22 @@ async def _serve_until_signalled(
     return 0
 
 
-async def _seed_prompts(platform: Platform, folder: Path) -> None:
-    """Pushes `folder`'s prompt files to the PromptService of `platform`, over its own client
-    channel (TLS as configured); failures are logged, never raised."""
+async def _seed_prompts(platform: Platform, folder: Path, settings: PlatformSettings) -> None:
+    """Pushes `folder`'s prompt files to the PromptService of `platform` for the `default`
+    tenant, over a client channel of its own (TLS as configured); failures are logged, never
+    raised."""
+    channel = create_channel(
+        platform.address,
+        tls=client_tls(settings.clients),
+        metadata=internal_metadata(platform.internal_token, DEFAULT_TENANT),
+    )
     try:
-        report = await prompts_cli.seed_prompts(platform.channels.get(platform.address), folder)
+        report = await prompts_cli.seed_prompts(channel, folder)
     except Exception:  # seeding is a convenience: the platform serves without it
         _logger.exception("seeding prompts from %s failed", folder)
         return
+    finally:
+        await channel.close(None)
     print(f"prompts from {folder}:", flush=True)
     for line in report.lines:
         print(f"  {line}", flush=True)
@@ -205,7 +291,7 @@ async def _seed_prompts(platform: Platform, folder: Path) -> None:
 
 def _info(args: argparse.Namespace) -> int:
     async def call() -> gateway_service_pb2.GetServerInfoResponse:
-        async with grpc.aio.insecure_channel(args.target) as channel:
+        async with _channel(args) as channel:
             stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
             response: gateway_service_pb2.GetServerInfoResponse = await stub.GetServerInfo(
                 gateway_service_pb2.GetServerInfoRequest(), timeout=args.timeout
@@ -237,7 +323,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     async def stream() -> inference_pb2.GenerationFinal:
         final = inference_pb2.GenerationFinal()
-        async with grpc.aio.insecure_channel(args.target) as channel:
+        async with _channel(args) as channel:
             stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
             async for response in stub.GenerateStream(request, timeout=args.timeout):
                 if response.HasField("delta"):
@@ -259,6 +345,63 @@ def _generate(args: argparse.Namespace) -> int:
         f", {final.usage.input_tokens} tokens in, {final.usage.output_tokens} out, "
         f"first token {timings.first_token_duration.ToTimedelta().total_seconds() * 1000:.0f} ms"
         f", total {timings.total_duration.ToTimedelta().total_seconds():.2f} s]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    request = gateway_service_pb2.StreamCompleteRequest(prompt=args.prompt, user_id=args.user)
+    if args.label:
+        request.label = args.label
+    elif args.version is not None:
+        request.version = args.version
+    variables: dict[str, Any] = {}
+    if args.message is not None:
+        variables["message"] = args.message
+    for assignment in args.var:
+        name, sep, value = assignment.partition("=")
+        if not sep or not name:
+            print(f"genai chat: --var {assignment!r}: expected NAME=VALUE", file=sys.stderr)
+            return 2
+        try:
+            variables[name] = json.loads(value)
+        except ValueError:
+            variables[name] = value
+    request.variables.update(variables)
+    if args.model:
+        request.routing.model = args.model
+    if args.max_tokens is not None:
+        request.parameters.max_tokens = args.max_tokens
+    if args.temperature is not None:
+        request.parameters.temperature = args.temperature
+
+    async def stream() -> gateway_pb2.CompletionMetadata:
+        final = gateway_pb2.CompletionMetadata()
+        async with _channel(args) as channel:
+            stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+            async for response in stub.StreamComplete(request, timeout=args.timeout):
+                if response.HasField("delta"):
+                    sys.stdout.write(response.delta.text)
+                    sys.stdout.flush()
+                elif response.HasField("final"):
+                    final = response.final
+        return final
+
+    try:
+        final = asyncio.run(stream())
+    except grpc.aio.AioRpcError as error:
+        print(f"\ngenai: {error_line(error_details(error))}", file=sys.stderr)
+        return 1
+    cost = final.cost
+    print(
+        f"\n[{final.prompt} v{final.prompt_version} on {final.model}/{final.backend_id}: "
+        f"{generation_pb2.FinishReason.Name(final.finish_reason).removeprefix('FINISH_REASON_')}"
+        f", {final.usage.input_tokens} tokens in, {final.usage.output_tokens} out, "
+        f"cost {cost.units + cost.nanos / 1e9:.6f} {cost.currency_code}, "
+        f"first token {final.first_token_duration.ToTimedelta().total_seconds() * 1000:.0f} ms"
+        f", total {final.total_duration.ToTimedelta().total_seconds():.2f} s, "
+        f"request {final.request_id}]",
         file=sys.stderr,
     )
     return 0

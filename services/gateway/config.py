@@ -1,8 +1,19 @@
 """Typed settings of GatewayService."""
 
+import os
+from pathlib import Path
+from typing import Literal
+
 from pydantic import Field
 
 from services.common.config import Settings
+
+
+def default_database_url() -> str:
+    """SQLite in the user's data directory: `$XDG_DATA_HOME/genai-platform/gateway.db`
+    (`~/.local/share/...` when XDG_DATA_HOME is unset)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite+aiosqlite:///{Path(base) / 'genai-platform' / 'gateway.db'}"
 
 
 class DependencyTargets(Settings):
@@ -16,8 +27,75 @@ class DependencyTargets(Settings):
     inference: str = Field(default="", description="host:port of InferenceService.")
 
 
+class QuotaSettings(Settings):
+    """Where per-tenant usage is counted."""
+
+    backend: Literal["memory", "redis"] = Field(
+        default="memory",
+        description="memory: counted in this process (one gateway replica); redis: shared by "
+        "every replica through `redis_url`.",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Redis URL for the redis backend."
+    )
+    key_prefix: str = Field(
+        default="genai:quota:", description="Prefix of the Redis keys the quotas use."
+    )
+    tenant_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="How long a tenant's limits are used without reading them again; a quota "
+        "change takes effect within this time.",
+    )
+
+
+class RequestLogSettings(Settings):
+    """The durable log of every gateway request."""
+
+    enabled: bool = Field(default=True, description="Log every request.")
+    content: Literal["redacted", "full", "metadata"] = Field(
+        default="redacted",
+        description="What is kept of inputs and outputs: redacted (e-mail addresses, phone "
+        "and card numbers replaced, on top of the version's own redaction), full, or metadata "
+        "only (no input or output text).",
+    )
+    queue_capacity: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Records waiting to be written; more are dropped (and counted), never "
+        "waited for.",
+    )
+    max_batch: int = Field(default=256, ge=1, le=10_000, description="Records per write.")
+    max_delay_seconds: float = Field(
+        default=0.05, gt=0, le=60, description="Longest a record waits for its batch."
+    )
+
+
 class GatewaySettings(Settings):
     """Settings of GatewayService."""
+
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL of tenants, API keys and the request log: "
+        "sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host:5432/db; empty: SQLite "
+        "in $XDG_DATA_HOME/genai-platform/gateway.db.",
+    )
+    database_schema: str = Field(
+        default="", description="PostgreSQL schema (search path) of the gateway's tables."
+    )
+    quota: QuotaSettings = Field(default_factory=QuotaSettings, description="Tenant quotas.")
+    request_log: RequestLogSettings = Field(
+        default_factory=RequestLogSettings, description="The request log."
+    )
+    default_max_output_tokens: int = Field(
+        default=256,
+        ge=1,
+        le=1_000_000,
+        description="Output tokens assumed for routing and quota reservations when neither "
+        "the request nor the prompt version sets max_tokens.",
+    )
 
     targets: DependencyTargets = Field(
         default_factory=DependencyTargets, description="Addresses of the services it calls."
@@ -25,3 +103,11 @@ class GatewaySettings(Settings):
     health_check_timeout_seconds: float = Field(
         default=1.0, gt=0, le=30, description="Deadline of one dependency health check."
     )
+
+    def resolved_database_url(self) -> str:
+        """`database_url`, or the default SQLite file (its folder created)."""
+        if self.database_url:
+            return self.database_url
+        url = default_database_url()
+        Path(url.removeprefix("sqlite+aiosqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return url

@@ -1,16 +1,39 @@
 """Composition root of GatewayService: settings -> adapters -> core -> servicer."""
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 from genai.gateway.v1 import gateway_service_pb2_grpc
+from genai.inference.v1 import inference_service_pb2_grpc
+from genai.router.v1 import router_service_pb2_grpc
+from opentelemetry.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 
 from services.common.contract import contract_digest
 from services.common.server import ServiceRegistration
 from services.gateway.adapters.health_probe import GrpcHealthProbe
+from services.gateway.adapters.redis_quota import RedisQuotaLimiter
+from services.gateway.adapters.request_log_store import SqlRequestLogStore
+from services.gateway.completion import CompletionEngine
 from services.gateway.config import GatewaySettings
+from services.gateway.core.quota import InMemoryQuotaLimiter, QuotaLimiter
+from services.gateway.core.request_log import BatchWriter
 from services.gateway.core.server_info import ServerInfoReporter
+from services.gateway.core.tenants import TenantStore
+from services.gateway.metrics import GatewayMetrics
 from services.gateway.servicer import SERVICE_NAME, GatewayServicer
+from services.gateway.tenancy import PriceBook, TenantDirectory
+from services.platform.auth import internal_metadata
+from services.prompt.client import PromptClient
+from services.router.failover import RoutedGenerator
+
+if TYPE_CHECKING:
+    RouterStub = router_service_pb2_grpc.RouterServiceAsyncStub
+    InferenceStub = inference_service_pb2_grpc.InferenceServiceAsyncStub
+else:
+    RouterStub = router_service_pb2_grpc.RouterServiceStub
+    InferenceStub = inference_service_pb2_grpc.InferenceServiceStub
 
 DEPENDENCIES = {
     "genai.prompt.v1.PromptService": "prompt",
@@ -29,11 +52,18 @@ def registration(
     hosted_services: Sequence[str],
     local_target: Callable[[], str],
     channel_for: Callable[[str], grpc.aio.Channel],
+    tenants: TenantStore,
+    internal_token: str,
+    admin_required: bool,
+    registry: CollectorRegistry,
+    tracer_provider: TracerProvider | None = None,
 ) -> ServiceRegistration:
     """Returns GatewayService ready to be added to a server.
 
     A dependency with no configured address is reached at `local_target()` when this process
-    hosts it (the embedded default), and is unreachable otherwise.
+    hosts it (the embedded default), and is unreachable otherwise. `tenants` is the process's
+    tenant store (shared with the API-key authenticator); the gateway calls the other services
+    on a tenant's behalf with `internal_token`. Metrics go to `registry`.
     """
     hosted = frozenset(hosted_services)
 
@@ -42,6 +72,12 @@ def registration(
         if configured:
             return configured
         return local_target() if service in hosted else ""
+
+    def channel(service: str) -> grpc.aio.Channel:
+        target = target_for(service)
+        if not target:
+            raise RuntimeError(f"no address for {service}: set gateway.targets")
+        return channel_for(target)
 
     reporter = ServerInfoReporter(
         version=version,
@@ -54,12 +90,97 @@ def registration(
             timeout=settings.health_check_timeout_seconds,
         ),
     )
-    # The RPCs still pending are installed by @pending_rpcs at import time, which mypy cannot
-    # see; the ignore becomes unused (an error) once every RPC is implemented.
-    servicer = GatewayServicer(server_info=reporter)  # type: ignore[abstract]
+    quota: QuotaLimiter
+    redis_quota: RedisQuotaLimiter | None = None
+    if settings.quota.backend == "redis":
+        quota = redis_quota = RedisQuotaLimiter(
+            settings.quota.redis_url, key_prefix=settings.quota.key_prefix
+        )
+    else:
+        quota = InMemoryQuotaLimiter()
+    log_settings = settings.request_log
+    log_store = (
+        SqlRequestLogStore.from_url(
+            settings.resolved_database_url(), schema=settings.database_schema or None
+        )
+        if log_settings.enabled
+        else None
+    )
+    writer = (
+        BatchWriter(
+            log_store,
+            capacity=log_settings.queue_capacity,
+            max_batch=log_settings.max_batch,
+            max_delay_seconds=log_settings.max_delay_seconds,
+            registry=registry,
+        )
+        if log_store is not None
+        else None
+    )
+
+    def prompt_client(tenant_id: str) -> PromptClient:
+        return PromptClient(
+            channel("genai.prompt.v1.PromptService"),
+            metadata=internal_metadata(internal_token, tenant_id),
+        )
+
+    directory = TenantDirectory(
+        client_for=prompt_client,
+        tenant_lookup=tenants.get_tenant,
+        cache_seconds=settings.quota.tenant_cache_seconds,
+    )
+    state: dict[str, CompletionEngine] = {}
+
+    def engine() -> CompletionEngine:
+        # Channels are made on first use: this server's own address is known only once bound.
+        if "engine" not in state:
+            router = RouterStub(channel("genai.router.v1.RouterService"))
+            state["engine"] = CompletionEngine(
+                generator=RoutedGenerator(
+                    router, InferenceStub(channel("genai.inference.v1.InferenceService"))
+                ),
+                directory=directory,
+                prices=PriceBook(router),
+                quota=quota,
+                log=writer,
+                log_content=log_settings.content,
+                metrics=metrics,
+                default_max_output_tokens=settings.default_max_output_tokens,
+                tracer_provider=tracer_provider,
+            )
+        return state["engine"]
+
+    metrics = GatewayMetrics(registry)
+    servicer = GatewayServicer(  # type: ignore[abstract]  # RecordFeedback: @pending_rpcs
+        server_info=reporter,
+        engine=engine,
+        tenants=tenants,
+        directory=directory,
+        logs=log_store,
+        internal_token=internal_token,
+        admin_required=admin_required,
+    )
+
+    async def start() -> None:
+        if log_store is not None:
+            await log_store.migrate()
+        if writer is not None:
+            writer.start()
+
+    async def stop() -> None:
+        if writer is not None:
+            await writer.aclose()
+        await directory.close()
+        if log_store is not None:
+            await log_store.close()
+        if redis_quota is not None:
+            await redis_quota.aclose()
+
     return ServiceRegistration(
         name=SERVICE_NAME,
         add_to_server=lambda server: gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(
             servicer, server
         ),
+        start=start,
+        stop=stop,
     )

@@ -181,6 +181,32 @@ class TritonLaunchSettings(Settings):
     startup_timeout_seconds: float = Field(
         default=180, gt=0, description="How long to wait for Triton and its models to be ready."
     )
+    trace_url: str = Field(
+        default="",
+        description="OTLP/HTTP traces endpoint (host:port/v1/traces) that Triton exports its "
+        "own spans to, in OpenTelemetry mode, continuing the trace of each request (W3C "
+        "traceparent); empty: Triton's tracing stays off.",
+    )
+    trace_rate: int = Field(
+        default=1,
+        ge=1,
+        le=1_000_000,
+        description="Triton traces one request in this many (1: every request).",
+    )
+
+    def trace_args(self) -> tuple[str, ...]:
+        """Triton's command-line flags for `trace_url` and `trace_rate`."""
+        if not self.trace_url:
+            return ()
+        url = self.trace_url.removeprefix("http://")
+        return (
+            "--trace-config=mode=opentelemetry",
+            f"--trace-config=rate={self.trace_rate}",
+            "--trace-config=level=TIMESTAMPS",
+            "--trace-config=count=-1",
+            f"--trace-config=opentelemetry,url={url}",
+            "--trace-config=opentelemetry,resource=service.name=triton",
+        )
 
 
 class InferenceSettings(Settings):

@@ -6,13 +6,16 @@ so the same code runs embedded (one process) or split (a process or pod per serv
 """
 
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import grpc
 from opentelemetry.trace import TracerProvider
+from prometheus_client import CollectorRegistry, start_http_server
 
 from services.common.auth import AnonymousAuthenticator, Authenticator
 from services.common.clients import ClientTlsConfig, create_channel
@@ -24,9 +27,12 @@ from services.common.validation import Validators
 from services.evaluation import server as evaluation_server
 from services.experiment import server as experiment_server
 from services.gateway import server as gateway_server
+from services.gateway.adapters.tenant_store import SqlTenantStore
+from services.gateway.core.auth import ApiKeyAuthenticator
 from services.inference import server as inference_server
 from services.inference.adapters.triton import triton_channel
 from services.inference.adapters.tritonserver import TritonServer
+from services.platform.auth import PlatformAuthenticator
 from services.platform.settings import (
     ClientSettings,
     PlatformSettings,
@@ -66,8 +72,11 @@ class ChannelPool:
         *,
         tls: ClientTlsConfig | None = None,
         factory: Callable[[str], grpc.aio.Channel] | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
-        self._factory = factory or (lambda target: create_channel(target, tls=tls))
+        self._factory = factory or (
+            lambda target: create_channel(target, tls=tls, tracer_provider=tracer_provider)
+        )
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def get(self, target: str) -> grpc.aio.Channel:
@@ -101,6 +110,15 @@ class Platform:
     """The Triton server this process launched, if any."""
     registrations: tuple[ServiceRegistration, ...] = ()
     """The hosted services, whose `stop` hooks run after the server stops."""
+    tenants: SqlTenantStore | None = None
+    """The tenant and API-key store (auth `api_key`, or a hosted gateway)."""
+    internal_token: str = ""
+    """The token this process's services present to each other (auth `api_key`)."""
+    metrics_registry: CollectorRegistry | None = None
+    """Every Prometheus metric of this process."""
+    metrics_port: int | None = None
+    """Port of the Prometheus endpoint (`/metrics`), when it serves one."""
+    _metrics_server: Any = None
 
     @property
     def address(self) -> str:
@@ -112,6 +130,11 @@ class Platform:
         client channels."""
         await self.server.stop(grace)
         await _stop_services(self.registrations)
+        if self.tenants is not None:
+            await self.tenants.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self.triton is not None:
             await self.triton.stop()
         await self.channels.close()
@@ -136,9 +159,25 @@ async def start_platform(
     first and the process owns it: it stops with the platform.
     """
     hosted = tuple(SERVICE_NAMES[key] for key in settings.services)
-    channels = ChannelPool(tls=_client_tls(settings.clients))
-    triton_channels = ChannelPool(factory=triton_channel)
     tracer_provider = configure_tracing("genai-platform")
+    channels = ChannelPool(tls=client_tls(settings.clients), tracer_provider=tracer_provider)
+    triton_channels = ChannelPool(factory=triton_channel)
+    api_keys = settings.auth.mode == "api_key"
+    internal_token = (settings.auth.internal_token or secrets.token_urlsafe(32)) if api_keys else ""
+    tenants: SqlTenantStore | None = None
+    if api_keys or "gateway" in settings.services:
+        tenants = SqlTenantStore.from_url(
+            settings.gateway.resolved_database_url(),
+            schema=settings.gateway.database_schema or None,
+        )
+        await tenants.migrate()
+    if authenticator is None and api_keys:
+        assert tenants is not None
+        authenticator = PlatformAuthenticator(
+            ApiKeyAuthenticator(tenants, cache_ttl=settings.auth.api_key_cache_seconds),
+            internal_token,
+        )
+    registry = CollectorRegistry(auto_describe=True)
     triton = await _launch_triton(settings) if "inference" in settings.services else None
     local: list[str] = []  # this server's own address, known once it is bound
 
@@ -155,6 +194,7 @@ async def start_platform(
                 local_target,
                 _Clients(channels, triton_channels, tracer_provider),
                 triton,
+                _Shared(tenants, internal_token, api_keys, registry),
             )
             for key in settings.services
         ]
@@ -175,6 +215,8 @@ async def start_platform(
         )
     except BaseException:
         await _stop_services(registrations)
+        if tenants is not None:
+            await tenants.close()
         if triton is not None:
             await triton.stop()
         await channels.close()
@@ -182,14 +224,25 @@ async def start_platform(
         raise
     local.append(server.address)
     _logger.info("serving %s on %s", ", ".join(hosted), server.address)
-    return Platform(
+    platform = Platform(
         server=server,
         hosted_services=hosted,
         channels=channels,
         triton_channels=triton_channels,
         triton=triton,
         registrations=tuple(registrations),
+        tenants=tenants,
+        internal_token=internal_token,
+        metrics_registry=registry,
     )
+    if settings.server.metrics_port is not None:
+        http, _thread = start_http_server(
+            settings.server.metrics_port, addr=settings.server.host, registry=registry
+        )
+        platform._metrics_server = http
+        platform.metrics_port = http.server_address[1]
+        _logger.info("Prometheus metrics on port %d", platform.metrics_port)
+    return platform
 
 
 async def _launch_triton(settings: PlatformSettings) -> TritonServer | None:
@@ -207,9 +260,20 @@ async def _launch_triton(settings: PlatformSettings) -> TritonServer | None:
         metrics_port=launch.metrics_port,
         log_file=launch.log_file or None,
         startup_timeout=launch.startup_timeout_seconds,
+        extra_args=launch.trace_args(),
     )
     _logger.info("Triton ready: gRPC %s, log %s", triton.grpc_address, triton.log_file)
     return triton
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """Process-wide state some services need: tenants, the internal token, metrics."""
+
+    tenants: SqlTenantStore | None
+    internal_token: str
+    api_keys: bool
+    registry: CollectorRegistry
 
 
 @dataclass(frozen=True)
@@ -228,6 +292,7 @@ def _registration(
     local_target: Callable[[], str],
     clients: "_Clients",
     triton: TritonServer | None,
+    shared: _Shared,
 ) -> ServiceRegistration:
     match key:
         case "prompt":
@@ -256,7 +321,18 @@ def _registration(
                 hosted_services=hosted,
                 local_target=local_target,
                 channel_for=clients.channels.get,
+                tenants=_required(shared.tenants),
+                internal_token=shared.internal_token,
+                admin_required=shared.api_keys,
+                registry=shared.registry,
+                tracer_provider=clients.tracer_provider,
             )
+
+
+def _required(tenants: SqlTenantStore | None) -> SqlTenantStore:
+    if tenants is None:  # start_platform makes the store whenever the gateway is hosted
+        raise RuntimeError("the gateway needs the tenant store")
+    return tenants
 
 
 def _bracket(host: str) -> str:
@@ -273,7 +349,8 @@ def _tls(server: ServerSettings) -> TlsConfig | None:
     )
 
 
-def _client_tls(clients: ClientSettings) -> ClientTlsConfig | None:
+def client_tls(clients: ClientSettings) -> ClientTlsConfig | None:
+    """The client TLS of `clients`, or None for plaintext."""
     if not clients.tls:
         return None
 

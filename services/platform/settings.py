@@ -36,6 +36,13 @@ class ServerSettings(Settings):
         le=300,
         description="On shutdown, how long in-flight RPCs (streams included) may finish.",
     )
+    metrics_port: int | None = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus endpoint (/metrics) on `host`; 0 picks a free "
+        "one, null serves none.",
+    )
     tls_certificate_file: str = Field(
         default="", description="PEM certificate chain; set with tls_private_key_file for TLS."
     )
@@ -76,6 +83,30 @@ class ClientSettings(Settings):
         return self
 
 
+class AuthSettings(Settings):
+    """How callers prove who they are (see `services.platform.auth`)."""
+
+    mode: Literal["api_key", "none"] = Field(
+        default="api_key",
+        description="api_key: callers send `authorization: Bearer <key>` and the key's tenant "
+        "scopes every call; none: every call is the anonymous caller of the `default` tenant "
+        "(single-user development only).",
+    )
+    internal_token: str = Field(
+        default="",
+        description="Shared secret the platform's services present when they call each "
+        "other on a tenant's behalf. Empty: a random one per process, which suffices when "
+        "every service runs in one process; split deployments set the same value everywhere.",
+    )
+    api_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="How long a verified key is trusted without a database read; a revoked "
+        "key stops working within this time.",
+    )
+
+
 class PlatformSettings(Settings):
     """Settings of one platform process."""
 
@@ -87,6 +118,9 @@ class PlatformSettings(Settings):
         default_factory=ClientSettings,
         description="Channels to the other services. With server TLS, the embedded services "
         "reach each other over TLS too, so set clients.tls and clients.tls_ca_file.",
+    )
+    auth: AuthSettings = Field(
+        default_factory=AuthSettings, description="How callers authenticate."
     )
     prompt: PromptSettings = Field(
         default_factory=PromptSettings, description="PromptService, when hosted."

@@ -21,6 +21,7 @@ points `production` at them only where the label does not exist yet.
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import grpc.aio
 from genai.prompt.v1 import prompt_pb2, prompt_service_pb2, prompt_service_pb2_grpc
 from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
 
+from services.common.clients import api_key_metadata, create_channel
 from services.common.errors import FieldViolation
 from services.common.status import ParsedError, error_details
 from services.prompt.core.registry import (
@@ -91,6 +93,11 @@ def add_commands(parser: argparse.ArgumentParser, *, default_target: str) -> Non
     `args.run`, which returns the exit status."""
     connection = argparse.ArgumentParser(add_help=False)
     connection.add_argument("--target", default=default_target, help="platform address")
+    connection.add_argument(
+        "--api-key",
+        default=os.environ.get("GENAI_API_KEY", ""),
+        help="API key (default: $GENAI_API_KEY)",
+    )
     connection.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT, help="deadline of each call, seconds"
     )
@@ -152,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def run_async(args: argparse.Namespace) -> int:
     """`run` inside a running event loop (usage already checked)."""
-    async with grpc.aio.insecure_channel(args.target) as channel:
+    async with create_channel(args.target, metadata=api_key_metadata(args.api_key)) as channel:
         stub = prompt_service_pb2_grpc.PromptServiceStub(channel)
         try:
             status: int = await _COMMANDS[args.prompts_command](stub, args)

@@ -14,7 +14,7 @@
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -66,6 +66,8 @@ class RoutedStream:
     decision: router_pb2.RouteDecision | None = None
     attempts: list[Attempt] = field(default_factory=list)
     usage: generation_pb2.TokenUsage = field(default_factory=generation_pb2.TokenUsage)
+    metadata: tuple[tuple[str, str], ...] = ()
+    """Metadata sent with every call of the generation (reports included)."""
 
 
 class RoutedGenerator:
@@ -89,14 +91,20 @@ class RoutedGenerator:
         record: RoutedStream,
         *,
         time_left: float | None = None,
-    ) -> AsyncIterator[inference_service_pb2.GenerateStreamResponse]:
+        decision: router_pb2.RouteDecision | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> AsyncGenerator[inference_service_pb2.GenerateStreamResponse]:
         """Yields the messages of the attempt that streams (start, deltas, final), recording
         the decision, attempts and usage in `record`. Raises the router's errors (for
         example FAILED_PRECONDITION NO_ELIGIBLE_MODEL) as `grpc.aio.AioRpcError`, and
         `Unavailable` when every candidate failed or the stream broke after its first token.
-        `time_left` (seconds) bounds the whole generation, failovers included."""
+        `time_left` (seconds) bounds the whole generation, failovers included; `decision`, when
+        the caller routed already (see `route`), skips the `Route` call; `metadata` goes with
+        every call. Closing the iterator early cancels the backend's generation."""
         deadline = None if time_left is None else self._clock() + time_left
-        decision = (await self._router.Route(route, timeout=_left(deadline, self._clock))).decision
+        record.metadata = tuple(metadata)
+        if decision is None:
+            decision = await self.route(route, time_left=time_left, metadata=metadata)
         record.decision = decision
         for candidate in decision.candidates:
             attempt = inference_service_pb2.GenerateStreamRequest()
@@ -106,8 +114,10 @@ class RoutedGenerator:
             started = self._clock()
             first_token: float | None = None
             output_tokens = 0
+            call = self._inference.GenerateStream(
+                attempt, timeout=_left(deadline, self._clock), metadata=metadata or None
+            )
             try:
-                call = self._inference.GenerateStream(attempt, timeout=_left(deadline, self._clock))
                 async for message in call:
                     kind = message.WhichOneof("event")
                     if kind == "start":
@@ -173,6 +183,8 @@ class RoutedGenerator:
                     error,
                 )
                 continue
+            finally:
+                call.cancel()  # a no-op once the call ended; stops the backend when abandoned
             await self._report(
                 record,
                 decision,
@@ -191,6 +203,17 @@ class RoutedGenerator:
             retry_after=RETRY_AFTER_S,
             metadata={a.backend_id: a.error[:200] for a in record.attempts},
         )
+
+    async def route(
+        self,
+        route: router_service_pb2.RouteRequest,
+        *,
+        time_left: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> router_pb2.RouteDecision:
+        """Asks the router for a decision (raising its errors as `grpc.aio.AioRpcError`)."""
+        response = await self._router.Route(route, timeout=time_left, metadata=metadata or None)
+        return response.decision
 
     async def _report(
         self,
@@ -219,7 +242,7 @@ class RoutedGenerator:
         if first_token is not None:
             report.first_token_duration.CopyFrom(duration(first_token - started))
         try:
-            await self._router.ReportOutcome(report, timeout=2.0)
+            await self._router.ReportOutcome(report, timeout=2.0, metadata=record.metadata or None)
         except grpc.aio.AioRpcError as report_error:
             _logger.warning("could not report an outcome to the router: %s", report_error.code())
 

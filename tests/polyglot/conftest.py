@@ -1,17 +1,38 @@
-"""One real `genai serve` (all six services) for every polyglot test: grpcurl, Node and Go
-clients all talk to the same process, as they would in production."""
+"""One real `genai serve` (all six services, API keys on, the sample prompts seeded) with a
+Triton serving the zero-compute model, for every polyglot test: grpcurl, Node and Go clients
+all talk to the same process, as they would in production."""
 
+import json
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.serve import ServeProcess, genai_serve
 
+ZERO_ONLY = {
+    "GENAI_INFERENCE__TRITON__MODELS": json.dumps(["zero_llm"]),
+    "GENAI_INFERENCE__TRITON__GRPC_PORT": "0",
+    "GENAI_INFERENCE__TRITON__HTTP_PORT": "0",
+    "GENAI_INFERENCE__TRITON__METRICS_PORT": "0",
+    "GENAI_INFERENCE__MODELS": json.dumps(
+        [
+            {
+                "name": "zero",
+                "backends": [{"id": "triton-0", "triton_model": "zero_llm"}],
+                "chat_template": "builtin:chatml",
+                "max_output_tokens": 100000,
+            }
+        ]
+    ),
+}
+"""Triton with only zero_llm (starts in seconds); the router's catalog still lists SmolLM2,
+whose health check then finds it down."""
+
 
 @pytest.fixture(scope="session")
 def polyglot_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    with genai_serve(tmp_path_factory.mktemp("polyglot-serve")) as served:
-        yield served
+    with genai_serve(tmp_path_factory.mktemp("polyglot-serve"), env=ZERO_ONLY, timeout=180) as s:
+        yield s
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ from services.common.contract import contract_digest, contract_services
 from services.common.reasons import ERROR_DOMAIN, NOT_IMPLEMENTED, PROMPT_NOT_FOUND
 
 UNIMPLEMENTED_CALL = "genai.experiment.v1.ExperimentService/GetExperiment"
+STREAM_CALL = "genai.gateway.v1.GatewayService/StreamComplete"
+"""The sample `chat` prompt pinned to the zero-compute model with max_tokens 4."""
 NOT_FOUND_CALL = "genai.prompt.v1.PromptService/GetPrompt"
 """Asked for a prompt named `x`, which no test creates: a real NOT_FOUND with ErrorInfo."""
 
@@ -46,6 +48,7 @@ def assert_client_saw_the_platform(stdout: str) -> None:
         "grpc.health.v1.Health/Check",
         NOT_FOUND_CALL,
         UNIMPLEMENTED_CALL,
+        STREAM_CALL,
     }, stdout
 
     [info_line] = by_call["genai.gateway.v1.GatewayService/GetServerInfo"]
@@ -82,3 +85,18 @@ def assert_client_saw_the_platform(stdout: str) -> None:
     missing = error_info["metadata"]["missing"]
     assert missing
     assert failed["message"] == f"{UNIMPLEMENTED_CALL} is not implemented yet: it needs {missing}"
+
+    [streamed] = by_call[STREAM_CALL]
+    assert streamed["ok"] is True
+    # Redaction holds back text that could still become an e-mail or card number, so deltas
+    # need not match tokens one to one.
+    events = streamed["events"]
+    assert (events[0], events[-1]) == ("start", "final")
+    assert set(events[1:-1]) == {"delta"}
+    assert streamed["text"] == "tok0 tok1 tok2 tok3 "
+    final = streamed["final"]
+    assert (final["prompt"], final["model"], final["backendId"]) == ("chat", "zero", "triton-0")
+    assert final["promptVersion"] == 1
+    assert final["usage"]["outputTokens"] == 4
+    assert final["finishReason"] == "FINISH_REASON_LENGTH"
+    assert re.fullmatch(r"[0-9a-f]{32}", final["traceId"])

@@ -106,7 +106,7 @@ def test_go_client_is_gofmt_clean_and_passes_vet(workspace: GoWorkspace) -> None
 
 def test_go_client_talks_to_the_platform(workspace: GoWorkspace, server: ServeProcess) -> None:
     result = subprocess.run(
-        [str(workspace.binary()), server.address],
+        [str(workspace.binary()), server.address, server.api_key],
         capture_output=True,
         text=True,
         timeout=120,

@@ -42,10 +42,15 @@ def grpcurl(*args: str, stdin: str | None = None) -> "subprocess.CompletedProces
     )
 
 
+def auth(server: ServeProcess) -> tuple[str, str]:
+    """grpcurl's flag for the development key that `genai serve` printed."""
+    return ("-H", f"authorization: Bearer {server.api_key}")
+
+
 def call(server: ServeProcess, method: str, request: str | None = None, *flags: str) -> str:
-    """A successful unary call; returns stdout (JSON)."""
+    """A successful unary call with the development key; returns stdout (JSON)."""
     data = ["-d", request] if request is not None else []
-    result = grpcurl("-plaintext", *flags, *data, server.address, method)
+    result = grpcurl("-plaintext", *auth(server), *flags, *data, server.address, method)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -188,7 +193,9 @@ def test_get_server_info_with_the_request_on_stdin(server: ServeProcess) -> None
 
 
 def test_unimplemented_rpc_exits_76_and_says_what_is_missing(server: ServeProcess) -> None:
-    result = grpcurl("-plaintext", "-d", '{"name":"x"}', server.address, UNIMPLEMENTED_CALL)
+    result = grpcurl(
+        "-plaintext", *auth(server), "-d", '{"name":"x"}', server.address, UNIMPLEMENTED_CALL
+    )
     assert result.returncode == EXIT_UNIMPLEMENTED, (result.stdout, result.stderr)
     assert result.stdout == ""
     assert "Code: Unimplemented" in result.stderr
@@ -198,7 +205,13 @@ def test_unimplemented_rpc_exits_76_and_says_what_is_missing(server: ServeProces
 
 def test_unimplemented_rpc_error_as_json_carries_error_info(server: ServeProcess) -> None:
     result = grpcurl(
-        "-plaintext", "-format-error", "-d", '{"name":"x"}', server.address, UNIMPLEMENTED_CALL
+        "-plaintext",
+        *auth(server),
+        "-format-error",
+        "-d",
+        '{"name":"x"}',
+        server.address,
+        UNIMPLEMENTED_CALL,
     )
     assert result.returncode == EXIT_UNIMPLEMENTED, (result.stdout, result.stderr)
     error = json.loads(result.stderr)
@@ -271,6 +284,7 @@ def test_the_prompt_registry_is_usable_from_grpcurl(server: ServeProcess) -> Non
 
     missing = grpcurl(
         "-plaintext",
+        *auth(server),
         "-format-error",
         "-d",
         '{"prompt": "grpcurl-hello", "variables": {"whom": 1}}',
@@ -283,3 +297,34 @@ def test_the_prompt_registry_is_usable_from_grpcurl(server: ServeProcess) -> Non
     # grpcurl 1.8 prints details with their proto field names.
     fields = sorted(v["field"] for v in violations["field_violations"])
     assert fields == ["variables.who", "variables.whom"]
+
+
+def test_stream_complete_from_grpcurl(server: ServeProcess) -> None:
+    """The README's grpcurl example: a streamed completion of the sample `chat` prompt."""
+    request = {
+        "prompt": "chat",
+        "variables": {"message": "hello from grpcurl"},
+        "routing": {"model": "zero"},
+        "parameters": {"maxTokens": 3},
+    }
+    output = call(server, "genai.gateway.v1.GatewayService/StreamComplete", json.dumps(request))
+    messages = [json.loads(m) for m in re.split(r"(?<=})\s*(?={)", output.strip())]
+
+    kinds = [next(iter(m)) for m in messages]
+    assert (kinds[0], kinds[-1]) == ("start", "final")
+    assert set(kinds[1:-1]) == {"delta"}
+    assert "".join(m["delta"]["text"] for m in messages[1:-1]) == "tok0 tok1 tok2 "
+    final = messages[-1]["final"]
+    assert (final["prompt"], final["model"], final["usage"]["outputTokens"]) == ("chat", "zero", 3)
+
+
+def test_stream_complete_without_a_key_is_unauthenticated(server: ServeProcess) -> None:
+    result = grpcurl(
+        "-plaintext",
+        "-d",
+        '{"prompt": "chat"}',
+        server.address,
+        "genai.gateway.v1.GatewayService/StreamComplete",
+    )
+    assert result.returncode == 64 + 16, result.stderr
+    assert "Code: Unauthenticated" in result.stderr

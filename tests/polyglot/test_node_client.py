@@ -37,7 +37,7 @@ def test_node_client_type_checks() -> None:
 
 def test_node_client_talks_to_the_platform(server: ServeProcess) -> None:
     result = subprocess.run(
-        [str(node_tool("tsx")), str(CLIENT), server.address],
+        [str(node_tool("tsx")), str(CLIENT), server.address, server.api_key],
         cwd=ROOT,
         capture_output=True,
         text=True,

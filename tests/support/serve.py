@@ -29,6 +29,8 @@ class ServeProcess:
     address: str
     port: int
     services: tuple[str, ...]
+    api_key: str = ""
+    """The development tenant's admin key that `genai serve` printed (auth `api_key`)."""
 
 
 @contextmanager
@@ -72,6 +74,7 @@ def genai_serve(
             address=described["address"],
             port=described["port"],
             services=tuple(described["services"]),
+            api_key=described.get("api_key", ""),
         )
     finally:
         if process.poll() is None:

@@ -67,6 +67,7 @@ def _settings(endpoint: str, *, slow_in_flight: int = 2) -> PlatformSettings:
 
     return PlatformSettings.model_validate(
         {
+            "auth": {"mode": "none"},
             "services": ["inference"],
             "server": {"port": 0},
             "inference": {

@@ -12,6 +12,7 @@ import pytest
 from genai.common.v1 import chat_pb2
 from genai.prompt.v1 import prompt_pb2, prompt_service_pb2, prompt_service_pb2_grpc
 
+from services.common.clients import api_key_metadata, create_channel
 from services.prompt.core.model import content_hash
 from services.prompt.servicer import version_content
 from tests.support.databases import BACKENDS, Database, database
@@ -43,9 +44,13 @@ def _version(index: int) -> prompt_pb2.PromptVersion:
 
 
 async def _push_until_killed(
-    address: str, acknowledged: dict[int, str], stop: asyncio.Event, enough: asyncio.Event
+    address: str,
+    api_key: str,
+    acknowledged: dict[int, str],
+    stop: asyncio.Event,
+    enough: asyncio.Event,
 ) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with create_channel(address, metadata=api_key_metadata(api_key)) as channel:
         stub = prompt_service_pb2_grpc.PromptServiceStub(channel)
 
         async def writer(offset: int) -> None:
@@ -71,14 +76,16 @@ async def test_a_killed_server_loses_no_acknowledged_version(db: Database, tmp_p
     for run in ("first", "second"):
         (tmp_path / run).mkdir()
     with genai_serve(tmp_path / "first", "--service", "prompt", env=_env(db)) as served:
-        async with grpc.aio.insecure_channel(served.address) as channel:
+        async with create_channel(
+            served.address, metadata=api_key_metadata(served.api_key)
+        ) as channel:
             stub = prompt_service_pb2_grpc.PromptServiceStub(channel)
             await stub.CreatePrompt(
                 pb.CreatePromptRequest(prompt=prompt_pb2.Prompt(name="durable"))
             )
         stop, enough = asyncio.Event(), asyncio.Event()
         pushing = asyncio.create_task(
-            _push_until_killed(served.address, acknowledged, stop, enough)
+            _push_until_killed(served.address, served.api_key, acknowledged, stop, enough)
         )
         await asyncio.wait_for(enough.wait(), 60)
         served.process.send_signal(signal.SIGKILL)  # eight writers have requests in flight
@@ -87,7 +94,9 @@ async def test_a_killed_server_loses_no_acknowledged_version(db: Database, tmp_p
         assert served.process.wait(10) == -signal.SIGKILL
 
     with genai_serve(tmp_path / "second", "--service", "prompt", env=_env(db)) as restarted:
-        async with grpc.aio.insecure_channel(restarted.address) as channel:
+        async with create_channel(
+            restarted.address, metadata=api_key_metadata(restarted.api_key)
+        ) as channel:
             stub = prompt_service_pb2_grpc.PromptServiceStub(channel)
             prompt = (await stub.GetPrompt(pb.GetPromptRequest(name="durable"))).prompt
             stored = []

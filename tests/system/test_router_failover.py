@@ -68,6 +68,7 @@ async def test_a_killed_replica_loses_no_request_before_its_first_token(tmp_path
         catalog.write_text(CATALOG.format(a=a.grpc_address, b=b.grpc_address))
         settings = PlatformSettings.model_validate(
             {
+                "auth": {"mode": "none"},
                 "services": ["router", "inference"],
                 "server": {"port": 0, "grace_seconds": 0},
                 "router": {

@@ -51,6 +51,7 @@ models:
 async def _platform(catalog: Path) -> Platform:
     settings = PlatformSettings.model_validate(
         {
+            "auth": {"mode": "none"},
             "services": ["router"],
             "server": {"port": 0, "grace_seconds": 0},
             "router": {"catalog_file": str(catalog), "health_check_seconds": 0.2},

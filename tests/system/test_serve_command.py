@@ -2,6 +2,7 @@
 SIGTERM."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -62,31 +63,35 @@ FREE_TRITON_PORTS = {
 def test_the_main_job_serves_a_real_smollm2_answer_from_the_triton_it_launched(
     tmp_path: Path,
 ) -> None:
-    """What `scripts/serve` runs: Triton with the CPU repository, every service, and a real
-    streamed answer through InferenceService."""
+    """What `scripts/serve` runs: Triton with the CPU repository, every service, the sample
+    prompts and a development key; then `genai chat`, as the README shows, streams a real answer
+    through the gateway (prompt `chat`, label production, routed to SmolLM2)."""
     with genai_serve(tmp_path, env=FREE_TRITON_PORTS, timeout=300) as served:
+        assert served.api_key.startswith("gk_")
+        command = [sys.executable, "-m", "services.cli", "chat", "--target", served.address]
+        question = ["--temperature", "0", "What is the capital of France?"]
         answer = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "services.cli",
-                "generate",
-                "--target",
-                served.address,
-                "--max-tokens",
-                "24",
-                "--temperature",
-                "0",
-                "What is the capital of France?",
-            ],
+            [*command, *question],
             cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=120,
-            check=True,
+            env={**os.environ, "GENAI_API_KEY": served.api_key},
         )
-        assert "Paris" in answer.stdout
-        assert "smollm2-135m-instruct on triton-0" in answer.stderr
+        refused = subprocess.run(
+            [*command, "--api-key", "", *question],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "GENAI_API_KEY"},
+        )
         served.process.send_signal(signal.SIGTERM)
         output, _ = served.process.communicate(timeout=60)
-        assert served.process.returncode == 0, output
+    assert answer.returncode == 0, answer.stderr
+    assert "Paris" in answer.stdout
+    assert "chat v1 on smollm2-135m-instruct/triton-0" in answer.stderr
+    assert refused.returncode == 1
+    assert "UNAUTHENTICATED" in refused.stderr
+    assert served.process.returncode == 0, output
+    assert f"export GENAI_API_KEY={served.api_key}" in output

@@ -45,6 +45,7 @@ def _settings(base_url: str) -> PlatformSettings:
 
     return PlatformSettings.model_validate(
         {
+            "auth": {"mode": "none"},
             "services": ["inference"],
             "server": {"port": 0},
             "inference": {

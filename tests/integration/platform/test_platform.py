@@ -23,7 +23,20 @@ from tests.support.settings import inference_without_triton
 from tests.support.tls import make_certificates
 
 IMPLEMENTED = {
-    "genai.gateway.v1.GatewayService/GetServerInfo",
+    *(
+        f"genai.gateway.v1.GatewayService/{name}"
+        for name in (
+            "GetServerInfo",
+            "Complete",
+            "StreamComplete",
+            "ListRequestLogs",
+            "CreateTenant",
+            "UpdateTenantQuota",
+            "CreateApiKey",
+            "ListApiKeys",
+            "RevokeApiKey",
+        )
+    ),
     "genai.inference.v1.InferenceService/Generate",
     "genai.inference.v1.InferenceService/GenerateStream",
     "genai.inference.v1.InferenceService/Embed",
@@ -37,7 +50,12 @@ IMPLEMENTED_SERVICES = {"genai.prompt.v1.PromptService", "genai.router.v1.Router
 
 def _settings(**fields: object) -> PlatformSettings:
     return PlatformSettings.model_validate(
-        {"server": ServerSettings(port=0), "inference": inference_without_triton(), **fields}
+        {
+            "auth": {"mode": "none"},
+            "server": ServerSettings(port=0),
+            "inference": inference_without_triton(),
+            **fields,
+        }
     )
 
 

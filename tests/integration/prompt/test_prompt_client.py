@@ -96,6 +96,7 @@ class _RecordUnaryStream(UnaryStreamClientInterceptor):
 def _settings(db: Database, port: int) -> PlatformSettings:
     return PlatformSettings.model_validate(
         {
+            "auth": {"mode": "none"},
             "services": ["prompt"],
             "server": {"port": port, "grace_seconds": 0},
             "prompt": {"database_url": db.url, "database_schema": db.schema or ""},

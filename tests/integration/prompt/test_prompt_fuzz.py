@@ -100,6 +100,7 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     thread.start()
     settings_ = PlatformSettings.model_validate(
         {
+            "auth": {"mode": "none"},
             "services": ["prompt"],
             "server": {"port": 0, "grace_seconds": 0},
             "prompt": {"database_url": f"sqlite+aiosqlite:///{db}"},

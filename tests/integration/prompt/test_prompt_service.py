@@ -35,6 +35,7 @@ SYSTEM = chat_pb2.CHAT_ROLE_SYSTEM
 def _settings(db: Database) -> PlatformSettings:
     return PlatformSettings.model_validate(
         {
+            "auth": {"mode": "none"},
             "services": ["prompt"],
             "server": {"port": 0, "grace_seconds": 0},
             "prompt": {"database_url": db.url, "database_schema": db.schema or ""},

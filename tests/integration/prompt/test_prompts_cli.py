@@ -51,6 +51,7 @@ class Registry:
 def _settings(url: str) -> PlatformSettings:
     return PlatformSettings.model_validate(
         {
+            "auth": {"mode": "none"},
             "services": ["prompt"],
             "server": {"port": 0, "grace_seconds": 0},
             "prompt": {"database_url": url},
@@ -107,6 +108,7 @@ async def test_push_creates_then_reports_unchanged_then_only_what_changed(
     first = await genai_prompts(capsys, registry, "push", str(samples), "-m", "initial")
     assert first.status == 0, first
     assert first.out.splitlines() == [
+        "chat: created prompt; created v1",
         "extract-invoice: created prompt; created v1",
         "summarize: created prompt; created v1",
         "support-answer: created prompt; created v1",
@@ -115,6 +117,7 @@ async def test_push_creates_then_reports_unchanged_then_only_what_changed(
     again = await genai_prompts(capsys, registry, "push", str(samples))
     assert again.status == 0
     assert again.out.splitlines() == [
+        "chat: unchanged (v1)",
         "extract-invoice: unchanged (v1)",
         "summarize: unchanged (v1)",
         "support-answer: unchanged (v1)",
@@ -126,6 +129,7 @@ async def test_push_creates_then_reports_unchanged_then_only_what_changed(
     dry = await genai_prompts(capsys, registry, "push", str(samples), "--dry-run")
     assert dry.status == 0, dry
     assert dry.out.splitlines() == [
+        "chat: unchanged (v1)",
         "extract-invoice: unchanged (v1)",
         "summarize: would create v2",
         "    ~ parameters.temperature",
@@ -137,6 +141,7 @@ async def test_push_creates_then_reports_unchanged_then_only_what_changed(
     )
     assert pushed.status == 0, pushed
     assert pushed.out.splitlines() == [
+        "chat: unchanged (v1)",
         "extract-invoice: unchanged (v1)",
         "summarize: created v2",
         "    ~ parameters.temperature",
@@ -210,6 +215,7 @@ async def test_pull_then_push_is_a_no_op(
     assert result.status == 0, result
     assert f"summarize@2 -> {pulled / 'summarize.yaml'}" in result.out.splitlines()
     assert sorted(p.name for p in pulled.iterdir()) == [
+        "chat.yaml",
         "extract-invoice.yaml",
         "summarize.yaml",
         "support-answer.yaml",
@@ -222,6 +228,7 @@ async def test_pull_then_push_is_a_no_op(
     again = await genai_prompts(capsys, registry, "push", str(pulled))
     assert again.status == 0
     assert again.out.splitlines() == [
+        "chat: unchanged (v1)",
         "extract-invoice: unchanged (v1)",
         "summarize: unchanged (v2)",
         "support-answer: unchanged (v1)",
@@ -241,7 +248,7 @@ async def test_pull_then_push_is_a_no_op(
         capsys, registry, "pull", "--all", "--label", "production", "--out", str(tmp_path / "p")
     )
     assert labelled.status == 0  # no prompt has the label yet: each is skipped, saying why
-    assert labelled.out.count("skipped (") == 3
+    assert labelled.out.count("skipped (") == 4
 
 
 async def test_diff_prints_field_changes_and_the_unified_diff(
@@ -372,6 +379,7 @@ async def test_seeding_sets_production_only_where_it_does_not_exist(
         first = await prompts_cli.seed_prompts(channel, samples)
         assert first.failures == 0
         assert first.lines == (
+            "chat: created prompt; created v1; production -> v1",
             "extract-invoice: created prompt; created v1; production -> v1",
             "summarize: created prompt; created v1; production -> v1",
             "support-answer: created prompt; created v1; production -> v1",
@@ -391,6 +399,7 @@ async def test_seeding_sets_production_only_where_it_does_not_exist(
         second = await prompts_cli.seed_prompts(channel, samples)
         assert second.failures == 0
         assert second.lines == (
+            "chat: unchanged (v1); production stays at v1",
             "extract-invoice: unchanged (v1); production -> v1",
             "summarize: created v2; production stays at v1",
             "    ~ parameters.temperature",
@@ -429,7 +438,10 @@ async def test_serve_seeds_the_prompts_folder_and_never_moves_an_existing_label(
         env = {"GENAI_PROMPT__DATABASE_URL": url}
         with genai_serve(tmp_path, "--service", "prompt", "--prompts", str(samples), env=env) as s:
             listed = subprocess.run(
-                [sys.executable, "-m", "services.cli", "prompts", "list", "--target", s.address],
+                [
+                    *(sys.executable, "-m", "services.cli", "prompts", "list"),
+                    *("--target", s.address, "--api-key", s.api_key),
+                ],
                 cwd=ROOT,
                 capture_output=True,
                 text=True,
@@ -446,6 +458,7 @@ async def test_serve_seeds_the_prompts_folder_and_never_moves_an_existing_label(
     assert "  support-answer: unchanged (v1); production stays at v1" in served
     rows = {line.split()[0]: line.split()[1:3] for line in listed.splitlines()[1:]}
     assert rows == {
+        "chat": ["v1", "production=v1"],
         "extract-invoice": ["v1", "production=v1"],
         "summarize": ["v2", "production=v1"],
         "support-answer": ["v1", "production=v1"],

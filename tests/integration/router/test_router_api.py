@@ -53,6 +53,7 @@ async def stub(tmp_path: Path) -> AsyncIterator[Stub]:
     catalog.write_text(CATALOG.replace("http://127.0.0.1:1/v1", provider.base_url))
     settings = PlatformSettings.model_validate(
         {
+            "auth": {"mode": "none"},
             "services": ["router"],
             "server": {"port": 0, "grace_seconds": 0},
             "router": {"catalog_file": str(catalog)},
@@ -202,6 +203,7 @@ async def test_openai_compatible_endpoints_are_health_checked(tmp_path: Path) ->
         )
         settings = PlatformSettings.model_validate(
             {
+                "auth": {"mode": "none"},
                 "services": ["router"],
                 "server": {"port": 0, "grace_seconds": 0},
                 "router": {"catalog_file": str(catalog), "health_check_seconds": 0.2},

@@ -1,7 +1,7 @@
 // A Node/TypeScript client of the platform: Connect v2 over gRPC (HTTP/2) with the
 // protoc-gen-es stubs under generated/ts.
 //
-//   tsx tests/polyglot/node/client.ts HOST:PORT
+//   tsx tests/polyglot/node/client.ts HOST:PORT API_KEY
 //
 // Prints one JSON object per line on stdout, one per call:
 //   {"call":"genai.gateway.v1.GatewayService/GetServerInfo","ok":true,"response":{...proto JSON}}
@@ -10,12 +10,16 @@
 //    "message":"...","errorInfo":{"reason":"PROMPT_NOT_FOUND","domain":"genai.platform","metadata":{...}}}
 //   {"call":"genai.experiment.v1.ExperimentService/GetExperiment","ok":false,"code":12,
 //    "codeName":"Unimplemented","message":"...","errorInfo":{"reason":"NOT_IMPLEMENTED",...}}
+//   {"call":"genai.gateway.v1.GatewayService/StreamComplete","ok":true,"events":["start",
+//    "delta",...,"final"],"text":"...","final":{...proto JSON}}
+// Every call but GetServerInfo sends the API key as `authorization: Bearer API_KEY`.
 // An expected error is a line with "ok":false; anything unexpected exits non-zero.
 
 import { toJson } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
+import { CompletionMetadataSchema } from "../../../generated/ts/genai/gateway/v1/gateway_pb.js";
 import { GatewayService, GetServerInfoResponseSchema } from "../../../generated/ts/genai/gateway/v1/gateway_service_pb.js";
 import { ExperimentService } from "../../../generated/ts/genai/experiment/v1/experiment_service_pb.js";
 import { PromptService } from "../../../generated/ts/genai/prompt/v1/prompt_service_pb.js";
@@ -40,9 +44,17 @@ function describeError(call: string, error: unknown): Record<string, unknown> {
   };
 }
 
-async function main(address: string): Promise<void> {
+async function main(address: string, apiKey: string): Promise<void> {
   // The gRPC transport of Connect v2 always speaks HTTP/2 (h2c for http://).
-  const transport = createGrpcTransport({ baseUrl: `http://${address}` });
+  const transport = createGrpcTransport({
+    baseUrl: `http://${address}`,
+    interceptors: [
+      (next) => async (request) => {
+        request.header.set("authorization", `Bearer ${apiKey}`);
+        return await next(request);
+      },
+    ],
+  });
 
   const gateway = createClient(GatewayService, transport);
   const info = await gateway.getServerInfo({}, CALL_OPTIONS);
@@ -72,6 +84,28 @@ async function main(address: string): Promise<void> {
     const response = await experiments.getExperiment({ name: "x" }, CALL_OPTIONS);
     return response.experiment?.name ?? null;
   });
+
+  // A streamed completion of the sample `chat` prompt, pinned to the zero-compute model.
+  const events: string[] = [];
+  let text = "";
+  let final: unknown = null;
+  for await (const message of gateway.streamComplete(
+    {
+      prompt: "chat",
+      variables: { message: "hello from Node" },
+      routing: { model: "zero" },
+      parameters: { maxTokens: 4 },
+    },
+    { timeoutMs: 60_000 },
+  )) {
+    events.push(message.event.case ?? "none");
+    if (message.event.case === "delta") {
+      text += message.event.value.text;
+    } else if (message.event.case === "final") {
+      final = toJson(CompletionMetadataSchema, message.event.value);
+    }
+  }
+  emit({ call: "genai.gateway.v1.GatewayService/StreamComplete", ok: true, events, text, final });
 }
 
 // Emits the call's error line, or an "ok" line when it unexpectedly succeeds.
@@ -86,9 +120,9 @@ async function expectError(call: string, invoke: () => Promise<unknown>): Promis
   }
 }
 
-const address = process.argv[2];
-if (address === undefined) {
-  process.stderr.write("usage: client.ts HOST:PORT\n");
+const [address, apiKey] = process.argv.slice(2);
+if (address === undefined || apiKey === undefined) {
+  process.stderr.write("usage: client.ts HOST:PORT API_KEY\n");
   process.exit(2);
 }
-await main(address);
+await main(address, apiKey);

@@ -1,7 +1,7 @@
 // Command genaiclient is a Go client of the platform: grpc-go 1.33 with the stubs under
 // generated/go, built in GOPATH mode (GO111MODULE=off).
 //
-//	genaiclient HOST:PORT
+//	genaiclient HOST:PORT API_KEY
 //
 // It prints one JSON object per line on stdout, one per call, in the same shape as the Node
 // client (tests/polyglot/node/client.ts):
@@ -10,6 +10,9 @@
 //	{"call":"grpc.health.v1.Health/Check","ok":true,"service":"...","status":"SERVING"}
 //	{"call":"genai.prompt.v1.PromptService/GetPrompt","ok":false,"code":5,"codeName":"NotFound",...}
 //	{"call":"genai.experiment.v1.ExperimentService/GetExperiment","ok":false,"code":12,"codeName":"Unimplemented",...}
+//	{"call":"genai.gateway.v1.GatewayService/StreamComplete","ok":true,"events":["start","delta",...,"final"],"text":"...","final":{...}}
+//
+// Every call but GetServerInfo sends the API key as `authorization: Bearer API_KEY`.
 //
 // An expected error is a line with "ok":false; anything unexpected exits with status 1.
 package main
@@ -18,17 +21,21 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
+	commonv1 "github.com/genai-platform/genai/generated/go/genai/common/v1"
 	experimentv1 "github.com/genai-platform/genai/generated/go/genai/experiment/v1"
 	gatewayv1 "github.com/genai-platform/genai/generated/go/genai/gateway/v1"
 	promptv1 "github.com/genai-platform/genai/generated/go/genai/prompt/v1"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 const callTimeout = 10 * time.Second
@@ -73,7 +80,7 @@ func describeError(call string, err error) map[string]interface{} {
 	return line
 }
 
-func run(address string) {
+func run(address string, apiKey string) {
 	dialCtx, cancelDial := context.WithTimeout(context.Background(), callTimeout)
 	defer cancelDial()
 	conn, err := grpc.DialContext(dialCtx, address, grpc.WithInsecure(), grpc.WithBlock())
@@ -82,10 +89,12 @@ func run(address string) {
 	}
 	defer conn.Close()
 
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	plain, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
+	ctx := metadata.AppendToOutgoingContext(plain, "authorization", "Bearer "+apiKey)
 
-	info, err := gatewayv1.NewGatewayServiceClient(conn).GetServerInfo(ctx, &gatewayv1.GetServerInfoRequest{})
+	gateway := gatewayv1.NewGatewayServiceClient(conn)
+	info, err := gateway.GetServerInfo(plain, &gatewayv1.GetServerInfoRequest{})
 	if err != nil {
 		fail("GetServerInfo: %v", err)
 	}
@@ -129,12 +138,55 @@ func run(address string) {
 	} else {
 		emit(map[string]interface{}{"call": experimentCall, "ok": true, "response": experiment.GetExperiment().GetName()})
 	}
+
+	// A streamed completion of the sample `chat` prompt, pinned to the zero-compute model.
+	const streamCall = "genai.gateway.v1.GatewayService/StreamComplete"
+	variables, err := structpb.NewStruct(map[string]interface{}{"message": "hello from Go"})
+	if err != nil {
+		fail("variables: %v", err)
+	}
+	maxTokens := int32(4)
+	stream, err := gateway.StreamComplete(ctx, &gatewayv1.StreamCompleteRequest{
+		Prompt:     "chat",
+		Variables:  variables,
+		Routing:    &commonv1.RoutingPreferences{Model: "zero"},
+		Parameters: &commonv1.SamplingParameters{MaxTokens: &maxTokens},
+	})
+	if err != nil {
+		fail("%s: %v", streamCall, err)
+	}
+	events := []string{}
+	text := ""
+	var final json.RawMessage
+	for {
+		message, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			fail("%s: %v", streamCall, err)
+		}
+		switch event := message.GetEvent().(type) {
+		case *gatewayv1.StreamCompleteResponse_Start:
+			events = append(events, "start")
+		case *gatewayv1.StreamCompleteResponse_Delta:
+			events = append(events, "delta")
+			text += event.Delta.GetText()
+		case *gatewayv1.StreamCompleteResponse_Final:
+			events = append(events, "final")
+			final, err = protojson.Marshal(event.Final)
+			if err != nil {
+				fail("final to JSON: %v", err)
+			}
+		}
+	}
+	emit(map[string]interface{}{"call": streamCall, "ok": true, "events": events, "text": text, "final": final})
 }
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: genaiclient HOST:PORT")
+	if len(os.Args) != 3 {
+		fmt.Fprintln(os.Stderr, "usage: genaiclient HOST:PORT API_KEY")
 		os.Exit(2)
 	}
-	run(os.Args[1])
+	run(os.Args[1], os.Args[2])
 }

@@ -1,0 +1,741 @@
+"""Composition of one completion: prompt -> route -> quota -> stream -> process -> account.
+
+`CompletionEngine.stream` is the whole of `StreamComplete` (and, collected, of `Complete`):
+
+1. validate the request; resolve the prompt version (label, number) through the tenant's
+   `PromptClient` (a push-invalidated cache: no RPC on the hot path) and render it locally;
+2. merge the version's sampling parameters and routing preferences with the request's (the
+   request wins field by field), and ask the router for a ranked decision;
+3. reserve the tenant's quota (one request, input plus maximum output tokens, the first
+   candidate's estimated cost), refusing with RESOURCE_EXHAUSTED before anything streams;
+4. send `start`, then stream from InferenceService through `RoutedGenerator` (failover before
+   the first token, STREAM_INTERRUPTED after it), running every chunk through the version's
+   `ResponseProcessor` (stop sequences, length limit, PII redaction); a stop sequence or the
+   length limit cancels the backend's generation at once;
+5. validate the output against the version's JSON schema, with one repair attempt when the
+   version asks for it (such outputs are held back until they validate, since streamed text
+   cannot be taken back);
+6. send `final` with prompt version, model, backend, usage, cost at catalog prices, TTFT,
+   total time, attempts and what processing did;
+7. whatever happened (success, error, client cancellation), settle the quota with the real
+   usage, hand a request-log record to the batch writer (never waiting for it), and record the
+   GenAI metrics and span attributes.
+
+Deadlines propagate: every downstream call gets the time the caller has left. A cancelled
+client stream cancels the generation on the backend (`RoutedGenerator` cancels its call).
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Final
+
+import grpc
+from genai.common.v1 import chat_pb2, generation_pb2, routing_pb2
+from genai.gateway.v1 import gateway_pb2, gateway_service_pb2
+from genai.inference.v1 import inference_pb2, inference_service_pb2
+from genai.prompt.v1 import prompt_pb2
+from genai.router.v1 import router_service_pb2
+from google.protobuf import json_format, struct_pb2
+from opentelemetry import trace
+
+from services.common.errors import (
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+    Unimplemented,
+)
+from services.common.status import STATUS_CODES, remote_error
+from services.common.wire import decimal_amount, duration, money
+from services.gateway.core.processing import (
+    FinishOverride,
+    OutputSchemaViolation,
+    PiiKind,
+    PiiRedaction,
+    ProcessingConfig,
+    RedactionPattern,
+    ResponseProcessor,
+    repair_instruction,
+)
+from services.gateway.core.quota import QuotaLimiter, Reservation, Usage
+from services.gateway.core.request_log import RequestLogRecord, RequestLogSink
+from services.gateway.core.tenants import TenantQuota
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.tenancy import PriceBook, TenantDirectory
+from services.prompt.client import RenderedPrompt
+from services.router.failover import RoutedGenerator, RoutedStream
+from services.router.preferences import merge_preferences
+
+_logger = logging.getLogger(__name__)
+
+STREAM_METHOD: Final = "/genai.gateway.v1.GatewayService/StreamComplete"
+UNARY_METHOD: Final = "/genai.gateway.v1.GatewayService/Complete"
+MAX_UNIT_ID_CHARS: Final = 256
+MAX_REQUEST_ID_CHARS: Final = 128
+MAX_TAGS: Final = 16
+MAX_TAG_CHARS: Final = 128
+MAX_EXTRA_MESSAGES: Final = 64
+
+_PII_KINDS: Final = {
+    prompt_pb2.PII_KIND_EMAIL: PiiKind.EMAIL,
+    prompt_pb2.PII_KIND_PHONE: PiiKind.PHONE,
+    prompt_pb2.PII_KIND_CARD_NUMBER: PiiKind.CARD_NUMBER,
+}
+_FINISH: Final = {
+    FinishOverride.LENGTH: generation_pb2.FINISH_REASON_LENGTH,
+    FinishOverride.STOP_SEQUENCE: generation_pb2.FINISH_REASON_STOP_SEQUENCE,
+}
+_LOG_REDACTION: Final = ProcessingConfig(pii_redaction=PiiRedaction(kinds=tuple(PiiKind)))
+"""What the `redacted` request-log policy removes from inputs and outputs."""
+
+Request = gateway_service_pb2.StreamCompleteRequest
+Response = gateway_service_pb2.StreamCompleteResponse
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks, and how the engine calls the platform on their behalf."""
+
+    tenant_id: str
+    metadata: Sequence[tuple[str, str]]
+    """Metadata for every downstream call (the internal token and tenant)."""
+    method: str = STREAM_METHOD
+
+
+@dataclass
+class _Outcome:
+    """What one completion did, filled in as it goes; logged and accounted at the end."""
+
+    started: float
+    request_id: str
+    trace_id: str
+    request: Request
+    arrived: datetime
+    rendered: RenderedPrompt | None = None
+    label: str = ""
+    input_messages: list[chat_pb2.ChatMessage] = field(default_factory=list)
+    routed: list[RoutedStream] = field(default_factory=list)
+    output: list[str] = field(default_factory=list)
+    first_token: float | None = None
+    last_chunk: float | None = None
+    final: gateway_pb2.CompletionMetadata | None = None
+    cost: Decimal = Decimal(0)
+    currency: str = ""
+    code: grpc.StatusCode = grpc.StatusCode.OK
+
+    @property
+    def usage(self) -> generation_pb2.TokenUsage:
+        total = generation_pb2.TokenUsage()
+        for routed in self.routed:
+            total.input_tokens += routed.usage.input_tokens
+            total.output_tokens += routed.usage.output_tokens
+        return total
+
+    @property
+    def model(self) -> str:
+        for routed in reversed(self.routed):
+            if routed.attempts:
+                return routed.attempts[-1].model
+        return ""
+
+
+@dataclass
+class _Generated:
+    """The result of one generation: its processed text and finish reason."""
+
+    text: str = ""
+    finish: int = generation_pb2.FINISH_REASON_UNSPECIFIED
+
+
+class CompletionEngine:
+    """Runs completions (see the module docstring). One per gateway."""
+
+    def __init__(
+        self,
+        *,
+        generator: RoutedGenerator,
+        directory: TenantDirectory,
+        prices: PriceBook,
+        quota: QuotaLimiter,
+        log: RequestLogSink | None,
+        log_content: str,
+        metrics: GatewayMetrics,
+        default_max_output_tokens: int,
+        tracer_provider: trace.TracerProvider | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._generator = generator
+        self._directory = directory
+        self._prices = prices
+        self._quota = quota
+        self._log = log
+        self._log_content = log_content
+        self._metrics = metrics
+        self._default_max_output_tokens = default_max_output_tokens
+        self._clock = clock
+        self._tracer = trace.get_tracer("genai.gateway", tracer_provider=tracer_provider)
+
+    async def stream(
+        self, request: Request, caller: Caller, *, time_left: float | None
+    ) -> AsyncIterator[Response]:
+        """Yields `start`, the processed deltas and `final`; raises `DomainError`s (the error
+        interceptor turns them into statuses) after which nothing more is sent."""
+        started = self._clock()
+        span_context = trace.get_current_span().get_span_context()
+        outcome = _Outcome(
+            started=started,
+            request_id=request.request_id or uuid.uuid4().hex,
+            trace_id=f"{span_context.trace_id:032x}" if span_context.is_valid else "",
+            request=request,
+            arrived=datetime.now(UTC),
+        )
+        reservation: Reservation | None = None
+        deadline = None if time_left is None else started + time_left
+        try:
+            _validate(request)
+            client = await self._directory.prompts(caller.tenant_id)
+            selector = request.WhichOneof("selector")
+            outcome.label = request.label if selector == "label" else ""
+            if selector is None:
+                outcome.label = "production"
+            try:
+                rendered = await client.render(
+                    request.prompt,
+                    json_format.MessageToDict(request.variables),
+                    label=outcome.label or None,
+                    version=request.version if selector == "version" else None,
+                )
+            except InvalidArgument as error:
+                raise _prefixed(error, "variables") from None
+            outcome.rendered = rendered
+            outcome.input_messages = [*rendered.chat_messages(), *request.messages]
+            parameters = merge_parameters(rendered.parameters, request.parameters)
+            max_output = (
+                parameters.max_tokens
+                if parameters.HasField("max_tokens")
+                else self._default_max_output_tokens
+            )
+            input_estimate = estimate_tokens(outcome.input_messages)
+            route = router_service_pb2.RouteRequest(
+                preferences=merge_preferences(rendered.routing, _routing_or_none(request)),
+                input_tokens=input_estimate,
+                max_output_tokens=max_output,
+                prompt=request.prompt,
+                unit_id=request.user_id or request.session_id,
+            )
+            decision = await self._call(
+                self._generator.route(
+                    route, time_left=_left(deadline, self._clock), metadata=caller.metadata
+                ),
+                "the router",
+                "genai.router.v1.RouterService",
+            )
+            first = decision.candidates[0]
+            outcome.currency = first.estimated_cost.currency_code
+            limits = await self._directory.quota(caller.tenant_id)
+            reservation = await self._reserve(
+                caller.tenant_id,
+                limits,
+                Usage(
+                    requests=1,
+                    tokens=input_estimate + max_output,
+                    cost_micros=_micros(decimal_amount(first.estimated_cost)),
+                ),
+            )
+            yield Response(
+                start=gateway_pb2.CompletionStart(
+                    request_id=outcome.request_id,
+                    trace_id=outcome.trace_id,
+                    prompt=rendered.prompt,
+                    prompt_version=rendered.version,
+                )
+            )
+            config = processing_config(rendered, parameters)
+            hold = config.output_schema is not None and _repairs(rendered)
+            generation = inference_service_pb2.GenerateStreamRequest(
+                chat=inference_pb2.ChatInput(messages=outcome.input_messages),
+                parameters=parameters,
+                request_id=outcome.request_id,
+            )
+            with self._tracer.start_as_current_span(
+                f"chat {first.model}", kind=trace.SpanKind.CLIENT
+            ) as span:
+                _request_attributes(span, rendered, parameters, first.model)
+                summary = gateway_pb2.ProcessingSummary()
+                result = _Generated()
+                try:
+                    async for text in self._generate(
+                        generation, route, decision, config, outcome, caller, deadline, summary,
+                        result, emit=not hold,
+                    ):  # fmt: skip
+                        yield Response(delta=gateway_pb2.TextDelta(text=text))
+                except OutputSchemaViolation as violation:
+                    if not _repairs(rendered) or config.output_schema is None:
+                        raise
+                    summary.repaired = True
+                    repair = inference_service_pb2.GenerateStreamRequest()
+                    repair.CopyFrom(generation)
+                    repair.chat.messages.extend(
+                        [
+                            chat_pb2.ChatMessage(
+                                role=chat_pb2.CHAT_ROLE_ASSISTANT, content="".join(outcome.output)
+                            ),
+                            chat_pb2.ChatMessage(
+                                role=chat_pb2.CHAT_ROLE_USER,
+                                content=repair_instruction(
+                                    violation.violation, config.output_schema
+                                ),
+                            ),
+                        ]
+                    )
+                    outcome.output.clear()
+                    result = _Generated()
+                    held = self._generate(
+                        repair, route, None, config, outcome, caller, deadline, summary,
+                        result, emit=False,
+                    )  # fmt: skip
+                    assert [chunk async for chunk in held] == []  # held back: emits nothing
+                if hold:
+                    outcome.first_token = outcome.first_token or self._clock()
+                    yield Response(delta=gateway_pb2.TextDelta(text=result.text))
+                outcome.cost, outcome.currency = await self._cost(outcome, caller)
+                final = self._final(outcome, rendered, result.finish, summary, result.text)
+                _response_attributes(span, outcome, final)
+            outcome.final = final
+            yield Response(final=final)
+        except DomainError as error:
+            outcome.code = STATUS_CODES.get(type(error), grpc.StatusCode.INTERNAL)
+            raise
+        except asyncio.CancelledError:
+            outcome.code = grpc.StatusCode.CANCELLED
+            raise
+        except GeneratorExit:
+            outcome.code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            await asyncio.shield(self._account(outcome, caller, reservation))
+
+    # ------------------------------------------------------------------------------ stages
+
+    async def _generate(
+        self,
+        generation: inference_service_pb2.GenerateStreamRequest,
+        route: router_service_pb2.RouteRequest,
+        decision: Any,
+        config: ProcessingConfig,
+        outcome: _Outcome,
+        caller: Caller,
+        deadline: float | None,
+        summary: gateway_pb2.ProcessingSummary,
+        result: "_Generated",
+        *,
+        emit: bool,
+    ) -> AsyncIterator[str]:
+        """Streams one generation through a fresh processor. With `emit`, yields each
+        processed chunk for the caller; the whole text and the finish reason end up in
+        `result`. Raises `OutputSchemaViolation` when the output fails the schema."""
+        processor = ResponseProcessor(config)
+        record = RoutedStream()
+        outcome.routed.append(record)
+        finish: int = generation_pb2.FINISH_REASON_UNSPECIFIED
+        parts: list[str] = []
+        messages = self._generator.stream(
+            generation,
+            route,
+            record,
+            time_left=_left(deadline, self._clock),
+            decision=decision,
+            metadata=caller.metadata,
+        )
+        try:
+            async with contextlib.aclosing(messages):
+                async for message in messages:
+                    kind = message.WhichOneof("event")
+                    if kind == "delta":
+                        text = processor.feed(message.delta.text)
+                        if text:
+                            parts.append(text)
+                            outcome.output.append(text)
+                            if emit:
+                                self._sent(outcome)
+                                yield text
+                        if processor.done:
+                            break  # aclosing cancels the backend's generation
+                    elif kind == "final":
+                        finish = message.final.finish_reason
+        except grpc.aio.AioRpcError as error:
+            raise remote_error(
+                error, service="genai.inference.v1.InferenceService", what="inference"
+            ) from None
+        finally:
+            self._metrics.failovers.labels(outcome.model or "unknown").inc(
+                max(len(record.attempts) - 1, 0)
+            )
+        rest = processor.finish()  # raises OutputSchemaViolation
+        if rest:
+            parts.append(rest)
+            outcome.output.append(rest)
+            if emit:
+                self._sent(outcome)
+                yield rest
+        summary.redaction_count += sum(processor.redactions.values())
+        override = processor.finish_reason
+        if override is not None:
+            finish = _FINISH[override]
+            summary.truncated = override is FinishOverride.LENGTH
+        # The backend honours stop sequences itself; the gateway's stage catches the rest.
+        summary.stop_sequence_matched = finish == generation_pb2.FINISH_REASON_STOP_SEQUENCE
+        summary.schema_valid = config.output_schema is not None
+        result.text = "".join(parts)
+        result.finish = finish
+
+    def _sent(self, outcome: _Outcome) -> None:
+        now = self._clock()
+        if outcome.first_token is None:
+            outcome.first_token = now
+        outcome.last_chunk = now
+
+    async def _reserve(self, tenant_id: str, limits: TenantQuota, usage: Usage) -> Reservation:
+        try:
+            return await self._quota.reserve(tenant_id, limits, usage)
+        except ResourceExhausted:
+            self._metrics.quota_rejections.labels(tenant_id).inc()
+            raise
+
+    async def _cost(self, outcome: _Outcome, caller: Caller) -> tuple[Decimal, str]:
+        """Cost at catalog prices of every attempt that consumed tokens."""
+        total, currency = Decimal(0), outcome.currency
+        for routed in outcome.routed:
+            if not routed.attempts or not (routed.usage.input_tokens or routed.usage.output_tokens):
+                continue
+            price = await self._prices.price(routed.attempts[-1].model, caller.metadata)
+            currency = price.currency
+            total += price.cost(routed.usage.input_tokens, routed.usage.output_tokens)
+        return total, currency
+
+    def _final(
+        self,
+        outcome: _Outcome,
+        rendered: RenderedPrompt,
+        finish: int,
+        summary: gateway_pb2.ProcessingSummary,
+        text: str,
+    ) -> gateway_pb2.CompletionMetadata:
+        last = outcome.routed[-1]
+        served = last.attempts[-1]
+        final = gateway_pb2.CompletionMetadata(
+            request_id=outcome.request_id,
+            trace_id=outcome.trace_id,
+            prompt=rendered.prompt,
+            prompt_version=rendered.version,
+            label=outcome.label,
+            model=served.model,
+            backend_id=served.backend_id,
+            finish_reason=finish,  # type: ignore[arg-type]
+            usage=outcome.usage,
+            cost=money(outcome.cost, outcome.currency),
+            total_duration=duration(self._clock() - outcome.started),
+            attempts=[
+                gateway_pb2.Attempt(
+                    model=a.model,
+                    backend_id=a.backend_id,
+                    status="OK" if not a.error else a.error.split(":", 1)[0],
+                    error=a.error,
+                )
+                for routed in outcome.routed
+                for a in routed.attempts
+            ],
+            processing=summary,
+        )
+        if outcome.first_token is not None:
+            final.first_token_duration.CopyFrom(duration(outcome.first_token - outcome.started))
+        if summary.schema_valid:
+            final.output_json.CopyFrom(json_format.Parse(text, struct_pb2.Value()))
+        return final
+
+    # ------------------------------------------------------------------------------ accounting
+
+    async def _account(
+        self, outcome: _Outcome, caller: Caller, reservation: Reservation | None
+    ) -> None:
+        """Settles the quota, logs the request and records metrics; never raises."""
+        usage = outcome.usage
+        model = outcome.model or "unknown"
+        try:
+            if outcome.cost == 0 and outcome.code != grpc.StatusCode.OK:
+                outcome.cost, outcome.currency = await self._cost(outcome, caller)
+        except Exception:  # accounting must not hide the request's own outcome
+            _logger.exception("pricing request %s failed", outcome.request_id)
+        if reservation is not None:
+            try:
+                await self._quota.settle(
+                    reservation,
+                    Usage(
+                        requests=1,
+                        tokens=usage.input_tokens + usage.output_tokens,
+                        cost_micros=_micros(outcome.cost),
+                    ),
+                )
+            except Exception:
+                _logger.exception("settling the quota of request %s failed", outcome.request_id)
+        elapsed = self._clock() - outcome.started
+        error_type = "" if outcome.code == grpc.StatusCode.OK else outcome.code.name
+        self._metrics.operation_duration.labels("chat", model, error_type).observe(elapsed)
+        self._metrics.requests.labels(caller.tenant_id, caller.method, outcome.code.name).inc()
+        if outcome.routed:
+            self._metrics.token_usage.labels("chat", model, "input").observe(usage.input_tokens)
+            self._metrics.token_usage.labels("chat", model, "output").observe(usage.output_tokens)
+            self._metrics.cost.labels(caller.tenant_id, model).inc(float(outcome.cost))
+        if outcome.first_token is not None:
+            self._metrics.time_to_first_chunk.labels("chat", model).observe(
+                outcome.first_token - outcome.started
+            )
+            chunks = max(len(outcome.output) - 1, 0)
+            if chunks and outcome.last_chunk is not None:
+                self._metrics.time_per_output_chunk.labels("chat", model).observe(
+                    (outcome.last_chunk - outcome.first_token) / chunks
+                )
+        if self._log is not None:
+            self._submit_log(outcome, caller, elapsed)
+
+    def _submit_log(self, outcome: _Outcome, caller: Caller, elapsed: float) -> None:
+        assert self._log is not None
+        rendered = outcome.rendered
+        content = self._log_content
+        messages: list[dict[str, str]] = []
+        output = ""
+        if content != "metadata":
+            messages = [
+                {
+                    "role": chat_pb2.ChatRole.Name(m.role).removeprefix("CHAT_ROLE_").lower(),
+                    "content": _redact(m.content) if content == "redacted" else m.content,
+                }
+                for m in outcome.input_messages
+            ]
+            output = "".join(outcome.output)
+            if content == "redacted":
+                output = _redact(output)
+        metadata = outcome.final or gateway_pb2.CompletionMetadata(
+            request_id=outcome.request_id,
+            trace_id=outcome.trace_id,
+            prompt=rendered.prompt if rendered else "",
+            prompt_version=rendered.version if rendered else 0,
+            label=outcome.label,
+            model=outcome.model,
+            usage=outcome.usage,
+            cost=money(outcome.cost, outcome.currency),
+            total_duration=duration(elapsed),
+        )
+        usage = outcome.usage
+        record = RequestLogRecord(
+            request_id=outcome.request_id,
+            trace_id=outcome.trace_id,
+            tenant_id=caller.tenant_id,
+            method=caller.method.lstrip("/"),
+            status=outcome.code.name,
+            prompt=metadata.prompt,
+            prompt_version=metadata.prompt_version,
+            model=metadata.model,
+            input=messages,
+            output=output,
+            metadata=json_format.MessageToDict(metadata),
+            user_id=outcome.request.user_id,
+            session_id=outcome.request.session_id,
+            tags=dict(outcome.request.tags),
+            create_time=outcome.arrived,
+            cost_micros=_micros(outcome.cost),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            first_token_ms=None
+            if outcome.first_token is None
+            else (outcome.first_token - outcome.started) * 1e3,
+            total_ms=elapsed * 1e3,
+        )
+        self._log.submit(record)
+
+    async def _call(self, awaitable: Any, what: str, service: str) -> Any:
+        try:
+            return await awaitable
+        except grpc.aio.AioRpcError as error:
+            raise remote_error(error, service=service, what=what) from None
+
+
+# ------------------------------------------------------------------------------------------
+# Request rules and conversions
+# ------------------------------------------------------------------------------------------
+
+
+def _validate(request: Request) -> None:
+    """Raises `InvalidArgument` naming every bad field of a completion request."""
+    violations: list[FieldViolation] = []
+    if not request.prompt:
+        violations.append(FieldViolation("prompt", "is required"))
+    selector = request.WhichOneof("selector")
+    if selector == "label" and not request.label:
+        violations.append(FieldViolation("label", "must not be empty when set"))
+    if selector == "version" and request.version < 1:
+        violations.append(FieldViolation("version", "must be a version number (>= 1)"))
+    for name in ("user_id", "session_id"):
+        if len(getattr(request, name)) > MAX_UNIT_ID_CHARS:
+            violations.append(FieldViolation(name, f"at most {MAX_UNIT_ID_CHARS} characters"))
+    if len(request.request_id) > MAX_REQUEST_ID_CHARS:
+        violations.append(
+            FieldViolation("request_id", f"at most {MAX_REQUEST_ID_CHARS} characters")
+        )
+    if len(request.tags) > MAX_TAGS:
+        violations.append(FieldViolation("tags", f"at most {MAX_TAGS} tags"))
+    for key, value in request.tags.items():
+        if not key or len(key) > MAX_TAG_CHARS or len(value) > MAX_TAG_CHARS:
+            violations.append(
+                FieldViolation(
+                    f"tags[{key[:32]}]",
+                    f"keys 1 to {MAX_TAG_CHARS}, values at most {MAX_TAG_CHARS}",
+                )
+            )
+    if len(request.messages) > MAX_EXTRA_MESSAGES:
+        violations.append(FieldViolation("messages", f"at most {MAX_EXTRA_MESSAGES} messages"))
+    for index, message in enumerate(request.messages):
+        if message.role == chat_pb2.CHAT_ROLE_UNSPECIFIED:
+            violations.append(FieldViolation(f"messages[{index}].role", "is required"))
+    if violations:
+        raise InvalidArgument(violations=violations)
+    if selector == "experiment":
+        raise Unimplemented(
+            "experiment assignment in the gateway arrives with ExperimentService",
+            method=STREAM_METHOD,
+            missing="experiment assignment (issue #7)",
+        )
+
+
+def _prefixed(error: InvalidArgument, prefix: str) -> InvalidArgument:
+    """The registry's variable errors, with field paths relative to this request."""
+    violations = [
+        FieldViolation(
+            v.field if v.field.startswith(prefix) else f"{prefix}.{v.field}", v.description
+        )
+        for v in error.violations
+    ]
+    return InvalidArgument(
+        str(error), violations=violations, reason=error.reason, metadata=dict(error.metadata)
+    )
+
+
+def merge_parameters(
+    version: generation_pb2.SamplingParameters | None,
+    request: generation_pb2.SamplingParameters,
+) -> generation_pb2.SamplingParameters:
+    """The version's sampling parameters with the request's set fields on top (a non-empty
+    `stop` list replaces the version's); neither argument is modified."""
+    merged = generation_pb2.SamplingParameters()
+    if version is not None:
+        merged.CopyFrom(version)
+    for descriptor, value in request.ListFields():
+        if descriptor.name == "stop":
+            del merged.stop[:]
+            merged.stop.extend(value)
+        else:
+            setattr(merged, descriptor.name, value)
+    return merged
+
+
+def _routing_or_none(request: Request) -> routing_pb2.RoutingPreferences | None:
+    return request.routing if request.HasField("routing") else None
+
+
+def estimate_tokens(messages: Sequence[chat_pb2.ChatMessage]) -> int:
+    """A cheap upper-leaning estimate for routing and quota reservations (about four
+    characters per token, plus the chat template's few tokens per turn); the real count comes
+    from the model's tokenizer and settles the quota."""
+    return sum(len(m.content) // 3 + 6 for m in messages) + 4
+
+
+def processing_config(
+    rendered: RenderedPrompt, parameters: generation_pb2.SamplingParameters
+) -> ProcessingConfig:
+    """The version's response processing, with the effective stop sequences."""
+    processing = rendered.processing
+    schema = rendered.output_schema
+    redaction = PiiRedaction()
+    max_chars = 0
+    if processing is not None:
+        max_chars = processing.max_output_chars
+        redaction = PiiRedaction(
+            kinds=tuple(_PII_KINDS[k] for k in processing.pii_redaction.kinds if k in _PII_KINDS),
+            patterns=tuple(
+                RedactionPattern(p.name, p.regex, p.max_match_length)
+                for p in processing.pii_redaction.patterns
+            ),
+        )
+    return ProcessingConfig(
+        stop=tuple(parameters.stop),
+        max_output_chars=max_chars,
+        pii_redaction=redaction,
+        output_schema=None if schema is None else json_format.MessageToDict(schema),
+    )
+
+
+def _repairs(rendered: RenderedPrompt) -> bool:
+    processing = rendered.processing
+    return processing is not None and processing.repair_invalid_json
+
+
+def _redact(text: str) -> str:
+    processor = ResponseProcessor(_LOG_REDACTION)
+    return processor.feed(text) + processor.finish()
+
+
+def _micros(amount: Decimal) -> int:
+    return int((amount * 1_000_000).to_integral_value())
+
+
+def _left(deadline: float | None, clock: Callable[[], float]) -> float | None:
+    return None if deadline is None else max(deadline - clock(), 0.0)
+
+
+def _request_attributes(
+    span: trace.Span,
+    rendered: RenderedPrompt,
+    parameters: generation_pb2.SamplingParameters,
+    model: str,
+) -> None:
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "genai-platform",
+        "gen_ai.request.model": model,
+        "gen_ai.prompt.name": rendered.prompt,
+        "gen_ai.prompt.version": rendered.version,
+    }
+    for name in ("max_tokens", "temperature", "top_p", "top_k", "seed"):
+        if parameters.HasField(name):
+            attributes[f"gen_ai.request.{name}"] = getattr(parameters, name)
+    if parameters.stop:
+        attributes["gen_ai.request.stop_sequences"] = list(parameters.stop)
+    span.set_attributes(attributes)
+
+
+def _response_attributes(
+    span: trace.Span, outcome: _Outcome, final: gateway_pb2.CompletionMetadata
+) -> None:
+    span.set_attributes(
+        {
+            "gen_ai.response.model": final.model,
+            "gen_ai.response.id": final.request_id,
+            "gen_ai.response.finish_reasons": [
+                generation_pb2.FinishReason.Name(final.finish_reason)
+                .removeprefix("FINISH_REASON_")
+                .lower()
+            ],
+            "gen_ai.usage.input_tokens": final.usage.input_tokens,
+            "gen_ai.usage.output_tokens": final.usage.output_tokens,
+            "genai.backend.id": final.backend_id,
+            "genai.cost": float(outcome.cost),
+            "genai.attempts": len(final.attempts),
+        }
+    )

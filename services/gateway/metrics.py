@@ -1,0 +1,84 @@
+"""The gateway's Prometheus metrics: the OpenTelemetry GenAI client metrics, with the bucket
+boundaries the semantic conventions recommend, plus cost, quota and request counters.
+
+Names follow the conventions with dots as underscores and the unit as suffix
+(`gen_ai.client.operation.duration` -> `gen_ai_client_operation_duration_seconds`).
+"""
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+OPERATION_DURATION_BUCKETS: Final = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+TOKEN_USAGE_BUCKETS: Final = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+TIME_TO_FIRST_CHUNK_BUCKETS: Final = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+TIME_PER_OUTPUT_CHUNK_BUCKETS: Final = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+)  # fmt: skip
+
+_OPERATION: Final = ("gen_ai_operation_name", "gen_ai_request_model", "error_type")
+_MODEL: Final = ("gen_ai_operation_name", "gen_ai_request_model")
+
+
+class GatewayMetrics:
+    """Every gateway metric, registered in one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.operation_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "GenAI operation duration, from the gateway receiving the request to its end.",
+            _OPERATION,
+            buckets=OPERATION_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens used per request, by type (input or output).",
+            (*_MODEL, "gen_ai_token_type"),
+            buckets=TOKEN_USAGE_BUCKETS,
+            registry=registry,
+        )
+        self.time_to_first_chunk = Histogram(
+            "gen_ai_client_operation_time_to_first_chunk_seconds",
+            "Time from the gateway receiving the request to the first output chunk sent.",
+            _MODEL,
+            buckets=TIME_TO_FIRST_CHUNK_BUCKETS,
+            registry=registry,
+        )
+        self.time_per_output_chunk = Histogram(
+            "gen_ai_client_operation_time_per_output_chunk_seconds",
+            "Time between output chunks after the first one.",
+            _MODEL,
+            buckets=TIME_PER_OUTPUT_CHUNK_BUCKETS,
+            registry=registry,
+        )
+        self.cost = Counter(
+            "genai_gateway_cost",
+            "Cost of completed requests at catalog prices, in units of the catalog currency.",
+            ("tenant", "gen_ai_request_model"),
+            registry=registry,
+        )
+        self.requests = Counter(
+            "genai_gateway_requests",
+            "Gateway completions by final status code.",
+            ("tenant", "method", "code"),
+            registry=registry,
+        )
+        self.quota_rejections = Counter(
+            "genai_gateway_quota_rejections",
+            "Completions refused because a tenant quota was exhausted.",
+            ("tenant",),
+            registry=registry,
+        )
+        self.failovers = Counter(
+            "genai_gateway_failovers",
+            "Attempts that failed before the first token and moved to the next candidate.",
+            ("gen_ai_request_model",),
+            registry=registry,
+        )

@@ -1,0 +1,153 @@
+"""What the gateway keeps per tenant and per model: a `PromptClient` per tenant, tenants'
+limits (briefly cached), and catalog prices (from RouterService)."""
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Final
+
+import grpc
+from genai.router.v1 import router_service_pb2, router_service_pb2_grpc
+
+from services.common.errors import NotFound
+from services.common.status import remote_error
+from services.common.wire import decimal_amount
+from services.gateway.core.tenants import Tenant, TenantQuota
+from services.prompt.client import PromptClient
+
+if TYPE_CHECKING:
+    RouterStub = router_service_pb2_grpc.RouterServiceAsyncStub
+else:
+    RouterStub = router_service_pb2_grpc.RouterServiceStub
+
+UNLIMITED: Final = TenantQuota(requests_per_minute=0, tokens_per_minute=0, cost_per_day_micros=0)
+MILLION: Final = Decimal(1_000_000)
+
+
+class TenantDirectory:
+    """Per-tenant state of the gateway.
+
+    - `prompts(tenant)`: a started `PromptClient` whose calls carry that tenant's internal
+      credentials; at most `max_clients` are kept (least recently used closed first).
+    - `quota(tenant)`: the tenant's limits, read at most every `cache_seconds`; a tenant the
+      store does not know (the `default` tenant of auth `none`) has no limits.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_for: Callable[[str], PromptClient],
+        tenant_lookup: Callable[[str], Awaitable[Tenant]] | None,
+        cache_seconds: float,
+        max_clients: int = 256,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client_for = client_for
+        self._lookup = tenant_lookup
+        self._cache_seconds = cache_seconds
+        self._max_clients = max_clients
+        self._clock = clock
+        self._clients: OrderedDict[str, PromptClient] = OrderedDict()
+        self._quotas: dict[str, tuple[float, TenantQuota]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def prompts(self, tenant_id: str) -> PromptClient:
+        """The tenant's prompt client, created and started on first use."""
+        client = self._clients.get(tenant_id)
+        if client is not None:
+            self._clients.move_to_end(tenant_id)
+            return client
+        client = self._clients[tenant_id] = self._client_for(tenant_id)
+        await client.start()
+        while len(self._clients) > self._max_clients:
+            _, evicted = self._clients.popitem(last=False)
+            task = asyncio.create_task(evicted.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return client
+
+    async def quota(self, tenant_id: str) -> TenantQuota:
+        """The tenant's limits (see the class docstring)."""
+        now = self._clock()
+        cached = self._quotas.get(tenant_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        quota = UNLIMITED
+        if self._lookup is not None:
+            try:
+                quota = (await self._lookup(tenant_id)).quota
+            except NotFound:
+                quota = UNLIMITED
+        self._quotas[tenant_id] = (now + self._cache_seconds, quota)
+        return quota
+
+    def forget(self, tenant_id: str) -> None:
+        """Drops the cached limits of a tenant (after this process changed them)."""
+        self._quotas.pop(tenant_id, None)
+
+    async def close(self) -> None:
+        """Closes every prompt client."""
+        clients, self._clients = list(self._clients.values()), OrderedDict()
+        for client in clients:
+            await client.close()
+        for task in list(self._closing):
+            await task
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """A model's catalog prices."""
+
+    input_per_million: Decimal
+    output_per_million: Decimal
+    currency: str
+
+    def cost(self, input_tokens: int, output_tokens: int) -> Decimal:
+        """What these tokens cost."""
+        return (
+            input_tokens * self.input_per_million + output_tokens * self.output_per_million
+        ) / MILLION
+
+
+class PriceBook:
+    """Catalog prices from RouterService `GetModel`, kept for `ttl_seconds` per model."""
+
+    def __init__(
+        self,
+        router: RouterStub,
+        *,
+        ttl_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._router = router
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._prices: dict[str, tuple[float, Price]] = {}
+
+    async def price(self, model: str, metadata: Sequence[tuple[str, str]]) -> Price:
+        """The prices of `model`; raises the router's errors as domain errors."""
+        now = self._clock()
+        cached = self._prices.get(model)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            response = await self._router.GetModel(
+                router_service_pb2.GetModelRequest(name=model),
+                timeout=2.0,
+                metadata=metadata or None,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise remote_error(
+                error, service="genai.router.v1.RouterService", what="the router"
+            ) from None
+        found = response.model
+        price = Price(
+            input_per_million=decimal_amount(found.input_price_per_million_tokens),
+            output_per_million=decimal_amount(found.output_price_per_million_tokens),
+            currency=found.input_price_per_million_tokens.currency_code,
+        )
+        self._prices[model] = (now + self._ttl, price)
+        return price

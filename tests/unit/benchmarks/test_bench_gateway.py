@@ -1,0 +1,336 @@
+"""The `gateway` benchmark's pure parts: its settings, the settings and catalog it hands
+`genai serve`, the requests of each path, overheads and targets, the counters it reads, and
+the report and JSON of a synthetic run (no Triton, no platform; the PNG is left to real runs:
+matplotlib alone takes seconds)."""
+
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from genai.common.v1 import chat_pb2, generation_pb2
+from genai.prompt.v1 import prompt_service_pb2
+
+from benchmarks import __main__ as registry
+from benchmarks.cli import write_outputs
+from benchmarks.gateway import (
+    DEFAULT,
+    DIRECT,
+    GATEWAY,
+    INFERENCE,
+    MESSAGE,
+    QUICK,
+    GatewayConfig,
+    GatewayRun,
+    PathScenario,
+    added,
+    catalog_text,
+    chatml,
+    completion_request,
+    counter_lines,
+    gateway_targets,
+    generation_request,
+    main,
+    overheads,
+    own_cost,
+    platform_env,
+    report,
+    scrape,
+    spread,
+)
+from benchmarks.inference import StreamRound, StreamTiming
+from services.common.config import load_settings
+from services.inference.adapters.chat_templates import JinjaChatTemplates, load_chat_template
+from services.inference.core.model import ChatTurn
+from services.platform.settings import PlatformSettings
+from services.router.config import load_catalog
+
+STARTED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def _round(
+    ttft_us: float, streams: int, elapsed_s: float, platform_cpu: float = 0.5
+) -> StreamRound:
+    timings = [StreamTiming(ttft_us + i, ttft_us * 3 + i, 16) for i in range(streams)]
+    return StreamRound(
+        timings,
+        elapsed_s,
+        served=streams,
+        cpu_s={"client": 0.5, "platform": platform_cpu, "triton": 0.5},
+    )
+
+
+def _scenarios() -> list[PathScenario]:
+    """Concurrency 1: the gateway adds 0.5 ms at p50 over direct Triton in both rounds (p99:
+    1.2 ms in round 2); concurrency 64: the gateway keeps 65% of direct streams/s."""
+    single = PathScenario(1)
+    single.rounds = {
+        DIRECT: [_round(1000, 100, 1.0, 0.0), _round(1100, 100, 1.0, 0.0)],
+        INFERENCE: [_round(1200, 100, 1.1), _round(1300, 100, 1.1)],
+        GATEWAY: [_round(1500, 100, 1.2, 1.0), _round(1600, 100, 1.3, 1.0)],
+    }
+    single.rounds[GATEWAY][1].streams[-1] = StreamTiming(5000.0, 9000.0, 16)
+    loaded = PathScenario(64)
+    loaded.rounds = {
+        DIRECT: [_round(9000, 200, 2.0, 0.0), _round(9000, 200, 2.0, 0.0)],
+        INFERENCE: [_round(10000, 180, 2.0), _round(10000, 180, 2.0)],
+        GATEWAY: [_round(15000, 130, 2.0, 1.0), _round(15000, 130, 2.0, 1.0)],
+    }
+    return [single, loaded]
+
+
+def _run(tmp_path: Path, scenarios: list[PathScenario] | None = None) -> GatewayRun:
+    return GatewayRun(
+        config=GatewayConfig(concurrencies=(64,)),
+        started_at=STARTED,
+        duration_s=42.0,
+        environment={
+            "cpu_count": 2,
+            "python": "3.11",
+            "grpcio": "1.81",
+            "load_average_at_start": [1.0],
+            "load_average_at_end": [2.0],
+        },
+        run_dir=tmp_path / "logs",
+        scenarios=_scenarios() if scenarios is None else scenarios,
+        counters={
+            "genai_gateway_requests_total{code=OK}": 460.0,
+            "genai_request_log_records_total{outcome=written}": 460.0,
+            "genai_request_log_records_total{outcome=dropped}": 0.0,
+        },
+        checks=["every path streamed the same 16 tokens"],
+    )
+
+
+def _fake_plot(path: Path) -> None:
+    path.write_bytes(b"png")
+
+
+def test_config_needs_rounds_streams_and_load():
+    assert DEFAULT.streams >= DEFAULT.rounds
+    assert QUICK.load_seconds < DEFAULT.load_seconds
+    with pytest.raises(ValueError, match="stream per round"):
+        GatewayConfig(streams=3, rounds=4)
+    with pytest.raises(ValueError, match="positive duration"):
+        GatewayConfig(load_seconds=0)
+    with pytest.raises(ValueError, match="concurrency >= 2"):
+        GatewayConfig(concurrencies=(1,))
+
+
+def test_platform_env_and_catalog_are_accepted_by_the_platform(tmp_path: Path):
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(catalog_text("127.0.0.1:1234"))
+
+    env = platform_env("127.0.0.1:1234", catalog, tmp_path)
+    settings = load_settings(PlatformSettings, path=None, env=env)
+    (entry,) = load_catalog(catalog).models
+
+    assert settings.auth.mode == "api_key"
+    assert settings.gateway.quota.backend == "memory"
+    assert settings.gateway.request_log.enabled
+    assert settings.gateway.database_url.endswith(f"{tmp_path}/gateway.db")
+    assert settings.prompt.database_url.endswith(f"{tmp_path}/prompts.db")
+    assert settings.router.catalog_file == str(catalog)
+    assert settings.inference.triton.launch is False
+    (model,) = settings.inference.models
+    assert (model.name, model.chat_template) == ("zero", "builtin:chatml")
+    assert model.backends[0].endpoint == "127.0.0.1:1234"
+    assert (entry.name, entry.pinned_only, entry.backends[0].backend_model) == (
+        "zero",
+        True,
+        "zero_llm",
+    )
+    assert env["XDG_DATA_HOME"].startswith(str(tmp_path))  # the dev key stays in the run
+
+
+def test_the_paths_send_the_same_chat_input():
+    messages = [
+        chat_pb2.ChatMessage(role=chat_pb2.CHAT_ROLE_SYSTEM, content="Be brief.\n"),
+        chat_pb2.ChatMessage(role=chat_pb2.CHAT_ROLE_USER, content="Hello"),
+    ]
+    rendered = prompt_service_pb2.RenderPromptResponse(
+        prompt="chat",
+        version=1,
+        messages=messages,
+        parameters=generation_pb2.SamplingParameters(temperature=0.2, max_tokens=128),
+    )
+
+    gateway = completion_request(16)
+    inference = generation_request(rendered, 16)
+    templates = JinjaChatTemplates({"zero": load_chat_template("builtin:chatml")})
+    expected = templates.render(
+        "zero", [ChatTurn("system", "Be brief.\n"), ChatTurn("user", "Hello")]
+    )
+
+    assert (gateway.prompt, gateway.routing.model, gateway.parameters.max_tokens) == (
+        "chat",
+        "zero",
+        16,
+    )
+    assert gateway.WhichOneof("selector") is None  # the production label
+    assert gateway.variables["message"] == MESSAGE
+    assert inference.model == "zero"
+    assert list(inference.chat.messages) == messages
+    assert inference.parameters.max_tokens == 16
+    assert inference.parameters.temperature == pytest.approx(0.2)
+    assert chatml(messages) == expected
+
+
+def test_added_pools_rounds_and_keeps_each_rounds_difference():
+    single = _scenarios()[0]
+
+    base, cand, differences = added(single, DIRECT, GATEWAY, "ttft", 50)
+
+    # p50 of 1000..1099 with 1100..1199 is 1099.5; of 1500..1599 with 1600..1699: 1599.5.
+    assert (base, cand) == pytest.approx((1099.5, 1599.5))
+    assert differences == pytest.approx([500.0, 500.0])
+    assert spread([0.5, 0.25, 1.0]) == "+0.50 (+0.25..+1.00)"
+    assert spread([math.nan]) == "-"
+
+
+def test_targets_are_ttft_p50_and_p99_added_and_the_share_of_direct_streams():
+    p50, p99, throughput = gateway_targets(_scenarios())
+
+    assert p50.measured == pytest.approx(0.5)
+    assert p50.unit == "ms"
+    assert p50.passed is True
+    assert p99.passed is True
+    assert p99.measured < 3.0
+    assert throughput.measured == pytest.approx(0.65)
+    assert throughput.passed is True
+    assert "rounds 0.65 (0.65-0.65)" in throughput.line()
+
+
+def test_targets_fail_honestly_and_are_left_out_when_not_measured():
+    single, loaded = _scenarios()
+    slow = PathScenario(1)
+    slow.rounds = {**single.rounds, GATEWAY: [_round(5000, 100, 2.0), _round(5000, 100, 2.0)]}
+    starved = PathScenario(64)
+    starved.rounds = {**loaded.rounds, GATEWAY: [_round(15000, 100, 2.0), _round(15000, 100, 2.0)]}
+
+    checks = gateway_targets([slow, starved])
+
+    assert [c.passed for c in checks] == [False, False, False]
+    assert all(c.line().startswith("FAIL") for c in checks)
+    assert gateway_targets([PathScenario(16)]) == []
+
+
+def test_overheads_name_each_pair_and_the_gateways_own_cost():
+    rows = overheads(_scenarios())
+
+    pairs = [(r["concurrency"], r["candidate"], r["baseline"]) for r in rows]
+    assert pairs == [
+        (1, GATEWAY, DIRECT),
+        (1, GATEWAY, INFERENCE),
+        (1, INFERENCE, DIRECT),
+        (64, GATEWAY, DIRECT),
+        (64, GATEWAY, INFERENCE),
+        (64, INFERENCE, DIRECT),
+    ]
+    own = rows[1]
+    assert own["ttft_p50_added_ms"] == pytest.approx(0.3)
+    assert own["ttft_p50_rounds_added_ms"] == pytest.approx([0.3, 0.3])
+    # 2 CPU seconds over 200 gateway streams against 1 over 200 inference streams.
+    assert own["platform_cpu_us_per_stream_added"] == pytest.approx(5000.0)
+    assert rows[3]["streams_per_s_ratio"] == pytest.approx(0.65)
+    lines = own_cost(rows)
+    assert len(lines) == 2
+    assert lines[0].startswith("c=1: TTFT p50 +0.30 ms")
+    assert "platform CPU +5,000 µs per stream" in lines[0]
+
+
+def test_counters_are_read_from_the_prometheus_text(tmp_path: Path):
+    metrics = tmp_path / "metrics"
+    metrics.write_text(
+        "# TYPE genai_gateway_requests_total counter\n"
+        'genai_gateway_requests_total{tenant="bench",method="/x/StreamComplete",code="OK"} 7\n'
+        'genai_gateway_requests_total{tenant="other",method="/x/Complete",code="OK"} 2\n'
+        'genai_gateway_requests_total{tenant="bench",method="/x/StreamComplete",code="CANCELLED"} 1\n'
+        "# TYPE genai_request_log_records_total counter\n"
+        'genai_request_log_records_total{outcome="written"} 9\n'
+        'genai_request_log_records_total{outcome="dropped"} 1\n'
+        "# TYPE genai_request_log_queue_depth gauge\n"
+        "genai_request_log_queue_depth 0\n"
+        "# TYPE unrelated_total counter\n"
+        "unrelated_total 5\n"
+    )
+
+    counters = scrape(metrics.as_uri())
+    lines = counter_lines(counters)
+
+    assert counters["genai_gateway_requests_total{code=OK}"] == 9
+    assert counters["genai_gateway_requests_total{code=CANCELLED}"] == 1
+    assert counters["genai_request_log_records_total{outcome=dropped}"] == 1
+    assert "unrelated_total" not in counters
+    assert lines[0] == "gateway completions by status: CANCELLED 1, OK 9"
+    assert lines[1].startswith("request log records: dropped 1, written 9")
+    assert counter_lines({}) == ["(the platform's metrics could not be read)"]
+
+
+def test_report_and_json_of_a_synthetic_run(tmp_path: Path):
+    run = _run(tmp_path)
+
+    text = report(run)
+    json_path, png_path = write_outputs(run.result, tmp_path / "out", _fake_plot, run.started_at)
+    document = json.loads(json_path.read_text())
+
+    assert text.startswith("benchmark gateway: 2026-01-02 03:04 UTC, 2 CPUs, load average 1.0")
+    for section in ("overhead (all rounds", "the gateway's own cost", "checks:", "targets:"):
+        assert section in text
+    verdicts = [line.split()[0] for line in text.split("targets:")[1].splitlines() if line]
+    assert verdicts == ["PASS", "PASS", "PASS"]
+    assert "request log records: dropped 0, written 460" in text
+    assert json_path.name == "gateway-20260102T030405Z.json"
+    assert png_path.read_bytes() == b"png"
+    assert document["benchmark"] == "gateway"
+    assert (document["baseline"], document["candidate"]) == (DIRECT, GATEWAY)
+    assert [t["passed"] for t in document["targets"]] == [True, True, True]
+    assert [t["unit"] for t in document["targets"]] == ["ms", "ms", "x"]
+    assert len(document["overheads"]) == 6
+    assert {c["scenario"] for c in document["comparisons"]} == {
+        "gateway/direct",
+        "gateway/inference",
+        "inference/direct",
+    }
+    variants = {
+        (m["variant"], m["concurrency"], m["latency_metric"]) for m in document["measurements"]
+    }
+    assert (GATEWAY, 64, "stream") in variants
+    assert len(variants) == 12
+    gateway_ttft = next(
+        m
+        for m in document["measurements"]
+        if (m["variant"], m["concurrency"], m["latency_metric"]) == (GATEWAY, 1, "TTFT")
+    )
+    assert len(gateway_ttft["rounds"]) == 2
+    assert gateway_ttft["rates"]["platform_cpu_us_per_stream"] == pytest.approx(10_000.0)
+    # A path that used no platform CPU per stream (direct) is 0, not missing; NaN is null.
+    assert document["counters"]["genai_gateway_requests_total{code=OK}"] == 460
+    assert document["config"]["concurrencies"] == [64]
+    assert document["logs"].endswith("logs")
+
+
+def test_nan_figures_are_null_in_the_json(tmp_path: Path):
+    single = _scenarios()[0]
+    for rounds in single.rounds.values():
+        for r in rounds:
+            r.cpu_s.pop("platform")
+
+    document = json.loads(json.dumps(_run(tmp_path, [single]).result.to_json_dict()))
+
+    assert [t["name"] for t in document["targets"]][-1].startswith("c=1: TTFT p99")
+    assert document["overheads"][0]["platform_cpu_us_per_stream_added"] is None
+
+
+def test_bad_options_stop_before_anything_starts(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exited:
+        main(["--rounds", "0"])
+
+    assert exited.value.code == 2
+    assert "rounds" in capsys.readouterr().err
+
+
+def test_the_benchmark_is_registered():
+    assert "gateway" in registry.BENCHMARKS
+    assert registry.main(["--list"]) == 0
