@@ -11,6 +11,7 @@ from typing import Final
 
 BENCHMARKS: Final[dict[str, str]] = {
     "chain": "per-RPC cost of the server interceptor chain against a bare grpc.aio server",
+    "gateway": "GatewayService streams vs InferenceService alone vs direct Triton (zero_llm)",
     "inference": "InferenceService vs direct Triton streams (zero_llm); SmolLM2 vs transformers",
     "router": "routing decision cost with a 20-model catalog, in process and over gRPC",
 }
