@@ -46,6 +46,8 @@ class ServiceRegistration:
     """Runs before the server serves (e.g. migrating a database); failing aborts start-up."""
     stop: Callable[[], Awaitable[None]] | None = None
     """Runs after the server has stopped serving (e.g. closing database connections)."""
+    servicer: object | None = None
+    """The servicer instance, for callers in the same process (`services.common.local`)."""
 
 
 ReflectionRegistrar = Callable[[grpc.aio.Server, Sequence[str]], None]

@@ -89,6 +89,12 @@ class GatewaySettings(Settings):
     request_log: RequestLogSettings = Field(
         default_factory=RequestLogSettings, description="The request log."
     )
+    in_process_calls: bool = Field(
+        default=True,
+        description="Call RouterService and InferenceService directly when this process hosts "
+        "them (no address in `targets`), skipping the loopback gRPC hop; false: always over "
+        "gRPC.",
+    )
     default_max_output_tokens: int = Field(
         default=256,
         ge=1,

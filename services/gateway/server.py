@@ -1,16 +1,18 @@
 """Composition root of GatewayService: settings -> adapters -> core -> servicer."""
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from genai.gateway.v1 import gateway_service_pb2_grpc
-from genai.inference.v1 import inference_service_pb2_grpc
-from genai.router.v1 import router_service_pb2_grpc
+from genai.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from genai.router.v1 import router_service_pb2, router_service_pb2_grpc
+from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from services.common.contract import contract_digest
+from services.common.local import local_stub
 from services.common.server import ServiceRegistration
 from services.gateway.adapters.health_probe import GrpcHealthProbe
 from services.gateway.adapters.redis_quota import RedisQuotaLimiter
@@ -57,13 +59,17 @@ def registration(
     admin_required: bool,
     registry: CollectorRegistry,
     tracer_provider: TracerProvider | None = None,
+    local_servicer: Callable[[str], object | None] = lambda _service: None,
 ) -> ServiceRegistration:
     """Returns GatewayService ready to be added to a server.
 
     A dependency with no configured address is reached at `local_target()` when this process
     hosts it (the embedded default), and is unreachable otherwise. `tenants` is the process's
     tenant store (shared with the API-key authenticator); the gateway calls the other services
-    on a tenant's behalf with `internal_token`. Metrics go to `registry`.
+    on a tenant's behalf with `internal_token`. Metrics go to `registry`. With
+    `in_process_calls`, RouterService and InferenceService hosted in this process (no address
+    configured; `local_servicer(name)` returns their servicer) are called directly
+    (`services.common.local`) instead of over loopback gRPC.
     """
     hosted = frozenset(hosted_services)
 
@@ -134,11 +140,12 @@ def registration(
     def engine() -> CompletionEngine:
         # Channels are made on first use: this server's own address is known only once bound.
         if "engine" not in state:
-            router = RouterStub(channel("genai.router.v1.RouterService"))
+            router: RouterStub = stub(router_service_pb2, "RouterService", RouterStub)
+            inference: InferenceStub = stub(
+                inference_service_pb2, "InferenceService", InferenceStub
+            )
             state["engine"] = CompletionEngine(
-                generator=RoutedGenerator(
-                    router, InferenceStub(channel("genai.inference.v1.InferenceService"))
-                ),
+                generator=RoutedGenerator(router, inference),
                 directory=directory,
                 prices=PriceBook(router),
                 quota=quota,
@@ -149,6 +156,20 @@ def registration(
                 tracer_provider=tracer_provider,
             )
         return state["engine"]
+
+    tracer = trace.get_tracer("genai.gateway", tracer_provider=tracer_provider)
+
+    def stub(module: Any, name: str, remote: Callable[[grpc.aio.Channel], Any]) -> Any:
+        descriptor = module.DESCRIPTOR.services_by_name[name]
+        local = (
+            local_servicer(descriptor.full_name)
+            if settings.in_process_calls
+            and not getattr(settings.targets, DEPENDENCIES[descriptor.full_name])
+            else None
+        )
+        if local is not None:
+            return local_stub(local, descriptor, tracer)
+        return remote(channel(descriptor.full_name))
 
     metrics = GatewayMetrics(registry)
     servicer = GatewayServicer(  # type: ignore[abstract]  # RecordFeedback: @pending_rpcs

@@ -72,6 +72,7 @@ def registration(
             inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
         ),
         stop=openai.aclose if openai is not None else None,
+        servicer=servicer,
     )
 
 

@@ -185,6 +185,10 @@ async def start_platform(
         return local[0] if local else ""
 
     registrations: list[ServiceRegistration] = []
+
+    def local_servicer(service: str) -> object | None:
+        return next((r.servicer for r in registrations if r.name == service), None)
+
     try:
         registrations = [
             _registration(
@@ -194,7 +198,7 @@ async def start_platform(
                 local_target,
                 _Clients(channels, triton_channels, tracer_provider),
                 triton,
-                _Shared(tenants, internal_token, api_keys, registry),
+                _Shared(tenants, internal_token, api_keys, registry, local_servicer),
             )
             for key in settings.services
         ]
@@ -274,6 +278,8 @@ class _Shared:
     internal_token: str
     api_keys: bool
     registry: CollectorRegistry
+    local_servicer: Callable[[str], object | None]
+    """The servicer of a service this process hosts, by full name (None if not hosted)."""
 
 
 @dataclass(frozen=True)
@@ -326,6 +332,7 @@ def _registration(
                 admin_required=shared.api_keys,
                 registry=shared.registry,
                 tracer_provider=clients.tracer_provider,
+                local_servicer=shared.local_servicer,
             )
 
 

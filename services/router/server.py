@@ -48,4 +48,5 @@ def registration(
         ),
         start=checker.start,
         stop=checker.stop,
+        servicer=servicer,
     )

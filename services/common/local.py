@@ -1,0 +1,204 @@
+"""In-process calls: a servicer hosted in this very process, called through the same interface
+as its generated async stub, without the loopback gRPC hop.
+
+When every service shares one process (the embedded default), a gateway request would
+otherwise serialize, frame, send, receive and parse each internal call and run it through two
+interceptor chains: about a millisecond and several hundred microseconds of CPU per hop on
+these machines. A local call runs the servicer's method directly, in the caller's task:
+
+- the caller's principal (a context variable) is the callee's, as the internal token would
+  have made it;
+- a `DomainError` from the servicer surfaces as the `grpc.aio.AioRpcError` its status would
+  have been on the wire (code, message, ErrorInfo and the other details in the trailing
+  metadata), so callers handle local and remote failures with the same code;
+- deadlines: the callee sees the remaining time through `context.time_remaining()` and the
+  call is bounded by it;
+- a streaming call's `cancel()` closes the servicer's generator, whose cleanup cancels its own
+  downstream work (a Triton request);
+- each call is a span named like the gRPC server span it replaces.
+
+Servicers called this way may use only `context.time_remaining()`; `LocalContext` is that.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from types import SimpleNamespace
+from typing import Any, Generic, TypeVar
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_status import rpc_status
+from opentelemetry import trace
+
+from services.common.errors import DeadlineExceeded, DomainError
+from services.common.status import to_rpc_status
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+
+
+class LocalContext:
+    """The part of `grpc.aio.ServicerContext` a locally called servicer may use."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the caller's deadline, or None without one."""
+        return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
+
+
+def rpc_error(error: BaseException) -> grpc.aio.AioRpcError:
+    """The `AioRpcError` a client would have received for `error` (see `to_rpc_status`)."""
+    status = rpc_status.to_status(to_rpc_status(error))
+    return grpc.aio.AioRpcError(
+        status.code,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(*status.trailing_metadata),
+        details=status.details,
+        debug_error_string="in-process call",
+    )
+
+
+class LocalUnary(Generic[RequestT, ResponseT]):
+    """A unary method of a local servicer, called like a stub's multi-callable."""
+
+    def __init__(
+        self,
+        method: Callable[[RequestT, Any], Awaitable[ResponseT]],
+        name: str,
+        tracer: trace.Tracer,
+    ) -> None:
+        self._method = method
+        self._name = name
+        self._tracer = tracer
+
+    async def __call__(
+        self,
+        request: RequestT,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the generated stubs' signature)
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> ResponseT:
+        """Runs the method; raises `grpc.aio.AioRpcError` as a remote call would."""
+        with self._tracer.start_as_current_span(self._name, kind=trace.SpanKind.INTERNAL):
+            try:
+                async with asyncio.timeout(timeout):
+                    return await self._method(request, LocalContext(timeout))
+            except DomainError as error:
+                raise rpc_error(error) from None
+            except TimeoutError:
+                raise rpc_error(DeadlineExceeded(f"{self._name}: deadline exceeded")) from None
+
+
+class LocalStreamCall(Generic[ResponseT]):
+    """A running server-streaming call of a local servicer: iterate it once; `cancel()` ends
+    it (closing the servicer's generator)."""
+
+    def __init__(
+        self,
+        responses: AsyncGenerator[ResponseT, None],
+        name: str,
+        tracer: trace.Tracer,
+        timeout: float | None,
+    ) -> None:
+        self._responses = responses
+        self._name = name
+        self._tracer = tracer
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._span: trace.Span | None = None
+        self._done = False
+        self._closing: asyncio.Task[None] | None = None
+
+    def __aiter__(self) -> "LocalStreamCall[ResponseT]":
+        return self
+
+    async def __anext__(self) -> ResponseT:
+        if self._done:
+            raise StopAsyncIteration
+        if self._span is None:
+            self._span = self._tracer.start_span(self._name, kind=trace.SpanKind.INTERNAL)
+        left = None if self._deadline is None else self._deadline - time.monotonic()
+        try:
+            with trace.use_span(self._span, end_on_exit=False):
+                async with asyncio.timeout(left):
+                    return await anext(self._responses)
+        except StopAsyncIteration:
+            self._finish()
+            raise
+        except DomainError as error:
+            self._finish(error)
+            raise rpc_error(error) from None
+        except TimeoutError:
+            expired = DeadlineExceeded(f"{self._name}: deadline exceeded")
+            self._finish(expired)
+            raise rpc_error(expired) from None
+        except BaseException as error:  # cancellation, or a bug below: end the span, re-raise
+            self._finish(error)
+            raise
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        self._done = True
+        if self._span is not None:
+            if error is not None:
+                self._span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)[:200]))
+            self._span.end()
+
+    def cancel(self) -> bool:
+        """Ends the call: the servicer's generator is closed (its cleanup runs at once, in a
+        task of its own). False when it had ended already."""
+        if self._done:
+            return False
+        self._finish()
+        self._closing = asyncio.ensure_future(self._close())
+        return True
+
+    async def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._responses.aclose()
+
+
+class LocalServerStream(Generic[RequestT, ResponseT]):
+    """A server-streaming method of a local servicer, called like a stub's multi-callable."""
+
+    def __init__(
+        self,
+        method: Callable[[RequestT, Any], AsyncGenerator[ResponseT, None]],
+        name: str,
+        tracer: trace.Tracer,
+    ) -> None:
+        self._method = method
+        self._name = name
+        self._tracer = tracer
+
+    def __call__(
+        self,
+        request: RequestT,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> LocalStreamCall[ResponseT]:
+        """Starts the call (nothing runs until it is iterated)."""
+        responses = self._method(request, LocalContext(timeout))
+        return LocalStreamCall(responses, self._name, self._tracer, timeout)
+
+
+def local_stub(servicer: object, service: ServiceDescriptor, tracer: trace.Tracer) -> Any:
+    """An object with one attribute per unary and server-streaming method of `service`, each
+    calling `servicer` in process, shaped like the generated async stub's (client-streaming
+    methods are left out)."""
+    stub = SimpleNamespace()
+    for method in service.methods:
+        if method.client_streaming:
+            continue
+        call = getattr(servicer, method.name)
+        name = f"/{service.full_name}/{method.name}"
+        local: object = (
+            LocalServerStream(call, name, tracer)
+            if method.server_streaming
+            else LocalUnary(call, name, tracer)
+        )
+        setattr(stub, method.name, local)
+    return stub
