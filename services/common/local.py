@@ -188,12 +188,12 @@ class LocalServerStream(Generic[RequestT, ResponseT]):
 def local_stub(servicer: object, service: ServiceDescriptor, tracer: trace.Tracer) -> Any:
     """An object with one attribute per unary and server-streaming method of `service`, each
     calling `servicer` in process, shaped like the generated async stub's (client-streaming
-    methods are left out)."""
+    methods, and methods the servicer lacks, are left out)."""
     stub = SimpleNamespace()
     for method in service.methods:
-        if method.client_streaming:
+        call = getattr(servicer, method.name, None)
+        if method.client_streaming or call is None:
             continue
-        call = getattr(servicer, method.name)
         name = f"/{service.full_name}/{method.name}"
         local: object = (
             LocalServerStream(call, name, tracer)
