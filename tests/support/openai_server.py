@@ -37,6 +37,9 @@ class Behaviour:
 
     tokens: Sequence[str] = ("Hello", ",", " world", "!")
     """The tokens to stream, one chunk each; cut to the request's max_tokens."""
+    replies: Sequence[Sequence[str]] = ()
+    """Tokens of successive chat completions, one list each (consumed in order); once they
+    are used up, `tokens`."""
     pace: float = 0.0
     """Seconds between tokens."""
     finish_reason: str | None = "stop"
@@ -246,7 +249,9 @@ class OpenAICompatibleServer:
     ) -> bool:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         max_tokens = body.get("max_tokens")
-        tokens = list(behaviour.tokens)
+        completions = sum(1 for r in self.requests if r.path.endswith("/chat/completions"))
+        replies = behaviour.replies
+        tokens = list(replies[completions - 1] if completions <= len(replies) else behaviour.tokens)
         finish = behaviour.finish_reason
         if isinstance(max_tokens, int) and max_tokens < len(tokens) and finish is not None:
             tokens, finish = tokens[:max_tokens], "length"

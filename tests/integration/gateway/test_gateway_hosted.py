@@ -1,0 +1,398 @@
+"""GatewayService in front of OpenAI-compatible backends (a protocol-faithful local server,
+since hosted providers cannot be reached here): output schemas and the one repair attempt,
+PII redaction across chunks, failover before the first token, the Prometheus endpoint, the
+request log flushed at shutdown and read by `genai logs`, and quotas shared by two gateway
+replicas through Redis."""
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+from genai.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
+
+from services.common import reasons
+from services.common.clients import api_key_metadata, create_channel
+from services.common.status import error_details
+from services.gateway import logs_cli
+from services.gateway.adapters.request_log_store import SqlRequestLogStore
+from services.gateway.core.request_log import RequestLogQuery
+from services.platform.bootstrap import ensure_dev_credentials
+from services.platform.runner import Platform, start_platform
+from services.platform.settings import PlatformSettings
+from services.prompt import cli as prompts_cli
+from tests.support.openai_server import MODEL, Behaviour, OpenAICompatibleServer
+from tests.support.redis import redis_namespace
+
+if TYPE_CHECKING:
+    Stub = gateway_service_pb2_grpc.GatewayServiceAsyncStub
+else:
+    Stub = gateway_service_pb2_grpc.GatewayServiceStub
+
+gs = gateway_service_pb2
+KEY_ENV = "GENAI_TEST_PROVIDER_KEY"
+
+PROMPTS = {
+    "city.yaml": """
+name: city
+messages:
+  - role: user
+    content: "Name the capital of {{ country }} as JSON."
+variables:
+  - {name: country, type: string, required: true}
+output_schema:
+  type: object
+  required: [city]
+  properties: {city: {type: string}}
+processing:
+  repair_invalid_json: true
+""",
+    "city-strict.yaml": """
+name: city-strict
+messages:
+  - role: user
+    content: "Name the capital of {{ country }} as JSON."
+variables:
+  - {name: country, type: string, required: true}
+output_schema:
+  type: object
+  required: [city]
+  properties: {city: {type: string}}
+""",
+    "contact.yaml": """
+name: contact
+messages:
+  - role: user
+    content: "Who do I write to?"
+processing:
+  pii_redaction:
+    kinds: [email]
+""",
+}
+
+CATALOG = """
+currency: USD
+models:
+  - name: hosted
+    capabilities: [chat, streaming, json_output]
+    max_context_tokens: 100000
+    max_output_tokens: 1000
+    price_per_million_tokens: {{input: 1, output: 2}}
+    quality_tier: 5
+    backends:
+      - {{id: good-0, kind: openai_compatible, endpoint: "{good}", backend_model: {model}}}
+  - name: flaky
+    capabilities: [chat, streaming]
+    max_context_tokens: 100000
+    max_output_tokens: 1000
+    quality_tier: 5
+    pinned_only: true
+    backends:
+      - {{id: bad-0, kind: openai_compatible, endpoint: "{bad}", backend_model: {model}}}
+      - {{id: good-1, kind: openai_compatible, endpoint: "{good}", backend_model: {model}}}
+"""
+
+
+def _backend(backend_id: str, endpoint: str) -> dict[str, Any]:
+    return {
+        "id": backend_id,
+        "kind": "openai_compatible",
+        "endpoint": endpoint,
+        "provider_model": MODEL,
+        "api_key_env": KEY_ENV,
+    }
+
+
+def _settings(
+    good: OpenAICompatibleServer, bad: OpenAICompatibleServer, data: Path, **gateway: Any
+) -> PlatformSettings:
+    catalog = data / "catalog.yaml"
+    catalog.write_text(CATALOG.format(good=good.base_url, bad=bad.base_url, model=MODEL))
+    return PlatformSettings.model_validate(
+        {
+            "auth": {"mode": "api_key", "api_key_cache_seconds": 0},
+            "server": {"port": 0, "grace_seconds": 5},
+            "prompt": {"database_url": f"sqlite+aiosqlite:///{data / 'prompts.db'}"},
+            "gateway": {
+                "database_url": f"sqlite+aiosqlite:///{data / 'gateway.db'}",
+                "request_log": {"max_delay_seconds": 0.01},
+                **gateway,
+            },
+            "router": {
+                "catalog_file": str(catalog),
+                "health_check_seconds": 60,
+                "breaker_failures": 1000,
+            },
+            "inference": {
+                "triton": {"launch": False},
+                "models": [
+                    {"name": "hosted", "backends": [_backend("good-0", good.base_url)]},
+                    {
+                        "name": "flaky",
+                        "backends": [
+                            _backend("bad-0", bad.base_url),
+                            _backend("good-1", good.base_url),
+                        ],
+                    },
+                ],
+            },
+        }
+    )
+
+
+class Running:
+    """A platform with the test prompts pushed for the `default` tenant, and its admin key."""
+
+    def __init__(self, platform: Platform, key: str) -> None:
+        self.platform = platform
+        self.key = key
+        self.channel = create_channel(platform.address, metadata=api_key_metadata(key))
+        self.stub: Stub = gateway_service_pb2_grpc.GatewayServiceStub(self.channel)
+
+
+@pytest.fixture
+async def servers(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Any, Any]]:
+    monkeypatch.setenv(KEY_ENV, "sk-test")
+    async with (
+        OpenAICompatibleServer(Behaviour(), api_key="sk-test") as good,
+        OpenAICompatibleServer(Behaviour(status=503), api_key="sk-test") as bad,
+    ):
+        yield good, bad
+
+
+async def _start(settings: PlatformSettings, data: Path) -> Running:
+    platform = await start_platform(settings)
+    assert platform.tenants is not None
+    credentials = await ensure_dev_credentials(platform.tenants, data / "dev-key")
+    running = Running(platform, credentials.secret)
+    folder = data / "prompts"
+    if not folder.exists():
+        folder.mkdir()
+        for name, text in PROMPTS.items():
+            (folder / name).write_text(text)
+    report = await prompts_cli.seed_prompts(running.channel, folder)
+    assert report.failures == 0, report.lines
+    return running
+
+
+@pytest.fixture
+async def running(servers: tuple[Any, Any], tmp_path: Path) -> AsyncIterator[Running]:
+    good, bad = servers
+    started = await _start(_settings(good, bad, tmp_path), tmp_path)
+    yield started
+    await started.channel.close(None)
+    await started.platform.stop(grace=1)
+
+
+def _request(prompt: str, model: str = "hosted", **variables: Any) -> gs.StreamCompleteRequest:
+    request = gs.StreamCompleteRequest(prompt=prompt, routing={"model": model})
+    request.variables.update(variables)
+    return request
+
+
+async def _stream(stub: Stub, request: gs.StreamCompleteRequest) -> list[Any]:
+    return [m async for m in stub.StreamComplete(request, timeout=30)]
+
+
+async def test_invalid_json_is_repaired_once_and_held_back_until_it_validates(
+    running: Running, servers: tuple[OpenAICompatibleServer, Any]
+) -> None:
+    good, _ = servers
+    good.behaviour = Behaviour(replies=[["Paris", " is the capital"], ['{"city": ', '"Paris"}']])
+
+    messages = await _stream(running.stub, _request("city", country="France"))
+
+    deltas = [m.delta.text for m in messages if m.HasField("delta")]
+    final = messages[-1].final
+    assert deltas == ['{"city": "Paris"}']  # nothing of the invalid first answer went out
+    assert (final.processing.schema_valid, final.processing.repaired) == (True, True)
+    assert final.output_json.struct_value["city"] == "Paris"
+    assert [a.backend_id for a in final.attempts] == ["good-0", "good-0"]
+    repair = good.requests[-1].body["messages"]
+    assert repair[-2] == {"role": "assistant", "content": "Paris is the capital"}
+    assert "does not match the required JSON Schema" in repair[-1]["content"]
+
+
+async def test_invalid_json_without_repair_fails_with_output_schema_violation(
+    running: Running, servers: tuple[OpenAICompatibleServer, Any]
+) -> None:
+    good, _ = servers
+    good.behaviour = Behaviour(tokens=["not", " json"])
+    received: list[str] = []
+
+    async def drain() -> None:
+        async for message in running.stub.StreamComplete(
+            _request("city-strict", country="France"), timeout=30
+        ):
+            received.append(message.WhichOneof("event"))
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await drain()
+
+    error = error_details(raised.value)
+    assert error.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.reason == reasons.OUTPUT_SCHEMA_VIOLATION
+    assert received[0] == "start"
+    assert "final" not in received
+
+
+async def test_an_email_split_across_chunks_is_redacted_in_the_stream_and_the_log(
+    running: Running, servers: tuple[OpenAICompatibleServer, Any]
+) -> None:
+    good, _ = servers
+    good.behaviour = Behaviour(tokens=["Write to al", "ice@exam", "ple.com", " today."])
+
+    messages = await _stream(running.stub, _request("contact"))
+
+    text = "".join(m.delta.text for m in messages if m.HasField("delta"))
+    final = messages[-1].final
+    assert text == "Write to [EMAIL] today."
+    assert final.processing.redaction_count == 1
+    logs = await _logs(running.stub, 1)
+    assert logs[0].output == "Write to [EMAIL] today."
+    assert "alice" not in str(logs[0])
+
+
+async def _logs(stub: Stub, count: int) -> list[gateway_pb2.RequestLogEntry]:
+    for _ in range(200):
+        entries = list((await stub.ListRequestLogs(gs.ListRequestLogsRequest(), timeout=5)).entries)
+        if len(entries) >= count:
+            return entries
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the request log has fewer than {count} entries")
+
+
+async def test_a_backend_failing_before_the_first_token_fails_over_invisibly(
+    running: Running,
+) -> None:
+    finals = [
+        (await _stream(running.stub, _request("contact", model="flaky")))[-1].final
+        for _ in range(8)
+    ]
+
+    assert {f.backend_id for f in finals} == {"good-1"}
+    failed_over = [f for f in finals if len(f.attempts) == 2]
+    assert failed_over, "the router never put the failing backend first in 8 requests"
+    for final in failed_over:
+        first, second = final.attempts
+        assert (first.backend_id, first.status) == ("bad-0", "UNAVAILABLE")
+        assert (second.backend_id, second.status) == ("good-1", "OK")
+
+
+async def test_metrics_endpoint_has_the_genai_metrics_with_their_buckets(
+    running: Running,
+) -> None:
+    await _stream(running.stub, _request("contact"))
+    port = running.platform.metrics_port
+    assert port is not None
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    text = await asyncio.to_thread(scrape)
+
+    assert 'gen_ai_client_operation_duration_seconds_bucket{error_type="",' in text
+    assert 'le="0.01"' in text
+    assert 'le="81.92"' in text
+    assert 'gen_ai_client_token_usage_bucket{gen_ai_operation_name="chat"' in text
+    assert 'gen_ai_token_type="output"' in text
+    assert "gen_ai_client_operation_time_to_first_chunk_seconds_bucket" in text
+    assert 'genai_gateway_requests_total{code="OK"' in text
+    assert "genai_gateway_cost_total" in text
+    assert 'genai_request_log_records_total{outcome="written"}' in text
+
+
+async def test_the_request_log_is_flushed_at_shutdown_and_read_by_genai_logs(
+    servers: tuple[OpenAICompatibleServer, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    good, bad = servers
+    # A long batch delay: only the shutdown flush can write these records in time.
+    settings = _settings(good, bad, tmp_path, request_log={"max_delay_seconds": 60})
+    started = await _start(settings, tmp_path)
+    try:
+        finals = await asyncio.gather(
+            *(_stream(started.stub, _request("contact")) for _ in range(12))
+        )
+        ids = {messages[-1].final.request_id for messages in finals}
+    finally:
+        await started.channel.close(None)
+        await started.platform.stop(grace=5)
+
+    store = SqlRequestLogStore.from_url(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
+    try:
+        page = await store.list(RequestLogQuery(tenant_id="default", page_size=100))
+    finally:
+        await store.close()
+    assert {record.request_id for record in page.entries} == ids
+
+    restarted = await _start(settings, tmp_path)
+    try:
+        status = await logs_cli.main_async(
+            ["--target", restarted.platform.address, "--api-key", restarted.key, "--json"]
+        )
+    finally:
+        await restarted.channel.close(None)
+        await restarted.platform.stop(grace=1)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    assert status == 0
+    assert {line["requestId"] for line in lines} == ids
+
+
+async def test_two_gateway_replicas_share_quotas_through_redis(
+    servers: tuple[OpenAICompatibleServer, Any], tmp_path: Path
+) -> None:
+    good, bad = servers
+    async with redis_namespace() as redis:
+        quota = {"backend": "redis", "redis_url": redis.url, "key_prefix": redis.prefix}
+        refused = await _two_replicas(_settings(good, bad, tmp_path, quota=quota), tmp_path)
+        assert await redis.keys()  # the counts live in Redis
+
+    error = error_details(refused)
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert any("requests_per_minute" in v.description for v in error.quota_violations)
+
+
+async def _two_replicas(settings: PlatformSettings, tmp_path: Path) -> grpc.aio.AioRpcError:
+    """Two platforms on one database and one Redis; tenant `shared` may make 2 requests per
+    minute: one on each replica, then a third on the first, which is refused and returned."""
+    first = await _start(settings, tmp_path)
+    second = await _start(settings, tmp_path)
+    try:
+        admin = first.stub
+        await admin.CreateTenant(
+            gs.CreateTenantRequest(
+                tenant=gateway_pb2.Tenant(
+                    id="shared", quota=gateway_pb2.TenantQuota(requests_per_minute=2)
+                )
+            ),
+            timeout=5,
+        )
+        key = (
+            await admin.CreateApiKey(gs.CreateApiKeyRequest(tenant_id="shared"), timeout=5)
+        ).secret
+        channels = [
+            create_channel(r.platform.address, metadata=api_key_metadata(key))
+            for r in (first, second)
+        ]
+        stubs = [gateway_service_pb2_grpc.GatewayServiceStub(c) for c in channels]
+        folder = tmp_path / "prompts"
+        assert (await prompts_cli.seed_prompts(channels[0], folder)).failures == 0
+
+        await _stream(stubs[0], _request("contact"))
+        await _stream(stubs[1], _request("contact"))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _stream(stubs[0], _request("contact"))
+        for channel in channels:
+            await channel.close(None)
+    finally:
+        for replica in (first, second):
+            await replica.channel.close(None)
+            await replica.platform.stop(grace=1)
+    return refused.value
