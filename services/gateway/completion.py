@@ -474,15 +474,12 @@ class CompletionEngine:
         except Exception:  # accounting must not hide the request's own outcome
             _logger.exception("pricing request %s failed", outcome.request_id)
         if reservation is not None:
+            tokens = usage.input_tokens + usage.output_tokens
             try:
                 await self._quota.settle(
-                    reservation,
-                    Usage(
-                        requests=1,
-                        tokens=usage.input_tokens + usage.output_tokens,
-                        cost_micros=_micros(outcome.cost),
-                    ),
+                    reservation, Usage(requests=1, tokens=tokens, cost_micros=_micros(outcome.cost))
                 )
+                self._metrics.settled_tokens.labels(caller.tenant_id).inc(tokens)
             except Exception:
                 _logger.exception("settling the quota of request %s failed", outcome.request_id)
         elapsed = self._clock() - outcome.started

@@ -76,6 +76,12 @@ class GatewayMetrics:
             ("tenant",),
             registry=registry,
         )
+        self.settled_tokens = Counter(
+            "genai_gateway_quota_settled_tokens",
+            "Tokens (input plus output) booked against tenants' quotas after settlement.",
+            ("tenant",),
+            registry=registry,
+        )
         self.failovers = Counter(
             "genai_gateway_failovers",
             "Attempts that failed before the first token and moved to the next candidate.",

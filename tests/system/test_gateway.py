@@ -283,6 +283,13 @@ async def test_streams_a_smollm2_answer_by_prompt_name_and_label(
     assert 0 < first <= total
     assert [(a.model, a.status) for a in final.attempts] == [(SMOLLM2, "OK")]
 
+    # The quota booked the estimate, then was settled with the real usage.
+    assert platform.metrics_registry is not None
+    settled = platform.metrics_registry.get_sample_value(
+        "genai_gateway_quota_settled_tokens_total", {"tenant": "acme"}
+    )
+    assert settled == final.usage.input_tokens + final.usage.output_tokens
+
     # The request log has the row (written asynchronously, within moments).
     deadline = time.monotonic() + 10
     while True:
