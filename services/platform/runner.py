@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from services.common.auth import AnonymousAuthenticator, Authenticator
 from services.common.clients import ClientTlsConfig, create_channel
+from services.common.config import ConfigError
 from services.common.interceptors import default_interceptors
 from services.common.reflection import enable_documented_reflection
 from services.common.server import RunningServer, ServiceRegistration, TlsConfig, start_server
@@ -33,6 +34,7 @@ from services.inference import server as inference_server
 from services.inference.adapters.triton import triton_channel
 from services.inference.adapters.tritonserver import TritonServer
 from services.platform.auth import PlatformAuthenticator
+from services.platform.consistency import catalog_problems
 from services.platform.settings import (
     ClientSettings,
     PlatformSettings,
@@ -41,6 +43,7 @@ from services.platform.settings import (
 )
 from services.prompt import server as prompt_server
 from services.router import server as router_server
+from services.router.config import load_catalog
 
 _logger = logging.getLogger(__name__)
 
@@ -156,9 +159,16 @@ async def start_platform(
     """Starts the services `settings` names on one server and returns once it is serving.
 
     When InferenceService is hosted and `inference.triton.launch` is set, Triton is started
-    first and the process owns it: it stops with the platform.
+    first and the process owns it: it stops with the platform. When RouterService and
+    InferenceService are both hosted, their catalogs must agree (`ConfigError` otherwise).
     """
     hosted = tuple(SERVICE_NAMES[key] for key in settings.services)
+    if "router" in settings.services and "inference" in settings.services:
+        problems = catalog_problems(
+            load_catalog(router_server.catalog_path(settings.router)), settings.inference, ""
+        )
+        if problems:
+            raise ConfigError(problems)
     tracer_provider = configure_tracing("genai-platform")
     channels = ChannelPool(tls=client_tls(settings.clients), tracer_provider=tracer_provider)
     triton_channels = ChannelPool(factory=triton_channel)

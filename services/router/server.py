@@ -14,6 +14,11 @@ from services.router.core.router import Router
 from services.router.servicer import SERVICE_NAME, RouterServicer
 
 
+def catalog_path(settings: RouterSettings) -> Path:
+    """The catalog file the router reads: `catalog_file`, or the shipped catalog."""
+    return Path(settings.catalog_file) if settings.catalog_file else DEFAULT_CATALOG
+
+
 def registration(
     *,
     settings: RouterSettings,
@@ -23,10 +28,7 @@ def registration(
     """Returns RouterService ready to be added to a server. The catalog is read (and validated)
     here; Triton backends with an empty endpoint are `local_triton`. Health checks start with
     the server and stop with it."""
-    catalog = load_catalog(
-        Path(settings.catalog_file) if settings.catalog_file else DEFAULT_CATALOG,
-        local_triton=local_triton,
-    )
+    catalog = load_catalog(catalog_path(settings), local_triton=local_triton)
     router = Router(
         catalog,
         breaker=BreakerPolicy(

@@ -8,12 +8,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.serve import ServeProcess, genai_serve
+from tests.support.settings import CATALOG_ZERO_LOCAL
 
 ZERO_ONLY = {
     "GENAI_INFERENCE__TRITON__MODELS": json.dumps(["zero_llm"]),
     "GENAI_INFERENCE__TRITON__GRPC_PORT": "0",
     "GENAI_INFERENCE__TRITON__HTTP_PORT": "0",
     "GENAI_INFERENCE__TRITON__METRICS_PORT": "0",
+    "GENAI_ROUTER__CATALOG_FILE": str(CATALOG_ZERO_LOCAL),
     "GENAI_INFERENCE__MODELS": json.dumps(
         [
             {
@@ -25,8 +27,7 @@ ZERO_ONLY = {
         ]
     ),
 }
-"""Triton with only zero_llm (starts in seconds); the router's catalog still lists SmolLM2,
-whose health check then finds it down."""
+"""Triton with only zero_llm (starts in seconds), and a router catalog of that model alone."""
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.settings import inference_without_triton
+from tests.support.settings import inference_without_triton, router_without_triton
 
 ROOT = Path(__file__).resolve().parents[2]
 
 NO_TRITON = {
     "GENAI_INFERENCE__TRITON__LAUNCH": "false",
     "GENAI_INFERENCE__MODELS": json.dumps(inference_without_triton()["models"]),
+    "GENAI_ROUTER__CATALOG_FILE": router_without_triton()["catalog_file"],
 }
 """Environment for a `genai serve` whose InferenceService points at no running Triton."""
 

@@ -1,9 +1,19 @@
 """Platform settings for tests that run the services without a Triton server."""
 
+from pathlib import Path
 from typing import Any
 
 UNREACHABLE_TRITON = "127.0.0.1:9"
 """The discard port: connections are refused at once, so calls fail fast with UNAVAILABLE."""
+CATALOG_ZERO_UNREACHABLE = Path(__file__).with_name("catalog_zero_unreachable.yaml")
+"""The router catalog that matches `inference_without_triton()`."""
+CATALOG_ZERO_LOCAL = Path(__file__).with_name("catalog_zero_local.yaml")
+"""The router catalog of a platform that launches Triton and serves only the zero model."""
+
+
+def router_without_triton() -> dict[str, Any]:
+    """`router` settings whose catalog matches `inference_without_triton()`."""
+    return {"catalog_file": str(CATALOG_ZERO_UNREACHABLE)}
 
 
 def inference_without_triton(endpoint: str = UNREACHABLE_TRITON) -> dict[str, Any]:

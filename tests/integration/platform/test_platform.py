@@ -14,12 +14,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common import reasons
+from services.common.config import ConfigError
 from services.common.contract import contract_digest, contract_services
 from services.common.reasons import ERROR_DOMAIN
 from services.common.status import error_details
 from services.platform.runner import SERVICE_NAMES, Platform, platform_version, start_platform
 from services.platform.settings import PlatformSettings, ServerSettings
-from tests.support.settings import inference_without_triton
+from tests.support.settings import inference_without_triton, router_without_triton
 from tests.support.tls import make_certificates
 
 IMPLEMENTED = {
@@ -54,6 +55,7 @@ def _settings(**fields: object) -> PlatformSettings:
             "auth": {"mode": "none"},
             "server": ServerSettings(port=0),
             "inference": inference_without_triton(),
+            "router": router_without_triton(),
             **fields,
         }
     )
@@ -266,3 +268,14 @@ async def test_a_request_that_does_not_parse_is_invalid_argument_not_unknown(
     assert error.reason == reasons.FIELD_VIOLATION
     assert error.field_violations[0].field == "request"
     assert "genai.inference.v1.GenerateStreamRequest" in error.field_violations[0].description
+
+
+async def test_a_router_catalog_that_disagrees_with_the_served_models_is_refused_at_start() -> None:
+    """The shipped catalog lists SmolLM2 on the local Triton; these settings serve only the
+    zero model, on another endpoint: start-up fails naming both problems, before serving."""
+    with pytest.raises(ConfigError) as refused:
+        await start_platform(_settings(router={}))
+
+    problems = refused.value.problems
+    assert any("'smollm2-135m-instruct' is not in inference.models" in p for p in problems)
+    assert any("'zero' backend 'triton-0' is at (local Triton)" in p for p in problems)
