@@ -8,7 +8,9 @@ from services.inference.config import InferenceSettings
 from services.router.core.catalog import BackendKind, Catalog
 
 
-def catalog_problems(catalog: Catalog, inference: InferenceSettings, local_triton: str) -> list[str]:
+def catalog_problems(
+    catalog: Catalog, inference: InferenceSettings, local_triton: str
+) -> list[str]:
     """What disagrees between `catalog` and `inference` (empty when they agree). Triton
     endpoints left empty mean `local_triton` on both sides."""
     problems: list[str] = []
