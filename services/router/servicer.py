@@ -264,6 +264,7 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
                 per_output_token_ewma_duration=_optional_duration(live.per_token.ewma),
                 per_output_token_p95_duration=_optional_duration(live.per_token.p95()),
                 sample_count=live.first_token.count,
+                queue_duration=_optional_duration(live.queue_s),
             ),
             request_count=live.requests,
             failure_count=live.failures,

@@ -10,12 +10,19 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
+import tritonclient.grpc.aio as aioclient
 from genai.router.v1 import router_pb2, router_service_pb2, router_service_pb2_grpc
 
 from services.inference.adapters.tritonserver import TritonServer
 from services.platform.runner import Platform, start_platform
 from services.platform.settings import PlatformSettings
-from tests.support.triton import CPU_REPOSITORY, requires_triton, running_triton
+from tests.support.triton import (
+    CPU_REPOSITORY,
+    generation_inputs,
+    requires_triton,
+    running_triton,
+    stream_generation,
+)
 
 pytestmark = [pytest.mark.system, requires_triton]
 pb = router_service_pb2
@@ -138,3 +145,39 @@ async def test_health_checks_take_a_killed_replica_out_and_let_it_back_in(
             )
     finally:
         await platform.stop(grace=0)
+
+
+async def test_health_checks_read_tritons_queue_time(
+    replicas: tuple[TritonServer, TritonServer], tmp_path: Path
+) -> None:
+    """Each check reads Triton's ModelStatistics; from the second reading on, the backend's
+    status carries the mean queue wait of the interval (zero_llm queues nothing measurable,
+    so the value is small, but it is Triton's own figure)."""
+    a, b = replicas
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(CATALOG.format(a=a.grpc_address, b=b.grpc_address))
+    platform = await _platform(catalog)
+    try:
+        async with grpc.aio.insecure_channel(platform.address) as channel:
+            stub = router_service_pb2_grpc.RouterServiceStub(channel)
+            client = aioclient.InferenceServerClient(a.grpc_address)
+            try:
+                for _ in range(5):
+                    await stream_generation(client, generation_inputs("one two", 4))
+            finally:
+                await client.close()
+            deadline = time.monotonic() + 10
+            while True:
+                statuses = (
+                    await stub.GetBackendHealth(pb.GetBackendHealthRequest(model="zero"))
+                ).backends
+                queued = {s.backend.id: s.latency.HasField("queue_duration") for s in statuses}
+                if all(queued.values()) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        await platform.stop(grace=0)
+
+    assert queued == {"replica-a": True, "replica-b": True}
+    by_id = {s.backend.id: s for s in statuses}
+    assert by_id["replica-a"].latency.queue_duration.ToNanoseconds() < 50_000_000

@@ -1,7 +1,10 @@
 """Active health checks: every backend is asked, on an interval, whether it can serve its
 model; the answers go to the router, which stops sending requests to a backend that fails.
 
-Triton backends are asked `ModelReady` for their model. OpenAI-compatible endpoints are asked
+Triton backends are asked `ModelReady` for their model, and `ModelStatistics`: the growth of
+its cumulative queue time over the growth of its request count since the previous check is the
+mean time a request waited in Triton's queue in that interval, which the router adds to its
+latency predictions. OpenAI-compatible endpoints are asked
 `GET {base}/models`: any answer below 500 (401 included: the catalog holds no API keys) means the
 endpoint is up; 5xx, timeouts and refused connections mean it is not. Whether the provider
 serves the model, and answers well, is learnt from reported outcomes and the circuit breaker.
@@ -39,6 +42,8 @@ class HealthChecker:
         self._channel_for = channel_for
         self._task: asyncio.Task[None] | None = None
         self._http = httpx.AsyncClient(timeout=CHECK_TIMEOUT_S)
+        self._queue_totals: dict[tuple[str, str], tuple[int, int]] = {}
+        """(model, backend id) -> Triton's (queued requests, queue nanoseconds) last read."""
 
     async def start(self) -> None:
         """Runs one round of checks, then keeps checking in the background."""
@@ -102,7 +107,35 @@ class HealthChecker:
             return
         if ready.ready:
             self._router.set_health(model, backend_id, Health.SERVING)
+            await self._read_queue(stub, model, backend_id, backend_model)
         else:
             self._router.set_health(
                 model, backend_id, Health.NOT_SERVING, f"{backend_model} is not ready"
             )
+
+    async def _read_queue(
+        self,
+        stub: service_pb2_grpc.GRPCInferenceServiceStub,
+        model: str,
+        backend_id: str,
+        backend_model: str,
+    ) -> None:
+        try:
+            statistics = await stub.ModelStatistics(
+                service_pb2.ModelStatisticsRequest(name=backend_model), timeout=CHECK_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as error:  # statistics are a refinement: health stands
+            _logger.debug("ModelStatistics of %s failed: %s", backend_model, error.code())
+            return
+        count = ns = 0
+        for version in statistics.model_stats:
+            count += version.inference_stats.queue.count
+            ns += version.inference_stats.queue.ns
+        previous = self._queue_totals.get((model, backend_id))
+        self._queue_totals[(model, backend_id)] = (count, ns)
+        if previous is None or count < previous[0]:  # first reading, or Triton restarted
+            return
+        requests = count - previous[0]
+        self._router.set_queue_time(
+            model, backend_id, (ns - previous[1]) / requests / 1e9 if requests else 0.0
+        )

@@ -158,6 +158,9 @@ class BackendLive:
     last_error: str = ""
     last_check_time: float | None = None
     """Wall-clock time (epoch seconds) of the last completed health check."""
+    queue_s: float | None = None
+    """Mean time a request waited in the backend's own queue over the last health-check
+    interval (Triton's statistics, all its clients included); None before two readings."""
 
     @classmethod
     def new(cls, policy: BreakerPolicy, clock: Callable[[], float]) -> "BackendLive":

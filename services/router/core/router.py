@@ -191,6 +191,8 @@ class Router:
                 if per_token is None:
                     per_token = model.per_token_target_s
                 first_token *= 1 + 0.1 * live.in_flight
+                if live.queue_s is not None:
+                    first_token += live.queue_s
                 total = first_token + per_token * outputs_after_first
                 if total < best_total:
                     best_first, best_total = first_token, total
@@ -374,6 +376,10 @@ class Router:
         if error:
             live.last_error = error[:500]
 
+    def set_queue_time(self, model: str, backend_id: str, seconds: float) -> None:
+        """Records the backend's current queueing delay (see `BackendLive.queue_s`)."""
+        self._live[(model, backend_id)].queue_s = max(seconds, 0.0)
+
     def statuses(self, model_name: str = "") -> list[Status]:
         """Every backend's live view (of one model when named), by model then backend id."""
         if model_name and self.catalog.model(model_name) is None:
@@ -392,8 +398,9 @@ class Router:
 
 def _predict(model: ModelEntry, live: BackendLive, outputs: int) -> tuple[float, float]:
     """Predicted (time to first token, total time for `outputs` tokens) on a backend: live
-    EWMAs when there are samples, the catalog's targets before; requests in flight add
-    queueing."""
+    EWMAs when there are samples, the catalog's targets before; requests this router has in
+    flight there add queueing, and so does the wait the backend reports in its own queue now
+    (Triton's statistics see every client's load, which this router's counts cannot)."""
     first = live.first_token.ewma
     if first is None:
         first = model.first_token_target_s
@@ -401,6 +408,8 @@ def _predict(model: ModelEntry, live: BackendLive, outputs: int) -> tuple[float,
     if per_token is None:
         per_token = model.per_token_target_s
     first *= 1 + 0.1 * live.in_flight
+    if live.queue_s is not None:
+        first += live.queue_s
     return first, first + per_token * max(outputs - 1, 0)
 
 

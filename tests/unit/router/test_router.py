@@ -336,3 +336,22 @@ def test_the_shipped_catalog_loads(tmp_path: Path) -> None:
     problems = "\n".join(raised.value.problems)
     for expected in ("currency", "models.0.name", "models.0.colour", "models.0.backends"):
         assert expected in problems
+
+
+def test_a_backends_own_queue_time_moves_the_latency_policy() -> None:
+    """Triton's queue wait (read from its statistics by the health checks) counts even when
+    this router has nothing in flight there: other clients' load makes a backend slower."""
+    request = RouteRequest(100, 100, Policy.LATENCY)
+    plain, queued = _router(), _router()
+    queued.set_queue_time("small", "small-0", 5.0)
+
+    before = plain.route(request)
+    after = queued.route(request)
+
+    assert before.candidates[0].model.name == "small"
+    assert after.candidates[0].model.name != "small"
+    small_before = next(c for c in before.candidates if c.model.name == "small")
+    small_after = next(c for c in after.candidates if c.model.name == "small")
+    assert small_after.predicted_first_token_s == pytest.approx(
+        small_before.predicted_first_token_s + 5.0
+    )

@@ -115,18 +115,20 @@ class BackendStatus(_message.Message):
     def __init__(self, backend: _Optional[_Union[Backend, _Mapping]] = ..., model: _Optional[str] = ..., health: _Optional[_Union[HealthState, str]] = ..., circuit: _Optional[_Union[CircuitState, str]] = ..., in_flight: _Optional[int] = ..., latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., request_count: _Optional[int] = ..., failure_count: _Optional[int] = ..., last_check_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class LatencyStats(_message.Message):
-    __slots__ = ("first_token_ewma_duration", "first_token_p95_duration", "per_output_token_ewma_duration", "per_output_token_p95_duration", "sample_count")
+    __slots__ = ("first_token_ewma_duration", "first_token_p95_duration", "per_output_token_ewma_duration", "per_output_token_p95_duration", "sample_count", "queue_duration")
     FIRST_TOKEN_EWMA_DURATION_FIELD_NUMBER: _ClassVar[int]
     FIRST_TOKEN_P95_DURATION_FIELD_NUMBER: _ClassVar[int]
     PER_OUTPUT_TOKEN_EWMA_DURATION_FIELD_NUMBER: _ClassVar[int]
     PER_OUTPUT_TOKEN_P95_DURATION_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DURATION_FIELD_NUMBER: _ClassVar[int]
     first_token_ewma_duration: _duration_pb2.Duration
     first_token_p95_duration: _duration_pb2.Duration
     per_output_token_ewma_duration: _duration_pb2.Duration
     per_output_token_p95_duration: _duration_pb2.Duration
     sample_count: int
-    def __init__(self, first_token_ewma_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., first_token_p95_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., per_output_token_ewma_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., per_output_token_p95_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., sample_count: _Optional[int] = ...) -> None: ...
+    queue_duration: _duration_pb2.Duration
+    def __init__(self, first_token_ewma_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., first_token_p95_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., per_output_token_ewma_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., per_output_token_p95_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., sample_count: _Optional[int] = ..., queue_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RouteCandidate(_message.Message):
     __slots__ = ("model", "backend", "estimated_cost", "predicted_first_token_duration", "predicted_total_duration", "reason")
