@@ -73,6 +73,17 @@ EVALUATION_GATE_FAILED: Final = "EVALUATION_GATE_FAILED"
 NO_ROLLBACK_TARGET: Final = "NO_ROLLBACK_TARGET"
 """A rollback found no earlier version in the label's history."""
 
+EXPERIMENT_NOT_FOUND: Final = "EXPERIMENT_NOT_FOUND"
+"""No experiment with that name exists in the caller's tenant."""
+EXPERIMENT_ALREADY_EXISTS: Final = "EXPERIMENT_ALREADY_EXISTS"
+"""An experiment with that name already exists in the tenant."""
+EXPERIMENT_NOT_RUNNING: Final = "EXPERIMENT_NOT_RUNNING"
+"""The experiment is not running (not started, or stopped): it assigns and records nothing."""
+VARIANT_NOT_FOUND: Final = "VARIANT_NOT_FOUND"
+"""The experiment has no variant with that name."""
+METRIC_NOT_FOUND: Final = "METRIC_NOT_FOUND"
+"""The experiment declares no metric with that name."""
+
 TENANT_NOT_FOUND: Final = "TENANT_NOT_FOUND"
 """No tenant with that id exists."""
 API_KEY_NOT_FOUND: Final = "API_KEY_NOT_FOUND"
@@ -110,6 +121,11 @@ ALL_REASONS: Final = frozenset(
         VARIABLE_INVALID,
         EVALUATION_GATE_FAILED,
         NO_ROLLBACK_TARGET,
+        EXPERIMENT_NOT_FOUND,
+        EXPERIMENT_ALREADY_EXISTS,
+        EXPERIMENT_NOT_RUNNING,
+        VARIANT_NOT_FOUND,
+        METRIC_NOT_FOUND,
         TENANT_NOT_FOUND,
         API_KEY_NOT_FOUND,
     }
