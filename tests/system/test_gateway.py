@@ -525,9 +525,12 @@ async def test_bad_requests_name_every_bad_field(platform: Platform, tenants: Te
 def test_complete_and_stream_complete_requests_are_the_same_message() -> None:
     """Complete reuses the streaming path by re-parsing its request as a
     StreamCompleteRequest; the two must stay field-for-field identical."""
-    unary = {f.name: (f.number, f.type, f.is_repeated) for f in gs.CompleteRequest.DESCRIPTOR.fields}
+    unary = {
+        f.name: (f.number, f.type, f.is_repeated) for f in gs.CompleteRequest.DESCRIPTOR.fields
+    }
     stream = {
-        f.name: (f.number, f.type, f.is_repeated) for f in gs.StreamCompleteRequest.DESCRIPTOR.fields
+        f.name: (f.number, f.type, f.is_repeated)
+        for f in gs.StreamCompleteRequest.DESCRIPTOR.fields
     }
     assert unary == stream
 
