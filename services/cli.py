@@ -5,6 +5,7 @@ genai serve [--config FILE] [--host H] [--port P] [--service NAME ...] [--ready-
 genai chat MESSAGE [--prompt NAME] [--var NAME=VALUE ...] [--model M] ...
 genai info [--target HOST:PORT]
 genai prompts push|pull|diff|history|promote|rollback|list ... (`genai prompts --help`)
+genai experiments create|start|stop|list|results ... (`genai experiments --help`)
 genai logs [--prompt NAME] [--status CODE] [--since 10m] [--limit N] [--json]
 
 Commands that call the platform send `--api-key` (default: $GENAI_API_KEY).
@@ -32,6 +33,7 @@ from services.common.auth import DEFAULT_TENANT
 from services.common.clients import api_key_metadata, create_channel
 from services.common.config import ConfigError, load_settings
 from services.common.status import error_details
+from services.experiment import cli as experiments_cli
 from services.gateway import logs_cli
 from services.gateway.logs_cli import API_KEY_ENV, error_line
 from services.inference.adapters import tritonserver
@@ -132,6 +134,13 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
     _api_key_option(chat)
     chat.set_defaults(run=_chat)
+
+    experiments = commands.add_parser(
+        "experiments",
+        help="A/B experiments: create, start, stop, list, results (table and PNG)",
+        description=experiments_cli.__doc__.splitlines()[0] if experiments_cli.__doc__ else None,
+    )
+    experiments_cli.add_commands(experiments, default_target=DEFAULT_TARGET)
 
     logs = commands.add_parser(
         "logs", help="list the request log of your tenant, newest first (ListRequestLogs)"

@@ -30,6 +30,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ from typing import Any, Final
 
 import grpc
 from genai.common.v1 import chat_pb2, generation_pb2, routing_pb2
+from genai.experiment.v1 import experiment_pb2, experiment_service_pb2
 from genai.gateway.v1 import gateway_pb2, gateway_service_pb2
 from genai.inference.v1 import inference_pb2, inference_service_pb2
 from genai.prompt.v1 import prompt_pb2
@@ -77,11 +79,14 @@ _logger = logging.getLogger(__name__)
 
 STREAM_METHOD: Final = "/genai.gateway.v1.GatewayService/StreamComplete"
 UNARY_METHOD: Final = "/genai.gateway.v1.GatewayService/Complete"
+FEEDBACK_METHOD: Final = "/genai.gateway.v1.GatewayService/RecordFeedback"
 MAX_UNIT_ID_CHARS: Final = 256
 MAX_REQUEST_ID_CHARS: Final = 128
 MAX_TAGS: Final = 16
 MAX_TAG_CHARS: Final = 128
 MAX_EXTRA_MESSAGES: Final = 64
+EXPERIMENT_CACHE_S: Final = 5.0
+RECENT_EXPERIMENT_REQUESTS: Final = 10_000
 
 _PII_KINDS: Final = {
     prompt_pb2.PII_KIND_EMAIL: PiiKind.EMAIL,
@@ -120,6 +125,9 @@ class _Outcome:
     arrived: datetime
     rendered: RenderedPrompt | None = None
     label: str = ""
+    experiment: str = ""
+    variant: str = ""
+    unit_id: str = ""
     input_messages: list[chat_pb2.ChatMessage] = field(default_factory=list)
     routed: list[RoutedStream] = field(default_factory=list)
     output: list[str] = field(default_factory=list)
@@ -168,6 +176,7 @@ class CompletionEngine:
         log_content: str,
         metrics: GatewayMetrics,
         default_max_output_tokens: int,
+        experiments: Any = None,
         tracer_provider: trace.TracerProvider | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -179,6 +188,13 @@ class CompletionEngine:
         self._log_content = log_content
         self._metrics = metrics
         self._default_max_output_tokens = default_max_output_tokens
+        self._experiments = experiments
+        self._experiment_units: dict[tuple[str, str], tuple[float, int]] = {}
+        """(tenant, experiment) -> (expiry, the experiment's assignment unit), briefly cached."""
+        self._served: OrderedDict[tuple[str, str], tuple[str, str, str]] = OrderedDict()
+        """(tenant, request id) -> (experiment, variant, unit id) of recent experiment requests,
+        for feedback that arrives before the request log has the row."""
+        self._background: set[asyncio.Task[None]] = set()
         self._clock = clock
         self._tracer = trace.get_tracer("genai.gateway", tracer_provider=tracer_provider)
 
@@ -203,20 +219,34 @@ class CompletionEngine:
             client = await self._directory.prompts(caller.tenant_id)
             selector = request.WhichOneof("selector")
             outcome.label = request.label if selector == "label" else ""
-            if selector is None:
+            version = request.version if selector == "version" else None
+            assigned: experiment_pb2.Assignment | None = None
+            if selector == "experiment":
+                assigned = await self._assign(request, caller, outcome, deadline)
+                if assigned.variant and assigned.prompt_version:
+                    version = assigned.prompt_version
+            if version is None and not outcome.label:
                 outcome.label = "production"
             try:
                 rendered = await client.render(
                     request.prompt,
                     json_format.MessageToDict(request.variables),
                     label=outcome.label or None,
-                    version=request.version if selector == "version" else None,
+                    version=version,
                 )
             except InvalidArgument as error:
                 raise _prefixed(error, "variables") from None
             outcome.rendered = rendered
             outcome.input_messages = [*rendered.chat_messages(), *request.messages]
-            parameters = merge_parameters(rendered.parameters, request.parameters)
+            base_parameters = rendered.parameters
+            routing = _routing_or_none(request)
+            if assigned is not None and assigned.variant:
+                # The variant's settings sit between the version's and the request's.
+                base_parameters = merge_parameters(base_parameters, assigned.parameters)
+                if assigned.model and not (routing is not None and routing.model):
+                    pinned = routing_pb2.RoutingPreferences(model=assigned.model)
+                    routing = merge_preferences(routing, pinned)
+            parameters = merge_parameters(base_parameters, request.parameters)
             max_output = (
                 parameters.max_tokens
                 if parameters.HasField("max_tokens")
@@ -224,7 +254,7 @@ class CompletionEngine:
             )
             input_estimate = estimate_tokens(outcome.input_messages)
             route = router_service_pb2.RouteRequest(
-                preferences=merge_preferences(rendered.routing, _routing_or_none(request)),
+                preferences=merge_preferences(rendered.routing, routing),
                 input_tokens=input_estimate,
                 max_output_tokens=max_output,
                 prompt=request.prompt,
@@ -249,12 +279,16 @@ class CompletionEngine:
                     cost_micros=_micros(decimal_amount(first.estimated_cost)),
                 ),
             )
+            if outcome.variant:
+                self._record_exposure(outcome, caller)
             yield Response(
                 start=gateway_pb2.CompletionStart(
                     request_id=outcome.request_id,
                     trace_id=outcome.trace_id,
                     prompt=rendered.prompt,
                     prompt_version=rendered.version,
+                    experiment=outcome.experiment,
+                    variant=outcome.variant,
                 )
             )
             config = processing_config(rendered, parameters)
@@ -321,6 +355,140 @@ class CompletionEngine:
             raise
         finally:
             await asyncio.shield(self._account(outcome, caller, reservation))
+
+    # ------------------------------------------------------------------------------ experiments
+
+    async def _assign(
+        self, request: Request, caller: Caller, outcome: _Outcome, deadline: float | None
+    ) -> experiment_pb2.Assignment:
+        """The unit's variant of `request.experiment` (ExperimentService: sticky, deterministic);
+        the unit is the user or the session, as the experiment says."""
+        if self._experiments is None:
+            raise Unimplemented(
+                "this gateway reaches no ExperimentService",
+                method=caller.method,
+                missing="an ExperimentService (gateway.targets.experiment)",
+            )
+        name = request.experiment
+        unit = await self._experiment_unit(name, caller, deadline)
+        if unit == experiment_pb2.ASSIGNMENT_UNIT_SESSION:
+            unit_id, field = request.session_id, "session_id"
+        else:
+            unit_id, field = request.user_id, "user_id"
+        if not unit_id:
+            raise InvalidArgument(
+                violations=[FieldViolation(field, f"experiment {name!r} assigns by {field}")]
+            )
+        response = await self._call(
+            self._experiments.AssignVariant(
+                experiment_service_pb2.AssignVariantRequest(experiment=name, unit_id=unit_id),
+                timeout=_left(deadline, self._clock),
+                metadata=caller.metadata,
+            ),
+            "the experiment service",
+            "genai.experiment.v1.ExperimentService",
+        )
+        assigned: experiment_pb2.Assignment = response.assignment
+        outcome.experiment, outcome.variant, outcome.unit_id = name, assigned.variant, unit_id
+        return assigned
+
+    async def _experiment_unit(self, name: str, caller: Caller, deadline: float | None) -> int:
+        key = (caller.tenant_id, name)
+        cached = self._experiment_units.get(key)
+        now = self._clock()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        response = await self._call(
+            self._experiments.GetExperiment(
+                experiment_service_pb2.GetExperimentRequest(name=name),
+                timeout=_left(deadline, self._clock),
+                metadata=caller.metadata,
+            ),
+            "the experiment service",
+            "genai.experiment.v1.ExperimentService",
+        )
+        unit: int = response.experiment.unit
+        self._experiment_units[key] = (now + EXPERIMENT_CACHE_S, unit)
+        return unit
+
+    def _record_exposure(self, outcome: _Outcome, caller: Caller) -> None:
+        """Records, in the background, that the unit was served its variant."""
+        self._served[(caller.tenant_id, outcome.request_id)] = (
+            outcome.experiment, outcome.variant, outcome.unit_id
+        )  # fmt: skip
+        while len(self._served) > RECENT_EXPERIMENT_REQUESTS:
+            self._served.popitem(last=False)
+        request = experiment_service_pb2.RecordExposureRequest(
+            experiment=outcome.experiment,
+            unit_id=outcome.unit_id,
+            variant=outcome.variant,
+            request_id=outcome.request_id,
+        )
+
+        async def record() -> None:
+            try:
+                await self._experiments.RecordExposure(
+                    request, timeout=5.0, metadata=caller.metadata
+                )
+            except grpc.aio.AioRpcError as error:
+                _logger.warning(
+                    "recording the exposure of request %s failed: %s",
+                    outcome.request_id,
+                    error.code().name,
+                )
+
+        task = asyncio.create_task(record())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def served(self, tenant_id: str, request_id: str) -> tuple[str, str, str] | None:
+        """(experiment, variant, unit id) of a recent experiment request of this gateway."""
+        return self._served.get((tenant_id, request_id))
+
+    async def record_feedback(
+        self,
+        caller: Caller,
+        request_id: str,
+        metric: str,
+        value: float | bool,
+        served: tuple[str, str, str],
+    ) -> None:
+        """Records feedback on a served request as an outcome of its experiment."""
+        experiment, _variant, unit_id = served
+        if self._experiments is None:
+            raise Unimplemented(
+                "this gateway reaches no ExperimentService",
+                method=caller.method,
+                missing="an ExperimentService (gateway.targets.experiment)",
+            )
+        request = experiment_service_pb2.RecordOutcomeRequest(
+            experiment=experiment, unit_id=unit_id, metric=metric, request_id=request_id
+        )
+        if isinstance(value, bool):
+            request.boolean_value = value
+        else:
+            request.numeric_value = value
+        await self._call(
+            self._experiments.RecordOutcome(request, timeout=5.0, metadata=caller.metadata),
+            "the experiment service",
+            "genai.experiment.v1.ExperimentService",
+        )
+
+    async def unit_of(self, caller: Caller, experiment: str, user_id: str, session_id: str) -> str:
+        """The unit id a request of `experiment` was assigned by (its user or its session)."""
+        if self._experiments is None:
+            raise Unimplemented(
+                "this gateway reaches no ExperimentService",
+                method=caller.method,
+                missing="an ExperimentService (gateway.targets.experiment)",
+            )
+        unit = await self._experiment_unit(experiment, caller, None)
+        return session_id if unit == experiment_pb2.ASSIGNMENT_UNIT_SESSION else user_id
+
+    async def drain(self) -> None:
+        """Waits for background exposure records (at shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     # ------------------------------------------------------------------------------ stages
 
@@ -436,6 +604,8 @@ class CompletionEngine:
             prompt=rendered.prompt,
             prompt_version=rendered.version,
             label=outcome.label,
+            experiment=outcome.experiment,
+            variant=outcome.variant,
             model=served.model,
             backend_id=served.backend_id,
             finish_reason=finish,  # type: ignore[arg-type]
@@ -525,6 +695,8 @@ class CompletionEngine:
             prompt=rendered.prompt if rendered else "",
             prompt_version=rendered.version if rendered else 0,
             label=outcome.label,
+            experiment=outcome.experiment,
+            variant=outcome.variant,
             model=outcome.model,
             usage=outcome.usage,
             cost=money(outcome.cost, outcome.currency),
@@ -601,14 +773,12 @@ def _validate(request: Request) -> None:
     for index, message in enumerate(request.messages):
         if message.role == chat_pb2.CHAT_ROLE_UNSPECIFIED:
             violations.append(FieldViolation(f"messages[{index}].role", "is required"))
+    if selector == "experiment" and not (request.user_id or request.session_id):
+        violations.append(
+            FieldViolation("user_id", "an experiment needs the unit: set user_id or session_id")
+        )
     if violations:
         raise InvalidArgument(violations=violations)
-    if selector == "experiment":
-        raise Unimplemented(
-            "experiment assignment in the gateway arrives with ExperimentService",
-            method=STREAM_METHOD,
-            missing="experiment assignment (issue #7)",
-        )
 
 
 def _prefixed(error: InvalidArgument, prefix: str) -> InvalidArgument:

@@ -4,6 +4,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from genai.experiment.v1 import experiment_service_pb2, experiment_service_pb2_grpc
 from genai.gateway.v1 import gateway_service_pb2_grpc
 from genai.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from genai.router.v1 import router_service_pb2, router_service_pb2_grpc
@@ -31,9 +32,11 @@ from services.prompt.client import PromptClient
 from services.router.failover import RoutedGenerator
 
 if TYPE_CHECKING:
+    ExperimentStub = experiment_service_pb2_grpc.ExperimentServiceAsyncStub
     RouterStub = router_service_pb2_grpc.RouterServiceAsyncStub
     InferenceStub = inference_service_pb2_grpc.InferenceServiceAsyncStub
 else:
+    ExperimentStub = experiment_service_pb2_grpc.ExperimentServiceStub
     RouterStub = router_service_pb2_grpc.RouterServiceStub
     InferenceStub = inference_service_pb2_grpc.InferenceServiceStub
 
@@ -67,7 +70,7 @@ def registration(
     hosts it (the embedded default), and is unreachable otherwise. `tenants` is the process's
     tenant store (shared with the API-key authenticator); the gateway calls the other services
     on a tenant's behalf with `internal_token`. Metrics go to `registry`. With
-    `in_process_calls`, RouterService and InferenceService hosted in this process (no address
+    `in_process_calls`, RouterService, InferenceService and ExperimentService hosted in this process (no address
     configured; `local_servicer(name)` returns their servicer) are called directly
     (`services.common.local`) instead of over loopback gRPC.
     """
@@ -144,6 +147,11 @@ def registration(
             inference: InferenceStub = stub(
                 inference_service_pb2, "InferenceService", InferenceStub
             )
+            experiments: ExperimentStub | None = (
+                stub(experiment_service_pb2, "ExperimentService", ExperimentStub)
+                if target_for("genai.experiment.v1.ExperimentService")
+                else None
+            )
             state["engine"] = CompletionEngine(
                 generator=RoutedGenerator(router, inference),
                 directory=directory,
@@ -153,6 +161,7 @@ def registration(
                 log_content=log_settings.content,
                 metrics=metrics,
                 default_max_output_tokens=settings.default_max_output_tokens,
+                experiments=experiments,
                 tracer_provider=tracer_provider,
             )
         return state["engine"]
@@ -172,7 +181,7 @@ def registration(
         return remote(channel(descriptor.full_name))
 
     metrics = GatewayMetrics(registry)
-    servicer = GatewayServicer(  # type: ignore[abstract]  # RecordFeedback: @pending_rpcs
+    servicer = GatewayServicer(
         server_info=reporter,
         engine=engine,
         tenants=tenants,
@@ -189,6 +198,8 @@ def registration(
             writer.start()
 
     async def stop() -> None:
+        if "engine" in state:
+            await state["engine"].drain()
         if writer is not None:
             await writer.aclose()
         await directory.close()

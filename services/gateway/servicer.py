@@ -1,5 +1,6 @@
 """genai.gateway.v1.GatewayService: converts between protos and gateway domain types."""
 
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -11,11 +12,12 @@ from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common import reasons
 from services.common.auth import Principal, current_principal
-from services.common.errors import FieldViolation, InvalidArgument
-from services.common.unimplemented import pending_rpcs
+from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from services.common.wire import timestamp
 from services.gateway.completion import (
+    FEEDBACK_METHOD,
     STREAM_METHOD,
     UNARY_METHOD,
     Caller,
@@ -45,10 +47,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 MICROS_PER_NANO_UNIT = 1000
 
 
-@pending_rpcs(
-    SERVICE_NAME,
-    {"RecordFeedback": "experiment outcomes and online evaluation (issue #7)"},
-)
 class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
     """Serves GatewayService."""
 
@@ -108,6 +106,60 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             metadata=tuple(internal_metadata(self._internal_token, principal.tenant_id)),
             method=method,
         )
+
+    # ------------------------------------------------------------------------------ feedback
+
+    async def RecordFeedback(
+        self, request: gs.RecordFeedbackRequest, context: Context
+    ) -> gs.RecordFeedbackResponse:
+        """Records feedback on a served request as an outcome of the experiment it took part
+        in (the variant it was served)."""
+        violations = []
+        if not request.request_id:
+            violations.append(FieldViolation("request_id", "is required"))
+        if not request.metric:
+            violations.append(FieldViolation("metric", "is required"))
+        kind = request.WhichOneof("value")
+        if kind is None:
+            violations.append(FieldViolation("value", "set numeric_value or boolean_value"))
+        elif kind == "numeric_value" and not math.isfinite(request.numeric_value):
+            violations.append(FieldViolation("numeric_value", "must be finite"))
+        if violations:
+            raise InvalidArgument(violations=violations)
+        caller = self._caller(FEEDBACK_METHOD)
+        engine = self._engine()
+        served = engine.served(caller.tenant_id, request.request_id)
+        if served is None:
+            served = await self._served_from_log(engine, caller, request.request_id)
+        value: float | bool = (
+            request.boolean_value if kind == "boolean_value" else request.numeric_value
+        )
+        await engine.record_feedback(caller, request.request_id, request.metric, value, served)
+        return gs.RecordFeedbackResponse()
+
+    async def _served_from_log(
+        self, engine: CompletionEngine, caller: Caller, request_id: str
+    ) -> tuple[str, str, str]:
+        record = (
+            await self._logs.get(caller.tenant_id, request_id) if self._logs is not None else None
+        )
+        if record is None:
+            raise NotFound(
+                f"no request {request_id!r} of this tenant is known (served here recently, or "
+                "in the request log)",
+                reason=reasons.RESOURCE_NOT_FOUND,
+                metadata={"request_id": request_id},
+            )
+        experiment = str(record.metadata.get("experiment", ""))
+        variant = str(record.metadata.get("variant", ""))
+        if not experiment or not variant:
+            raise FailedPrecondition(
+                f"request {request_id!r} took part in no experiment variant",
+                reason=reasons.FAILED_PRECONDITION,
+                metadata={"request_id": request_id},
+            )
+        unit_id = await engine.unit_of(caller, experiment, record.user_id, record.session_id)
+        return experiment, variant, unit_id
 
     # ------------------------------------------------------------------------------ request log
 

@@ -314,7 +314,7 @@ def _registration(
         case "prompt":
             return prompt_server.registration(settings=settings.prompt)
         case "experiment":
-            return experiment_server.registration()
+            return experiment_server.registration(settings=settings.experiment)
         case "evaluation":
             return evaluation_server.registration()
         case "router":

@@ -5,6 +5,7 @@ from typing import Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from services.common.config import Settings
+from services.experiment.config import ExperimentSettings
 from services.gateway.config import GatewaySettings
 from services.inference.config import InferenceSettings
 from services.prompt.config import PromptSettings
@@ -127,6 +128,9 @@ class PlatformSettings(Settings):
     )
     router: RouterSettings = Field(
         default_factory=RouterSettings, description="RouterService, when hosted."
+    )
+    experiment: ExperimentSettings = Field(
+        default_factory=ExperimentSettings, description="ExperimentService, when hosted."
     )
     gateway: GatewaySettings = Field(
         default_factory=GatewaySettings, description="GatewayService, when hosted."

@@ -8,7 +8,7 @@ from typing import Any
 from services.common.contract import contract_digest, contract_services
 from services.common.reasons import ERROR_DOMAIN, NOT_IMPLEMENTED, PROMPT_NOT_FOUND
 
-UNIMPLEMENTED_CALL = "genai.experiment.v1.ExperimentService/GetExperiment"
+UNIMPLEMENTED_CALL = "genai.evaluation.v1.EvaluationService/GetDataset"
 STREAM_CALL = "genai.gateway.v1.GatewayService/StreamComplete"
 """The sample `chat` prompt pinned to the zero-compute model with max_tokens 4."""
 NOT_FOUND_CALL = "genai.prompt.v1.PromptService/GetPrompt"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+from genai.experiment.v1 import experiment_pb2, experiment_service_pb2, experiment_service_pb2_grpc
 from genai.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 
 from services.common import reasons
@@ -396,3 +397,115 @@ async def _two_replicas(settings: PlatformSettings, tmp_path: Path) -> grpc.aio.
             await replica.channel.close(None)
             await replica.platform.stop(grace=1)
     return refused.value
+
+
+async def test_experiment_requests_get_sticky_variants_exposures_and_feedback_outcomes(
+    running: Running,
+) -> None:
+    experiments = experiment_service_pb2_grpc.ExperimentServiceStub(running.channel)
+    await experiments.CreateExperiment(
+        experiment_service_pb2.CreateExperimentRequest(
+            experiment=experiment_pb2.Experiment(
+                name="contact-tone",
+                prompt="contact",
+                variants=[
+                    experiment_pb2.Variant(name="control", weight=1),
+                    experiment_pb2.Variant(
+                        name="treatment", weight=1, parameters={"temperature": 0.3}
+                    ),
+                ],
+                control_variant="control",
+                unit=experiment_pb2.ASSIGNMENT_UNIT_USER,
+                metrics=[
+                    experiment_pb2.MetricSpec(
+                        name="thumbs_up", kind=experiment_pb2.METRIC_KIND_BOOLEAN
+                    )
+                ],
+            ),
+            start=True,
+        ),
+        timeout=5,
+    )
+
+    def request(user: str) -> gs.StreamCompleteRequest:
+        return gs.StreamCompleteRequest(prompt="contact", experiment="contact-tone", user_id=user)
+
+    served = {}
+    for index in range(30):
+        messages = await _stream(running.stub, request(f"user-{index}"))
+        start, final = messages[0].start, messages[-1].final
+        assert (start.experiment, start.variant) == ("contact-tone", final.variant)
+        served[final.request_id] = final.variant
+        await running.stub.RecordFeedback(
+            gs.RecordFeedbackRequest(
+                request_id=final.request_id,
+                metric="thumbs_up",
+                boolean_value=final.variant == "treatment",
+            ),
+            timeout=5,
+        )
+    again = (await _stream(running.stub, request("user-0")))[-1].final
+    first_variant = next(iter(served.values()))
+    no_unit = await _failure(
+        running.stub.StreamComplete(
+            gs.StreamCompleteRequest(prompt="contact", experiment="contact-tone"), timeout=5
+        )
+    )
+    unknown = await _failure_unary(
+        running.stub.RecordFeedback(
+            gs.RecordFeedbackRequest(request_id="nope", metric="thumbs_up", boolean_value=True)
+        )
+    )
+
+    assert again.variant == first_variant
+    assert {"control", "treatment"} == set(served.values())
+    assert no_unit.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert unknown.code == grpc.StatusCode.NOT_FOUND
+    for _ in range(100):  # exposures are recorded in the background
+        results = (
+            await experiments.GetExperimentResults(
+                experiment_service_pb2.GetExperimentResultsRequest(name="contact-tone"), timeout=5
+            )
+        ).results
+        if sum(v.exposures for v in results.variants) >= 31:
+            break
+        await asyncio.sleep(0.02)
+    by_variant = {v.variant: v for v in results.variants}
+    assert sum(v.exposures for v in results.variants) == 31
+    treatment = {m.metric: m for m in by_variant["treatment"].metrics}["thumbs_up"]
+    control = {m.metric: m for m in by_variant["control"].metrics}["thumbs_up"]
+    assert (control.mean, treatment.mean) == (0.0, 1.0)
+    assert treatment.comparison.difference == pytest.approx(1.0)
+
+
+async def test_feedback_on_a_request_outside_any_experiment_is_failed_precondition(
+    running: Running,
+) -> None:
+    final = (await _stream(running.stub, _request("contact")))[-1].final
+    await _logs(running.stub, 1)
+
+    error = await _failure_unary(
+        running.stub.RecordFeedback(
+            gs.RecordFeedbackRequest(
+                request_id=final.request_id, metric="thumbs_up", boolean_value=True
+            )
+        )
+    )
+
+    assert error.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def _failure(call: Any) -> Any:
+    async def drain() -> None:
+        async for _ in call:
+            continue
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await drain()
+    return error_details(raised.value)
+
+
+async def _failure_unary(call: Any) -> Any:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    return error_details(raised.value)

@@ -24,20 +24,6 @@ from tests.support.settings import inference_without_triton, router_without_trit
 from tests.support.tls import make_certificates
 
 IMPLEMENTED = {
-    *(
-        f"genai.gateway.v1.GatewayService/{name}"
-        for name in (
-            "GetServerInfo",
-            "Complete",
-            "StreamComplete",
-            "ListRequestLogs",
-            "CreateTenant",
-            "UpdateTenantQuota",
-            "CreateApiKey",
-            "ListApiKeys",
-            "RevokeApiKey",
-        )
-    ),
     "genai.inference.v1.InferenceService/Generate",
     "genai.inference.v1.InferenceService/GenerateStream",
     "genai.inference.v1.InferenceService/Embed",
@@ -45,7 +31,12 @@ IMPLEMENTED = {
     "genai.inference.v1.InferenceService/GetModelStatus",
 }
 """RPCs with behaviour so far; every other contract RPC must answer UNIMPLEMENTED."""
-IMPLEMENTED_SERVICES = {"genai.prompt.v1.PromptService", "genai.router.v1.RouterService"}
+IMPLEMENTED_SERVICES = {
+    "genai.prompt.v1.PromptService",
+    "genai.router.v1.RouterService",
+    "genai.gateway.v1.GatewayService",
+    "genai.experiment.v1.ExperimentService",
+}
 """Services whose every RPC has behaviour (issue #4's prompt registry)."""
 
 

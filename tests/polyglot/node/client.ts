@@ -8,7 +8,7 @@
 //   {"call":"grpc.health.v1.Health/Check","ok":true,"service":"...","status":"SERVING"}
 //   {"call":"genai.prompt.v1.PromptService/GetPrompt","ok":false,"code":5,"codeName":"NotFound",
 //    "message":"...","errorInfo":{"reason":"PROMPT_NOT_FOUND","domain":"genai.platform","metadata":{...}}}
-//   {"call":"genai.experiment.v1.ExperimentService/GetExperiment","ok":false,"code":12,
+//   {"call":"genai.evaluation.v1.EvaluationService/GetDataset","ok":false,"code":12,
 //    "codeName":"Unimplemented","message":"...","errorInfo":{"reason":"NOT_IMPLEMENTED",...}}
 //   {"call":"genai.gateway.v1.GatewayService/StreamComplete","ok":true,"events":["start",
 //    "delta",...,"final"],"text":"...","final":{...proto JSON}}
@@ -21,7 +21,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 
 import { CompletionMetadataSchema } from "../../../generated/ts/genai/gateway/v1/gateway_pb.js";
 import { GatewayService, GetServerInfoResponseSchema } from "../../../generated/ts/genai/gateway/v1/gateway_service_pb.js";
-import { ExperimentService } from "../../../generated/ts/genai/experiment/v1/experiment_service_pb.js";
+import { EvaluationService } from "../../../generated/ts/genai/evaluation/v1/evaluation_service_pb.js";
 import { PromptService } from "../../../generated/ts/genai/prompt/v1/prompt_service_pb.js";
 import { ErrorInfoSchema, Health } from "./standard_protos.js";
 
@@ -79,10 +79,10 @@ async function main(address: string, apiKey: string): Promise<void> {
     const response = await prompts.getPrompt({ name: "x" }, CALL_OPTIONS);
     return response.prompt?.name ?? null;
   });
-  const experiments = createClient(ExperimentService, transport);
-  await expectError("genai.experiment.v1.ExperimentService/GetExperiment", async () => {
-    const response = await experiments.getExperiment({ name: "x" }, CALL_OPTIONS);
-    return response.experiment?.name ?? null;
+  const evaluation = createClient(EvaluationService, transport);
+  await expectError("genai.evaluation.v1.EvaluationService/GetDataset", async () => {
+    const response = await evaluation.getDataset({ name: "x" }, CALL_OPTIONS);
+    return response.dataset?.name ?? null;
   });
 
   // A streamed completion of the sample `chat` prompt, pinned to the zero-compute model.

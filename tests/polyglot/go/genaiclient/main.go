@@ -9,7 +9,7 @@
 //	{"call":"genai.gateway.v1.GatewayService/GetServerInfo","ok":true,"response":{...proto JSON}}
 //	{"call":"grpc.health.v1.Health/Check","ok":true,"service":"...","status":"SERVING"}
 //	{"call":"genai.prompt.v1.PromptService/GetPrompt","ok":false,"code":5,"codeName":"NotFound",...}
-//	{"call":"genai.experiment.v1.ExperimentService/GetExperiment","ok":false,"code":12,"codeName":"Unimplemented",...}
+//	{"call":"genai.evaluation.v1.EvaluationService/GetDataset","ok":false,"code":12,"codeName":"Unimplemented",...}
 //	{"call":"genai.gateway.v1.GatewayService/StreamComplete","ok":true,"events":["start","delta",...,"final"],"text":"...","final":{...}}
 //
 // Every call but GetServerInfo sends the API key as `authorization: Bearer API_KEY`.
@@ -26,7 +26,7 @@ import (
 	"time"
 
 	commonv1 "github.com/genai-platform/genai/generated/go/genai/common/v1"
-	experimentv1 "github.com/genai-platform/genai/generated/go/genai/experiment/v1"
+	evaluationv1 "github.com/genai-platform/genai/generated/go/genai/evaluation/v1"
 	gatewayv1 "github.com/genai-platform/genai/generated/go/genai/gateway/v1"
 	promptv1 "github.com/genai-platform/genai/generated/go/genai/prompt/v1"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -131,12 +131,12 @@ func run(address string, apiKey string) {
 		emit(map[string]interface{}{"call": promptCall, "ok": true, "response": prompt.GetPrompt().GetName()})
 	}
 
-	const experimentCall = "genai.experiment.v1.ExperimentService/GetExperiment"
-	experiment, err := experimentv1.NewExperimentServiceClient(conn).GetExperiment(ctx, &experimentv1.GetExperimentRequest{Name: "x"})
+	const datasetCall = "genai.evaluation.v1.EvaluationService/GetDataset"
+	dataset, err := evaluationv1.NewEvaluationServiceClient(conn).GetDataset(ctx, &evaluationv1.GetDatasetRequest{Name: "x"})
 	if err != nil {
-		emit(describeError(experimentCall, err))
+		emit(describeError(datasetCall, err))
 	} else {
-		emit(map[string]interface{}{"call": experimentCall, "ok": true, "response": experiment.GetExperiment().GetName()})
+		emit(map[string]interface{}{"call": datasetCall, "ok": true, "response": dataset.GetDataset().GetName()})
 	}
 
 	// A streamed completion of the sample `chat` prompt, pinned to the zero-compute model.
