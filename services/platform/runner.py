@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from genai.evaluation.v1 import evaluation_service_pb2, evaluation_service_pb2_grpc
+from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -21,6 +23,7 @@ from services.common.auth import AnonymousAuthenticator, Authenticator
 from services.common.clients import ClientTlsConfig, create_channel
 from services.common.config import ConfigError
 from services.common.interceptors import default_interceptors
+from services.common.local import local_stub
 from services.common.reflection import enable_documented_reflection
 from services.common.server import RunningServer, ServiceRegistration, TlsConfig, start_server
 from services.common.telemetry import configure_tracing
@@ -33,7 +36,7 @@ from services.gateway.core.auth import ApiKeyAuthenticator
 from services.inference import server as inference_server
 from services.inference.adapters.triton import triton_channel
 from services.inference.adapters.tritonserver import TritonServer
-from services.platform.auth import PlatformAuthenticator
+from services.platform.auth import PlatformAuthenticator, internal_metadata
 from services.platform.consistency import catalog_problems
 from services.platform.settings import (
     ClientSettings,
@@ -42,6 +45,7 @@ from services.platform.settings import (
     ServiceKey,
 )
 from services.prompt import server as prompt_server
+from services.prompt.adapters.evaluation_gate import EvaluationReportGate
 from services.router import server as router_server
 from services.router.config import load_catalog
 
@@ -312,7 +316,9 @@ def _registration(
 ) -> ServiceRegistration:
     match key:
         case "prompt":
-            return prompt_server.registration(settings=settings.prompt)
+            return prompt_server.registration(
+                settings=settings.prompt, gate=_evaluation_gate(settings, clients, shared)
+            )
         case "experiment":
             return experiment_server.registration(settings=settings.experiment)
         case "evaluation":
@@ -344,6 +350,32 @@ def _registration(
                 tracer_provider=clients.tracer_provider,
                 local_servicer=shared.local_servicer,
             )
+
+
+def _evaluation_gate(
+    settings: PlatformSettings, clients: "_Clients", shared: _Shared
+) -> EvaluationReportGate | None:
+    """The gate of protected labels: the EvaluationService of this process (called in
+    process) or at `prompt.evaluation_target` (over gRPC, with the internal credentials)."""
+    service = SERVICE_NAMES["evaluation"]
+    descriptor = evaluation_service_pb2.DESCRIPTOR.services_by_name["EvaluationService"]
+    tracer = trace.get_tracer("genai.prompt", tracer_provider=clients.tracer_provider)
+    if settings.prompt.evaluation_target:
+        target = settings.prompt.evaluation_target
+        return EvaluationReportGate(
+            lambda: evaluation_service_pb2_grpc.EvaluationServiceStub(clients.channels.get(target)),
+            lambda tenant: internal_metadata(shared.internal_token, tenant),
+        )
+    if "evaluation" not in settings.services:
+        return None
+
+    def local() -> Any:
+        servicer = shared.local_servicer(service)
+        if servicer is None:
+            raise RuntimeError(f"{service} is not registered in this process")
+        return local_stub(servicer, descriptor, tracer)
+
+    return EvaluationReportGate(local)
 
 
 def _required(tenants: SqlTenantStore | None) -> SqlTenantStore:

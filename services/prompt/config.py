@@ -35,6 +35,12 @@ class PromptSettings(Settings):
         "made by this process reach its watchers at once).",
     )
 
+    evaluation_target: str = Field(
+        default="",
+        description="host:port of the EvaluationService that gates protected labels; empty: "
+        "the one this process hosts (protected labels cannot move without one).",
+    )
+
     def resolved_database_url(self) -> str:
         """`database_url`, or the default SQLite file (its folder created)."""
         if self.database_url:

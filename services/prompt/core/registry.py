@@ -164,6 +164,29 @@ class LabelNotifier:
             await asyncio.wait_for(self._event.wait(), patience_s)
 
 
+@dataclass(frozen=True, slots=True)
+class GateVerdict:
+    """Whether a version passes a prompt's evaluation gate, and on what evidence."""
+
+    passed: bool
+    report_id: str = ""
+    """The passing report, or the best failing one; empty when there is none."""
+    detail: str = ""
+    """Why it fails, for people: e.g. `has no evaluation report on dataset d`, or
+    `fails report r: accuracy mean 0.61 < 0.80`."""
+
+
+class EvaluationGate(Protocol):
+    """Looks for evaluation reports of a prompt version (the evaluation service)."""
+
+    async def check(
+        self, tenant_id: str, prompt: str, version: int, gate: Mapping[str, Any]
+    ) -> GateVerdict:
+        """The verdict for `version` against `gate` (`{"dataset": ..., "thresholds":
+        [{"scorer": ..., "min_mean": ...}]}`, the proto's field names)."""
+        ...
+
+
 class PromptRegistry:
     """Validates and carries out every PromptService operation for one tenant at a time."""
 
@@ -172,9 +195,13 @@ class PromptRegistry:
         store: PromptStore,
         *,
         poll_seconds: float = 0.25,
+        gate: "EvaluationGate | None" = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`gate` checks evaluation reports before a protected label moves (None: no
+        evaluation service is reachable, and protected labels cannot move)."""
         self._store = store
+        self._gate = gate
         self._poll_seconds = poll_seconds
         self._clock = clock
         self._notifier = LabelNotifier()
@@ -289,9 +316,44 @@ class PromptRegistry:
         if version < 1:
             violations.append(FieldViolation("version", "must be a version number (>= 1)"))
         _raise_if(violations)
+        prompt = await self._store.get_prompt(move.tenant_id, move.prompt)
+        if move.label in prompt.protected_labels:
+            await self._check_gate(prompt, move.label, version)
         result = await self._store.set_label(move, version)
         self._notifier.notify()
         return result
+
+    async def _check_gate(self, prompt: Prompt, label: str, version: int) -> None:
+        """Refuses (FAILED_PRECONDITION, EVALUATION_GATE_FAILED) to move a protected label to a
+        version without a passing evaluation report for the prompt's gate."""
+        metadata = {"prompt": prompt.name, "label": label, "version": str(version)}
+        gate = prompt.evaluation_gate
+        if not gate:
+            raise FailedPrecondition(
+                f"label {label!r} of prompt {prompt.name!r} is protected, but the prompt has "
+                "no evaluation_gate to pass: set one (dataset and thresholds) first",
+                reason=reasons.EVALUATION_GATE_FAILED,
+                metadata=metadata,
+            )
+        if self._gate is None:
+            raise FailedPrecondition(
+                f"label {label!r} is protected and no EvaluationService is reachable to check "
+                "its gate",
+                reason=reasons.EVALUATION_GATE_FAILED,
+                metadata=metadata,
+            )
+        verdict = await self._gate.check(prompt.tenant_id, prompt.name, version, gate)
+        if not verdict.passed:
+            raise FailedPrecondition(
+                f"label {label!r} of prompt {prompt.name!r} is protected: version {version} "
+                f"{verdict.detail}",
+                reason=reasons.EVALUATION_GATE_FAILED,
+                metadata={
+                    **metadata,
+                    "dataset": str(gate.get("dataset", "")),
+                    "report_id": verdict.report_id,
+                },
+            )
 
     async def delete_label(self, move: LabelMove) -> LabelEvent:
         """Deletes a label; its history stays."""

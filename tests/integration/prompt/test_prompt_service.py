@@ -107,7 +107,7 @@ GREETING = _version(
 async def _greeting(stub: Stub) -> None:
     await stub.CreatePrompt(
         pb.CreatePromptRequest(
-            prompt=prompt_pb2.Prompt(name="greeting", protected_labels=["production"])
+            prompt=prompt_pb2.Prompt(name="greeting", protected_labels=["gated"])
         )
     )
     await stub.CreatePromptVersion(
@@ -237,7 +237,10 @@ async def test_labels_move_under_preconditions_roll_back_and_keep_history(stub: 
     moved = await stub.SetLabel(
         pb.SetLabelRequest(prompt="greeting", label="production", version=1, expected_version=0)
     )
-    assert (moved.label.protected, moved.event.actor) == (True, "ann")
+    assert (moved.label.protected, moved.event.actor) == (
+        False,
+        "ann",
+    )  # only `gated` is protected here (gates: tests/system)
     error = await _fails(
         stub.SetLabel(
             pb.SetLabelRequest(prompt="greeting", label="production", version=2, expected_version=0)
