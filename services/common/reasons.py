@@ -84,6 +84,15 @@ VARIANT_NOT_FOUND: Final = "VARIANT_NOT_FOUND"
 METRIC_NOT_FOUND: Final = "METRIC_NOT_FOUND"
 """The experiment declares no metric with that name."""
 
+DATASET_NOT_FOUND: Final = "DATASET_NOT_FOUND"
+"""No evaluation dataset with that name exists in the caller's tenant."""
+DATASET_ALREADY_EXISTS: Final = "DATASET_ALREADY_EXISTS"
+"""An evaluation dataset with that name already exists in the tenant."""
+EVALUATION_RUN_NOT_FOUND: Final = "EVALUATION_RUN_NOT_FOUND"
+"""No evaluation run with that id exists in the caller's tenant."""
+EVALUATION_REPORT_NOT_FOUND: Final = "EVALUATION_REPORT_NOT_FOUND"
+"""No evaluation report with that id exists in the caller's tenant."""
+
 TENANT_NOT_FOUND: Final = "TENANT_NOT_FOUND"
 """No tenant with that id exists."""
 API_KEY_NOT_FOUND: Final = "API_KEY_NOT_FOUND"
@@ -126,6 +135,10 @@ ALL_REASONS: Final = frozenset(
         EXPERIMENT_NOT_RUNNING,
         VARIANT_NOT_FOUND,
         METRIC_NOT_FOUND,
+        DATASET_NOT_FOUND,
+        DATASET_ALREADY_EXISTS,
+        EVALUATION_RUN_NOT_FOUND,
+        EVALUATION_REPORT_NOT_FOUND,
         TENANT_NOT_FOUND,
         API_KEY_NOT_FOUND,
     }
