@@ -47,8 +47,10 @@ from genai.router.v1 import router_service_pb2
 from google.protobuf import json_format, struct_pb2
 from opentelemetry import trace
 
+from services.common import reasons
 from services.common.errors import (
     DomainError,
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     ResourceExhausted,
@@ -56,6 +58,7 @@ from services.common.errors import (
 )
 from services.common.status import STATUS_CODES, remote_error
 from services.common.wire import decimal_amount, duration, money
+from services.evaluation.core.online import FeedbackRecord, OnlineEvaluator, OnlineRecord
 from services.gateway.core.processing import (
     FinishOverride,
     OutputSchemaViolation,
@@ -86,7 +89,7 @@ MAX_TAGS: Final = 16
 MAX_TAG_CHARS: Final = 128
 MAX_EXTRA_MESSAGES: Final = 64
 EXPERIMENT_CACHE_S: Final = 5.0
-RECENT_EXPERIMENT_REQUESTS: Final = 10_000
+RECENT_REQUESTS: Final = 10_000
 
 _PII_KINDS: Final = {
     prompt_pb2.PII_KIND_EMAIL: PiiKind.EMAIL,
@@ -112,6 +115,19 @@ class Caller:
     metadata: Sequence[tuple[str, str]]
     """Metadata for every downstream call (the internal token and tenant)."""
     method: str = STREAM_METHOD
+
+
+@dataclass(frozen=True, slots=True)
+class ServedRequest:
+    """What feedback on a served request needs: its prompt version and model (online
+    evaluation), and its experiment, variant and unit (experiment outcomes)."""
+
+    prompt: str
+    prompt_version: int
+    model: str
+    experiment: str = ""
+    variant: str = ""
+    unit_id: str = ""
 
 
 @dataclass
@@ -177,6 +193,7 @@ class CompletionEngine:
         metrics: GatewayMetrics,
         default_max_output_tokens: int,
         experiments: Any = None,
+        online: OnlineEvaluator | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -189,11 +206,12 @@ class CompletionEngine:
         self._metrics = metrics
         self._default_max_output_tokens = default_max_output_tokens
         self._experiments = experiments
+        self._online = online
         self._experiment_units: dict[tuple[str, str], tuple[float, int]] = {}
         """(tenant, experiment) -> (expiry, the experiment's assignment unit), briefly cached."""
-        self._served: OrderedDict[tuple[str, str], tuple[str, str, str]] = OrderedDict()
-        """(tenant, request id) -> (experiment, variant, unit id) of recent experiment requests,
-        for feedback that arrives before the request log has the row."""
+        self._served: OrderedDict[tuple[str, str], ServedRequest] = OrderedDict()
+        """(tenant, request id) -> the recent requests of this gateway, for feedback that
+        arrives before the request log has the row."""
         self._background: set[asyncio.Task[None]] = set()
         self._clock = clock
         self._tracer = trace.get_tracer("genai.gateway", tracer_provider=tracer_provider)
@@ -413,11 +431,6 @@ class CompletionEngine:
 
     def _record_exposure(self, outcome: _Outcome, caller: Caller) -> None:
         """Records, in the background, that the unit was served its variant."""
-        self._served[(caller.tenant_id, outcome.request_id)] = (
-            outcome.experiment, outcome.variant, outcome.unit_id
-        )  # fmt: skip
-        while len(self._served) > RECENT_EXPERIMENT_REQUESTS:
-            self._served.popitem(last=False)
         request = experiment_service_pb2.RecordExposureRequest(
             experiment=outcome.experiment,
             unit_id=outcome.unit_id,
@@ -441,9 +454,23 @@ class CompletionEngine:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def served(self, tenant_id: str, request_id: str) -> tuple[str, str, str] | None:
-        """(experiment, variant, unit id) of a recent experiment request of this gateway."""
+    def served(self, tenant_id: str, request_id: str) -> ServedRequest | None:
+        """A recent request of this gateway (None when it is not remembered)."""
         return self._served.get((tenant_id, request_id))
+
+    def _remember(self, outcome: _Outcome, caller: Caller) -> None:
+        if outcome.rendered is None:
+            return
+        self._served[(caller.tenant_id, outcome.request_id)] = ServedRequest(
+            prompt=outcome.rendered.prompt,
+            prompt_version=outcome.rendered.version,
+            model=outcome.model,
+            experiment=outcome.experiment,
+            variant=outcome.variant,
+            unit_id=outcome.unit_id,
+        )
+        while len(self._served) > RECENT_REQUESTS:
+            self._served.popitem(last=False)
 
     async def record_feedback(
         self,
@@ -451,10 +478,23 @@ class CompletionEngine:
         request_id: str,
         metric: str,
         value: float | bool,
-        served: tuple[str, str, str],
+        served: ServedRequest,
     ) -> None:
-        """Records feedback on a served request as an outcome of its experiment."""
-        experiment, _variant, unit_id = served
+        """Records feedback on a served request: as an outcome of its experiment (if it took
+        part in one), and as a score of online evaluation (thumbs up or down). Raises
+        FailedPrecondition when neither applies."""
+        if isinstance(value, bool):
+            self.submit_feedback(caller, request_id, served, value)
+        if not served.experiment or not served.variant:
+            if isinstance(value, bool) and self._online is not None:
+                return
+            raise FailedPrecondition(
+                f"request {request_id!r} took part in no experiment variant"
+                + ("" if self._online is None else ", and only yes/no feedback is scored online"),
+                reason=reasons.FAILED_PRECONDITION,
+                metadata={"request_id": request_id},
+            )
+        experiment, unit_id = served.experiment, served.unit_id
         if self._experiments is None:
             raise Unimplemented(
                 "this gateway reaches no ExperimentService",
@@ -671,6 +711,58 @@ class CompletionEngine:
                 )
         if self._log is not None:
             self._submit_log(outcome, caller, elapsed)
+        self._remember(outcome, caller)
+        if self._online is not None and outcome.rendered is not None:
+            self._submit_online(self._online, outcome, outcome.rendered, caller, elapsed)
+
+    def _submit_online(
+        self,
+        online: OnlineEvaluator,
+        outcome: _Outcome,
+        rendered: RenderedPrompt,
+        caller: Caller,
+        elapsed: float,
+    ) -> None:
+        final = outcome.final
+        schema: bool | None = None
+        if rendered.output_schema is not None:
+            schema = final is not None and final.processing.schema_valid
+        span = trace.get_current_span().get_span_context()
+        online.submit(
+            OnlineRecord(
+                tenant_id=caller.tenant_id,
+                request_id=outcome.request_id,
+                trace_id=outcome.trace_id,
+                span_id=f"{span.span_id:016x}" if span.is_valid else "",
+                prompt=rendered.prompt,
+                prompt_version=rendered.version,
+                model=outcome.model,
+                status=outcome.code.name,
+                output="".join(outcome.output),
+                schema_valid=schema,
+                truncated=final is not None and final.processing.truncated,
+                total_ms=elapsed * 1e3,
+                first_token_ms=None
+                if outcome.first_token is None
+                else (outcome.first_token - outcome.started) * 1e3,
+            )
+        )
+
+    def submit_feedback(
+        self, caller: Caller, request_id: str, served: ServedRequest, up: bool
+    ) -> None:
+        """Hands a thumbs up or down to online evaluation (never sampled out)."""
+        if self._online is not None:
+            self._online.submit(
+                FeedbackRecord(
+                    tenant_id=caller.tenant_id,
+                    request_id=request_id,
+                    prompt=served.prompt,
+                    prompt_version=served.prompt_version,
+                    model=served.model,
+                    thumbs_up=up,
+                )
+            )
 
     def _submit_log(self, outcome: _Outcome, caller: Caller, elapsed: float) -> None:
         assert self._log is not None

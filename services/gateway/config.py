@@ -73,6 +73,26 @@ class RequestLogSettings(Settings):
     )
 
 
+class OnlineEvaluationSettings(Settings):
+    """Scoring a share of live traffic and watching for quality drops."""
+
+    share: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of completions scored, chosen by a consistent hash of the trace id "
+        "(the same on every replica); 0 turns online evaluation off. User feedback is always "
+        "scored.",
+    )
+    warmup_scores: int = Field(
+        default=500,
+        ge=25,
+        le=1_000_000,
+        description="Scores of a prompt version taken as its baseline before drift detection "
+        "starts (one-sided CUSUM on batches of 25 scores).",
+    )
+
+
 class GatewaySettings(Settings):
     """Settings of GatewayService."""
 
@@ -94,6 +114,9 @@ class GatewaySettings(Settings):
         description="Call RouterService and InferenceService directly when this process hosts "
         "them (no address in `targets`), skipping the loopback gRPC hop; false: always over "
         "gRPC.",
+    )
+    online_evaluation: OnlineEvaluationSettings = Field(
+        default_factory=OnlineEvaluationSettings, description="Online evaluation."
     )
     default_max_output_tokens: int = Field(
         default=256,

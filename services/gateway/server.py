@@ -15,6 +15,12 @@ from prometheus_client import CollectorRegistry
 from services.common.contract import contract_digest
 from services.common.local import local_stub
 from services.common.server import ServiceRegistration
+from services.evaluation.core.online import (
+    AlertSink,
+    DriftDetector,
+    OnlineEvaluator,
+    OnlineSampler,
+)
 from services.gateway.adapters.health_probe import GrpcHealthProbe
 from services.gateway.adapters.redis_quota import RedisQuotaLimiter
 from services.gateway.adapters.request_log_store import SqlRequestLogStore
@@ -63,6 +69,7 @@ def registration(
     registry: CollectorRegistry,
     tracer_provider: TracerProvider | None = None,
     local_servicer: Callable[[str], object | None] = lambda _service: None,
+    alert_sink: AlertSink | None = None,
 ) -> ServiceRegistration:
     """Returns GatewayService ready to be added to a server.
 
@@ -139,6 +146,17 @@ def registration(
         cache_seconds=settings.quota.tenant_cache_seconds,
     )
     state: dict[str, CompletionEngine] = {}
+    online_settings = settings.online_evaluation
+    online = (
+        OnlineEvaluator(
+            sampler=OnlineSampler(online_settings.share),
+            registry=registry,
+            detector=DriftDetector(warmup=online_settings.warmup_scores),
+            sink=alert_sink,
+        )
+        if online_settings.share > 0
+        else None
+    )
 
     def engine() -> CompletionEngine:
         # Channels are made on first use: this server's own address is known only once bound.
@@ -162,6 +180,7 @@ def registration(
                 metrics=metrics,
                 default_max_output_tokens=settings.default_max_output_tokens,
                 experiments=experiments,
+                online=online,
                 tracer_provider=tracer_provider,
             )
         return state["engine"]
@@ -196,12 +215,16 @@ def registration(
             await log_store.migrate()
         if writer is not None:
             writer.start()
+        if online is not None:
+            online.start()
 
     async def stop() -> None:
         if "engine" in state:
             await state["engine"].drain()
         if writer is not None:
             await writer.aclose()
+        if online is not None:
+            await online.aclose()
         await directory.close()
         if log_store is not None:
             await log_store.close()

@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common import reasons
 from services.common.auth import Principal, current_principal
-from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from services.common.errors import FieldViolation, InvalidArgument, NotFound
 from services.common.wire import timestamp
 from services.gateway.completion import (
     FEEDBACK_METHOD,
@@ -22,6 +22,7 @@ from services.gateway.completion import (
     UNARY_METHOD,
     Caller,
     CompletionEngine,
+    ServedRequest,
 )
 from services.gateway.core.auth import require_admin
 from services.gateway.core.request_log import (
@@ -139,7 +140,7 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
 
     async def _served_from_log(
         self, engine: CompletionEngine, caller: Caller, request_id: str
-    ) -> tuple[str, str, str]:
+    ) -> ServedRequest:
         record = (
             await self._logs.get(caller.tenant_id, request_id) if self._logs is not None else None
         )
@@ -152,14 +153,17 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             )
         experiment = str(record.metadata.get("experiment", ""))
         variant = str(record.metadata.get("variant", ""))
-        if not experiment or not variant:
-            raise FailedPrecondition(
-                f"request {request_id!r} took part in no experiment variant",
-                reason=reasons.FAILED_PRECONDITION,
-                metadata={"request_id": request_id},
-            )
-        unit_id = await engine.unit_of(caller, experiment, record.user_id, record.session_id)
-        return experiment, variant, unit_id
+        unit_id = ""
+        if experiment and variant:
+            unit_id = await engine.unit_of(caller, experiment, record.user_id, record.session_id)
+        return ServedRequest(
+            prompt=record.prompt,
+            prompt_version=record.prompt_version,
+            model=record.model,
+            experiment=experiment,
+            variant=variant,
+            unit_id=unit_id,
+        )
 
     # ------------------------------------------------------------------------------ request log
 

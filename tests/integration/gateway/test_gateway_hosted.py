@@ -478,21 +478,38 @@ async def test_experiment_requests_get_sticky_variants_exposures_and_feedback_ou
     assert treatment.comparison.difference == pytest.approx(1.0)
 
 
-async def test_feedback_on_a_request_outside_any_experiment_is_failed_precondition(
+async def test_feedback_outside_experiments_is_scored_online_if_yes_or_no(
     running: Running,
 ) -> None:
+    """Without an experiment, a thumbs up or down still goes to online evaluation; a numeric
+    value has nowhere to go and is refused."""
     final = (await _stream(running.stub, _request("contact")))[-1].final
     await _logs(running.stub, 1)
 
+    await running.stub.RecordFeedback(
+        gs.RecordFeedbackRequest(
+            request_id=final.request_id, metric="thumbs_up", boolean_value=True
+        )
+    )
     error = await _failure_unary(
         running.stub.RecordFeedback(
             gs.RecordFeedbackRequest(
-                request_id=final.request_id, metric="thumbs_up", boolean_value=True
+                request_id=final.request_id, metric="rating", numeric_value=4.0
             )
         )
     )
 
     assert error.code == grpc.StatusCode.FAILED_PRECONDITION
+    registry = running.platform.metrics_registry
+    assert registry is not None
+    for _ in range(100):  # scored in the background
+        scored = registry.get_sample_value(
+            "genai_online_evaluation_score_count", {"prompt": "contact", "scorer": "user_feedback"}
+        )
+        if scored:
+            break
+        await asyncio.sleep(0.02)
+    assert scored == 1
 
 
 async def _failure(call: Any) -> Any:
@@ -509,3 +526,52 @@ async def _failure_unary(call: Any) -> Any:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call
     return error_details(raised.value)
+
+
+async def test_a_quality_drop_in_live_traffic_raises_an_alert_and_normal_traffic_does_not(
+    servers: tuple[OpenAICompatibleServer, Any], tmp_path: Path
+) -> None:
+    """Every completion scored (share 1), a 50-score warm-up baseline: 150 normal answers
+    raise nothing; then the backend starts refusing and the `no_refusal` stream fires."""
+    good, bad = servers
+    online = {"share": 1.0, "warmup_scores": 50}
+    started = await _start(_settings(good, bad, tmp_path, online_evaluation=online), tmp_path)
+    registry = started.platform.metrics_registry
+    assert registry is not None
+
+    def firing() -> float | None:
+        return registry.get_sample_value(
+            "genai_quality_alerts_firing",
+            {"prompt": "contact", "version": "1", "scorer": "no_refusal"},
+        )
+
+    async def traffic(count: int) -> None:
+        for _ in range(count):
+            await _stream(started.stub, _request("contact"))
+
+    async def settled() -> None:
+        for _ in range(200):
+            scored = registry.get_sample_value(
+                "genai_online_evaluation_records_total", {"outcome": "scored"}
+            )
+            if scored is not None and scored >= completions[0]:
+                return
+            await asyncio.sleep(0.02)
+
+    completions = [150]
+    try:
+        good.behaviour = Behaviour(tokens=["Write to ", "our team", " today."])
+        await traffic(150)
+        await settled()
+        before = firing()
+        good.behaviour = Behaviour(tokens=["I'm sorry, ", "I can't help ", "with that."])
+        completions[0] = 300
+        await traffic(150)
+        await settled()
+        after = firing()
+    finally:
+        await started.channel.close(None)
+        await started.platform.stop(grace=1)
+
+    assert not before
+    assert after == 1
