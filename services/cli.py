@@ -6,6 +6,7 @@ genai chat MESSAGE [--prompt NAME] [--var NAME=VALUE ...] [--model M] ...
 genai info [--target HOST:PORT]
 genai prompts push|pull|diff|history|promote|rollback|list ... (`genai prompts --help`)
 genai experiments create|start|stop|list|results ... (`genai experiments --help`)
+genai eval datasets create|add ... | run SPEC.yaml [--gate] | report ID (`genai eval --help`)
 genai logs [--prompt NAME] [--status CODE] [--since 10m] [--limit N] [--json]
 
 Commands that call the platform send `--api-key` (default: $GENAI_API_KEY).
@@ -33,6 +34,7 @@ from services.common.auth import DEFAULT_TENANT
 from services.common.clients import api_key_metadata, create_channel
 from services.common.config import ConfigError, load_settings
 from services.common.status import error_details
+from services.evaluation import cli as eval_cli
 from services.experiment import cli as experiments_cli
 from services.gateway import logs_cli
 from services.gateway.logs_cli import API_KEY_ENV, error_line
@@ -141,6 +143,13 @@ def _parser() -> argparse.ArgumentParser:
         description=experiments_cli.__doc__.splitlines()[0] if experiments_cli.__doc__ else None,
     )
     experiments_cli.add_commands(experiments, default_target=DEFAULT_TARGET)
+
+    evaluation = commands.add_parser(
+        "eval",
+        help="evaluation: datasets, runs with a progress bar, HTML reports, CI gates",
+        description=eval_cli.__doc__.splitlines()[0] if eval_cli.__doc__ else None,
+    )
+    eval_cli.add_commands(evaluation, default_target=DEFAULT_TARGET)
 
     logs = commands.add_parser(
         "logs", help="list the request log of your tenant, newest first (ListRequestLogs)"
