@@ -238,4 +238,5 @@ def registration(
         ),
         start=start,
         stop=stop,
+        servicer=servicer,
     )

@@ -15,6 +15,9 @@ from typing import Any
 
 import grpc
 from genai.evaluation.v1 import evaluation_service_pb2, evaluation_service_pb2_grpc
+from genai.gateway.v1 import gateway_service_pb2
+from genai.inference.v1 import inference_service_pb2
+from genai.prompt.v1 import prompt_service_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry, start_http_server
@@ -29,6 +32,8 @@ from services.common.server import RunningServer, ServiceRegistration, TlsConfig
 from services.common.telemetry import configure_tracing
 from services.common.validation import Validators
 from services.evaluation import server as evaluation_server
+from services.evaluation.adapters.alerts import StoreAlertSink
+from services.evaluation.adapters.sql_store import SqlEvaluationStore
 from services.experiment import server as experiment_server
 from services.gateway import server as gateway_server
 from services.gateway.adapters.tenant_store import SqlTenantStore
@@ -46,6 +51,7 @@ from services.platform.settings import (
 )
 from services.prompt import server as prompt_server
 from services.prompt.adapters.evaluation_gate import EvaluationReportGate
+from services.prompt.client import PromptClient
 from services.router import server as router_server
 from services.router.config import load_catalog
 
@@ -125,6 +131,8 @@ class Platform:
     """Every Prometheus metric of this process."""
     metrics_port: int | None = None
     """Port of the Prometheus endpoint (`/metrics`), when it serves one."""
+    alerts: SqlEvaluationStore | None = None
+    """The store the gateway's online evaluation writes quality alerts to."""
     _metrics_server: Any = None
 
     @property
@@ -139,6 +147,8 @@ class Platform:
         await _stop_services(self.registrations)
         if self.tenants is not None:
             await self.tenants.close()
+        if self.alerts is not None:
+            await self.alerts.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
@@ -192,6 +202,13 @@ async def start_platform(
             internal_token,
         )
     registry = CollectorRegistry(auto_describe=True)
+    alerts: SqlEvaluationStore | None = None
+    if "gateway" in settings.services and settings.gateway.online_evaluation.share > 0:
+        alerts = SqlEvaluationStore.from_url(
+            settings.evaluation.resolved_database_url(),
+            schema=settings.evaluation.database_schema or None,
+        )
+        await alerts.migrate()
     triton = await _launch_triton(settings) if "inference" in settings.services else None
     local: list[str] = []  # this server's own address, known once it is bound
 
@@ -212,7 +229,7 @@ async def start_platform(
                 local_target,
                 _Clients(channels, triton_channels, tracer_provider),
                 triton,
-                _Shared(tenants, internal_token, api_keys, registry, local_servicer),
+                _Shared(tenants, internal_token, api_keys, registry, local_servicer, alerts),
             )
             for key in settings.services
         ]
@@ -235,6 +252,8 @@ async def start_platform(
         await _stop_services(registrations)
         if tenants is not None:
             await tenants.close()
+        if alerts is not None:
+            await alerts.close()
         if triton is not None:
             await triton.stop()
         await channels.close()
@@ -252,6 +271,7 @@ async def start_platform(
         tenants=tenants,
         internal_token=internal_token,
         metrics_registry=registry,
+        alerts=alerts,
     )
     if settings.server.metrics_port is not None:
         http, _thread = start_http_server(
@@ -294,6 +314,8 @@ class _Shared:
     registry: CollectorRegistry
     local_servicer: Callable[[str], object | None]
     """The servicer of a service this process hosts, by full name (None if not hosted)."""
+    alerts: SqlEvaluationStore | None
+    """Where the gateway's online evaluation records quality alerts."""
 
 
 @dataclass(frozen=True)
@@ -322,7 +344,7 @@ def _registration(
         case "experiment":
             return experiment_server.registration(settings=settings.experiment)
         case "evaluation":
-            return evaluation_server.registration()
+            return _evaluation(settings, hosted, local_target, clients, shared)
         case "router":
             return router_server.registration(
                 settings=settings.router,
@@ -349,7 +371,57 @@ def _registration(
                 registry=shared.registry,
                 tracer_provider=clients.tracer_provider,
                 local_servicer=shared.local_servicer,
+                alert_sink=StoreAlertSink(shared.alerts) if shared.alerts is not None else None,
             )
+
+
+def _evaluation(
+    settings: PlatformSettings,
+    hosted: tuple[str, ...],
+    local_target: Callable[[], str],
+    clients: "_Clients",
+    shared: _Shared,
+) -> ServiceRegistration:
+    """EvaluationService, running its generations through this process's GatewayService and
+    its embeddings through this process's InferenceService (in process), and resolving
+    prompts through PromptService (here, or at `gateway.targets.prompt`)."""
+    tracer = trace.get_tracer("genai.evaluation", tracer_provider=clients.tracer_provider)
+
+    def local(service: ServiceKey, module: Any, name: str) -> Callable[[], Any]:
+        full_name = SERVICE_NAMES[service]
+
+        def stub() -> Any:
+            servicer = shared.local_servicer(full_name)
+            if servicer is None:
+                raise ConfigError(
+                    [f"EvaluationService needs {full_name} in the same process (services)"]
+                )
+            return local_stub(servicer, module.DESCRIPTOR.services_by_name[name], tracer)
+
+        return stub
+
+    def prompt_target() -> str:
+        if settings.gateway.targets.prompt:
+            return settings.gateway.targets.prompt
+        return local_target() if SERVICE_NAMES["prompt"] in hosted else ""
+
+    def prompt_client(tenant_id: str) -> PromptClient:
+        return PromptClient(
+            clients.channels.get(prompt_target()),
+            metadata=internal_metadata(shared.internal_token, tenant_id),
+        )
+
+    return evaluation_server.registration(
+        settings=settings.evaluation,
+        gateway=local("gateway", gateway_service_pb2, "GatewayService"),
+        inference=local("inference", inference_service_pb2, "InferenceService"),
+        prompts=prompt_client if prompt_target() or SERVICE_NAMES["prompt"] in hosted else None,
+        prompt_service=lambda: prompt_service_pb2_grpc.PromptServiceStub(
+            clients.channels.get(prompt_target())
+        ),
+        metadata_for=lambda tenant: internal_metadata(shared.internal_token, tenant),
+        tracer_provider=clients.tracer_provider,
+    )
 
 
 def _evaluation_gate(

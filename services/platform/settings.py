@@ -5,6 +5,7 @@ from typing import Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from services.common.config import Settings
+from services.evaluation.config import EvaluationSettings
 from services.experiment.config import ExperimentSettings
 from services.gateway.config import GatewaySettings
 from services.inference.config import InferenceSettings
@@ -131,6 +132,11 @@ class PlatformSettings(Settings):
     )
     experiment: ExperimentSettings = Field(
         default_factory=ExperimentSettings, description="ExperimentService, when hosted."
+    )
+    evaluation: EvaluationSettings = Field(
+        default_factory=EvaluationSettings,
+        description="EvaluationService, when hosted (and where the gateway's online "
+        "evaluation records quality alerts).",
     )
     gateway: GatewaySettings = Field(
         default_factory=GatewaySettings, description="GatewayService, when hosted."

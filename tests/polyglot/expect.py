@@ -6,9 +6,10 @@ import re
 from typing import Any
 
 from services.common.contract import contract_digest, contract_services
-from services.common.reasons import ERROR_DOMAIN, NOT_IMPLEMENTED, PROMPT_NOT_FOUND
+from services.common.reasons import DATASET_NOT_FOUND, ERROR_DOMAIN, PROMPT_NOT_FOUND
 
-UNIMPLEMENTED_CALL = "genai.evaluation.v1.EvaluationService/GetDataset"
+MISSING_DATASET_CALL = "genai.evaluation.v1.EvaluationService/GetDataset"
+"""Asked for a dataset named `x`: NOT_FOUND with reason DATASET_NOT_FOUND."""
 STREAM_CALL = "genai.gateway.v1.GatewayService/StreamComplete"
 """The sample `chat` prompt pinned to the zero-compute model with max_tokens 4."""
 NOT_FOUND_CALL = "genai.prompt.v1.PromptService/GetPrompt"
@@ -36,9 +37,9 @@ def parse_json_lines(stdout: str) -> list[dict[str, Any]]:
 
 
 def assert_client_saw_the_platform(stdout: str) -> None:
-    """GetServerInfo, health of the server and of each service, a NOT_FOUND from PromptService
-    and an UNIMPLEMENTED RPC, each error with its google.rpc.ErrorInfo, in the clients' shared
-    line format."""
+    """GetServerInfo, health of the server and of each service, NOT_FOUND from PromptService and
+    EvaluationService, each error with its google.rpc.ErrorInfo, and a streamed completion, in
+    the clients' shared line format."""
     lines = parse_json_lines(stdout)
     by_call: dict[str, list[dict[str, Any]]] = {}
     for line in lines:
@@ -47,7 +48,7 @@ def assert_client_saw_the_platform(stdout: str) -> None:
         "genai.gateway.v1.GatewayService/GetServerInfo",
         "grpc.health.v1.Health/Check",
         NOT_FOUND_CALL,
-        UNIMPLEMENTED_CALL,
+        MISSING_DATASET_CALL,
         STREAM_CALL,
     }, stdout
 
@@ -73,18 +74,11 @@ def assert_client_saw_the_platform(stdout: str) -> None:
     assert missing_prompt["errorInfo"]["metadata"] == {"prompt": "x"}
     assert missing_prompt["message"] == "no prompt named 'x'"
 
-    [failed] = by_call[UNIMPLEMENTED_CALL]
-    assert failed["ok"] is False
-    assert failed["code"] == 12
-    assert failed["codeName"] == "Unimplemented"
-    error_info = failed["errorInfo"]
-    assert error_info is not None, failed
-    assert error_info["reason"] == NOT_IMPLEMENTED
-    assert error_info["domain"] == ERROR_DOMAIN
-    assert error_info["metadata"]["method"] == UNIMPLEMENTED_CALL
-    missing = error_info["metadata"]["missing"]
-    assert missing
-    assert failed["message"] == f"{UNIMPLEMENTED_CALL} is not implemented yet: it needs {missing}"
+    [missing_dataset] = by_call[MISSING_DATASET_CALL]
+    assert missing_dataset["ok"] is False
+    assert (missing_dataset["code"], missing_dataset["codeName"]) == (5, "NotFound")
+    assert missing_dataset["errorInfo"]["reason"] == DATASET_NOT_FOUND
+    assert missing_dataset["errorInfo"]["domain"] == ERROR_DOMAIN
 
     [streamed] = by_call[STREAM_CALL]
     assert streamed["ok"] is True

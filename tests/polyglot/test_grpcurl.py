@@ -15,8 +15,8 @@ import pytest
 from genai.common.v1 import error_reason_pb2
 
 from services.common.contract import contract_digest
-from services.common.reasons import ERROR_DOMAIN, NOT_IMPLEMENTED
-from tests.polyglot.expect import UNIMPLEMENTED_CALL, contract_service_names
+from services.common.reasons import DATASET_NOT_FOUND, ERROR_DOMAIN
+from tests.polyglot.expect import MISSING_DATASET_CALL, contract_service_names
 from tests.support.serve import ROOT, ServeProcess
 
 pytestmark = pytest.mark.polyglot
@@ -25,7 +25,6 @@ pytestmark = pytest.mark.polyglot
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 if not GRPCURL.exists() and (on_path := shutil.which("grpcurl")):
     GRPCURL = Path(on_path)
-EXIT_UNIMPLEMENTED = 64 + 12
 EXIT_NOT_FOUND = 64 + 5
 
 
@@ -192,18 +191,7 @@ def test_get_server_info_with_the_request_on_stdin(server: ServeProcess) -> None
     assert json.loads(result.stdout)["contractDigest"] == contract_digest()
 
 
-def test_unimplemented_rpc_exits_76_and_says_what_is_missing(server: ServeProcess) -> None:
-    result = grpcurl(
-        "-plaintext", *auth(server), "-d", '{"name":"x"}', server.address, UNIMPLEMENTED_CALL
-    )
-    assert result.returncode == EXIT_UNIMPLEMENTED, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    assert "Code: Unimplemented" in result.stderr
-    assert f"{UNIMPLEMENTED_CALL} is not implemented yet: it needs " in result.stderr
-    assert f'"reason":"{NOT_IMPLEMENTED}"' in result.stderr
-
-
-def test_unimplemented_rpc_error_as_json_carries_error_info(server: ServeProcess) -> None:
+def test_a_missing_dataset_exits_69_with_error_info(server: ServeProcess) -> None:
     result = grpcurl(
         "-plaintext",
         *auth(server),
@@ -211,18 +199,14 @@ def test_unimplemented_rpc_error_as_json_carries_error_info(server: ServeProcess
         "-d",
         '{"name":"x"}',
         server.address,
-        UNIMPLEMENTED_CALL,
+        MISSING_DATASET_CALL,
     )
-    assert result.returncode == EXIT_UNIMPLEMENTED, (result.stdout, result.stderr)
+    assert result.returncode == EXIT_NOT_FOUND, (result.stdout, result.stderr)
     error = json.loads(result.stderr)
-    assert error["code"] == 12
-    [detail] = error["details"]
-    assert detail["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
-    assert detail["reason"] == NOT_IMPLEMENTED
+    assert error["code"] == 5
+    detail = next(d for d in error["details"] if d["@type"].endswith("google.rpc.ErrorInfo"))
+    assert detail["reason"] == DATASET_NOT_FOUND
     assert detail["domain"] == ERROR_DOMAIN
-    assert detail["metadata"]["method"] == UNIMPLEMENTED_CALL
-    missing = detail["metadata"]["missing"]
-    assert error["message"] == f"{UNIMPLEMENTED_CALL} is not implemented yet: it needs {missing}"
 
 
 @pytest.mark.parametrize(
@@ -238,11 +222,11 @@ def test_malformed_request_json_is_rejected_by_grpcurl(
     server: ServeProcess, request_json: str, complaint: str
 ) -> None:
     """grpcurl itself refuses to build the request (exit 1): nothing reaches the server."""
-    result = grpcurl("-plaintext", "-d", request_json, server.address, UNIMPLEMENTED_CALL)
+    result = grpcurl("-plaintext", "-d", request_json, server.address, MISSING_DATASET_CALL)
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "error getting request data" in result.stderr
     assert complaint in result.stderr
-    assert "Unimplemented" not in result.stderr
+    assert "NotFound" not in result.stderr
 
 
 def test_the_prompt_registry_is_usable_from_grpcurl(server: ServeProcess) -> None:

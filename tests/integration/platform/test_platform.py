@@ -1,7 +1,6 @@
 """The embedded platform in-process: every service on one server, reached over real gRPC."""
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,22 +21,6 @@ from services.platform.runner import SERVICE_NAMES, Platform, platform_version, 
 from services.platform.settings import PlatformSettings, ServerSettings
 from tests.support.settings import inference_without_triton, router_without_triton
 from tests.support.tls import make_certificates
-
-IMPLEMENTED = {
-    "genai.inference.v1.InferenceService/Generate",
-    "genai.inference.v1.InferenceService/GenerateStream",
-    "genai.inference.v1.InferenceService/Embed",
-    "genai.inference.v1.InferenceService/ListModels",
-    "genai.inference.v1.InferenceService/GetModelStatus",
-}
-"""RPCs with behaviour so far; every other contract RPC must answer UNIMPLEMENTED."""
-IMPLEMENTED_SERVICES = {
-    "genai.prompt.v1.PromptService",
-    "genai.router.v1.RouterService",
-    "genai.gateway.v1.GatewayService",
-    "genai.experiment.v1.ExperimentService",
-}
-"""Services whose every RPC has behaviour (issue #4's prompt registry)."""
 
 
 def _settings(**fields: object) -> PlatformSettings:
@@ -143,22 +126,17 @@ async def test_a_configured_address_that_hosts_something_else_is_service_unknown
         await router_only.stop(grace=0)
 
 
-def _pending_methods() -> list[MethodDescriptor]:
-    methods = [m for s in contract_services() for m in s.methods]
-    built = {
-        f"{m.containing_service.full_name}/{m.name}"
-        for m in methods
-        if m.containing_service.full_name in IMPLEMENTED_SERVICES
-    } | IMPLEMENTED
-    pending = [m for m in methods if f"{m.containing_service.full_name}/{m.name}" not in built]
-    assert len(pending) == len(methods) - len(built)
-    return pending
+def _methods() -> list[MethodDescriptor]:
+    return [m for s in contract_services() for m in s.methods]
 
 
-@pytest.mark.parametrize("method", _pending_methods(), ids=lambda m: m.full_name)
-async def test_every_unbuilt_rpc_answers_unimplemented_naming_what_is_missing(
+@pytest.mark.parametrize("method", _methods(), ids=lambda m: m.full_name)
+async def test_every_contract_rpc_is_built_and_answers_an_empty_request_precisely(
     channel: grpc.aio.Channel, method: MethodDescriptor
 ) -> None:
+    """No RPC of the contract answers UNIMPLEMENTED any more, and an empty request (which is
+    invalid for most of them) never gets UNKNOWN or INTERNAL: either a real answer or a
+    precise status with the platform's ErrorInfo."""
     full_method = f"/{method.containing_service.full_name}/{method.name}"
     request_class = message_factory.GetMessageClass(method.input_type)
     response_class = message_factory.GetMessageClass(method.output_type)
@@ -171,7 +149,8 @@ async def test_every_unbuilt_rpc_answers_unimplemented_naming_what_is_missing(
 
         async def call() -> None:
             async for _ in stream(request_class(), timeout=5):
-                pytest.fail("a pending streaming RPC sent a message")
+                return  # a stream that answers (WatchLabels' snapshot) is built
+
     else:
         unary = channel.unary_unary(
             full_method,
@@ -182,17 +161,17 @@ async def test_every_unbuilt_rpc_answers_unimplemented_naming_what_is_missing(
         async def call() -> None:
             await unary(request_class(), timeout=5)
 
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
+    try:
         await call()
-
-    error = error_details(raised.value)
-    assert error.code == grpc.StatusCode.UNIMPLEMENTED
-    assert error.reason == reasons.NOT_IMPLEMENTED
-    assert error.domain == ERROR_DOMAIN
-    assert error.metadata["method"] == full_method.removeprefix("/")
-    assert re.search(r"issues? #\d", error.metadata["missing"])
-    assert method.name in error.message
-    assert error.metadata["missing"] in error.message
+    except grpc.aio.AioRpcError as raised:
+        error = error_details(raised)
+        assert error.code not in (
+            grpc.StatusCode.UNIMPLEMENTED,
+            grpc.StatusCode.UNKNOWN,
+            grpc.StatusCode.INTERNAL,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        ), (full_method, error)
+        assert error.domain == ERROR_DOMAIN, (full_method, error)
 
 
 async def test_tls_end_to_end_with_the_embedded_services_calling_each_other(

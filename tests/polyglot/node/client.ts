@@ -8,8 +8,8 @@
 //   {"call":"grpc.health.v1.Health/Check","ok":true,"service":"...","status":"SERVING"}
 //   {"call":"genai.prompt.v1.PromptService/GetPrompt","ok":false,"code":5,"codeName":"NotFound",
 //    "message":"...","errorInfo":{"reason":"PROMPT_NOT_FOUND","domain":"genai.platform","metadata":{...}}}
-//   {"call":"genai.evaluation.v1.EvaluationService/GetDataset","ok":false,"code":12,
-//    "codeName":"Unimplemented","message":"...","errorInfo":{"reason":"NOT_IMPLEMENTED",...}}
+//   {"call":"genai.evaluation.v1.EvaluationService/GetDataset","ok":false,"code":5,
+//    "codeName":"NotFound","message":"...","errorInfo":{"reason":"DATASET_NOT_FOUND",...}}
 //   {"call":"genai.gateway.v1.GatewayService/StreamComplete","ok":true,"events":["start",
 //    "delta",...,"final"],"text":"...","final":{...proto JSON}}
 // Every call but GetServerInfo sends the API key as `authorization: Bearer API_KEY`.

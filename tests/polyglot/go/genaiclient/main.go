@@ -9,7 +9,7 @@
 //	{"call":"genai.gateway.v1.GatewayService/GetServerInfo","ok":true,"response":{...proto JSON}}
 //	{"call":"grpc.health.v1.Health/Check","ok":true,"service":"...","status":"SERVING"}
 //	{"call":"genai.prompt.v1.PromptService/GetPrompt","ok":false,"code":5,"codeName":"NotFound",...}
-//	{"call":"genai.evaluation.v1.EvaluationService/GetDataset","ok":false,"code":12,"codeName":"Unimplemented",...}
+//	{"call":"genai.evaluation.v1.EvaluationService/GetDataset","ok":false,"code":5,"codeName":"NotFound",...}
 //	{"call":"genai.gateway.v1.GatewayService/StreamComplete","ok":true,"events":["start","delta",...,"final"],"text":"...","final":{...}}
 //
 // Every call but GetServerInfo sends the API key as `authorization: Bearer API_KEY`.

@@ -1,0 +1,66 @@
+"""Typed settings of EvaluationService: where datasets, runs and reports are kept, and how runs
+generate and score."""
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+
+from services.common.config import Settings
+
+
+def default_database_url() -> str:
+    """SQLite in the user's data directory: `$XDG_DATA_HOME/genai-platform/evaluation.db`."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite+aiosqlite:///{Path(base) / 'genai-platform' / 'evaluation.db'}"
+
+
+class EvaluationSettings(Settings):
+    """Where EvaluationService keeps its data and how its runs call the other services."""
+
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL: sqlite+aiosqlite:///path.db or "
+        "postgresql+asyncpg://user@host:5432/db; empty: SQLite in "
+        "$XDG_DATA_HOME/genai-platform/evaluation.db.",
+    )
+    database_schema: str = Field(
+        default="", description="PostgreSQL schema (search path) of the evaluation tables."
+    )
+    max_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Generations (with their scoring) in flight at once, per run.",
+    )
+    embedding_model: str = Field(
+        default="all-minilm-l6-v2",
+        min_length=1,
+        description="Embedding model of the embedding-similarity scorer when the scorer names "
+        "none (a model InferenceService serves).",
+    )
+    generation_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="Deadline of each GatewayService.Complete call of a run (generations and "
+        "judge calls); an output that misses it is recorded as failed.",
+    )
+    result_batch_size: int = Field(
+        default=25,
+        ge=1,
+        le=1000,
+        description="Results stored (and progress streamed) per write, at most.",
+    )
+    result_flush_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="Longest a finished result waits before it is stored.",
+    )
+
+    def resolved_database_url(self) -> str:
+        """`database_url`, or the default SQLite file (its folder created)."""
+        if self.database_url:
+            return self.database_url
+        url = default_database_url()
+        Path(url.removeprefix("sqlite+aiosqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return url
