@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+from genai.evaluation.v1 import evaluation_pb2, evaluation_service_pb2, evaluation_service_pb2_grpc
 from genai.experiment.v1 import experiment_pb2, experiment_service_pb2, experiment_service_pb2_grpc
 from genai.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 
@@ -569,9 +570,23 @@ async def test_a_quality_drop_in_live_traffic_raises_an_alert_and_normal_traffic
         await traffic(150)
         await settled()
         after = firing()
+        evaluation = evaluation_service_pb2_grpc.EvaluationServiceStub(started.channel)
+        for _ in range(100):  # the alert is saved in the background
+            alerts = (
+                await evaluation.ListQualityAlerts(
+                    evaluation_service_pb2.ListQualityAlertsRequest(prompt="contact"), timeout=5
+                )
+            ).alerts
+            if alerts:
+                break
+            await asyncio.sleep(0.02)
     finally:
         await started.channel.close(None)
         await started.platform.stop(grace=1)
 
     assert not before
     assert after == 1
+    [alert] = alerts
+    assert (alert.scorer, alert.prompt_version) == ("no_refusal", 1)
+    assert alert.state == evaluation_pb2.ALERT_STATE_FIRING
+    assert alert.observed_mean < alert.baseline_mean
