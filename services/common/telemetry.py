@@ -9,6 +9,8 @@ gRPC exporter; otherwise spans are recorded but not exported, which costs little
 import os
 from collections.abc import Mapping
 
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -32,6 +34,31 @@ def configure_tracing(service_name: str, *, env: Mapping[str, str] | None = None
             "OTEL_EXPORTER_OTLP_ENDPOINT"
         )
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    return provider
+
+
+def configure_event_logging(
+    service_name: str, *, env: Mapping[str, str] | None = None
+) -> LoggerProvider:
+    """Returns a new logs provider for OpenTelemetry events (e.g. `gen_ai.evaluation.result`),
+    exporting them over OTLP gRPC when the `OTEL_*` variables ask for logs or for OTLP export
+    in general (`OTEL_LOGS_EXPORTER=otlp`, `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`, or
+    `OTEL_EXPORTER_OTLP_ENDPOINT`); otherwise events are created and dropped, which costs
+    little. `OTEL_LOGS_EXPORTER=none` turns export off."""
+    env = os.environ if env is None else env
+    provider = LoggerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
+    exporters = {
+        name.strip().lower()
+        for name in env.get("OTEL_LOGS_EXPORTER", "").split(",")
+        if name.strip()
+    }
+    endpoint = env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if "none" not in exporters and ("otlp" in exporters or endpoint):
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+        provider.add_log_record_processor(
+            BatchLogRecordProcessor(OTLPLogExporter(endpoint=endpoint))
+        )
     return provider
 
 

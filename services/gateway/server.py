@@ -9,6 +9,7 @@ from genai.gateway.v1 import gateway_service_pb2_grpc
 from genai.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from genai.router.v1 import router_service_pb2, router_service_pb2_grpc
 from opentelemetry import trace
+from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
@@ -70,6 +71,7 @@ def registration(
     tracer_provider: TracerProvider | None = None,
     local_servicer: Callable[[str], object | None] = lambda _service: None,
     alert_sink: AlertSink | None = None,
+    logger_provider: LoggerProvider | None = None,
 ) -> ServiceRegistration:
     """Returns GatewayService ready to be added to a server.
 
@@ -153,6 +155,7 @@ def registration(
             registry=registry,
             detector=DriftDetector(warmup=online_settings.warmup_scores),
             sink=alert_sink,
+            logger_provider=logger_provider,
         )
         if online_settings.share > 0
         else None
@@ -225,6 +228,8 @@ def registration(
             await writer.aclose()
         if online is not None:
             await online.aclose()
+        if logger_provider is not None:
+            logger_provider.shutdown()  # flushes the evaluation events still batched
         await directory.close()
         if log_store is not None:
             await log_store.close()

@@ -29,7 +29,7 @@ from services.common.interceptors import default_interceptors
 from services.common.local import local_stub
 from services.common.reflection import enable_documented_reflection
 from services.common.server import RunningServer, ServiceRegistration, TlsConfig, start_server
-from services.common.telemetry import configure_tracing
+from services.common.telemetry import configure_event_logging, configure_tracing
 from services.common.validation import Validators
 from services.evaluation import server as evaluation_server
 from services.evaluation.adapters.alerts import StoreAlertSink
@@ -372,6 +372,7 @@ def _registration(
                 tracer_provider=clients.tracer_provider,
                 local_servicer=shared.local_servicer,
                 alert_sink=StoreAlertSink(shared.alerts) if shared.alerts is not None else None,
+                logger_provider=configure_event_logging("genai-platform"),
             )
 
 
