@@ -1,6 +1,6 @@
 """`genai eval`: datasets, evaluation runs with a progress bar, HTML reports and CI gates.
 
-    genai eval datasets create NAME --prompt P [--description D] [FILE.jsonl|FILE.yaml]
+    genai eval datasets create NAME --prompt P [--description D] [--file FILE.jsonl|.yaml]
     genai eval datasets add NAME FILE.jsonl|FILE.yaml
     genai eval run SPEC.yaml [--version N | --label L] [--model M] [--repeats N]
                    [--baseline REPORT_ID] [--html PATH] [--gate]
@@ -68,7 +68,7 @@ def add_commands(parser: argparse.ArgumentParser, *, default_target: str) -> Non
     create.add_argument("name")
     create.add_argument("--prompt", required=True, help="the prompt its examples feed")
     create.add_argument("--description", default="")
-    create.add_argument("file", nargs="?", type=Path, help="examples (.jsonl or .yaml)")
+    create.add_argument("--file", type=Path, help="examples to add (.jsonl or .yaml)")
     add = command(dataset_commands, "add", "add the examples of a file", _add)
     add.add_argument("name")
     add.add_argument("file", type=Path)

@@ -124,7 +124,7 @@ def _plot(report: evaluation_pb2.EvaluationReport) -> str:
     left.set_yticks(range(len(names)), names)
     left.set_title("mean score with 95% CI")
     left.grid(axis="x", alpha=0.3)
-    right.boxplot([scores.get(name, [0.0]) for name in names], vert=False, labels=names)
+    right.boxplot([scores.get(name, [0.0]) for name in names], vert=False, tick_labels=names)
     right.set_title("score distribution")
     figure.tight_layout()
     buffer = io.BytesIO()

@@ -38,8 +38,8 @@ class Behaviour:
     tokens: Sequence[str] = ("Hello", ",", " world", "!")
     """The tokens to stream, one chunk each; cut to the request's max_tokens."""
     replies: Sequence[Sequence[str]] = ()
-    """Tokens of successive chat completions, one list each (consumed in order); once they
-    are used up, `tokens`."""
+    """Tokens of successive chat completions since this behaviour was set, one list each
+    (consumed in order); once they are used up, `tokens`."""
     pace: float = 0.0
     """Seconds between tokens."""
     finish_reason: str | None = "stop"
@@ -101,6 +101,8 @@ class OpenAICompatibleServer:
 
     def __init__(self, behaviour: Behaviour | None = None, *, api_key: str | None = None) -> None:
         self.behaviour = behaviour or Behaviour()
+        self._replies_of: Behaviour | None = None
+        self._replies_used = 0
         self.api_key = api_key
         self.requests: list[RecordedRequest] = []
         self.connections = 0
@@ -249,9 +251,11 @@ class OpenAICompatibleServer:
     ) -> bool:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         max_tokens = body.get("max_tokens")
-        completions = sum(1 for r in self.requests if r.path.endswith("/chat/completions"))
+        if self._replies_of is not behaviour:  # a new behaviour: its replies start over
+            self._replies_of, self._replies_used = behaviour, 0
         replies = behaviour.replies
-        tokens = list(replies[completions - 1] if completions <= len(replies) else behaviour.tokens)
+        index, self._replies_used = self._replies_used, self._replies_used + 1
+        tokens = list(replies[index] if index < len(replies) else behaviour.tokens)
         finish = behaviour.finish_reason
         if isinstance(max_tokens, int) and max_tokens < len(tokens) and finish is not None:
             tokens, finish = tokens[:max_tokens], "length"
