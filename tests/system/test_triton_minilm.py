@@ -4,6 +4,7 @@ over the attention mask, then L2 normalisation) computed here with transformers.
 
 import asyncio
 import importlib.util
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -127,9 +128,15 @@ async def test_concurrent_requests_are_batched_and_each_gets_its_own_embedding(
 
     one_by_one = np.concatenate([embeddings for embeddings, _ in results])
     np.testing.assert_allclose(one_by_one, together, atol=2e-5)
-    after = await client.get_inference_statistics("minilm")
-    stats_before, stats_after = before.model_stats[0], after.model_stats[0]
-    inferences = stats_after.inference_count - stats_before.inference_count
+    # Triton records a request's statistics just after sending its response: wait for them.
+    stats_before = before.model_stats[0]
+    deadline = time.monotonic() + 5
+    while True:
+        stats_after = (await client.get_inference_statistics("minilm")).model_stats[0]
+        inferences = stats_after.inference_count - stats_before.inference_count
+        if inferences >= 2 * len(texts) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
     executions = stats_after.execution_count - stats_before.execution_count
     assert inferences == 2 * len(texts)
     assert executions < len(texts)  # the dynamic batcher grouped the concurrent requests
