@@ -16,6 +16,7 @@ database); concurrent starters serialize on a lock.
 
 import asyncio
 import fcntl
+import os
 import sqlite3
 import time
 import zlib
@@ -23,6 +24,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -48,6 +50,18 @@ def now_us() -> int:
 def time_from_us(us: int) -> datetime:
     """A stored microsecond time as an aware UTC datetime."""
     return datetime.fromtimestamp(us / 1e6, tz=UTC)
+
+
+def database_url(configured: str, filename: str) -> str:
+    """`configured`, or, when it is empty, the embedded default: SQLite file `filename` in
+    `$XDG_DATA_HOME/genai-platform/` (`~/.local/share/...` when XDG_DATA_HOME is unset), its
+    folder created."""
+    if configured:
+        return configured
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    folder = Path(base) / "genai-platform"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite+aiosqlite:///{folder / filename}"
 
 
 def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:

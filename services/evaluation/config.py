@@ -1,18 +1,10 @@
 """Typed settings of EvaluationService: where datasets, runs and reports are kept, and how runs
 generate and score."""
 
-import os
-from pathlib import Path
-
 from pydantic import Field
 
 from services.common.config import Settings
-
-
-def default_database_url() -> str:
-    """SQLite in the user's data directory: `$XDG_DATA_HOME/genai-platform/evaluation.db`."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return f"sqlite+aiosqlite:///{Path(base) / 'genai-platform' / 'evaluation.db'}"
+from services.common.sql import database_url
 
 
 class EvaluationSettings(Settings):
@@ -58,9 +50,5 @@ class EvaluationSettings(Settings):
     )
 
     def resolved_database_url(self) -> str:
-        """`database_url`, or the default SQLite file (its folder created)."""
-        if self.database_url:
-            return self.database_url
-        url = default_database_url()
-        Path(url.removeprefix("sqlite+aiosqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return url
+        """`database_url`, or SQLite in $XDG_DATA_HOME/genai-platform/evaluation.db."""
+        return database_url(self.database_url, "evaluation.db")

@@ -1,19 +1,11 @@
 """Typed settings of GatewayService."""
 
-import os
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from services.common.config import Settings
-
-
-def default_database_url() -> str:
-    """SQLite in the user's data directory: `$XDG_DATA_HOME/genai-platform/gateway.db`
-    (`~/.local/share/...` when XDG_DATA_HOME is unset)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return f"sqlite+aiosqlite:///{Path(base) / 'genai-platform' / 'gateway.db'}"
+from services.common.sql import database_url
 
 
 class DependencyTargets(Settings):
@@ -134,9 +126,5 @@ class GatewaySettings(Settings):
     )
 
     def resolved_database_url(self) -> str:
-        """`database_url`, or the default SQLite file (its folder created)."""
-        if self.database_url:
-            return self.database_url
-        url = default_database_url()
-        Path(url.removeprefix("sqlite+aiosqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return url
+        """`database_url`, or SQLite in $XDG_DATA_HOME/genai-platform/gateway.db."""
+        return database_url(self.database_url, "gateway.db")

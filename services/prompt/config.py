@@ -1,18 +1,9 @@
 """Typed settings of PromptService: where the registry is stored and how watches poll."""
 
-import os
-from pathlib import Path
-
 from pydantic import Field
 
 from services.common.config import Settings
-
-
-def default_database_url() -> str:
-    """SQLite in the user's data directory: `$XDG_DATA_HOME/genai-platform/prompts.db`
-    (`~/.local/share/...` when XDG_DATA_HOME is unset)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return f"sqlite+aiosqlite:///{Path(base) / 'genai-platform' / 'prompts.db'}"
+from services.common.sql import database_url
 
 
 class PromptSettings(Settings):
@@ -42,9 +33,5 @@ class PromptSettings(Settings):
     )
 
     def resolved_database_url(self) -> str:
-        """`database_url`, or the default SQLite file (its folder created)."""
-        if self.database_url:
-            return self.database_url
-        url = default_database_url()
-        Path(url.removeprefix("sqlite+aiosqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return url
+        """`database_url`, or SQLite in $XDG_DATA_HOME/genai-platform/prompts.db."""
+        return database_url(self.database_url, "prompts.db")
