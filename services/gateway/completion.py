@@ -353,7 +353,8 @@ class CompletionEngine:
                         repair, route, None, config, outcome, caller, deadline, summary,
                         result, emit=False,
                     )  # fmt: skip
-                    assert [chunk async for chunk in held] == []  # held back: emits nothing
+                    async for _held in held:  # emit=False: nothing comes out, text is kept
+                        raise RuntimeError("a held-back generation emitted text") from None
                 if hold:
                     outcome.first_token = outcome.first_token or self._clock()
                     yield Response(delta=gateway_pb2.TextDelta(text=result.text))

@@ -15,7 +15,7 @@ from genai.router.v1 import router_service_pb2, router_service_pb2_grpc
 from services.common.errors import NotFound
 from services.common.status import remote_error
 from services.common.wire import decimal_amount
-from services.gateway.core.tenants import Tenant, TenantQuota
+from services.gateway.core.tenants import UNLIMITED, Tenant, TenantQuota
 from services.prompt.client import PromptClient
 
 if TYPE_CHECKING:
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 else:
     RouterStub = router_service_pb2_grpc.RouterServiceStub
 
-UNLIMITED: Final = TenantQuota(requests_per_minute=0, tokens_per_minute=0, cost_per_day_micros=0)
 MILLION: Final = Decimal(1_000_000)
 
 
