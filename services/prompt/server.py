@@ -2,8 +2,13 @@
 
 from genai.prompt.v1 import prompt_service_pb2_grpc
 
+from services.common.feeds import PgListener, Wakeup
 from services.common.server import ServiceRegistration
-from services.prompt.adapters.sql_store import SqlPromptStore
+from services.prompt.adapters.sql_store import (
+    LABEL_EVENTS_CHANNEL,
+    SqlPromptStore,
+    label_event_payload,
+)
 from services.prompt.config import PromptSettings
 from services.prompt.core.registry import EvaluationGate, PromptRegistry
 from services.prompt.servicer import SERVICE_NAME, PromptServicer
@@ -14,16 +19,43 @@ def registration(
 ) -> ServiceRegistration:
     """Returns PromptService ready to be added to a server; its start hook brings the database
     schema up to date, its stop hook closes the connections. `gate` checks evaluation reports
-    before protected labels move (None: protected labels cannot move)."""
-    store = SqlPromptStore.from_url(
-        settings.resolved_database_url(), schema=settings.database_schema or None
-    )
+    before protected labels move (None: protected labels cannot move).
+
+    On PostgreSQL, label moves committed by any replica wake this one's watchers through
+    LISTEN/NOTIFY; polling every `watch_poll_seconds` remains the fallback while that
+    connection is down (and the only way on SQLite, whose moves from other processes are found
+    by polling)."""
+    url = settings.resolved_database_url()
+    store = SqlPromptStore.from_url(url, schema=settings.database_schema or None)
+    wakeup = Wakeup()
+    listener: PgListener | None = None
+    if store.postgres:
+        ours = label_event_payload(store.schema, "")
+
+        def on_payload(payload: str) -> None:
+            if not payload or payload.startswith(ours):  # "": (re)connected, re-read
+                wakeup.notify()
+
+        listener = PgListener(url, LABEL_EVENTS_CHANNEL, on_payload)
     servicer = PromptServicer(
-        PromptRegistry(store, poll_seconds=settings.watch_poll_seconds, gate=gate)
+        PromptRegistry(
+            store,
+            poll_seconds=settings.watch_poll_seconds,
+            gate=gate,
+            wakeup=wakeup,
+            pushed=lambda: listener is not None and listener.connected,
+        )
     )
 
     async def start() -> None:
         await store.migrate()
+        if listener is not None:
+            await listener.start()
+
+    async def stop() -> None:
+        if listener is not None:
+            await listener.close()
+        await store.close()
 
     return ServiceRegistration(
         name=SERVICE_NAME,
@@ -31,5 +63,5 @@ def registration(
             servicer, server
         ),
         start=start,
-        stop=store.close,
+        stop=stop,
     )

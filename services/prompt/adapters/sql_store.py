@@ -10,20 +10,27 @@ transaction with the version row: numbers are gapless and unique, and a killed p
 either the whole version or nothing. Label moves check their precondition and append to the
 event log in the same transaction.
 
+The label event log is a feed (`services.common.feeds`) that watchers on every replica follow by
+sequence: a tenant's events commit in the order of their sequence numbers (`lock_feed`), a
+snapshot of labels is read with the sequence it includes in one database snapshot, and each
+move notifies `LABEL_EVENTS_CHANNEL` (PostgreSQL) with `label_event_payload`.
+
 Schema changes are the numbered `MIGRATIONS`, recorded in `schema_migrations`.
 """
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common import reasons
 from services.common.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
+from services.common.feeds import lock_feed, notify
 from services.common.sql import Migration, SqlStore, create_engine, now_us, time_from_us
 from services.prompt.core.model import (
     UNSET,
@@ -112,6 +119,15 @@ MIGRATIONS: Final[Sequence[Migration]] = (Migration(1, "initial schema", _initia
 _now_us = now_us
 _time = time_from_us
 
+LABEL_EVENTS_CHANNEL: Final = "genai_label_events"
+"""The PostgreSQL NOTIFY channel of committed label moves (payload: `label_event_payload`)."""
+
+
+def label_event_payload(schema: str, tenant_id: str) -> str:
+    """What a label move notifies: the deployment's schema (channels span the database, which
+    several deployments may share) and the tenant, tab-separated."""
+    return f"{schema}\t{tenant_id}"
+
 
 class SqlPromptStore(SqlStore):
     """Prompts, versions and labels in SQLite or PostgreSQL. Call `migrate()` once first."""
@@ -119,10 +135,20 @@ class SqlPromptStore(SqlStore):
     MIGRATIONS = MIGRATIONS
     MIGRATIONS_TABLE = "schema_migrations"
 
+    def __init__(self, engine: AsyncEngine, *, schema: str | None = None) -> None:
+        super().__init__(engine)
+        self.schema = schema or "public"
+        """The PostgreSQL schema of the tables (what this store's notifications name)."""
+
+    @property
+    def postgres(self) -> bool:
+        """True on PostgreSQL (whose moves are pushed to other replicas by NOTIFY)."""
+        return self._postgres
+
     @classmethod
     def from_url(cls, url: str, *, schema: str | None = None) -> "SqlPromptStore":
         """A store on a new engine for `url` (see `create_engine`)."""
-        return cls(create_engine(url, schema=schema))
+        return cls(create_engine(url, schema=schema), schema=schema)
 
     # ------------------------------------------------------------------------------ prompts
 
@@ -370,7 +396,9 @@ class SqlPromptStore(SqlStore):
         self, tenant_id: str, prompts_: Sequence[str] = ()
     ) -> tuple[list[Label], int]:
         """Every current label of the tenant's prompts (or of `prompts_`), and the sequence of
-        the last event they include, read in one transaction."""
+        the last event they include, read in one snapshot of the database (PostgreSQL:
+        REPEATABLE READ; SQLite's read transactions are snapshots): the labels are exactly
+        those events' outcome, and every later event has a higher sequence."""
         query = (
             sa.select(
                 prompts.c.name,
@@ -388,9 +416,9 @@ class SqlPromptStore(SqlStore):
         last = sa.select(sa.func.coalesce(sa.func.max(label_events.c.sequence), 0)).where(
             label_events.c.tenant_id == tenant_id
         )
-        async with self._read() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        async with self._snapshot() as conn:
             sequence = int((await conn.execute(last)).scalar_one())
+            rows = (await conn.execute(query)).mappings().all()
         return [
             Label(
                 prompt=r["name"],
@@ -403,6 +431,18 @@ class SqlPromptStore(SqlStore):
         ], sequence
 
     # ------------------------------------------------------------------------------ helpers
+
+    @asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[AsyncConnection]:
+        """A read transaction whose statements all see one snapshot of the database."""
+        if not self._postgres:
+            async with self._read() as conn:
+                yield conn
+            return
+        async with self._engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                yield conn
 
     async def _prompt_row(
         self, conn: AsyncConnection, tenant_id: str, name: str, *, lock: bool
@@ -524,8 +564,12 @@ class SqlPromptStore(SqlStore):
             "reason": move.reason,
             "event_time_us": now,
         }
+        # The tenant's events take their sequence and commit one at a time (see the module
+        # docstring): a watcher that read sequence n never misses an event below n.
+        await lock_feed(conn, label_events.name, move.tenant_id)
         result = await conn.execute(label_events.insert().values(**values))
         (sequence,) = result.inserted_primary_key or (0,)
+        await notify(conn, LABEL_EVENTS_CHANNEL, label_event_payload(self.schema, move.tenant_id))
         label = Label(
             prompt=move.prompt,
             name=move.label,

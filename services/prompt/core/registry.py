@@ -6,8 +6,6 @@ that define behaviour (proto field names, enums by name): `messages`, `variables
 `variables` to check and render templates; the rest it stores, hashes and diffs as it is.
 """
 
-import asyncio
-import contextlib
 import difflib
 import json
 import re
@@ -21,6 +19,7 @@ from jsonschema.exceptions import SchemaError
 
 from services.common import reasons
 from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from services.common.feeds import Wakeup
 from services.gateway.core.processing import (
     PiiKind,
     PiiRedaction,
@@ -135,35 +134,6 @@ class Rendered:
     messages: list[RenderedMessage]
 
 
-class LabelNotifier:
-    """Wakes this process's watchers when a label move commits here (other replicas' moves are
-    found by polling). A watcher notes `generation` before it reads the event log and waits
-    with it, so a move committed in between is never slept through."""
-
-    def __init__(self) -> None:
-        self._generation = 0
-        self._event = asyncio.Event()
-
-    @property
-    def generation(self) -> int:
-        """How many notifications there have been."""
-        return self._generation
-
-    def notify(self) -> None:
-        """Wakes every waiter."""
-        self._generation += 1
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait(self, seen_generation: int, patience_s: float) -> None:
-        """Returns once there was a notification after `seen_generation`, or after
-        `patience_s` seconds."""
-        if self._generation != seen_generation:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), patience_s)
-
-
 @dataclass(frozen=True, slots=True)
 class GateVerdict:
     """Whether a version passes a prompt's evaluation gate, and on what evidence."""
@@ -197,14 +167,24 @@ class PromptRegistry:
         poll_seconds: float = 0.25,
         gate: "EvaluationGate | None" = None,
         clock: Callable[[], float] = time.monotonic,
+        wakeup: Wakeup | None = None,
+        pushed: Callable[[], bool] = lambda: False,
+        pushed_poll_seconds: float = 5.0,
     ) -> None:
         """`gate` checks evaluation reports before a protected label moves (None: no
-        evaluation service is reachable, and protected labels cannot move)."""
+        evaluation service is reachable, and protected labels cannot move).
+
+        Watchers wake when `wakeup` fires: at once for moves made through this registry, and
+        for other replicas' moves when the composition root wires a push (PostgreSQL
+        LISTEN/NOTIFY) to it. Otherwise they look every `poll_seconds`; while `pushed()` says
+        the push is up, only every `pushed_poll_seconds` (a safety net)."""
         self._store = store
         self._gate = gate
         self._poll_seconds = poll_seconds
+        self._pushed = pushed
+        self._pushed_poll_seconds = max(poll_seconds, pushed_poll_seconds)
         self._clock = clock
-        self._notifier = LabelNotifier()
+        self._notifier = wakeup or Wakeup()
 
     # ------------------------------------------------------------------------------ prompts
 
@@ -389,8 +369,10 @@ class PromptRegistry:
         self, tenant_id: str, prompts: Sequence[str], after_sequence: int
     ) -> AsyncGenerator[Snapshot | LabelEvent, None]:
         """Checks a watch request and returns its stream: a snapshot (unless resuming after
-        `after_sequence`), then every committed label event in order, without end. Moves made
-        here arrive at once, other replicas' within the poll interval.
+        `after_sequence`), then every committed label event in order, without end, never
+        skipping or repeating one (the store commits a tenant's events in sequence order).
+        Moves made here arrive at once, other replicas' when pushed (see `__init__`) or within
+        the poll interval.
 
         Raises `InvalidArgument` for a bad request and `FailedPrecondition` when
         `after_sequence` is beyond the event log (a restored database): resume from 0.
@@ -426,7 +408,8 @@ class PromptRegistry:
             if events:
                 sequence = events[-1].sequence
                 continue
-            await self._notifier.wait(generation, self._poll_seconds)
+            patience = self._pushed_poll_seconds if self._pushed() else self._poll_seconds
+            await self._notifier.wait(generation, patience)
 
     # ------------------------------------------------------------------------------ render
 
