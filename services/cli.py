@@ -3,13 +3,15 @@
 genai serve [--config FILE] [--host H] [--port P] [--service NAME ...] [--ready-file F]
             [--prompts DIR | --no-prompts]
 genai chat MESSAGE [--prompt NAME] [--var NAME=VALUE ...] [--model M] ...
-genai info [--target HOST:PORT]
+genai info [--target TARGET]
 genai prompts push|pull|diff|history|promote|rollback|list ... (`genai prompts --help`)
 genai experiments create|start|stop|list|results ... (`genai experiments --help`)
 genai eval datasets create|add ... | run SPEC.yaml [--gate] | report ID (`genai eval --help`)
 genai logs [--prompt NAME] [--status CODE] [--since 10m] [--limit N] [--json]
 
-Commands that call the platform send `--api-key` (default: $GENAI_API_KEY).
+Commands that call the platform send `--api-key` (default: $GENAI_API_KEY) to `--target`
+(default: $GENAI_TARGET, else 127.0.0.1:50051): HOST:PORT, a comma-separated list of IP:PORT
+or dns:///NAME:PORT, the last two balanced round robin over the replicas.
 genai version
 """
 
@@ -31,7 +33,7 @@ from genai.inference.v1 import inference_pb2, inference_service_pb2, inference_s
 from google.protobuf import json_format
 
 from services.common.auth import DEFAULT_TENANT
-from services.common.clients import api_key_metadata, create_channel
+from services.common.clients import add_target_option, api_key_metadata, create_channel
 from services.common.config import ConfigError, load_settings
 from services.common.status import error_details
 from services.evaluation import cli as eval_cli
@@ -106,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     info = commands.add_parser("info", help="describe a running gateway and its dependencies")
-    info.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (host:port)")
+    add_target_option(info, default=DEFAULT_TARGET, what="gateway")
     info.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
     _api_key_option(info)
     info.set_defaults(run=_info)
@@ -132,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, help="tokens to generate at most")
     chat.add_argument("--temperature", type=float, help="0 is greedy")
     chat.add_argument("--user", default="", help="end-user id (experiments, request log)")
-    chat.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (host:port)")
+    add_target_option(chat, default=DEFAULT_TARGET, what="gateway")
     chat.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
     _api_key_option(chat)
     chat.set_defaults(run=_chat)
@@ -160,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
         "generate", help="stream a completion from InferenceService, as a chat turn"
     )
     generate.add_argument("prompt", help="the user message (or raw text with --raw)")
-    generate.add_argument("--target", default=DEFAULT_TARGET, help="platform address")
+    add_target_option(generate, default=DEFAULT_TARGET)
     generate.add_argument("--model", default="smollm2-135m-instruct", help="served model name")
     generate.add_argument("--raw", action="store_true", help="send the prompt as raw text")
     generate.add_argument("--system", help="a system message before the prompt")

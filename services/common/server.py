@@ -79,14 +79,28 @@ class RunningServer:
         port: int,
         address: str,
         grace: float,
+        names: Sequence[str] = (),
     ) -> None:
         self._server = server
         self._health = health_servicer
+        self._names = tuple(names)
         self._grace = grace
         self.port = port
         """The bound port (the real one when the bind address asked for port 0)."""
         self.address = address
         """A `host:port` target that clients on this machine can dial."""
+
+    async def set_serving(self, serving: bool) -> None:
+        """Reports every service (and the overall `""`) SERVING or NOT_SERVING to health
+        checks, without stopping: balancing clients send new calls elsewhere while it is not
+        serving."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in [*self._names, health.OVERALL_HEALTH]:
+            await self._health.set(name, status)
 
     async def stop(self, grace: float | None = None) -> None:
         """Reports NOT_SERVING to health checks, then stops.
@@ -139,7 +153,12 @@ async def start_server(
         port = server.add_secure_port(bind, credentials)
     await server.start()
     return RunningServer(
-        server, health_servicer, port=port, address=_dialable(bind, port), grace=grace
+        server,
+        health_servicer,
+        port=port,
+        address=_dialable(bind, port),
+        grace=grace,
+        names=names,
     )
 
 

@@ -27,7 +27,7 @@ from genai.evaluation.v1 import evaluation_pb2, evaluation_service_pb2, evaluati
 from genai.prompt.v1 import prompt_service_pb2, prompt_service_pb2_grpc
 from google.protobuf import json_format
 
-from services.common.clients import api_key_metadata, create_channel
+from services.common.clients import add_target_option, api_key_metadata, create_channel
 from services.common.errors import InvalidArgument
 from services.common.status import error_details
 from services.evaluation.core.datasets import format_of, parse_examples
@@ -46,7 +46,7 @@ Command = Callable[[grpc.aio.Channel, argparse.Namespace], Awaitable[int]]
 def add_commands(parser: argparse.ArgumentParser, *, default_target: str) -> None:
     """Adds the `eval` sub-commands to `parser`; each sets `args.run`."""
     connection = argparse.ArgumentParser(add_help=False)
-    connection.add_argument("--target", default=default_target, help="platform address")
+    add_target_option(connection, default=default_target)
     connection.add_argument(
         "--api-key",
         default=os.environ.get("GENAI_API_KEY", ""),

@@ -25,7 +25,7 @@ import yaml
 from genai.experiment.v1 import experiment_pb2, experiment_service_pb2, experiment_service_pb2_grpc
 from google.protobuf import json_format
 
-from services.common.clients import api_key_metadata, create_channel
+from services.common.clients import add_target_option, api_key_metadata, create_channel
 from services.common.status import error_details
 from services.experiment.core.model import MetricKind
 from services.experiment.core.results import ExperimentResults, MetricResults, VariantResults
@@ -53,7 +53,7 @@ _KINDS = {
 def add_commands(parser: argparse.ArgumentParser, *, default_target: str) -> None:
     """Adds the `experiments` sub-commands to `parser`; each sets `args.run`."""
     connection = argparse.ArgumentParser(add_help=False)
-    connection.add_argument("--target", default=default_target, help="platform address")
+    add_target_option(connection, default=default_target)
     connection.add_argument(
         "--api-key",
         default=os.environ.get("GENAI_API_KEY", ""),

@@ -1,6 +1,6 @@
 """`genai logs`: the gateway's request log, newest first, as a table or JSON lines.
 
-genai logs [--target HOST:PORT] [--api-key KEY] [--prompt NAME] [--status CODE]
+genai logs [--target TARGET] [--api-key KEY] [--prompt NAME] [--status CODE]
            [--since 10m|2h|1d|ISO-TIME] [--limit N] [--json] [--timeout SECONDS]
 
 Calls `GatewayService.ListRequestLogs` with the API key (`--api-key`, else `$GENAI_API_KEY`)
@@ -26,6 +26,7 @@ import grpc.aio
 from genai.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from google.protobuf import json_format
 
+from services.common.clients import add_target_option, create_channel
 from services.common.status import ParsedError, error_details
 from services.common.wire import MAX_PAGE_SIZE, seconds, timestamp
 
@@ -60,7 +61,7 @@ _COLUMNS: Final = (
 def add_commands(parser: argparse.ArgumentParser, *, default_target: str) -> None:
     """Adds the `genai logs` options to `parser` and sets `args.run`, which returns the exit
     status."""
-    parser.add_argument("--target", default=default_target, help="gateway address (host:port)")
+    add_target_option(parser, default=default_target, what="gateway")
     parser.add_argument(
         "--api-key", default=None, help=f"API key of the tenant (default: ${API_KEY_ENV})"
     )
@@ -99,7 +100,7 @@ async def run_async(args: argparse.Namespace) -> int:
     """`run` inside a running event loop."""
     key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV, "")
     metadata = (("authorization", f"Bearer {key}"),) if key else ()
-    async with grpc.aio.insecure_channel(args.target) as channel:
+    async with create_channel(args.target) as channel:
         try:
             entries = await fetch_entries(
                 gateway_service_pb2_grpc.GatewayServiceStub(channel),

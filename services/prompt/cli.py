@@ -10,9 +10,9 @@ genai prompts promote NAME --label L --version N [--expected V] [--reason R]
 genai prompts rollback NAME --label L [--expected V] [--reason R]
 genai prompts list [--prefix P]
 
-Every command takes `--target HOST:PORT` and `--timeout SECONDS` (per call). Exit status: 0 when
-everything worked, 1 when a call or a file failed (the gRPC status code, message, reason and
-field violations are printed), 2 for usage errors.
+Every command takes `--target` (HOST:PORT, IP:PORT,IP:PORT or dns:///NAME:PORT) and `--timeout
+SECONDS` (per call). Exit status: 0 when everything worked, 1 when a call or a file failed (the
+gRPC status code, message, reason and field violations are printed), 2 for usage errors.
 
 `seed_prompts` is what `genai serve` runs at start: it pushes a folder of sample prompts and
 points `production` at them only where the label does not exist yet.
@@ -34,7 +34,7 @@ import grpc.aio
 from genai.prompt.v1 import prompt_pb2, prompt_service_pb2, prompt_service_pb2_grpc
 from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
 
-from services.common.clients import api_key_metadata, create_channel
+from services.common.clients import add_target_option, api_key_metadata, create_channel
 from services.common.errors import FieldViolation
 from services.common.status import ParsedError, error_details
 from services.prompt.core.registry import (
@@ -92,7 +92,7 @@ def add_commands(parser: argparse.ArgumentParser, *, default_target: str) -> Non
     """Adds the `prompts` sub-commands to `parser` (the `genai prompts` parser); each sets
     `args.run`, which returns the exit status."""
     connection = argparse.ArgumentParser(add_help=False)
-    connection.add_argument("--target", default=default_target, help="platform address")
+    add_target_option(connection, default=default_target)
     connection.add_argument(
         "--api-key",
         default=os.environ.get("GENAI_API_KEY", ""),

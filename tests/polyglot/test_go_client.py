@@ -1,5 +1,6 @@
 """The platform from Go: tests/polyglot/go/genaiclient, built with Debian's Go 1.19 and
-grpc-go 1.33 in GOPATH mode against the stubs in generated/go, then run against the server.
+grpc-go 1.33 in GOPATH mode against the stubs in generated/go, then run against the server,
+and against two replicas with the platform's service config (round_robin, retries).
 
 GOPATH mode needs the code at `$GOPATH/src/<import path>`: a temporary GOPATH holds a symlink
 `src/github.com/genai-platform/genai` -> the repo root, and /usr/share/gocode (Debian's Go
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.polyglot.expect import assert_client_saw_the_platform
+from tests.polyglot.replicas import assert_calls_balanced_and_retried, info_replicas, run_client
 from tests.support.serve import ROOT, ServeProcess
 
 pytestmark = pytest.mark.polyglot
@@ -25,6 +27,7 @@ CLIENT_DIR = Path(__file__).resolve().parent / "go" / "genaiclient"
 CLIENT_IMPORT_PATH = f"{REPO_IMPORT_PATH}/{CLIENT_DIR.relative_to(ROOT).as_posix()}"
 DEBIAN_GOCODE = "/usr/share/gocode"
 SETUP_HINT = "run scripts/setup go (Debian golang-go and the grpc-go/protobuf sources)"
+SERVICE_CONFIG = Path(__file__).resolve().parent / "service_config.json"
 
 
 def go_build_cache() -> Path:
@@ -119,3 +122,17 @@ def test_go_client_talks_to_the_platform(workspace: GoWorkspace, server: ServePr
         )
     assert result.returncode == 0, output
     assert_client_saw_the_platform(result.stdout)
+
+
+async def test_go_client_balances_over_replicas_and_retries(workspace: GoWorkspace) -> None:
+    """round_robin over a list of two addresses reaches both; the UNAVAILABLE that replica b
+    answers first is retried (GetServerInfo is idempotent), so every call succeeds."""
+    binary = workspace.binary()
+    command = [str(binary), "-service-config", str(SERVICE_CONFIG), "replicas"]
+    async with info_replicas("a", "b") as (target, replicas):
+        replicas[1].failures = 1
+        stdout = await run_client(
+            [*command, target, "12"], env={**os.environ, "GRPC_GO_RETRY": "on"}
+        )
+
+    assert_calls_balanced_and_retried(stdout, replicas, calls=12, failed=1)

@@ -1,10 +1,22 @@
 // Command genaiclient is a Go client of the platform: grpc-go 1.33 with the stubs under
 // generated/go, built in GOPATH mode (GO111MODULE=off).
 //
-//	genaiclient HOST:PORT API_KEY
+//	genaiclient [-service-config FILE] TARGET API_KEY
+//	genaiclient [-service-config FILE] replicas TARGET CALLS
 //
-// It prints one JSON object per line on stdout, one per call, in the same shape as the Node
-// client (tests/polyglot/node/client.ts):
+// TARGET is HOST:PORT, several HOST:PORT separated by commas (every replica, through a static
+// resolver) or dns:///NAME:PORT (every address the name resolves to, as for a Kubernetes
+// headless Service). FILE is a gRPC service config in JSON, such as tests/polyglot/service_config.json
+// (the one Python's services.common.clients builds): round_robin over the addresses, client-side
+// health checks, and retries of the contract's idempotent RPCs on UNAVAILABLE. grpc-go before
+// 1.40 retries only with GRPC_GO_RETRY=on in the environment.
+//
+// `replicas` makes CALLS GetServerInfo calls one after another and prints one line per call:
+//
+//	{"call":"genai.gateway.v1.GatewayService/GetServerInfo","ok":true,"version":"0.1.0"}
+//
+// The first form prints one JSON object per line on stdout, one per call, in the same shape
+// as the Node client (tests/polyglot/node/client.ts):
 //
 //	{"call":"genai.gateway.v1.GatewayService/GetServerInfo","ok":true,"response":{...proto JSON}}
 //	{"call":"grpc.health.v1.Health/Check","ok":true,"service":"...","status":"SERVING"}
@@ -20,9 +32,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
+	"io/ioutil"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	commonv1 "github.com/genai-platform/genai/generated/go/genai/common/v1"
@@ -31,8 +47,11 @@ import (
 	promptv1 "github.com/genai-platform/genai/generated/go/genai/prompt/v1"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	_ "google.golang.org/grpc/health" // client-side health checking (healthCheckConfig)
 	"google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -80,14 +99,52 @@ func describeError(call string, err error) map[string]interface{} {
 	return line
 }
 
-func run(address string, apiKey string) {
-	dialCtx, cancelDial := context.WithTimeout(context.Background(), callTimeout)
-	defer cancelDial()
-	conn, err := grpc.DialContext(dialCtx, address, grpc.WithInsecure(), grpc.WithBlock())
-	if err != nil {
-		fail("dial %s: %v", address, err)
+// dial connects to target (HOST:PORT, HOST:PORT,HOST:PORT or dns:///NAME:PORT) with the
+// service config serviceConfig (JSON; empty: gRPC's defaults, pick_first without retries).
+// It returns once a connection is ready.
+func dial(target string, serviceConfig string) *grpc.ClientConn {
+	options := []grpc.DialOption{grpc.WithInsecure(), grpc.WithBlock()}
+	if serviceConfig != "" {
+		options = append(options, grpc.WithDefaultServiceConfig(serviceConfig))
 	}
-	defer conn.Close()
+	if strings.Contains(target, ",") && !strings.Contains(target, ":///") {
+		// grpc-go has no ipv4: address lists: a static resolver hands it every address.
+		addresses := []resolver.Address{}
+		for _, address := range strings.Split(target, ",") {
+			addresses = append(addresses, resolver.Address{Addr: strings.TrimSpace(address)})
+		}
+		replicas := manual.NewBuilderWithScheme("genai-replicas")
+		replicas.InitialState(resolver.State{Addresses: addresses})
+		options = append(options, grpc.WithResolvers(replicas))
+		target = replicas.Scheme() + ":///replicas"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	conn, err := grpc.DialContext(ctx, target, options...)
+	if err != nil {
+		fail("dial %s: %v", target, err)
+	}
+	return conn
+}
+
+// runReplicas makes `calls` GetServerInfo calls one after another over conn, one output line
+// each: with round_robin they go to every replica in turn.
+func runReplicas(conn *grpc.ClientConn, calls int) {
+	const call = "genai.gateway.v1.GatewayService/GetServerInfo"
+	gateway := gatewayv1.NewGatewayServiceClient(conn)
+	for i := 0; i < calls; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		info, err := gateway.GetServerInfo(ctx, &gatewayv1.GetServerInfoRequest{})
+		cancel()
+		if err != nil {
+			emit(describeError(call, err))
+		} else {
+			emit(map[string]interface{}{"call": call, "ok": true, "version": info.GetVersion()})
+		}
+	}
+}
+
+func run(conn *grpc.ClientConn, apiKey string) {
 
 	plain, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
@@ -184,9 +241,40 @@ func run(address string, apiKey string) {
 }
 
 func main() {
-	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: genaiclient HOST:PORT API_KEY")
+	serviceConfigFile := flag.String("service-config", "", "gRPC service config (JSON file)")
+	flag.Usage = func() {
+		fmt.Fprintln(os.Stderr, "usage: genaiclient [-service-config FILE] TARGET API_KEY")
+		fmt.Fprintln(os.Stderr, "       genaiclient [-service-config FILE] replicas TARGET CALLS")
+	}
+	flag.Parse()
+	serviceConfig := ""
+	if *serviceConfigFile != "" {
+		read, err := ioutil.ReadFile(*serviceConfigFile)
+		if err != nil {
+			fail("service config: %v", err)
+		}
+		serviceConfig = string(read)
+		if os.Getenv("GRPC_GO_RETRY") != "on" {
+			fmt.Fprintln(os.Stderr, "genaiclient: grpc-go before 1.40 retries only with GRPC_GO_RETRY=on")
+		}
+	}
+	args := flag.Args()
+	switch {
+	case len(args) == 3 && args[0] == "replicas":
+		calls, err := strconv.Atoi(args[2])
+		if err != nil || calls < 1 {
+			flag.Usage()
+			os.Exit(2)
+		}
+		conn := dial(args[1], serviceConfig)
+		defer conn.Close()
+		runReplicas(conn, calls)
+	case len(args) == 2:
+		conn := dial(args[0], serviceConfig)
+		defer conn.Close()
+		run(conn, args[1])
+	default:
+		flag.Usage()
 		os.Exit(2)
 	}
-	run(os.Args[1], os.Args[2])
 }
