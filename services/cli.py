@@ -1,6 +1,7 @@
 """The `genai` command line: run the platform and talk to it.
 
-genai serve [--config FILE] [--host H] [--port P] [--service NAME ...] [--ready-file F]
+genai serve [--config FILE] [--host H] [--port P] [--workers N] [--service NAME ...]
+            [--ready-file F]
             [--prompts DIR | --no-prompts]
 genai chat MESSAGE [--prompt NAME] [--var NAME=VALUE ...] [--model M] ...
 genai info [--target TARGET]
@@ -51,6 +52,7 @@ from services.platform.runner import (
     start_platform,
 )
 from services.platform.settings import ALL_SERVICES, PlatformSettings
+from services.platform.workers import WorkerPool, WorkerStartError, start_workers
 from services.prompt import cli as prompts_cli
 
 _logger = logging.getLogger("genai")
@@ -87,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="YAML settings file (GENAI_* env overrides)")
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on; 0 picks a free one")
+    serve.add_argument(
+        "--workers",
+        type=_worker_count,
+        metavar="N",
+        help="processes serving the port together (SO_REUSEPORT), under a supervisor that "
+        "launches Triton once and merges their metrics (default: server.workers, 1)",
+    )
     serve.add_argument(
         "--service",
         action="append",
@@ -212,6 +221,8 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["host"] = args.host
     if args.port is not None:
         overrides["port"] = args.port
+    if args.workers is not None:
+        overrides["workers"] = args.workers
     settings = PlatformSettings.model_validate(
         {
             **settings.model_dump(),
@@ -220,7 +231,21 @@ def _serve(args: argparse.Namespace) -> int:
         }
     )
     seed = _seed_folder(args, settings)
-    return asyncio.run(_serve_until_signalled(settings, args.ready_file, seed))
+    try:
+        return asyncio.run(_serve_until_signalled(settings, args.ready_file, seed))
+    except WorkerStartError as error:
+        print(f"genai: {error}", file=sys.stderr)
+        return 1
+
+
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of processes from 1 to 256")
+    return count
 
 
 def _seed_folder(args: argparse.Namespace, settings: PlatformSettings) -> Path | None:
@@ -237,7 +262,11 @@ def _seed_folder(args: argparse.Namespace, settings: PlatformSettings) -> Path |
 async def _serve_until_signalled(
     settings: PlatformSettings, ready_file: Path | None, seed: Path | None = None
 ) -> int:
-    platform = await start_platform(settings)
+    platform: Platform | WorkerPool
+    if settings.server.workers > 1:
+        platform = await start_workers(settings)
+    else:
+        platform = await start_platform(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -248,6 +277,9 @@ async def _serve_until_signalled(
     for name in platform.hosted_services:
         print(f"  {name}", flush=True)
     print("  grpc.health.v1.Health, grpc.reflection.v1alpha.ServerReflection", flush=True)
+    if isinstance(platform, WorkerPool):
+        pids = ", ".join(str(pid) for pid in platform.worker_pids)
+        print(f"{len(platform.worker_pids)} worker processes (pids {pids}) share it", flush=True)
     if platform.metrics_port is not None:
         print(f"metrics: http://{settings.server.host}:{platform.metrics_port}/metrics", flush=True)
     credentials = None
@@ -269,12 +301,15 @@ async def _serve_until_signalled(
     if ready_file is not None:
         ready: dict[str, object] = {
             "address": address,
-            "port": platform.server.port,
+            "port": platform.port if isinstance(platform, WorkerPool) else platform.server.port,
             "services": list(platform.hosted_services),
             "metrics_port": platform.metrics_port,
             "api_key": credentials.secret if credentials is not None else "",
+            "pid": os.getpid(),
         }
-        await asyncio.to_thread(ready_file.write_text, json.dumps(ready))
+        if isinstance(platform, WorkerPool):
+            ready["workers"] = list(platform.worker_pids)
+        await asyncio.to_thread(_write_atomically, ready_file, json.dumps(ready))
 
     await stop.wait()
     print(f"shutting down (draining for up to {settings.server.grace_seconds:g} s)", flush=True)
@@ -284,7 +319,16 @@ async def _serve_until_signalled(
     return 0
 
 
-async def _seed_prompts(platform: Platform, folder: Path, settings: PlatformSettings) -> None:
+def _write_atomically(path: Path, text: str) -> None:
+    """Writes `path` whole or not at all (readers never see half of it)."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+async def _seed_prompts(
+    platform: Platform | WorkerPool, folder: Path, settings: PlatformSettings
+) -> None:
     """Pushes `folder`'s prompt files to the PromptService of `platform` for the `default`
     tenant, over a client channel of its own (TLS as configured); failures are logged, never
     raised."""

@@ -11,7 +11,14 @@ and PostgreSQL.
 
 Schema changes are numbered migrations applied at start-up (`SqlStore.migrate`), each in a
 transaction, recorded in a migrations table of the store's own (several stores may share one
-database); concurrent starters serialize on a lock.
+database); concurrent starters serialize on a lock (PostgreSQL: an advisory lock per store;
+SQLite: the write lock), so replicas starting together apply each migration once.
+
+`migrate` refuses to start, with a `DatabaseStartError` (a `ConfigError` of one line), when the
+database cannot be reached (the URL printed with its password hidden), when PostgreSQL's search
+path names a schema that does not exist and the role may not create it (it is created when the
+role may), and when the database has migrations this build does not know (a newer release
+migrated it). Composition roots name the setting with `DatabaseStartError.naming`.
 """
 
 import asyncio
@@ -20,8 +27,8 @@ import os
 import sqlite3
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +38,12 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from services.common.config import ENV_PREFIX, ConfigError
+
+_SCHEMA_LOCK = zlib.crc32(b"genai-platform: create schema")
+"""Advisory lock key under which stores create a missing PostgreSQL schema (one at a time)."""
+_INSUFFICIENT_PRIVILEGE = "42501"
 
 
 @dataclass(frozen=True)
@@ -114,6 +127,75 @@ def _prepare_sqlite_file(path: str) -> None:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+class DatabaseStartError(ConfigError):
+    """A store cannot start on its database: it cannot be reached, its PostgreSQL schema is
+    missing and cannot be created, or it is at a newer schema version than this build knows.
+
+    Printed as one line (`genai serve` exits 2). `setting` is the store setting that fixes it
+    (`database_url` or `database_schema`); `naming` puts its environment variable in front.
+    Never carries a password."""
+
+    def __init__(self, problem: str, *, setting: str = "database_url", where: str = "") -> None:
+        self.problem = problem
+        self.setting = setting
+        self.where = where
+        self.line = f"{where}: {problem}" if where else problem
+        super().__init__([self.line])
+
+    def __str__(self) -> str:
+        return self.line
+
+    def naming(self, section: str) -> "DatabaseStartError":
+        """This error led by the environment variable of its setting in the `section`
+        settings (`prompt` -> `GENAI_PROMPT__DATABASE_URL: ...`); itself if already named."""
+        if self.where:
+            return self
+        variable = f"{ENV_PREFIX}{section.upper()}__{self.setting.upper()}"
+        return DatabaseStartError(self.problem, setting=self.setting, where=variable)
+
+
+@contextmanager
+def database_setting(section: str) -> Iterator[None]:
+    """Names the setting of the `section` settings (`prompt`, `gateway`, ...) in a
+    `DatabaseStartError` raised inside: `with database_setting("prompt"): await store.migrate()`."""
+    try:
+        yield
+    except DatabaseStartError as error:
+        raise error.naming(section) from None
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The driver's own exception under SQLAlchemy's wrappers (asyncpg's, sqlite3's, OSError)."""
+    seen = {id(error)}
+    while True:
+        inner = getattr(error, "orig", None) or error.__cause__
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            return error
+        seen.add(id(inner))
+        error = inner
+
+
+def _reason(error: BaseException) -> str:
+    """One line saying why, from the driver's exception."""
+    root = _root_cause(error)
+    text = str(root).strip()
+    return text.splitlines()[0] if text else type(root).__name__
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    """PostgreSQL's SQLSTATE of `error` or of an exception under it, if any."""
+    current: BaseException | None = error
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        state = getattr(current, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+        inner = getattr(current, "orig", None) or current.__cause__
+        current = inner if isinstance(inner, BaseException) else None
+    return None
+
+
 class SqlStore:
     """Base of a store: an engine, its migrations, and read/write transactions.
 
@@ -132,8 +214,16 @@ class SqlStore:
         """Closes every pooled connection."""
         await self._engine.dispose()
 
+    def describe_database(self) -> str:
+        """The database, for messages: its URL with the password hidden."""
+        return self._engine.url.render_as_string(hide_password=True)
+
     async def migrate(self) -> list[int]:
-        """Applies the migrations this database lacks; returns their numbers."""
+        """Applies the migrations this database lacks; returns their numbers.
+
+        Creates a missing PostgreSQL schema that the search path names (when the role may).
+        Raises `DatabaseStartError` when the database cannot be reached, the schema is missing
+        and cannot be created, or the database has migrations this build does not know."""
         table = sa.Table(
             self.MIGRATIONS_TABLE,
             sa.MetaData(),
@@ -142,14 +232,16 @@ class SqlStore:
             sa.Column("applied_at_us", sa.BigInteger, nullable=False),
         )
         applied: list[int] = []
-        if not self._postgres:
-            await asyncio.to_thread(_prepare_sqlite_file, self._engine.url.database or "")
+        await self._check_reachable()
+        where = self.describe_database()
         async with self._write() as conn:
             if self._postgres:
+                where += f", schema {await self._ensure_schema(conn)}"
                 lock = zlib.crc32(self.MIGRATIONS_TABLE.encode())
                 await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
             await conn.run_sync(lambda c: table.create(c, checkfirst=True))
             done = set((await conn.execute(sa.select(table.c.version))).scalars())
+            self._refuse_newer(done, where)
             for migration in self.MIGRATIONS:
                 if migration.version in done:
                     continue
@@ -161,6 +253,88 @@ class SqlStore:
                 )
                 applied.append(migration.version)
         return applied
+
+    async def _check_reachable(self) -> None:
+        """Opens one connection (SQLite: prepares the file first), or raises
+        `DatabaseStartError` saying why it cannot."""
+        try:
+            if not self._postgres:
+                path = self._engine.url.database or ""
+                if path and path != ":memory:" and not Path(path).parent.is_dir():
+                    raise DatabaseStartError(
+                        f"cannot open {self.describe_database()}: folder {Path(path).parent} "
+                        "does not exist"
+                    )
+                await asyncio.to_thread(_prepare_sqlite_file, path)
+            async with self._engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except DatabaseStartError:
+            raise
+        except Exception as error:  # whatever the driver raises: refused, unknown host, auth...
+            raise DatabaseStartError(
+                f"cannot connect to {self.describe_database()}: {_reason(error)}"
+            ) from error
+
+    async def _ensure_schema(self, conn: AsyncConnection) -> str:
+        """The schema the tables go to (PostgreSQL): the first existing one of the search path,
+        or the one it names, created (under a lock, so that stores starting together do not
+        collide). Raises `DatabaseStartError` naming `database_schema` when that is
+        impossible."""
+        row = (
+            await conn.execute(
+                sa.text("SELECT current_schema(), current_setting('search_path'), current_user")
+            )
+        ).one()
+        current, path, user = row
+        if current is not None:
+            return str(current)
+        where = self.describe_database()
+        if "," in path or path.strip().strip('"').startswith("$user"):
+            raise DatabaseStartError(
+                f"the search path of {where} ({path}) names no schema that exists: create one, "
+                "or name an existing schema",
+                setting="database_schema",
+            )
+        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
+        name = ""
+        try:
+            parsed = await conn.execute(sa.text("SELECT (parse_ident(:path))[1]"), {"path": path})
+            name = str(parsed.scalar_one())
+            quoted = conn.dialect.identifier_preparer.quote_identifier(name)
+            await conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
+            return name
+        except sa.exc.DBAPIError as error:
+            if not name:
+                raise DatabaseStartError(
+                    f"{path!r} is not a PostgreSQL schema name ({_reason(error)})",
+                    setting="database_schema",
+                ) from error
+            how = (
+                f'create it (CREATE SCHEMA "{name}" AUTHORIZATION "{user}") or name an '
+                "existing schema"
+                if _sqlstate(error) == _INSUFFICIENT_PRIVILEGE
+                else "create it, or name an existing schema"
+            )
+            raise DatabaseStartError(
+                f'schema "{name}" does not exist in {where} and role "{user}" cannot create it '
+                f"({_reason(error)}): {how}",
+                setting="database_schema",
+            ) from error
+
+    def _refuse_newer(self, done: set[int], where: str) -> None:
+        """Raises `DatabaseStartError` when the database (`where`) has migrations this build
+        lacks."""
+        known = {migration.version for migration in self.MIGRATIONS}
+        unknown = done - known
+        if not unknown:
+            return
+        raise DatabaseStartError(
+            f"the {type(self).__name__} tables in {where} are at schema "
+            f"version {max(done)} (table {self.MIGRATIONS_TABLE}), newer than this build, "
+            f"which knows versions up to {max(known, default=0)}: a newer release migrated this "
+            "database. Run that release (or a newer one), or restore the backup taken before "
+            "the upgrade"
+        )
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:

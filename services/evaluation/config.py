@@ -7,8 +7,31 @@ from services.common.config import Settings
 from services.common.sql import database_url
 
 
+class EvaluationTargets(Settings):
+    """Where EvaluationService reaches the services its runs call. Empty means this very
+    process (which must then host the service)."""
+
+    gateway: str = Field(
+        default="",
+        description="Target of the GatewayService that runs generations and judge calls "
+        "(host:port, a list, or dns:///name:port).",
+    )
+    inference: str = Field(
+        default="", description="Target of the InferenceService that computes embeddings."
+    )
+    prompt: str = Field(
+        default="",
+        description="Target of PromptService (empty: gateway.targets.prompt, else this process).",
+    )
+
+
 class EvaluationSettings(Settings):
     """Where EvaluationService keeps its data and how its runs call the other services."""
+
+    targets: EvaluationTargets = Field(
+        default_factory=EvaluationTargets,
+        description="Addresses of the services runs call; empty: this process.",
+    )
 
     database_url: str = Field(
         default="",
@@ -42,6 +65,13 @@ class EvaluationSettings(Settings):
         ge=1,
         le=1000,
         description="Results stored (and progress streamed) per write, at most.",
+    )
+    run_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A run whose replica has not renewed it for this long (the replica died) "
+        "is marked failed by another replica; replicas renew their runs every third of it.",
     )
     result_flush_seconds: float = Field(
         default=0.5,

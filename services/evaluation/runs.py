@@ -13,6 +13,11 @@ A generation that fails is a failed result (`scorers.failed_generation`), not a 
 run fails when its setup, the store or every single generation fails, and its stream then ends
 with that error. Cancelling ends streams with CANCELLED; a server shutdown fails the runs still
 going (`the evaluation service stopped`).
+
+A run belongs to the replica that started it (its `owner`), which renews the run's heartbeat
+every `lease_seconds / 3`. A replica that dies cannot fail its runs itself, so every replica
+fails the runs whose heartbeat is older than `lease_seconds` (their followers then end with
+the error, which tells them to start the run again).
 """
 
 import asyncio
@@ -20,6 +25,7 @@ import contextlib
 import itertools
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -247,8 +253,13 @@ class EvaluationRunner:
         batch_size: int = 25,
         flush_seconds: float = 0.5,
         tracer_provider: TracerProvider | None = None,
+        lease_seconds: float = 30.0,
     ) -> None:
         self._store = store
+        self.owner = uuid.uuid4().hex
+        """This replica's id, the owner of the runs it starts."""
+        self._lease_seconds = lease_seconds
+        self._keeper: asyncio.Task[None] | None = None
         self._gateway = gateway
         self._inference = inference
         self._prompts = prompts
@@ -262,6 +273,29 @@ class EvaluationRunner:
         self._tracer = trace.get_tracer("genai.evaluation", tracer_provider=tracer_provider)
         self._active: dict[tuple[str, str], _ActiveRun] = {}
         self._stopping = False
+
+    # -------------------------------------------------------------------------- leases
+
+    def start_keeping(self) -> None:
+        """Renews this replica's runs and fails other replicas' orphaned runs, in the
+        background, until `close`."""
+        if self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep(), name="evaluation-run-leases")
+
+    async def _keep(self) -> None:
+        while True:
+            try:
+                await self._store.heartbeat(self.owner)
+                orphans = await self._store.fail_orphaned_runs(int(self._lease_seconds * 1e6))
+                for tenant_id, run_id in orphans:
+                    _logger.warning(
+                        "evaluation run %s of tenant %s failed: its replica stopped",
+                        run_id,
+                        tenant_id,
+                    )
+            except Exception as error:  # the store is down: try again next time
+                _logger.warning("renewing evaluation run leases failed: %r", error)
+            await asyncio.sleep(self._lease_seconds / 3)
 
     # -------------------------------------------------------------------------- prompts
 
@@ -329,7 +363,9 @@ class EvaluationRunner:
             version=checked.prompt_version or None,
         )
         rubrics = await self._rubrics(client, checked)
-        run, created = await self._store.create_run(tenant_id, checked, request_id=request_id)
+        run, created = await self._store.create_run(
+            tenant_id, checked, request_id=request_id, owner=self.owner
+        )
         if not created:
             return self._attach(tenant_id, run)
         try:
@@ -455,6 +491,11 @@ class EvaluationRunner:
         """Refuses new runs and stops every run of this process, each marked failed (the
         service stopped)."""
         self._stopping = True
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
         tasks = [a.task for a in self._active.values() if a.task is not None]
         for task in tasks:
             task.cancel()

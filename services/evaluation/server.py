@@ -58,11 +58,13 @@ def registration(
         batch_size=settings.result_batch_size,
         flush_seconds=settings.result_flush_seconds,
         tracer_provider=tracer_provider,
+        lease_seconds=settings.run_lease_seconds,
     )
     servicer = EvaluationServicer(store, runner)
 
     async def start() -> None:
         await store.migrate()
+        runner.start_keeping()
 
     async def stop() -> None:
         try:

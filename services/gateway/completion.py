@@ -15,11 +15,15 @@
 5. validate the output against the version's JSON schema, with one repair attempt when the
    version asks for it (such outputs are held back until they validate, since streamed text
    cannot be taken back);
-6. send `final` with prompt version, model, backend, usage, cost at catalog prices, TTFT,
-   total time, attempts and what processing did;
-7. whatever happened (success, error, client cancellation), settle the quota with the real
-   usage, hand a request-log record to the batch writer (never waiting for it), and record the
-   GenAI metrics and span attributes.
+6. settle the quota with the real usage and store the request-log record (group-committed with
+   other requests' records), then send `final` with prompt version, model, backend, usage, cost
+   at catalog prices, TTFT, total time, attempts and what processing did: a caller that saw
+   `final` is accounted and logged, even if this process dies the next moment;
+7. whatever else happened (an error, the client cancelling), settle the quota with the real
+   usage and hand a request-log record to the batch writer (never waiting for it); in every
+   case record the GenAI metrics and span attributes. While tokens stream, their count goes to
+   the quota limiter (`QuotaLimiter.progress`), which a shared store uses to settle the
+   reservation should this process die mid-stream.
 
 Deadlines propagate: every downstream call gets the time the caller has left. A cancelled
 client stream cancels the generation on the backend (`RoutedGenerator` cancels its call).
@@ -153,6 +157,9 @@ class _Outcome:
     cost: Decimal = Decimal(0)
     currency: str = ""
     code: grpc.StatusCode = grpc.StatusCode.OK
+    reservation: Reservation | None = None
+    logged: bool = False
+    """The request-log record was handed over already (before `final`)."""
 
     @property
     def usage(self) -> generation_pb2.TokenUsage:
@@ -190,6 +197,7 @@ class CompletionEngine:
         quota: QuotaLimiter,
         log: RequestLogSink | None,
         log_content: str,
+        log_confirm_seconds: float | None = None,
         metrics: GatewayMetrics,
         default_max_output_tokens: int,
         experiments: Any = None,
@@ -203,6 +211,9 @@ class CompletionEngine:
         self._quota = quota
         self._log = log
         self._log_content = log_content
+        self._log_confirm_seconds = log_confirm_seconds
+        """How long `final` waits for its request-log record to be stored (None: it does
+        not wait)."""
         self._metrics = metrics
         self._default_max_output_tokens = default_max_output_tokens
         self._experiments = experiments
@@ -362,6 +373,7 @@ class CompletionEngine:
                 final = self._final(outcome, rendered, result.finish, summary, result.text)
                 _response_attributes(span, outcome, final)
             outcome.final = final
+            await self._commit(outcome, caller)
             yield Response(final=final)
         except DomainError as error:
             outcome.code = STATUS_CODES.get(type(error), grpc.StatusCode.INTERNAL)
@@ -610,6 +622,9 @@ class CompletionEngine:
         if outcome.first_token is None:
             outcome.first_token = now
         outcome.last_chunk = now
+        if outcome.reservation is not None:
+            used = sum(r.usage.input_tokens + r.usage.output_tokens for r in outcome.routed)
+            self._quota.progress(outcome.reservation, used)
 
     async def _reserve(self, tenant_id: str, limits: TenantQuota, usage: Usage) -> Reservation:
         try:
@@ -673,10 +688,50 @@ class CompletionEngine:
 
     # ------------------------------------------------------------------------------ accounting
 
+    async def _commit(self, outcome: _Outcome, caller: Caller) -> None:
+        """Before a successful request's `final`: settles its quota and stores its request-log
+        record (waiting at most `log_confirm_seconds` for it; a record not confirmed by then is
+        still written, later, and counted). Never raises but for cancellation."""
+        if outcome.reservation is not None:
+            await self._settle(outcome, caller, outcome.reservation)
+        if self._log is None or self._log_confirm_seconds is None:
+            return
+        record = self._log_record(outcome, caller, self._clock() - outcome.started)
+        outcome.logged = True
+        confirmed = self._log.submit_confirmed(record)
+        try:
+            stored = await asyncio.wait_for(asyncio.shield(confirmed), self._log_confirm_seconds)
+        except TimeoutError:
+            stored = False
+        if not stored:
+            self._metrics.log_unconfirmed.inc()
+            _logger.warning(
+                "request %s: its request-log record was not confirmed within %.1f s; sending "
+                "the final anyway",
+                outcome.request_id,
+                self._log_confirm_seconds,
+            )
+
+    async def _settle(self, outcome: _Outcome, caller: Caller, reservation: Reservation) -> None:
+        """Replaces the reservation's estimate with the real usage (once); never raises but
+        for cancellation."""
+        if reservation.settled:
+            return
+        usage = outcome.usage
+        tokens = usage.input_tokens + usage.output_tokens
+        try:
+            await self._quota.settle(
+                reservation, Usage(requests=1, tokens=tokens, cost_micros=_micros(outcome.cost))
+            )
+            self._metrics.settled_tokens.labels(caller.tenant_id).inc(tokens)
+        except Exception:
+            _logger.exception("settling the quota of request %s failed", outcome.request_id)
+
     async def _account(
         self, outcome: _Outcome, caller: Caller, reservation: Reservation | None
     ) -> None:
-        """Settles the quota, logs the request and records metrics; never raises."""
+        """Settles the quota, logs the request and records metrics, where `_commit` did not
+        already; never raises."""
         usage = outcome.usage
         model = outcome.model or "unknown"
         try:
@@ -685,14 +740,7 @@ class CompletionEngine:
         except Exception:  # accounting must not hide the request's own outcome
             _logger.exception("pricing request %s failed", outcome.request_id)
         if reservation is not None:
-            tokens = usage.input_tokens + usage.output_tokens
-            try:
-                await self._quota.settle(
-                    reservation, Usage(requests=1, tokens=tokens, cost_micros=_micros(outcome.cost))
-                )
-                self._metrics.settled_tokens.labels(caller.tenant_id).inc(tokens)
-            except Exception:
-                _logger.exception("settling the quota of request %s failed", outcome.request_id)
+            await self._settle(outcome, caller, reservation)
         elapsed = self._clock() - outcome.started
         error_type = "" if outcome.code == grpc.StatusCode.OK else outcome.code.name
         self._metrics.operation_duration.labels("chat", model, error_type).observe(elapsed)
@@ -710,8 +758,8 @@ class CompletionEngine:
                 self._metrics.time_per_output_chunk.labels("chat", model).observe(
                     (outcome.last_chunk - outcome.first_token) / chunks
                 )
-        if self._log is not None:
-            self._submit_log(outcome, caller, elapsed)
+        if self._log is not None and not outcome.logged:
+            self._log.submit(self._log_record(outcome, caller, elapsed))
         self._remember(outcome, caller)
         if self._online is not None and outcome.rendered is not None:
             self._submit_online(self._online, outcome, outcome.rendered, caller, elapsed)
@@ -765,8 +813,8 @@ class CompletionEngine:
                 )
             )
 
-    def _submit_log(self, outcome: _Outcome, caller: Caller, elapsed: float) -> None:
-        assert self._log is not None
+    def _log_record(self, outcome: _Outcome, caller: Caller, elapsed: float) -> RequestLogRecord:
+        """The request's record, redacted by the log's content policy."""
         rendered = outcome.rendered
         content = self._log_content
         messages: list[dict[str, str]] = []
@@ -796,7 +844,7 @@ class CompletionEngine:
             total_duration=duration(elapsed),
         )
         usage = outcome.usage
-        record = RequestLogRecord(
+        return RequestLogRecord(
             request_id=outcome.request_id,
             trace_id=outcome.trace_id,
             tenant_id=caller.tenant_id,
@@ -820,7 +868,6 @@ class CompletionEngine:
             else (outcome.first_token - outcome.started) * 1e3,
             total_ms=elapsed * 1e3,
         )
-        self._log.submit(record)
 
     async def _call(self, awaitable: Any, what: str, service: str) -> Any:
         try:

@@ -33,6 +33,21 @@ class QuotaSettings(Settings):
     key_prefix: str = Field(
         default="genai:quota:", description="Prefix of the Redis keys the quotas use."
     )
+    lease_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="redis backend: a replica that stops refreshing its lease for this long "
+        "is taken for dead, and another replica settles its unsettled reservations at the "
+        "tokens it last reported.",
+    )
+    report_seconds: float = Field(
+        default=0.1,
+        gt=0,
+        le=60,
+        description="redis backend: how often a replica reports the tokens its in-flight "
+        "requests have used so far (what a dead replica's reservations are settled at).",
+    )
     tenant_cache_seconds: float = Field(
         default=5.0,
         ge=0,
@@ -62,6 +77,20 @@ class RequestLogSettings(Settings):
     max_batch: int = Field(default=256, ge=1, le=10_000, description="Records per write.")
     max_delay_seconds: float = Field(
         default=0.05, gt=0, le=60, description="Longest a record waits for its batch."
+    )
+    confirm_before_final: bool = Field(
+        default=True,
+        description="Store a successful completion's record (group-committed with others, "
+        "without waiting for its batch) before sending its final, so that every request a "
+        "caller saw succeed is in the log even if the process dies right after; false: "
+        "records are written in the background only (lower latency at the end of a stream).",
+    )
+    confirm_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Longest a final waits for its record; past it the final goes out and "
+        "genai_gateway_request_log_unconfirmed_total counts it (the record is still written).",
     )
 
 

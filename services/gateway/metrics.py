@@ -82,6 +82,12 @@ class GatewayMetrics:
             ("tenant",),
             registry=registry,
         )
+        self.log_unconfirmed = Counter(
+            "genai_gateway_request_log_unconfirmed",
+            "Completions whose final was sent before their request-log record was confirmed "
+            "stored (the request log's store was slow or down; the record is still written).",
+            registry=registry,
+        )
         self.failovers = Counter(
             "genai_gateway_failovers",
             "Attempts that failed before the first token and moved to the next candidate.",

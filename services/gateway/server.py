@@ -30,6 +30,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.core.quota import InMemoryQuotaLimiter, QuotaLimiter
 from services.gateway.core.request_log import BatchWriter
 from services.gateway.core.server_info import ServerInfoReporter
+from services.gateway.core.tenant_changes import TenantChanges
 from services.gateway.core.tenants import TenantStore
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.servicer import SERVICE_NAME, GatewayServicer
@@ -72,6 +73,7 @@ def registration(
     local_servicer: Callable[[str], object | None] = lambda _service: None,
     alert_sink: AlertSink | None = None,
     logger_provider: LoggerProvider | None = None,
+    tenant_changes: TenantChanges | None = None,
 ) -> ServiceRegistration:
     """Returns GatewayService ready to be added to a server.
 
@@ -81,7 +83,8 @@ def registration(
     on a tenant's behalf with `internal_token`. Metrics go to `registry`. With
     `in_process_calls`, RouterService, InferenceService and ExperimentService hosted in this process (no address
     configured; `local_servicer(name)` returns their servicer) are called directly
-    (`services.common.local`) instead of over loopback gRPC.
+    (`services.common.local`) instead of over loopback gRPC. `tenant_changes` tells the
+    gateway about quota changes made by any replica (it drops the tenant's cached limits).
     """
     hosted = frozenset(hosted_services)
 
@@ -109,10 +112,13 @@ def registration(
         ),
     )
     quota: QuotaLimiter
-    redis_quota: RedisQuotaLimiter | None = None
     if settings.quota.backend == "redis":
-        quota = redis_quota = RedisQuotaLimiter(
-            settings.quota.redis_url, key_prefix=settings.quota.key_prefix
+        quota = RedisQuotaLimiter(
+            settings.quota.redis_url,
+            key_prefix=settings.quota.key_prefix,
+            lease_seconds=settings.quota.lease_seconds,
+            report_seconds=settings.quota.report_seconds,
+            sweep_seconds=settings.quota.lease_seconds / 2,
         )
     else:
         quota = InMemoryQuotaLimiter()
@@ -147,6 +153,8 @@ def registration(
         tenant_lookup=tenants.get_tenant,
         cache_seconds=settings.quota.tenant_cache_seconds,
     )
+    if tenant_changes is not None:
+        tenant_changes.on_quota_changed(directory.forget)
     state: dict[str, CompletionEngine] = {}
     online_settings = settings.online_evaluation
     online = (
@@ -180,6 +188,9 @@ def registration(
                 quota=quota,
                 log=writer,
                 log_content=log_settings.content,
+                log_confirm_seconds=log_settings.confirm_timeout_seconds
+                if log_settings.confirm_before_final
+                else None,
                 metrics=metrics,
                 default_max_output_tokens=settings.default_max_output_tokens,
                 experiments=experiments,
@@ -214,6 +225,7 @@ def registration(
     )
 
     async def start() -> None:
+        await quota.start()
         if log_store is not None:
             await log_store.migrate()
         if writer is not None:
@@ -233,8 +245,7 @@ def registration(
         await directory.close()
         if log_store is not None:
             await log_store.close()
-        if redis_quota is not None:
-            await redis_quota.aclose()
+        await quota.aclose()
 
     return ServiceRegistration(
         name=SERVICE_NAME,

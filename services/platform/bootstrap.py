@@ -2,13 +2,14 @@
 platform at once with API keys on."""
 
 import asyncio
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from services.common.auth import DEFAULT_TENANT
-from services.common.errors import NotFound
+from services.common.errors import AlreadyExists, NotFound
 from services.gateway.core.tenants import TenantStore, parse_secret, secret_matches
 
 DEV_KEY_NAME: Final = "genai serve development key"
@@ -37,7 +38,8 @@ async def ensure_dev_credentials(tenants: TenantStore, key_file: Path) -> DevCre
     try:
         await tenants.get_tenant(DEFAULT_TENANT)
     except NotFound:
-        await tenants.create_tenant(DEFAULT_TENANT, "Development tenant")
+        with contextlib.suppress(AlreadyExists):  # a replica starting beside this one made it
+            await tenants.create_tenant(DEFAULT_TENANT, "Development tenant")
     saved = await asyncio.to_thread(_read, key_file)
     key_id = parse_secret(saved) if saved else None
     if key_id is not None:

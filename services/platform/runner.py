@@ -5,6 +5,7 @@ each other only through generated stubs over gRPC channels, also when they share
 so the same code runs embedded (one process) or split (a process or pod per service).
 """
 
+import importlib
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -23,12 +24,19 @@ from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry, start_http_server
 
 from services.common.auth import AnonymousAuthenticator, Authenticator
-from services.common.clients import ClientTlsConfig, create_channel
+from services.common.clients import (
+    ClientTlsConfig,
+    InvalidTargetError,
+    channel_target,
+    create_channel,
+)
 from services.common.config import ConfigError
+from services.common.feeds import PgListener, Wakeup
 from services.common.interceptors import default_interceptors
 from services.common.local import local_stub
 from services.common.reflection import enable_documented_reflection
 from services.common.server import RunningServer, ServiceRegistration, TlsConfig, start_server
+from services.common.sql import database_setting
 from services.common.telemetry import configure_event_logging, configure_tracing
 from services.common.validation import Validators
 from services.evaluation import server as evaluation_server
@@ -36,8 +44,9 @@ from services.evaluation.adapters.alerts import StoreAlertSink
 from services.evaluation.adapters.sql_store import SqlEvaluationStore
 from services.experiment import server as experiment_server
 from services.gateway import server as gateway_server
-from services.gateway.adapters.tenant_store import SqlTenantStore
+from services.gateway.adapters.tenant_store import TENANT_EVENTS_CHANNEL, SqlTenantStore
 from services.gateway.core.auth import ApiKeyAuthenticator
+from services.gateway.core.tenant_changes import TenantChanges
 from services.inference import server as inference_server
 from services.inference.adapters.triton import triton_channel
 from services.inference.adapters.tritonserver import TritonServer
@@ -125,6 +134,8 @@ class Platform:
     """The hosted services, whose `stop` hooks run after the server stops."""
     tenants: SqlTenantStore | None = None
     """The tenant and API-key store (auth `api_key`, or a hosted gateway)."""
+    tenant_changes: "TenantFeed | None" = None
+    """This process's follower of the tenant feed (revocations, quota changes)."""
     internal_token: str = ""
     """The token this process's services present to each other (auth `api_key`)."""
     metrics_registry: CollectorRegistry | None = None
@@ -145,6 +156,8 @@ class Platform:
         client channels."""
         await self.server.stop(grace)
         await _stop_services(self.registrations)
+        if self.tenant_changes is not None:
+            await self.tenant_changes.close()
         if self.tenants is not None:
             await self.tenants.close()
         if self.alerts is not None:
@@ -168,13 +181,19 @@ async def _stop_services(registrations: Sequence[ServiceRegistration]) -> None:
 
 
 async def start_platform(
-    settings: PlatformSettings, *, authenticator: Authenticator | None = None
+    settings: PlatformSettings,
+    *,
+    authenticator: Authenticator | None = None,
+    local_triton: str | None = None,
 ) -> Platform:
     """Starts the services `settings` names on one server and returns once it is serving.
 
     When InferenceService is hosted and `inference.triton.launch` is set, Triton is started
     first and the process owns it: it stops with the platform. When RouterService and
     InferenceService are both hosted, their catalogs must agree (`ConfigError` otherwise).
+    `local_triton` is the gRPC address of a Triton another process launched for this one (the
+    `genai serve --workers` supervisor): backends with an empty endpoint use it. A store that
+    cannot start raises a `DatabaseStartError` naming its setting.
     """
     hosted = tuple(SERVICE_NAMES[key] for key in settings.services)
     if "router" in settings.services and "inference" in settings.services:
@@ -186,21 +205,31 @@ async def start_platform(
     tracer_provider = configure_tracing("genai-platform")
     channels = ChannelPool(tls=client_tls(settings.clients), tracer_provider=tracer_provider)
     triton_channels = ChannelPool(factory=triton_channel)
+    _check_targets(settings)
     api_keys = settings.auth.mode == "api_key"
+    if api_keys and not settings.auth.internal_token:
+        _check_internal_token(settings)
     internal_token = (settings.auth.internal_token or secrets.token_urlsafe(32)) if api_keys else ""
     tenants: SqlTenantStore | None = None
+    tenant_feed: TenantFeed | None = None
     if api_keys or "gateway" in settings.services:
         tenants = SqlTenantStore.from_url(
             settings.gateway.resolved_database_url(),
             schema=settings.gateway.database_schema or None,
         )
-        await tenants.migrate()
+        with database_setting("gateway"):
+            await tenants.migrate()
+        tenant_feed = TenantFeed(
+            tenants, settings.gateway.resolved_database_url(), settings.auth.change_poll_seconds
+        )
     if authenticator is None and api_keys:
         assert tenants is not None
-        authenticator = PlatformAuthenticator(
-            ApiKeyAuthenticator(tenants, cache_ttl=settings.auth.api_key_cache_seconds),
-            internal_token,
+        assert tenant_feed is not None
+        key_authenticator = ApiKeyAuthenticator(
+            tenants, cache_ttl=settings.auth.api_key_cache_seconds
         )
+        tenant_feed.changes.on_key_revoked(key_authenticator.forget)
+        authenticator = PlatformAuthenticator(key_authenticator, internal_token)
     registry = CollectorRegistry(auto_describe=True)
     alerts: SqlEvaluationStore | None = None
     if "gateway" in settings.services and settings.gateway.online_evaluation.share > 0:
@@ -208,8 +237,11 @@ async def start_platform(
             settings.evaluation.resolved_database_url(),
             schema=settings.evaluation.database_schema or None,
         )
-        await alerts.migrate()
-    triton = await _launch_triton(settings) if "inference" in settings.services else None
+        with database_setting("evaluation"):
+            await alerts.migrate()
+    triton = await launch_triton(settings) if "inference" in settings.services else None
+    if triton is not None:
+        local_triton = triton.grpc_address
     local: list[str] = []  # this server's own address, known once it is bound
 
     def local_target() -> str:
@@ -228,14 +260,25 @@ async def start_platform(
                 hosted,
                 local_target,
                 _Clients(channels, triton_channels, tracer_provider),
-                triton,
-                _Shared(tenants, internal_token, api_keys, registry, local_servicer, alerts),
+                local_triton,
+                _Shared(
+                    tenants,
+                    tenant_feed.changes if tenant_feed is not None else None,
+                    internal_token,
+                    api_keys,
+                    registry,
+                    local_servicer,
+                    alerts,
+                ),
             )
             for key in settings.services
         ]
-        for registration in registrations:
+        for key, registration in zip(settings.services, registrations, strict=True):
             if registration.start is not None:
-                await registration.start()
+                with database_setting(key):  # a store's start-up error names its setting
+                    await registration.start()
+        if tenant_feed is not None:
+            await tenant_feed.start()
         server = await start_server(
             bind=f"{_bracket(settings.server.host)}:{settings.server.port}",
             registrations=registrations,
@@ -250,6 +293,8 @@ async def start_platform(
         )
     except BaseException:
         await _stop_services(registrations)
+        if tenant_feed is not None:
+            await tenant_feed.close()
         if tenants is not None:
             await tenants.close()
         if alerts is not None:
@@ -269,6 +314,7 @@ async def start_platform(
         triton=triton,
         registrations=tuple(registrations),
         tenants=tenants,
+        tenant_changes=tenant_feed,
         internal_token=internal_token,
         metrics_registry=registry,
         alerts=alerts,
@@ -283,7 +329,8 @@ async def start_platform(
     return platform
 
 
-async def _launch_triton(settings: PlatformSettings) -> TritonServer | None:
+async def launch_triton(settings: PlatformSettings) -> TritonServer | None:
+    """The Triton `inference.triton` describes, started, or None unless `launch` is set."""
     launch = settings.inference.triton
     if not launch.launch:
         return None
@@ -304,11 +351,49 @@ async def _launch_triton(settings: PlatformSettings) -> TritonServer | None:
     return triton
 
 
+class TenantFeed:
+    """This process's follower of the tenant feed, woken by PostgreSQL NOTIFY when the store
+    is PostgreSQL (see `services.gateway.core.tenant_changes`)."""
+
+    def __init__(self, store: SqlTenantStore, url: str, poll_seconds: float) -> None:
+        wakeup = Wakeup()
+        self._listener: PgListener | None = None
+        if store.postgres:
+            schema = store.schema
+
+            def on_payload(payload: str) -> None:
+                if payload in ("", schema):  # "": (re)connected, re-read
+                    wakeup.notify()
+
+            self._listener = PgListener(url, TENANT_EVENTS_CHANNEL, on_payload)
+        listener = self._listener
+        self.changes = TenantChanges(
+            store,
+            poll_seconds=poll_seconds,
+            wakeup=wakeup,
+            pushed=lambda: listener is not None and listener.connected,
+        )
+
+    async def start(self) -> None:
+        """Starts following (and listening)."""
+        if self._listener is not None:
+            await self._listener.start()
+        await self.changes.start()
+
+    async def close(self) -> None:
+        """Stops following (and listening)."""
+        await self.changes.close()
+        if self._listener is not None:
+            await self._listener.close()
+
+
 @dataclass(frozen=True)
 class _Shared:
     """Process-wide state some services need: tenants, the internal token, metrics."""
 
     tenants: SqlTenantStore | None
+    tenant_changes: TenantChanges | None
+    """Revocations and quota changes, from any replica."""
     internal_token: str
     api_keys: bool
     registry: CollectorRegistry
@@ -333,7 +418,7 @@ def _registration(
     hosted: tuple[str, ...],
     local_target: Callable[[], str],
     clients: "_Clients",
-    triton: TritonServer | None,
+    local_triton: str | None,
     shared: _Shared,
 ) -> ServiceRegistration:
     match key:
@@ -348,13 +433,13 @@ def _registration(
         case "router":
             return router_server.registration(
                 settings=settings.router,
-                local_triton=triton.grpc_address if triton is not None else "",
+                local_triton=local_triton or "",
                 channel_for=clients.triton_channels.get,
             )
         case "inference":
             return inference_server.registration(
                 settings=settings.inference,
-                local_triton=triton.grpc_address if triton is not None else None,
+                local_triton=local_triton,
                 channel_for=clients.triton_channels.get,
                 tracer_provider=clients.tracer_provider,
             )
@@ -366,6 +451,7 @@ def _registration(
                 local_target=local_target,
                 channel_for=clients.channels.get,
                 tenants=_required(shared.tenants),
+                tenant_changes=shared.tenant_changes,
                 internal_token=shared.internal_token,
                 admin_required=shared.api_keys,
                 registry=shared.registry,
@@ -383,27 +469,39 @@ def _evaluation(
     clients: "_Clients",
     shared: _Shared,
 ) -> ServiceRegistration:
-    """EvaluationService, running its generations through this process's GatewayService and
-    its embeddings through this process's InferenceService (in process), and resolving
-    prompts through PromptService (here, or at `gateway.targets.prompt`)."""
+    """EvaluationService, running its generations through GatewayService and its embeddings
+    through InferenceService, and resolving prompts through PromptService: each at its
+    `evaluation.targets` address (over gRPC, with the internal credentials), or in this
+    process when the address is empty (a `ConfigError` at start when it is not hosted here)."""
     tracer = trace.get_tracer("genai.evaluation", tracer_provider=clients.tracer_provider)
+    targets = settings.evaluation.targets
 
-    def local(service: ServiceKey, module: Any, name: str) -> Callable[[], Any]:
+    def stub_of(service: ServiceKey, module: Any, name: str, target: str) -> Callable[[], Any]:
         full_name = SERVICE_NAMES[service]
+        if target:
+            remote = getattr(module_grpc(module), f"{name}Stub")
+            return lambda: remote(clients.channels.get(target))
+        if full_name not in hosted:
+            raise ConfigError(
+                [
+                    f"EvaluationService needs {full_name}: host it in this process (services) "
+                    f"or give its address in evaluation.targets.{service} "
+                    f"(GENAI_EVALUATION__TARGETS__{service.upper()})"
+                ]
+            )
 
         def stub() -> Any:
             servicer = shared.local_servicer(full_name)
-            if servicer is None:
-                raise ConfigError(
-                    [f"EvaluationService needs {full_name} in the same process (services)"]
-                )
+            if servicer is None:  # registered in this process by the time a run starts
+                raise RuntimeError(f"{full_name} is not registered in this process")
             return local_stub(servicer, module.DESCRIPTOR.services_by_name[name], tracer)
 
         return stub
 
     def prompt_target() -> str:
-        if settings.gateway.targets.prompt:
-            return settings.gateway.targets.prompt
+        configured = targets.prompt or settings.gateway.targets.prompt
+        if configured:
+            return configured
         return local_target() if SERVICE_NAMES["prompt"] in hosted else ""
 
     def prompt_client(tenant_id: str) -> PromptClient:
@@ -412,17 +510,82 @@ def _evaluation(
             metadata=internal_metadata(shared.internal_token, tenant_id),
         )
 
+    reachable = bool(targets.prompt or settings.gateway.targets.prompt) or (
+        SERVICE_NAMES["prompt"] in hosted
+    )
     return evaluation_server.registration(
         settings=settings.evaluation,
-        gateway=local("gateway", gateway_service_pb2, "GatewayService"),
-        inference=local("inference", inference_service_pb2, "InferenceService"),
-        prompts=prompt_client if prompt_target() or SERVICE_NAMES["prompt"] in hosted else None,
+        gateway=stub_of("gateway", gateway_service_pb2, "GatewayService", targets.gateway),
+        inference=stub_of(
+            "inference", inference_service_pb2, "InferenceService", targets.inference
+        ),
+        prompts=prompt_client if reachable else None,
         prompt_service=lambda: prompt_service_pb2_grpc.PromptServiceStub(
             clients.channels.get(prompt_target())
         ),
         metadata_for=lambda tenant: internal_metadata(shared.internal_token, tenant),
         tracer_provider=clients.tracer_provider,
     )
+
+
+def remote_targets(settings: PlatformSettings) -> dict[str, str]:
+    """The addresses of other processes that this process's services call, by setting."""
+    found: dict[str, str] = {}
+    if "gateway" in settings.services:
+        for name, target in settings.gateway.targets.model_dump().items():
+            found[f"gateway.targets.{name}"] = target
+    if "evaluation" in settings.services:
+        for name, target in settings.evaluation.targets.model_dump().items():
+            found[f"evaluation.targets.{name}"] = target
+    if "prompt" in settings.services:
+        found["prompt.evaluation_target"] = settings.prompt.evaluation_target
+    return {name: target for name, target in found.items() if target}
+
+
+def _check_targets(settings: PlatformSettings) -> None:
+    """Every configured address can be dialled (`ConfigError` naming each that cannot), so a
+    typo fails the start rather than the first call."""
+    tls = client_tls(settings.clients)
+    problems = []
+    for name, target in remote_targets(settings).items():
+        try:
+            dialled = channel_target(target)
+        except InvalidTargetError as error:
+            problems.append(f"{name}: {error}")
+            continue
+        if tls is not None and dialled.listed and not tls.server_name:
+            problems.append(
+                f"{name}: TLS over a list of IP addresses needs clients.tls_server_name "
+                "(GENAI_CLIENTS__TLS_SERVER_NAME), the name in the services' certificates"
+            )
+    if problems:
+        raise ConfigError(problems)
+
+
+def _check_internal_token(settings: PlatformSettings) -> None:
+    """With API keys and no `auth.internal_token`, each process makes up a token of its own,
+    which no other process knows: refuse to start a process that calls others on a tenant's
+    behalf, and warn a process that hosts only some services (others cannot call it)."""
+    remote = remote_targets(settings)
+    if remote:
+        raise ConfigError(
+            [
+                f"this process calls other processes ({', '.join(sorted(remote))}) on tenants' "
+                "behalf: set the same secret in auth.internal_token (GENAI_AUTH__INTERNAL_TOKEN) "
+                "in every process of the deployment"
+            ]
+        )
+    if set(settings.services) != set(SERVICE_NAMES):
+        _logger.warning(
+            "auth.internal_token is not set: other processes' calls on a tenant's behalf "
+            "(a gateway, an evaluation service) will be refused; set "
+            "GENAI_AUTH__INTERNAL_TOKEN to the same secret everywhere"
+        )
+
+
+def module_grpc(module: Any) -> Any:
+    """The generated `*_pb2_grpc` module beside a `*_pb2` module."""
+    return importlib.import_module(f"{module.__name__}_grpc")
 
 
 def _evaluation_gate(
@@ -483,4 +646,5 @@ def client_tls(clients: ClientSettings) -> ClientTlsConfig | None:
         root_ca=path(clients.tls_ca_file),
         certificate_chain=path(clients.tls_certificate_file),
         private_key=path(clients.tls_private_key_file),
+        server_name=clients.tls_server_name,
     )

@@ -32,6 +32,14 @@ class ServerSettings(Settings):
     port: int = Field(
         default=50051, ge=0, le=65535, description="Port to listen on; 0 picks a free one."
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Processes `genai serve` runs, all serving `port` (SO_REUSEPORT) with "
+        "every chosen service, under one supervisor that launches Triton once and serves "
+        "their merged metrics; about one per core. 1: one process, no supervisor.",
+    )
     grace_seconds: float = Field(
         default=10.0,
         ge=0,
@@ -75,13 +83,18 @@ class ClientSettings(Settings):
     tls_private_key_file: str = Field(
         default="", description="PEM private key of the client certificate."
     )
+    tls_server_name: str = Field(
+        default="",
+        description="Name the services' certificates are checked against when a target lists "
+        "IP addresses (empty: the target's own host name).",
+    )
 
     @model_validator(mode="after")
     def _tls_settings_are_consistent(self) -> Self:
         if bool(self.tls_certificate_file) != bool(self.tls_private_key_file):
             raise ValueError("a client certificate needs both its file and its private key")
-        if not self.tls and (self.tls_ca_file or self.tls_certificate_file):
-            raise ValueError("TLS files are set but clients.tls is false")
+        if not self.tls and (self.tls_ca_file or self.tls_certificate_file or self.tls_server_name):
+            raise ValueError("TLS settings are set but clients.tls is false")
         return self
 
 
@@ -104,8 +117,16 @@ class AuthSettings(Settings):
         default=5.0,
         ge=0,
         le=300,
-        description="How long a verified key is trusted without a database read; a revoked "
-        "key stops working within this time.",
+        description="How long a verified key is trusted without a database read: the bound "
+        "on a revocation's delay should every push and poll of the tenant feed fail.",
+    )
+    change_poll_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="How often each process reads the tenant feed (API-key revocations, quota "
+        "changes) when nothing pushed it: on PostgreSQL NOTIFY pushes changes at once and this "
+        "is a fallback; on SQLite it bounds how late other processes see them.",
     )
 
 

@@ -32,6 +32,10 @@ class ServeProcess:
     services: tuple[str, ...]
     api_key: str = ""
     """The development tenant's admin key that `genai serve` printed (auth `api_key`)."""
+    metrics_port: int | None = None
+    """Port of the Prometheus endpoint (with `--workers`: the merged one of every worker)."""
+    workers: tuple[int, ...] = ()
+    """With `--workers N` (N > 1): the pids of the worker processes, by worker index."""
 
 
 @contextmanager
@@ -76,6 +80,8 @@ def genai_serve(
             port=described["port"],
             services=tuple(described["services"]),
             api_key=described.get("api_key", ""),
+            metrics_port=described.get("metrics_port"),
+            workers=tuple(described.get("workers", ())),
         )
     finally:
         if process.poll() is None:

@@ -141,6 +141,8 @@ runs = sa.Table(
     sa.Column("request_id", sa.String(128), nullable=True),
     sa.Column("create_time_us", sa.BigInteger, nullable=False),
     sa.Column("end_time_us", sa.BigInteger, nullable=True),
+    sa.Column("owner", sa.String(32), nullable=False, server_default=""),
+    sa.Column("heartbeat_us", sa.BigInteger, nullable=True),
     sa.UniqueConstraint("tenant_id", "request_id", name="uq_evaluation_runs_request"),
     sa.Index("ix_evaluation_runs_tenant_created", "tenant_id", "create_time_us", "id"),
 )
@@ -221,11 +223,25 @@ def _initial_schema(connection: SyncConnection) -> None:
     metadata.create_all(connection)
 
 
+def _run_owners(connection: SyncConnection) -> None:
+    """Runs name the replica executing them and when it last said so (a database made by
+    migration 1 of this build has the columns already)."""
+    present = {column["name"] for column in sa.inspect(connection).get_columns("evaluation_runs")}
+    if "owner" not in present:
+        connection.execute(
+            sa.text("ALTER TABLE evaluation_runs ADD COLUMN owner VARCHAR(32) NOT NULL DEFAULT ''")
+        )
+    if "heartbeat_us" not in present:
+        connection.execute(sa.text("ALTER TABLE evaluation_runs ADD COLUMN heartbeat_us BIGINT"))
+
+
 MIGRATIONS: Final[Sequence[Migration]] = (
     Migration(1, "datasets, examples, runs, results, reports and quality alerts", _initial_schema),
+    Migration(2, "run owners and heartbeats", _run_owners),
 )
 """Every migration, in order. Append; never edit one that has shipped."""
 
+_LIVE_STATES: Final = (RunState.QUEUED.value, RunState.RUNNING.value)
 _BAD_TOKEN: Final = "is not a token this service issued"
 _TIME_ID_TOKEN: Final = re.compile(r"(\d{1,19})\.([0-9a-f]{32})")
 
@@ -377,7 +393,7 @@ class SqlEvaluationStore(SqlStore):
     # -------------------------------------------------------------------------------- runs
 
     async def create_run(
-        self, tenant_id: str, spec: RunSpec, *, request_id: str = ""
+        self, tenant_id: str, spec: RunSpec, *, request_id: str = "", owner: str = ""
     ) -> tuple[EvaluationRun, bool]:
         """Creates a queued run of a dataset of the tenant; returns it and whether it is new.
         A retry with the same non-empty `request_id` returns the first run and False.
@@ -417,6 +433,8 @@ class SqlEvaluationStore(SqlStore):
                         request_id=request_id or None,
                         create_time_us=now_us(),
                         end_time_us=None,
+                        owner=owner,
+                        heartbeat_us=now_us(),
                     )
                 )
         except IntegrityError:
@@ -481,6 +499,43 @@ class SqlEvaluationStore(SqlStore):
                 )
             )
             return _run(await self._run_row(conn, tenant_id, run_id))
+
+    async def heartbeat(self, owner: str) -> int:
+        """Says that `owner` still executes its queued and running runs; returns how many."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                runs.update()
+                .where(runs.c.owner == owner, runs.c.state.in_(_LIVE_STATES))
+                .values(heartbeat_us=now_us())
+            )
+            return int(result.rowcount or 0)
+
+    async def fail_orphaned_runs(self, silent_us: int) -> list[tuple[str, str]]:
+        """Marks failed every queued or running run whose owner has not said it executes it
+        for `silent_us` microseconds (its replica died); returns their (tenant, run id)."""
+        cutoff = now_us() - silent_us
+        stale = sa.func.coalesce(runs.c.heartbeat_us, runs.c.create_time_us) < cutoff
+        async with self._write() as conn:
+            orphans = (
+                await conn.execute(
+                    sa.select(runs.c.tenant_id, runs.c.id).where(
+                        runs.c.state.in_(_LIVE_STATES), stale
+                    )
+                )
+            ).all()
+            if orphans:
+                await conn.execute(
+                    runs.update()
+                    .where(runs.c.id.in_([run_id for _, run_id in orphans]))
+                    .where(runs.c.state.in_(_LIVE_STATES), stale)
+                    .values(
+                        state=RunState.FAILED.value,
+                        error="the evaluation replica executing the run stopped (no heartbeat "
+                        f"for {silent_us / 1e6:g} s); start the run again",
+                        end_time_us=now_us(),
+                    )
+                )
+        return [(str(tenant), str(run_id)) for tenant, run_id in orphans]
 
     async def add_results(
         self, tenant_id: str, run_id: str, new: Sequence[ExampleResult]

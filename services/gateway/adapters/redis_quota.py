@@ -11,10 +11,23 @@ margin, day hashes an hour after their day ends.
 Time: by default the scripts read the Redis server's clock, one clock for every replica; a
 `clock` (epoch seconds) replaces it, e.g. in tests. Redis failures raise `Unavailable`
 (SERVICE_UNAVAILABLE); the details go to the log, not to the caller.
+
+Replicas die (a SIGKILL, an OOM kill, a lost node) with reservations unsettled. So every
+reservation is also recorded in the tenant's `:inflight` hash with its owner, the limiter's
+random id; a started limiter keeps `<prefix>owner:<id>` alive (a key with a `lease_seconds`
+expiry, refreshed four times per lease) and reports each in-flight reservation's tokens so far
+to `:progress` every `report_seconds`. Settling deletes the record in the same script, and
+every started limiter sweeps (every `sweep_seconds`) for records whose owner's key has expired:
+those are settled at their last reported tokens (cost in proportion to the estimate) by one
+script that deletes the record, so a reservation is settled exactly once, by its owner or by a
+sweep. `:usage` sums what was settled, for accounting (requests, tokens, cost micros).
 """
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -56,9 +69,11 @@ end
 RESERVE_LUA: Final = (
     _CLOCK_LUA
     + """
--- KEYS: requests, tokens (epoch second -> usage), cost (UTC day -> micros) hashes of a tenant.
+-- KEYS: requests, tokens (epoch second -> usage), cost (UTC day -> micros), inflight (id ->
+--       "requests tokens cost second day owner") hashes of a tenant.
 -- ARGV: now ('' = this server's clock), requests_per_minute, tokens_per_minute, cost_per_day,
---       requests, tokens, cost, window seconds, minute key ttl, day key margin, day seconds.
+--       requests, tokens, cost, window seconds, minute key ttl, day key margin, day seconds,
+--       reservation id and owner ('' = not recorded).
 -- Returns {1, second, day} when booked, else {0, second, day, then per exceeded limit: name,
 -- limit, used, requested, retry delay ('' = never fits)}.
 local now = clock(ARGV[1])
@@ -153,23 +168,19 @@ local day_ttl = string.format('%d', math.ceil((day + 1) * day_seconds - now) + t
 book(KEYS[1], second_field, ARGV[5], ARGV[9])
 book(KEYS[2], second_field, ARGV[6], ARGV[9])
 book(KEYS[3], day_field, ARGV[7], day_ttl)
+if ARGV[12] ~= '' then
+  redis.call('HSET', KEYS[4], ARGV[12], string.format('%s %s %s %d %d %s', ARGV[5], ARGV[6],
+             ARGV[7], second, day, ARGV[13]))
+end
 return {1, second, day}
 """
 )
 """Checks every limit of a tenant and books the estimate, atomically."""
 
-SETTLE_LUA: Final = (
-    _CLOCK_LUA
-    + """
--- KEYS: as for reserve. ARGV: now ('' = this server's clock), the reservation's second and day,
---       requests, tokens and cost deltas, window seconds, minute key ttl, day key margin,
---       day seconds.
-local now = clock(ARGV[1])
-local window, day_seconds = tonumber(ARGV[7]), tonumber(ARGV[10])
-local second = math.floor(now)
-local day = math.floor(now / day_seconds)
-
--- Adds `delta` to a bucket; a total at or below zero deletes the bucket.
+_REBOOK_LUA: Final = """
+-- Moves a reservation's booking from its estimate to the actual usage, where it is still
+-- counted, and adds the actual usage to the totals.
+-- KEYS: requests, tokens, cost, inflight, progress, usage hashes of the tenant.
 local function adjust(key, field, delta, ttl)
   if tonumber(delta) == 0 then
     return
@@ -182,18 +193,93 @@ local function adjust(key, field, delta, ttl)
   end
 end
 
-if tonumber(ARGV[2]) > second - window then
-  adjust(KEYS[1], ARGV[2], ARGV[4], ARGV[8])
-  adjust(KEYS[2], ARGV[2], ARGV[5], ARGV[8])
+local function rebook(now, booked_second, booked_day, booked, actual, window, minute_ttl,
+                      day_margin, day_seconds)
+  local second = math.floor(now)
+  local day = math.floor(now / day_seconds)
+  if booked_second > second - window then
+    local field = string.format('%d', booked_second)
+    adjust(KEYS[1], field, actual[1] - booked[1], minute_ttl)
+    adjust(KEYS[2], field, actual[2] - booked[2], minute_ttl)
+  end
+  if booked_day == day then
+    local day_ttl = string.format('%d', math.ceil((day + 1) * day_seconds - now) + day_margin)
+    adjust(KEYS[3], string.format('%d', booked_day), actual[3] - booked[3], day_ttl)
+  end
+  redis.call('HINCRBY', KEYS[6], 'requests', actual[1])
+  redis.call('HINCRBY', KEYS[6], 'tokens', actual[2])
+  redis.call('HINCRBY', KEYS[6], 'cost_micros', actual[3])
 end
-if tonumber(ARGV[3]) == day then
-  local day_ttl = string.format('%d', math.ceil((day + 1) * day_seconds - now) + tonumber(ARGV[9]))
-  adjust(KEYS[3], ARGV[3], ARGV[6], day_ttl)
+"""
+
+SETTLE_LUA: Final = (
+    _CLOCK_LUA
+    + _REBOOK_LUA
+    + """
+-- ARGV: now ('' = this server's clock), the reservation's second and day, booked requests,
+--       tokens and cost, actual requests, tokens and cost, window seconds, minute key ttl,
+--       day key margin, day seconds, the reservation's id ('' = not recorded in flight).
+-- Returns 1 when settled, 0 when a sweep settled it already.
+if ARGV[14] ~= '' then
+  if redis.call('HDEL', KEYS[4], ARGV[14]) == 0 then
+    return 0
+  end
+  redis.call('HDEL', KEYS[5], ARGV[14])
 end
+rebook(clock(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+       {tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])},
+       {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])},
+       tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]))
 return 1
 """
 )
 """Replaces a reservation's estimate with the actual usage, where it is still counted."""
+
+RECLAIM_LUA: Final = (
+    _CLOCK_LUA
+    + _REBOOK_LUA
+    + """
+-- ARGV: now ('' = this server's clock), reservation id, the owner it must still have, window
+--       seconds, minute key ttl, day key margin, day seconds.
+-- Settles an in-flight reservation of a dead owner at its last reported tokens; returns those
+-- tokens, or -1 when it is no longer in flight (its owner settled it) or changed owner.
+local record = redis.call('HGET', KEYS[4], ARGV[2])
+if not record then
+  return -1
+end
+local f = {}
+for word in string.gmatch(record, '%S+') do
+  f[#f + 1] = word
+end
+if f[6] ~= ARGV[3] then
+  return -1
+end
+local booked = {tonumber(f[1]), tonumber(f[2]), tonumber(f[3])}
+local tokens = tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0')
+local cost = 0
+if booked[2] > 0 then
+  cost = math.floor(booked[3] * math.min(tokens, booked[2]) / booked[2])
+end
+redis.call('HDEL', KEYS[4], ARGV[2])
+redis.call('HDEL', KEYS[5], ARGV[2])
+rebook(clock(ARGV[1]), tonumber(f[4]), tonumber(f[5]), booked, {booked[1], tokens, cost},
+       tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))
+redis.call('HINCRBY', KEYS[6], 'reclaimed_requests', booked[1])
+redis.call('HINCRBY', KEYS[6], 'reclaimed_tokens', tokens)
+return tokens
+"""
+)
+"""Settles a dead replica's reservation at its last reported usage."""
+
+PROGRESS_LUA: Final = """
+-- KEYS: inflight, progress hashes of a tenant. ARGV: reservation id, tokens so far.
+-- Records progress only while the reservation is in flight (never after its settlement).
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+return 1
+"""
+"""Reports how many tokens an in-flight reservation has used."""
 
 
 class RedisQuotaLimiter:
@@ -202,6 +288,8 @@ class RedisQuotaLimiter:
 
     `clock` (epoch seconds) replaces the Redis server's clock; `timeout` bounds each Redis
     call (connecting included), so a hung Redis fails requests instead of stalling them.
+    `lease_seconds`, `report_seconds` and `sweep_seconds` time the settlement of dead
+    replicas' reservations (see the module docstring); they take effect once `start()` ran.
     """
 
     def __init__(
@@ -211,6 +299,9 @@ class RedisQuotaLimiter:
         clock: Callable[[], float] | None = None,
         *,
         timeout: float = 1.0,
+        lease_seconds: float = 10.0,
+        report_seconds: float = 0.1,
+        sweep_seconds: float = 5.0,
     ) -> None:
         self._redis: Redis = Redis.from_url(
             redis_url,
@@ -223,21 +314,90 @@ class RedisQuotaLimiter:
         self._where = _redacted(redis_url)
         self._reserve = self._redis.register_script(RESERVE_LUA)
         self._settle = self._redis.register_script(SETTLE_LUA)
+        self._reclaim = self._redis.register_script(RECLAIM_LUA)
+        self._progress_script = self._redis.register_script(PROGRESS_LUA)
+        self.owner = uuid.uuid4().hex
+        """This limiter's id, the owner of its in-flight reservations."""
+        self._lease_seconds = lease_seconds
+        self._report_seconds = report_seconds
+        self._sweep_seconds = sweep_seconds
+        self._tasks: list[asyncio.Task[None]] = []
+        self._known_tenants: set[str] = set()
+        self._progress: dict[str, tuple[str, int]] = {}
+        """Reservation id -> (tenant, tokens so far) not reported yet."""
+        self.swept = 0
+        """Reservations of dead replicas this limiter settled."""
+
+    async def start(self) -> None:
+        """Keeps this limiter's reservations owned, reports their progress, and sweeps for
+        dead replicas' reservations, in the background (idempotent)."""
+        if self._tasks:
+            return
+        await self._heartbeat_once()
+        self._tasks = [
+            asyncio.create_task(self._every(self._lease_seconds / 4, self._heartbeat_once)),
+            asyncio.create_task(self._every(self._report_seconds, self._report_progress)),
+            asyncio.create_task(self._every(self._sweep_seconds, self.sweep)),
+        ]
 
     async def aclose(self) -> None:
-        """Closes the connections to Redis."""
+        """Stops the background work, gives up the owner key (every reservation of a
+        draining gateway is settled by then), and closes the connections to Redis."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if tasks:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.delete(self._owner_key(self.owner))
         await self._redis.aclose()
 
     def keys(self, tenant_id: str) -> list[str]:
         """The Redis keys of a tenant's requests, tokens and cost."""
+        return self._tenant_keys(tenant_id)[:3]
+
+    def _tenant_keys(self, tenant_id: str) -> list[str]:
         base = f"{self._prefix}{{{tenant_id}}}"
-        return [f"{base}:requests", f"{base}:tokens", f"{base}:cost"]
+        return [
+            f"{base}:{name}"
+            for name in ("requests", "tokens", "cost", "inflight", "progress", "usage")
+        ]
+
+    async def usage(self, tenant_id: str) -> Usage:
+        """What was settled for the tenant so far, by every replica (totals since the
+        usage key was created)."""
+        totals = await self._call(self._redis.hgetall(self._tenant_keys(tenant_id)[5]))
+        return Usage(
+            requests=int(totals.get("requests", 0)),
+            tokens=int(totals.get("tokens", 0)),
+            cost_micros=int(totals.get("cost_micros", 0)),
+        )
+
+    async def reclaimed(self, tenant_id: str) -> Usage:
+        """The part of `usage` that sweeps settled for replicas that died (requests and
+        their last reported tokens)."""
+        totals = await self._call(self._redis.hgetall(self._tenant_keys(tenant_id)[5]))
+        return Usage(
+            requests=int(totals.get("reclaimed_requests", 0)),
+            tokens=int(totals.get("reclaimed_tokens", 0)),
+        )
+
+    async def in_flight(self, tenant_id: str) -> int:
+        """How many of the tenant's reservations no one has settled yet."""
+        count: int = await self._call(self._redis.hlen(self._tenant_keys(tenant_id)[3]))
+        return count
 
     async def reserve(self, tenant_id: str, quota: TenantQuota, usage: Usage) -> Reservation:
         """See `QuotaLimiter.reserve`; `Unavailable` when Redis does not answer."""
+        if tenant_id not in self._known_tenants:  # where sweeps look for reservations
+            await self._call(self._redis.sadd(self._tenants_key, tenant_id))
+            self._known_tenants.add(tenant_id)
+        reservation_id = uuid.uuid4().hex
         reply = await self._run(
             self._reserve,
-            self.keys(tenant_id),
+            self._tenant_keys(tenant_id)[:4],
             [
                 self._now(),
                 quota.requests_per_minute,
@@ -250,55 +410,162 @@ class RedisQuotaLimiter:
                 MINUTE_KEY_TTL,
                 DAY_KEY_MARGIN,
                 DAY_SECONDS,
+                reservation_id,
+                self.owner,
             ],
         )
         admitted, second, day, *details = reply
         if not admitted:
             raise quota_exceeded(tenant_id, _excesses(details))
-        return Reservation(tenant_id, usage, int(second), int(day))
+        return Reservation(tenant_id, usage, int(second), int(day), id=reservation_id)
+
+    def progress(self, reservation: Reservation, tokens: int) -> None:
+        """See `QuotaLimiter.progress`: reported within `report_seconds`."""
+        if reservation.id and not reservation.settled:
+            self._progress[reservation.id] = (reservation.tenant_id, tokens)
 
     async def settle(self, reservation: Reservation, actual: Usage) -> None:
         """See `QuotaLimiter.settle`; `Unavailable` when Redis does not answer (the
-        reservation then stays unsettled, and settling may be tried again)."""
+        reservation then stays unsettled, and settling may be tried again). A reservation that
+        a sweep settled already (its owner looked dead) is left as the sweep settled it."""
         if reservation.settled:
             return
         reservation.settled = True
+        self._progress.pop(reservation.id, None)
         booked = reservation.usage
         try:
             await self._run(
                 self._settle,
-                self.keys(reservation.tenant_id),
+                self._tenant_keys(reservation.tenant_id),
                 [
                     self._now(),
                     reservation.second,
                     reservation.day,
-                    actual.requests - booked.requests,
-                    actual.tokens - booked.tokens,
-                    actual.cost_micros - booked.cost_micros,
+                    booked.requests,
+                    booked.tokens,
+                    booked.cost_micros,
+                    actual.requests,
+                    actual.tokens,
+                    actual.cost_micros,
                     WINDOW_SECONDS,
                     MINUTE_KEY_TTL,
                     DAY_KEY_MARGIN,
                     DAY_SECONDS,
+                    reservation.id,
                 ],
             )
         except Unavailable:
             reservation.settled = False
             raise
 
+    async def sweep(self) -> int:
+        """Settles every in-flight reservation whose owner's lease has expired (see the module
+        docstring); returns how many."""
+        tenants = await self._call(self._redis.smembers(self._tenants_key))
+        settled = 0
+        for tenant_id in sorted(tenants):
+            keys = self._tenant_keys(tenant_id)
+            records: dict[str, str] = await self._call(self._redis.hgetall(keys[3]))
+            owners = {record.split()[-1] for record in records.values()} - {self.owner}
+            if not owners:
+                continue
+            ordered = sorted(owners)
+            alive = await self._call(
+                self._redis.mget([self._owner_key(owner) for owner in ordered])
+            )
+            dead = {owner for owner, key in zip(ordered, alive, strict=True) if key is None}
+            for reservation_id, record in records.items():
+                owner = record.split()[-1]
+                if owner not in dead:
+                    continue
+                tokens = await self._run(
+                    self._reclaim,
+                    keys,
+                    [
+                        self._now(),
+                        reservation_id,
+                        owner,
+                        WINDOW_SECONDS,
+                        MINUTE_KEY_TTL,
+                        DAY_KEY_MARGIN,
+                        DAY_SECONDS,
+                    ],
+                )
+                if int(tokens) >= 0:
+                    settled += 1
+                    _logger.warning(
+                        "settled reservation %s of tenant %s at %s tokens: its gateway "
+                        "replica %s stopped without settling it",
+                        reservation_id,
+                        tenant_id,
+                        tokens,
+                        owner,
+                    )
+        self.swept += settled
+        return settled
+
+    @property
+    def _tenants_key(self) -> str:
+        return f"{self._prefix}tenants"
+
+    def _owner_key(self, owner: str) -> str:
+        return f"{self._prefix}owner:{owner}"
+
+    async def _heartbeat_once(self) -> None:
+        await self._call(
+            self._redis.set(
+                self._owner_key(self.owner), "1", px=max(1, round(self._lease_seconds * 1000))
+            )
+        )
+
+    async def _report_progress(self) -> None:
+        reports, self._progress = self._progress, {}
+        if not reports:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for reservation_id, (tenant_id, tokens) in reports.items():
+                keys = self._tenant_keys(tenant_id)
+                await self._progress_script(
+                    keys=[keys[3], keys[4]], args=[reservation_id, tokens], client=pipe
+                )
+            await self._call(pipe.execute())
+
+    async def _every(self, seconds: float, work: Callable[[], Awaitable[Any]]) -> None:
+        """Runs `work` every `seconds` until cancelled; a failure is logged, not fatal."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await work()
+            except Unavailable:
+                pass  # logged by `_call`/`_run`; tried again next time
+            except Exception:
+                _logger.exception("quota background work failed")
+
     def _now(self) -> str:
         return "" if self._clock is None else f"{self._clock():.6f}"
+
+    async def _call(self, awaitable: Any) -> Any:
+        """Awaits a Redis command (redis-py types the asyncio client's replies as "awaitable
+        or not"), its failures as `Unavailable`."""
+        try:
+            return await awaitable
+        except (RedisError, OSError) as error:
+            raise self._unavailable(error) from error
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
         try:
             return await script(keys=keys, args=args)
         except (RedisError, OSError) as error:
-            _logger.warning("quota store at %s failed: %r", self._where, error)
-            raise Unavailable(
-                "tenant quotas cannot be checked: their Redis store failed "
-                f"({type(error).__name__}); retry later",
-                reason=reasons.SERVICE_UNAVAILABLE,
-                retry_after=RETRY_AFTER_UNAVAILABLE,
-            ) from error
+            raise self._unavailable(error) from error
+
+    def _unavailable(self, error: BaseException) -> Unavailable:
+        _logger.warning("quota store at %s failed: %r", self._where, error)
+        return Unavailable(
+            "tenant quotas cannot be checked: their Redis store failed "
+            f"({type(error).__name__}); retry later",
+            reason=reasons.SERVICE_UNAVAILABLE,
+            retry_after=RETRY_AFTER_UNAVAILABLE,
+        )
 
 
 def _excesses(details: Sequence[Any]) -> list[LimitExcess]:

@@ -4,6 +4,10 @@ Keys are stored with the SHA-256 of their secret, never the secret. Key lists ar
 and paged by keyset (creation time, then id), so keys created while a client pages through the
 list neither repeat nor shift a page. Schema changes are the numbered `MIGRATIONS`, recorded in
 `gateway_tenant_migrations`.
+
+Revocations and quota changes also append to the tenant feed (`gateway_tenant_events`, a
+`services.common.feeds` feed) in the same transaction, and notify `TENANT_EVENTS_CHANNEL` on
+PostgreSQL: every replica follows it to drop the keys and limits it cached.
 """
 
 import base64
@@ -15,16 +19,19 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common import reasons
 from services.common.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from services.common.feeds import lock_feed, notify
 from services.common.sql import Migration, SqlStore, create_engine, now_us, time_from_us
 from services.common.wire import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from services.gateway.core.tenants import (
     UNLIMITED,
     ApiKey,
     Tenant,
+    TenantEvent,
+    TenantEventKind,
     TenantQuota,
     check_new_api_key,
     check_new_tenant,
@@ -60,11 +67,32 @@ api_keys = sa.Table(
 )
 
 
+tenant_events = sa.Table(
+    "gateway_tenant_events",
+    metadata,
+    sa.Column("sequence", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("tenant_id", sa.String(64), nullable=False),
+    sa.Column("key_id", sa.String(16), nullable=False),
+    sa.Column("event_time_us", sa.BigInteger, nullable=False),
+)
+
+TENANT_EVENTS_CHANNEL: Final = "genai_tenant_events"
+"""The PostgreSQL NOTIFY channel of the tenant feed; the payload is the store's schema."""
+
+
 def _initial_schema(connection: SyncConnection) -> None:
-    metadata.create_all(connection)
+    metadata.create_all(connection, tables=[tenants, api_keys])
 
 
-MIGRATIONS: Final[Sequence[Migration]] = (Migration(1, "tenants and api keys", _initial_schema),)
+def _tenant_events(connection: SyncConnection) -> None:
+    tenant_events.create(connection)
+
+
+MIGRATIONS: Final[Sequence[Migration]] = (
+    Migration(1, "tenants and api keys", _initial_schema),
+    Migration(2, "tenant events", _tenant_events),
+)
 """Every migration, in order. Append; never edit one that has shipped."""
 
 _KEY_ID_ATTEMPTS: Final = 3
@@ -78,10 +106,20 @@ class SqlTenantStore(SqlStore):
     MIGRATIONS = MIGRATIONS
     MIGRATIONS_TABLE = "gateway_tenant_migrations"
 
+    def __init__(self, engine: AsyncEngine, *, schema: str | None = None) -> None:
+        super().__init__(engine)
+        self.schema = schema or "public"
+        """The PostgreSQL schema of the tables (the payload of this store's notifications)."""
+
     @classmethod
     def from_url(cls, url: str, *, schema: str | None = None) -> "SqlTenantStore":
         """A store on a new engine for `url` (see `services.common.sql.create_engine`)."""
-        return cls(create_engine(url, schema=schema))
+        return cls(create_engine(url, schema=schema), schema=schema)
+
+    @property
+    def postgres(self) -> bool:
+        """True on PostgreSQL (whose tenant events are pushed by NOTIFY)."""
+        return self._postgres
 
     # ------------------------------------------------------------------------------ tenants
 
@@ -127,6 +165,7 @@ class SqlTenantStore(SqlStore):
             )
             if result.rowcount == 0:
                 raise _no_tenant(tenant_id)
+            await self._append_event(conn, TenantEventKind.QUOTA_CHANGED, tenant_id)
             return _tenant(await self._tenant_row(conn, tenant_id))
 
     # ------------------------------------------------------------------------------ api keys
@@ -193,12 +232,16 @@ class SqlTenantStore(SqlStore):
                 api_keys.c.id == key_id,
                 sa.true() if tenant_id is None else api_keys.c.tenant_id == tenant_id,
             )
-            await conn.execute(
+            revoked = await conn.execute(
                 api_keys.update()
                 .where(where, api_keys.c.revoke_time_us.is_(None))
                 .values(revoke_time_us=now_us())
             )
             row = (await conn.execute(sa.select(api_keys).where(where))).mappings().first()
+            if row is not None and revoked.rowcount:
+                await self._append_event(
+                    conn, TenantEventKind.API_KEY_REVOKED, row["tenant_id"], key_id
+                )
         if row is None:
             raise NotFound(
                 f"no API key with id {key_id!r}",
@@ -216,6 +259,47 @@ class SqlTenantStore(SqlStore):
                 .first()
             )
         return None if row is None else (_api_key(row), str(row["secret_hash"]))
+
+    # ------------------------------------------------------------------------------ feed
+
+    async def last_tenant_event(self) -> int:
+        """The sequence of the newest tenant event (0 when there is none)."""
+        async with self._read() as conn:
+            last = await conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(tenant_events.c.sequence), 0))
+            )
+            return int(last.scalar_one())
+
+    async def tenant_events_after(self, sequence: int, limit: int = 500) -> list[TenantEvent]:
+        """The tenant events after `sequence`, oldest first, at most `limit`."""
+        query = (
+            sa.select(tenant_events)
+            .where(tenant_events.c.sequence > sequence)
+            .order_by(tenant_events.c.sequence)
+            .limit(limit)
+        )
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [
+            TenantEvent(
+                sequence=int(row["sequence"]),
+                kind=TenantEventKind(row["kind"]),
+                tenant_id=row["tenant_id"],
+                key_id=row["key_id"],
+            )
+            for row in rows
+        ]
+
+    async def _append_event(
+        self, conn: AsyncConnection, kind: TenantEventKind, tenant_id: str, key_id: str = ""
+    ) -> None:
+        await lock_feed(conn, tenant_events.name)  # sequence order = commit order
+        await conn.execute(
+            tenant_events.insert().values(
+                kind=kind.value, tenant_id=tenant_id, key_id=key_id, event_time_us=now_us()
+            )
+        )
+        await notify(conn, TENANT_EVENTS_CHANNEL, self.schema)
 
     # ------------------------------------------------------------------------------ helpers
 

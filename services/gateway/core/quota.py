@@ -54,7 +54,8 @@ class Reservation:
     """A booked estimate, to settle once with `QuotaLimiter.settle`.
 
     Opaque to callers: `second` (epoch second of the minute buckets) and `day` (UTC days since
-    the epoch) say where the estimate was booked.
+    the epoch) say where the estimate was booked; `id` names it in a shared store, which
+    settles it for a replica that died before settling (see `QuotaLimiter.progress`).
     """
 
     tenant_id: str
@@ -63,10 +64,31 @@ class Reservation:
     day: int
     settled: bool = field(default=False, compare=False)
     """Set by `settle`; settling again changes nothing."""
+    id: str = ""
+    """The reservation's name in a shared store ("" in memory)."""
 
 
 class QuotaLimiter(Protocol):
-    """Admits requests within their tenant's quota."""
+    """Admits requests within their tenant's quota.
+
+    Usage is settled by the process that reserved it. A shared store also settles the
+    reservations of a process that died without settling them, at the usage that process last
+    reported with `progress`: `start` and `aclose` run what that needs (heartbeats, reports,
+    the sweep); a limiter of one process needs nothing of the kind.
+    """
+
+    async def start(self) -> None:
+        """Starts the limiter's background work (idempotent)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stops it (reservations should be settled first)."""
+        ...
+
+    def progress(self, reservation: Reservation, tokens: int) -> None:
+        """Notes that `tokens` (input plus output) of `reservation` have been used so far;
+        never blocks or fails (a shared store is told in the background)."""
+        ...
 
     async def reserve(self, tenant_id: str, quota: TenantQuota, usage: Usage) -> Reservation:
         """Books `usage` if it fits every limit of `quota`, atomically; otherwise raises
@@ -189,6 +211,15 @@ class InMemoryQuotaLimiter:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._books: dict[str, _Books] = {}
+
+    async def start(self) -> None:
+        """Nothing to start: reservations die with the process that made them."""
+
+    async def aclose(self) -> None:
+        """Nothing to stop."""
+
+    def progress(self, reservation: Reservation, tokens: int) -> None:
+        """Nothing to note: a process that dies takes its books with it."""
 
     async def reserve(self, tenant_id: str, quota: TenantQuota, usage: Usage) -> Reservation:
         """See `QuotaLimiter.reserve`."""

@@ -5,7 +5,11 @@ A request's record is handed to a `RequestLogSink` when the request ends; `submi
 or awaits, so logging cannot slow a request down or stall the event loop. `BatchWriter` is the
 sink: a bounded queue (`capacity` records) drained by one background task, which writes up to
 `max_batch` records at a time, after at most `max_delay_seconds`, with the store's
-`insert_many`. A failed write keeps its batch and is retried with capped exponential backoff
+`insert_many`. `submit_confirmed` queues a record the same way and returns a future that
+resolves once it is stored: the gateway waits for it before it sends a completion's `final`, so
+a request whose caller saw it succeed is in the log even if the process dies a moment later.
+Such a record does not wait for its batch to fill: the writer takes everything queued as soon
+as it is free (group commit), so under load one write confirms many records. A failed write keeps its batch and is retried with capped exponential backoff
 (with jitter) until it succeeds; meanwhile new records queue up to `capacity`, and past it they
 are dropped and counted, never waited for. Stores skip records whose (tenant, request id) they
 hold already, so a retried batch that had in fact been committed writes nothing twice.
@@ -162,6 +166,11 @@ class RequestLogSink(Protocol):
         """Takes `record` for writing without blocking; False when it was dropped."""
         ...
 
+    def submit_confirmed(self, record: RequestLogRecord) -> "asyncio.Future[bool]":
+        """Takes `record` for writing at once; the future is True once it is stored, False
+        (already) when it was dropped or (at close) abandoned."""
+        ...
+
     # A grace period, not a deadline around the call: what is left at its end is counted.
     async def aclose(self, timeout: float = 10.0) -> RequestLogTotals:  # noqa: ASYNC109
         """Stops taking records and writes what was taken, for at most `timeout` seconds."""
@@ -260,6 +269,8 @@ class BatchWriter:
             registry if registry is not None else CollectorRegistry(auto_describe=True)
         )
         self._queue: deque[RequestLogRecord] = deque()
+        self._confirmations: dict[int, asyncio.Future[bool]] = {}
+        """`id(record)` -> the future of each queued or batched record someone waits for."""
         self._wakeup = asyncio.Event()
         """Set when the collector may have something to do: a first record, a full batch, or
         closing."""
@@ -317,6 +328,19 @@ class BatchWriter:
             self._wakeup.set()
         return True
 
+    def submit_confirmed(self, record: RequestLogRecord) -> "asyncio.Future[bool]":
+        """Queues `record` like `submit`, to be written without waiting for its batch to fill;
+        the future resolves True once it is stored (False at once when it was dropped, and
+        at `aclose` when it was abandoned). A failing store keeps it pending while the write
+        is retried: wait for it with a timeout."""
+        confirmed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if not self.submit(record):
+            confirmed.set_result(False)
+            return confirmed
+        self._confirmations[id(record)] = confirmed
+        self._wakeup.set()
+        return confirmed
+
     async def aclose(self, timeout: float = 10.0) -> RequestLogTotals:  # noqa: ASYNC109
         """Stops taking records, writes every record taken, and returns the totals. Records
         still unwritten after `timeout` seconds are abandoned and counted as failed (a write
@@ -333,6 +357,10 @@ class BatchWriter:
             task.cancel()
             await asyncio.wait({task})
         lost = len(self._batch) + len(self._queue)  # none unless cut short (or crashed)
+        for waiting in self._confirmations.values():
+            if not waiting.done():
+                waiting.set_result(False)
+        self._confirmations.clear()
         if lost:
             self._batch = ()
             self._queue.clear()
@@ -360,7 +388,7 @@ class BatchWriter:
             self._wakeup.clear()
             await self._wakeup.wait()
         deadline = self._head_since + self._max_delay
-        while len(self._queue) < self._max_batch and not self._closing:
+        while len(self._queue) < self._max_batch and not self._closing and not self._confirmations:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -408,6 +436,11 @@ class BatchWriter:
         self._batch = ()
         self._written += len(batch)
         self._metrics.written.inc(len(batch))
+        if self._confirmations:
+            for record in batch:
+                waiting = self._confirmations.pop(id(record), None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(True)
 
 
 def _log_unexpected_end(task: "asyncio.Task[None]") -> None:

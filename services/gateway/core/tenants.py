@@ -7,6 +7,7 @@ in constant time; the id in the secret finds the stored key with one indexed rea
 """
 
 import base64
+import enum
 import hashlib
 import hmac
 import re
@@ -83,6 +84,25 @@ class ApiKey:
         return self.revoke_time is not None
 
 
+class TenantEventKind(enum.Enum):
+    """What changed about a tenant (what other replicas' caches must drop)."""
+
+    API_KEY_REVOKED = "api_key_revoked"
+    QUOTA_CHANGED = "quota_changed"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantEvent:
+    """One committed change of the tenant feed, which every replica follows to drop what it
+    cached: verified API keys (revocations) and tenants' limits (quota changes)."""
+
+    sequence: int
+    kind: TenantEventKind
+    tenant_id: str
+    key_id: str = ""
+    """The revoked key (API_KEY_REVOKED)."""
+
+
 class TenantStore(Protocol):
     """Where tenants and keys live (`services.gateway.adapters.tenant_store.SqlTenantStore`)."""
 
@@ -99,6 +119,8 @@ class TenantStore(Protocol):
     ) -> tuple[list[ApiKey], str]: ...
     async def revoke_api_key(self, key_id: str, *, tenant_id: str | None = None) -> ApiKey: ...
     async def find_api_key(self, key_id: str) -> tuple[ApiKey, str] | None: ...
+    async def last_tenant_event(self) -> int: ...
+    async def tenant_events_after(self, sequence: int, limit: int = 500) -> list[TenantEvent]: ...
 
 
 # ------------------------------------------------------------------------------------- rules

@@ -2,12 +2,15 @@
 isolation, idempotent example import and run creation, the run lifecycle with progress derived
 from stored results, reports with their comparison, the gate query and quality alerts."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from services.common import reasons
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -64,7 +67,7 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
 @pytest.fixture
 async def store(db: Database) -> AsyncIterator[SqlEvaluationStore]:
     store = SqlEvaluationStore.from_url(db.url, schema=db.schema)
-    assert await store.migrate() == [1]
+    assert await store.migrate() == [1, 2]
     assert await store.migrate() == []
     try:
         yield store
@@ -515,3 +518,75 @@ async def test_alerts_list_newest_first_with_filters(store: SqlEvaluationStore) 
     theirs, _ = await store.list_alerts(OTHER)
     assert len(theirs) == 1
     assert theirs[0].id not in seen
+
+
+# ---------------------------------------------------------------------------------- leases
+
+
+async def test_runs_of_a_replica_that_stopped_renewing_them_are_failed_by_the_others(
+    store: SqlEvaluationStore,
+) -> None:
+    await golden(store)
+    await store.add_examples(TENANT, "golden", EXAMPLES)
+    alive, _ = await store.create_run(TENANT, SPEC, owner="alive")
+    orphan, _ = await store.create_run(TENANT, SPEC, owner="dead")
+    await store.start_run(TENANT, orphan.id, resolved_prompt_version=2, total=6)
+    finished = await finished_run(store, {"e": 1.0})
+    await asyncio.sleep(0.3)
+    assert await store.heartbeat("alive") == 1  # its queued run: renewed
+    assert await store.fail_orphaned_runs(silent_us=200_000) == [(TENANT, orphan.id)]
+    failed = await store.get_run(TENANT, orphan.id)
+    assert failed.state is RunState.FAILED
+    assert "replica executing the run stopped" in failed.error
+    assert (await store.get_run(TENANT, alive.id)).state is RunState.QUEUED
+    assert (await store.get_run(TENANT, finished.run_id)).state is RunState.SUCCEEDED
+    assert await store.fail_orphaned_runs(silent_us=200_000) == []
+
+
+async def test_a_database_from_before_run_leases_gains_them(db: Database) -> None:
+    old = SqlEvaluationStore.from_url(db.url, schema=db.schema)
+    old.MIGRATIONS = old.MIGRATIONS[:1]
+    try:
+        assert await old.migrate() == [1]
+        async with old._engine.begin() as conn:  # the runs table as migration 1 shipped it
+            for column in ("owner", "heartbeat_us"):
+                await conn.execute(sa.text(f"ALTER TABLE evaluation_runs DROP COLUMN {column}"))
+    finally:
+        await old.close()
+    store = SqlEvaluationStore.from_url(db.url, schema=db.schema)
+    try:
+        assert await store.migrate() == [2]
+        await golden(store)
+        await store.add_examples(TENANT, "golden", EXAMPLES)
+        run, _ = await store.create_run(TENANT, SPEC, owner="me")
+        assert await store.heartbeat("me") == 1
+        assert run.state is RunState.QUEUED
+    finally:
+        await store.close()
+
+
+async def test_a_running_replica_fails_a_dead_replicas_run_within_its_lease(
+    store: SqlEvaluationStore,
+) -> None:
+    from services.evaluation.runs import EvaluationRunner
+
+    await golden(store)
+    await store.add_examples(TENANT, "golden", EXAMPLES)
+    orphan, _ = await store.create_run(TENANT, SPEC, owner="a-replica-that-was-killed")
+    await store.start_run(TENANT, orphan.id, resolved_prompt_version=2, total=6)
+
+    def unreachable() -> Any:
+        raise AssertionError("no generation is needed")
+
+    runner = EvaluationRunner(
+        store, gateway=unreachable, inference=unreachable, prompts=None, lease_seconds=0.3
+    )
+    runner.start_keeping()
+    try:
+        for _ in range(100):
+            if (await store.get_run(TENANT, orphan.id)).state is RunState.FAILED:
+                break
+            await asyncio.sleep(0.02)
+        assert (await store.get_run(TENANT, orphan.id)).state is RunState.FAILED
+    finally:
+        await runner.close()

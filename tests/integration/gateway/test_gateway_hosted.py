@@ -315,8 +315,14 @@ async def test_the_request_log_is_flushed_at_shutdown_and_read_by_genai_logs(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     good, bad = servers
-    # A long batch delay: only the shutdown flush can write these records in time.
-    settings = _settings(good, bad, tmp_path, request_log={"max_delay_seconds": 60})
+    # A long batch delay, finals not waiting for their records: only the shutdown flush can
+    # write these records in time.
+    settings = _settings(
+        good,
+        bad,
+        tmp_path,
+        request_log={"max_delay_seconds": 60, "confirm_before_final": False},
+    )
     started = await _start(settings, tmp_path)
     try:
         finals = await asyncio.gather(
@@ -345,6 +351,28 @@ async def test_the_request_log_is_flushed_at_shutdown_and_read_by_genai_logs(
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
     assert status == 0
     assert {line["requestId"] for line in lines} == ids
+
+
+async def test_every_request_whose_final_arrived_is_already_in_the_request_log(
+    servers: tuple[OpenAICompatibleServer, Any], tmp_path: Path
+) -> None:
+    good, bad = servers
+    # Batches would wait a minute: a final waits for its own record, group-committed.
+    settings = _settings(good, bad, tmp_path, request_log={"max_delay_seconds": 60})
+    started = await _start(settings, tmp_path)
+    store = SqlRequestLogStore.from_url(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
+    try:
+        finals = await asyncio.gather(
+            *(_stream(started.stub, _request("contact")) for _ in range(12))
+        )
+        ids = {messages[-1].final.request_id for messages in finals}
+        page = await store.list(RequestLogQuery(tenant_id="default", page_size=100))
+        assert {record.request_id for record in page.entries} == ids  # no waiting, no shutdown
+        assert all(record.status == "OK" for record in page.entries)
+    finally:
+        await store.close()
+        await started.channel.close(None)
+        await started.platform.stop(grace=1)
 
 
 async def test_two_gateway_replicas_share_quotas_through_redis(

@@ -5,7 +5,8 @@ negative, a flushed script cache is reloaded, and a Redis that does not answer i
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import cast
 
 import pytest
 
@@ -99,9 +100,14 @@ async def test_keys_expire_after_their_window(
     limiter: RedisQuotaLimiter, namespace: RedisNamespace
 ) -> None:
     quota = TenantQuota(requests_per_minute=10, tokens_per_minute=1000, cost_per_day_micros=10)
-    await limiter.reserve(TENANT, quota, Usage(1, 100, 5))
+    reservation = await limiter.reserve(TENANT, quota, Usage(1, 100, 5))
     requests, tokens, cost = limiter.keys(TENANT)
-    assert await namespace.keys() == sorted([requests, tokens, cost])
+    inflight = f"{namespace.prefix}{{acme}}:inflight"
+    tenants = f"{namespace.prefix}tenants"
+    assert await namespace.keys() == sorted([requests, tokens, cost, inflight, tenants])
+    assert await cast("Awaitable[list[str]]", namespace.client.hkeys(inflight)) == [
+        reservation.id  # until settled
+    ]
     assert requests.startswith(namespace.prefix)
     assert "{acme}" in requests
     for key in (requests, tokens):
@@ -117,7 +123,11 @@ async def test_lost_keys_never_make_totals_negative(
     reservation = await limiter.reserve(TENANT, quota, Usage(1, 500, 500))
     await namespace.client.delete(*limiter.keys(TENANT))  # e.g. a Redis restart without data
     await limiter.settle(reservation, Usage(1, 100, 100))
-    assert await namespace.keys() == []
+    assert await namespace.keys() == [
+        f"{namespace.prefix}tenants",
+        f"{namespace.prefix}{{acme}}:usage",  # the settled totals
+    ]
+    assert await limiter.usage(TENANT) == Usage(1, 100, 100)
     clock.now += 1
     await limiter.reserve(TENANT, quota, Usage(1, 1000, 1000))  # the whole limit fits
     with pytest.raises(ResourceExhausted):
@@ -168,3 +178,70 @@ async def test_an_unreachable_redis_is_unavailable_never_a_crash() -> None:
         assert not reservation.settled  # may be settled again once Redis is back
     finally:
         await limiter.aclose()
+
+
+async def _killed(limiter: RedisQuotaLimiter) -> None:
+    """Stops a limiter as a SIGKILL would: no more heartbeats or reports, nothing released."""
+    for task in limiter._tasks:
+        task.cancel()
+    await asyncio.gather(*limiter._tasks, return_exceptions=True)
+    limiter._tasks = []
+    await limiter._redis.aclose()
+
+
+async def test_a_dead_replicas_reservation_is_settled_once_at_its_last_report(
+    namespace: RedisNamespace,
+) -> None:
+    def replica() -> RedisQuotaLimiter:
+        return RedisQuotaLimiter(
+            namespace.url,
+            key_prefix=namespace.prefix,
+            lease_seconds=0.3,
+            report_seconds=0.02,
+            sweep_seconds=3600,  # swept by hand below
+        )
+
+    survivor, doomed = replica(), replica()
+    await survivor.start()
+    await doomed.start()
+    quota = TenantQuota(tokens_per_minute=10_000, cost_per_day_micros=1_000_000)
+    try:
+        live = await survivor.reserve(TENANT, quota, Usage(1, 500, 1000))
+        cut = await doomed.reserve(TENANT, quota, Usage(1, 500, 1000))
+        doomed.progress(cut, 30)
+        doomed.progress(cut, 37)  # the last report before the kill
+        survivor.progress(live, 12)
+        await asyncio.sleep(0.1)  # both reports are made
+        assert await survivor.sweep() == 0  # every owner is alive
+        await _killed(doomed)
+        await asyncio.sleep(0.4)  # the doomed replica's lease expires
+        assert await survivor.sweep() == 1
+        assert await survivor.sweep() == 0  # once
+        assert await survivor.in_flight(TENANT) == 1  # the survivor's own request goes on
+        assert await survivor.usage(TENANT) == Usage(1, 37, 74)  # cost in proportion
+        assert await survivor.reclaimed(TENANT) == Usage(1, 37)
+        await survivor.settle(live, Usage(1, 200, 400))
+        assert await survivor.usage(TENANT) == Usage(2, 237, 474)
+        assert await survivor.in_flight(TENANT) == 0
+        requests, tokens, cost = survivor.keys(TENANT)
+        assert await namespace.total(tokens) == 237  # the window holds what was used
+        assert await namespace.total(requests) == 2
+        assert await namespace.total(cost) == 474
+    finally:
+        await survivor.aclose()
+
+
+async def test_an_owner_settling_after_a_sweep_changes_nothing(namespace: RedisNamespace) -> None:
+    limiter = RedisQuotaLimiter(namespace.url, key_prefix=namespace.prefix, lease_seconds=0.2)
+    sweeper = RedisQuotaLimiter(namespace.url, key_prefix=namespace.prefix)
+    try:
+        reservation = await limiter.reserve(TENANT, TenantQuota(), Usage(1, 100, 0))
+        # Never started: no heartbeat, as if its lease had expired during a long pause.
+        assert await sweeper.sweep() == 1
+        await limiter.settle(reservation, Usage(1, 60, 0))  # too late: swept at 0 tokens
+        limiter.progress(reservation, 80)  # a late report does not bring it back
+        assert await sweeper.usage(TENANT) == Usage(1, 0, 0)
+        assert await sweeper.in_flight(TENANT) == 0
+    finally:
+        await limiter.aclose()
+        await sweeper.aclose()

@@ -48,7 +48,7 @@ async def test_migrations_apply_once_even_when_replicas_start_together(db: Datab
     stores = [SqlTenantStore.from_url(db.url, schema=db.schema) for _ in range(3)]
     try:
         applied = await asyncio.gather(*(s.migrate() for s in stores))
-        assert sorted(applied) == [[], [], [1]]
+        assert sorted(applied) == [[], [], [1, 2]]
         assert await stores[0].migrate() == []
     finally:
         for s in stores:
@@ -230,6 +230,29 @@ async def test_concurrent_key_creation_from_several_replicas(db: Database) -> No
         listed = await all_keys(stores[1], "acme", 7)
         assert sorted(k.id for k in listed) == sorted(k.id for k, _ in created)
         assert len({secret for _, secret in created}) == 30
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_replicas_starting_together_both_get_a_development_key(
+    db: Database, tmp_path: Path
+) -> None:
+    from services.platform.bootstrap import ensure_dev_credentials
+
+    stores = [SqlTenantStore.from_url(db.url, schema=db.schema) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.migrate() for s in stores))
+        made = await asyncio.gather(
+            *(ensure_dev_credentials(s, tmp_path / f"key-{i}") for i, s in enumerate(stores))
+        )
+        assert {m.tenant_id for m in made} == {"default"}
+        for store, credentials in zip(stores, made, strict=True):
+            key_id = parse_secret(credentials.secret)
+            assert key_id is not None
+            found = await store.find_api_key(key_id)
+            assert found is not None
+            assert found[0].admin
     finally:
         for s in stores:
             await s.close()

@@ -266,3 +266,48 @@ def test_records_and_queries_refuse_what_cannot_be_stored_or_asked() -> None:
         RequestLogQuery(tenant_id="acme", page_size=0, start_time=datetime(2025, 1, 1))
     assert [v.field for v in raised.value.violations] == ["page_size", "start_time"]
     assert RequestLogQuery(tenant_id="acme", page_size=1000).page_size == 1000
+
+
+async def test_a_confirmed_record_is_written_at_once_and_its_future_says_so() -> None:
+    store = MemoryStore()
+    writer = BatchWriter(store, max_batch=100, max_delay_seconds=30)  # batches would wait 30 s
+    writer.start()
+    writer.submit(record(0))  # an unconfirmed record waits for its batch...
+    confirmed = writer.submit_confirmed(record(1))  # ...until a confirmed one comes
+    assert await asyncio.wait_for(confirmed, 2) is True
+    assert store.batches == [ids(range(2))]
+    await writer.aclose()
+
+
+async def test_confirmed_records_queued_during_a_write_share_the_next_one() -> None:
+    store = MemoryStore()
+    store.gate = asyncio.Event()
+    writer = BatchWriter(store, max_batch=100, max_delay_seconds=30)
+    writer.start()
+    first = writer.submit_confirmed(record(0))
+    await wait_until(lambda: len(store.attempts) == 1)  # the first write is under way
+    waiting = [writer.submit_confirmed(record(n)) for n in range(1, 6)]
+    store.gate.set()
+    assert await asyncio.wait_for(asyncio.gather(first, *waiting), 2) == [True] * 6
+    assert store.batches == [ids(range(1)), ids(range(1, 6))]  # group commit: one more write
+    await writer.aclose()
+
+
+async def test_a_confirmation_waits_through_retries_and_fails_when_abandoned() -> None:
+    store = MemoryStore()
+    store.failures = 2
+    writer = BatchWriter(store, backoff_initial_seconds=0.01, backoff_max_seconds=0.02)
+    writer.start()
+    assert await asyncio.wait_for(writer.submit_confirmed(record(0)), 2) is True
+    assert len(store.attempts) == 3
+
+    store.gate = asyncio.Event()  # a hung store
+    hung = writer.submit_confirmed(record(1))
+    await wait_until(lambda: len(store.attempts) == 4)
+    totals = await writer.aclose(timeout=0.05)
+    assert totals.failed == 1
+    assert hung.done()
+    assert hung.result() is False
+    refused = writer.submit_confirmed(record(2))  # closed: dropped at once
+    assert refused.done()
+    assert refused.result() is False
