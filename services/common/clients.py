@@ -62,6 +62,11 @@ CHANNEL_OPTIONS: Final[ChannelOptions] = (
     ("grpc.http2.max_pings_without_data", 0),
     # On by default in grpcio; the retry policy of the service config needs it.
     ("grpc.enable_retries", 1),
+    # A replica that went away is dialled again 0.25 s later, then backing off to at most
+    # 5 s (gRPC's default grows to 120 s): a restarted pod gets its share of calls back, and
+    # a single-address channel reconnects, within seconds.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
 )
 
 TARGET_ENV: Final = "GENAI_TARGET"

@@ -15,15 +15,15 @@
 5. validate the output against the version's JSON schema, with one repair attempt when the
    version asks for it (such outputs are held back until they validate, since streamed text
    cannot be taken back);
-6. settle the quota with the real usage and store the request-log record (group-committed with
-   other requests' records), then send `final` with prompt version, model, backend, usage, cost
-   at catalog prices, TTFT, total time, attempts and what processing did: a caller that saw
-   `final` is accounted and logged, even if this process dies the next moment;
-7. whatever else happened (an error, the client cancelling), settle the quota with the real
-   usage and hand a request-log record to the batch writer (never waiting for it); in every
-   case record the GenAI metrics and span attributes. While tokens stream, their count goes to
-   the quota limiter (`QuotaLimiter.progress`), which a shared store uses to settle the
-   reservation should this process die mid-stream.
+6. store the request-log record (group-committed with other requests' records), settle the
+   quota with the real usage, then send `final` with prompt version, model, backend, usage,
+   cost at catalog prices, TTFT, total time, attempts and what processing did: a caller that
+   saw `final` is logged and accounted, even if this process dies the next moment;
+7. whatever else happened (an error, the client cancelling), log and settle the same way
+   before the status goes out; in every case record the GenAI metrics and span attributes.
+   While tokens stream, their count goes to the quota limiter (`QuotaLimiter.progress`),
+   which a shared store uses to settle the reservation should this process die mid-stream
+   (at the logged usage when the record made it, else at the last count).
 
 Deadlines propagate: every downstream call gets the time the caller has left. A cancelled
 client stream cancels the generation on the backend (`RoutedGenerator` cancels its call).
@@ -301,6 +301,7 @@ class CompletionEngine:
             limits = await self._directory.quota(caller.tenant_id)
             reservation = await self._reserve(
                 caller.tenant_id,
+                outcome.request_id,
                 limits,
                 Usage(
                     requests=1,
@@ -308,6 +309,7 @@ class CompletionEngine:
                     cost_micros=_micros(decimal_amount(first.estimated_cost)),
                 ),
             )
+            outcome.reservation = reservation
             if outcome.variant:
                 self._record_exposure(outcome, caller)
             yield Response(
@@ -626,9 +628,11 @@ class CompletionEngine:
             used = sum(r.usage.input_tokens + r.usage.output_tokens for r in outcome.routed)
             self._quota.progress(outcome.reservation, used)
 
-    async def _reserve(self, tenant_id: str, limits: TenantQuota, usage: Usage) -> Reservation:
+    async def _reserve(
+        self, tenant_id: str, request_id: str, limits: TenantQuota, usage: Usage
+    ) -> Reservation:
         try:
-            return await self._quota.reserve(tenant_id, limits, usage)
+            return await self._quota.reserve(tenant_id, limits, usage, request_id=request_id)
         except ResourceExhausted:
             self._metrics.quota_rejections.labels(tenant_id).inc()
             raise
@@ -689,16 +693,25 @@ class CompletionEngine:
     # ------------------------------------------------------------------------------ accounting
 
     async def _commit(self, outcome: _Outcome, caller: Caller) -> None:
-        """Before a successful request's `final`: settles its quota and stores its request-log
-        record (waiting at most `log_confirm_seconds` for it; a record not confirmed by then is
-        still written, later, and counted). Never raises but for cancellation."""
+        """Logs the request, then settles its quota (before a successful request's `final`;
+        at the end of any other). The record goes first: should this process die between the
+        two, the sweep that settles its reservation finds the record and settles at its usage
+        (see `RedisQuotaLimiter`), so the quota always agrees with the log. With
+        `log_confirm_seconds`, the record is stored before the settlement (waiting at most that
+        long; a record not confirmed by then is still written, later, and counted); without,
+        it is queued. Never raises but for cancellation."""
+        if self._log is not None and not outcome.logged:
+            record = self._log_record(outcome, caller, self._clock() - outcome.started)
+            outcome.logged = True
+            if self._log_confirm_seconds is None:
+                self._log.submit(record)
+            else:
+                await self._confirm(self._log.submit_confirmed(record), outcome.request_id)
         if outcome.reservation is not None:
             await self._settle(outcome, caller, outcome.reservation)
-        if self._log is None or self._log_confirm_seconds is None:
-            return
-        record = self._log_record(outcome, caller, self._clock() - outcome.started)
-        outcome.logged = True
-        confirmed = self._log.submit_confirmed(record)
+
+    async def _confirm(self, confirmed: "asyncio.Future[bool]", request_id: str) -> None:
+        assert self._log_confirm_seconds is not None
         try:
             stored = await asyncio.wait_for(asyncio.shield(confirmed), self._log_confirm_seconds)
         except TimeoutError:
@@ -706,9 +719,8 @@ class CompletionEngine:
         if not stored:
             self._metrics.log_unconfirmed.inc()
             _logger.warning(
-                "request %s: its request-log record was not confirmed within %.1f s; sending "
-                "the final anyway",
-                outcome.request_id,
+                "request %s: its request-log record was not confirmed within %.1f s; going on",
+                request_id,
                 self._log_confirm_seconds,
             )
 
@@ -730,8 +742,8 @@ class CompletionEngine:
     async def _account(
         self, outcome: _Outcome, caller: Caller, reservation: Reservation | None
     ) -> None:
-        """Settles the quota, logs the request and records metrics, where `_commit` did not
-        already; never raises."""
+        """Logs the request and settles the quota where `_commit` did not already, and
+        records metrics; never raises."""
         usage = outcome.usage
         model = outcome.model or "unknown"
         try:
@@ -739,8 +751,8 @@ class CompletionEngine:
                 outcome.cost, outcome.currency = await self._cost(outcome, caller)
         except Exception:  # accounting must not hide the request's own outcome
             _logger.exception("pricing request %s failed", outcome.request_id)
-        if reservation is not None:
-            await self._settle(outcome, caller, reservation)
+        outcome.reservation = reservation
+        await self._commit(outcome, caller)
         elapsed = self._clock() - outcome.started
         error_type = "" if outcome.code == grpc.StatusCode.OK else outcome.code.name
         self._metrics.operation_duration.labels("chat", model, error_type).observe(elapsed)
@@ -758,8 +770,6 @@ class CompletionEngine:
                 self._metrics.time_per_output_chunk.labels("chat", model).observe(
                     (outcome.last_chunk - outcome.first_token) / chunks
                 )
-        if self._log is not None and not outcome.logged:
-            self._log.submit(self._log_record(outcome, caller, elapsed))
         self._remember(outcome, caller)
         if self._online is not None and outcome.rendered is not None:
             self._submit_online(self._online, outcome, outcome.rendered, caller, elapsed)

@@ -12,11 +12,26 @@ class DependencyTargets(Settings):
     """Where the gateway reaches each service it calls. Empty means this very process (the
     embedded default, where every service shares one server)."""
 
-    prompt: str = Field(default="", description="host:port of PromptService.")
-    experiment: str = Field(default="", description="host:port of ExperimentService.")
-    evaluation: str = Field(default="", description="host:port of EvaluationService.")
-    router: str = Field(default="", description="host:port of RouterService.")
-    inference: str = Field(default="", description="host:port of InferenceService.")
+    prompt: str = Field(
+        default="",
+        description="Target of PromptService: host:port, a list of IP:port, or dns:///name:port.",
+    )
+    experiment: str = Field(
+        default="",
+        description="Target of ExperimentService: host:port, a list of IP:port, or dns:///name:port.",
+    )
+    evaluation: str = Field(
+        default="",
+        description="Target of EvaluationService: host:port, a list of IP:port, or dns:///name:port.",
+    )
+    router: str = Field(
+        default="",
+        description="Target of RouterService: host:port, a list of IP:port, or dns:///name:port.",
+    )
+    inference: str = Field(
+        default="",
+        description="Target of InferenceService: host:port, a list of IP:port, or dns:///name:port.",
+    )
 
 
 class QuotaSettings(Settings):
@@ -80,17 +95,19 @@ class RequestLogSettings(Settings):
     )
     confirm_before_final: bool = Field(
         default=True,
-        description="Store a successful completion's record (group-committed with others, "
-        "without waiting for its batch) before sending its final, so that every request a "
-        "caller saw succeed is in the log even if the process dies right after; false: "
-        "records are written in the background only (lower latency at the end of a stream).",
+        description="Store each request's record (group-committed with others, without "
+        "waiting for its batch) before settling its quota and sending its final or error, so "
+        "that every request a caller saw end is in the log, and the quota agrees with it, "
+        "even if the process dies right after; false: records are written in the background "
+        "only (lower latency at the end of a stream, records lost with a killed process).",
     )
     confirm_timeout_seconds: float = Field(
         default=2.0,
         gt=0,
         le=60,
-        description="Longest a final waits for its record; past it the final goes out and "
-        "genai_gateway_request_log_unconfirmed_total counts it (the record is still written).",
+        description="Longest a request waits for its record; past it the request ends anyway "
+        "and genai_gateway_request_log_unconfirmed_total counts it (the record is still "
+        "written).",
     )
 
 

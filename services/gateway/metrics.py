@@ -84,8 +84,8 @@ class GatewayMetrics:
         )
         self.log_unconfirmed = Counter(
             "genai_gateway_request_log_unconfirmed",
-            "Completions whose final was sent before their request-log record was confirmed "
-            "stored (the request log's store was slow or down; the record is still written).",
+            "Completions that ended before their request-log record was confirmed stored (the "
+            "request log's store was slow or down; the record is still written).",
             registry=registry,
         )
         self.failovers = Counter(

@@ -27,7 +27,7 @@ from services.gateway.adapters.redis_quota import RedisQuotaLimiter
 from services.gateway.adapters.request_log_store import SqlRequestLogStore
 from services.gateway.completion import CompletionEngine
 from services.gateway.config import GatewaySettings
-from services.gateway.core.quota import InMemoryQuotaLimiter, QuotaLimiter
+from services.gateway.core.quota import InMemoryQuotaLimiter, QuotaLimiter, Usage
 from services.gateway.core.request_log import BatchWriter
 from services.gateway.core.server_info import ServerInfoReporter
 from services.gateway.core.tenant_changes import TenantChanges
@@ -111,17 +111,6 @@ def registration(
             timeout=settings.health_check_timeout_seconds,
         ),
     )
-    quota: QuotaLimiter
-    if settings.quota.backend == "redis":
-        quota = RedisQuotaLimiter(
-            settings.quota.redis_url,
-            key_prefix=settings.quota.key_prefix,
-            lease_seconds=settings.quota.lease_seconds,
-            report_seconds=settings.quota.report_seconds,
-            sweep_seconds=settings.quota.lease_seconds / 2,
-        )
-    else:
-        quota = InMemoryQuotaLimiter()
     log_settings = settings.request_log
     log_store = (
         SqlRequestLogStore.from_url(
@@ -130,6 +119,25 @@ def registration(
         if log_settings.enabled
         else None
     )
+
+    async def logged_usage(tenant_id: str, request_id: str) -> Usage | None:
+        record = await log_store.get(tenant_id, request_id) if log_store is not None else None
+        if record is None:
+            return None
+        return Usage(1, record.input_tokens + record.output_tokens, record.cost_micros)
+
+    quota: QuotaLimiter
+    if settings.quota.backend == "redis":
+        quota = RedisQuotaLimiter(
+            settings.quota.redis_url,
+            key_prefix=settings.quota.key_prefix,
+            lease_seconds=settings.quota.lease_seconds,
+            report_seconds=settings.quota.report_seconds,
+            sweep_seconds=settings.quota.lease_seconds / 2,
+            logged_usage=logged_usage,
+        )
+    else:
+        quota = InMemoryQuotaLimiter()
     writer = (
         BatchWriter(
             log_store,

@@ -17,10 +17,12 @@ reservation is also recorded in the tenant's `:inflight` hash with its owner, th
 random id; a started limiter keeps `<prefix>owner:<id>` alive (a key with a `lease_seconds`
 expiry, refreshed four times per lease) and reports each in-flight reservation's tokens so far
 to `:progress` every `report_seconds`. Settling deletes the record in the same script, and
-every started limiter sweeps (every `sweep_seconds`) for records whose owner's key has expired:
-those are settled at their last reported tokens (cost in proportion to the estimate) by one
-script that deletes the record, so a reservation is settled exactly once, by its owner or by a
-sweep. `:usage` sums what was settled, for accounting (requests, tokens, cost micros).
+every started limiter sweeps (every `sweep_seconds`) for records whose owner's key has expired.
+Each is settled by one script that deletes the record, so a reservation is settled exactly
+once, by its owner or by a sweep: at the request's usage in the request log when the owner
+logged it before dying (`logged_usage`; the gateway logs before it settles), else at its last
+reported tokens (cost in proportion to the estimate), which `:usage` also counts as
+`reclaimed_*`. `:usage` sums what was settled, for accounting (requests, tokens, cost micros).
 """
 
 import asyncio
@@ -70,10 +72,10 @@ RESERVE_LUA: Final = (
     _CLOCK_LUA
     + """
 -- KEYS: requests, tokens (epoch second -> usage), cost (UTC day -> micros), inflight (id ->
---       "requests tokens cost second day owner") hashes of a tenant.
+--       "requests tokens cost second day owner request") hashes of a tenant.
 -- ARGV: now ('' = this server's clock), requests_per_minute, tokens_per_minute, cost_per_day,
 --       requests, tokens, cost, window seconds, minute key ttl, day key margin, day seconds,
---       reservation id and owner ('' = not recorded).
+--       reservation id ('' = not recorded), owner, request id ('-' = none).
 -- Returns {1, second, day} when booked, else {0, second, day, then per exceeded limit: name,
 -- limit, used, requested, retry delay ('' = never fits)}.
 local now = clock(ARGV[1])
@@ -169,8 +171,8 @@ book(KEYS[1], second_field, ARGV[5], ARGV[9])
 book(KEYS[2], second_field, ARGV[6], ARGV[9])
 book(KEYS[3], day_field, ARGV[7], day_ttl)
 if ARGV[12] ~= '' then
-  redis.call('HSET', KEYS[4], ARGV[12], string.format('%s %s %s %d %d %s', ARGV[5], ARGV[6],
-             ARGV[7], second, day, ARGV[13]))
+  redis.call('HSET', KEYS[4], ARGV[12], string.format('%s %s %s %d %d %s %s', ARGV[5], ARGV[6],
+             ARGV[7], second, day, ARGV[13], ARGV[14]))
 end
 return {1, second, day}
 """
@@ -240,9 +242,11 @@ RECLAIM_LUA: Final = (
     + _REBOOK_LUA
     + """
 -- ARGV: now ('' = this server's clock), reservation id, the owner it must still have, window
---       seconds, minute key ttl, day key margin, day seconds.
--- Settles an in-flight reservation of a dead owner at its last reported tokens; returns those
--- tokens, or -1 when it is no longer in flight (its owner settled it) or changed owner.
+--       seconds, minute key ttl, day key margin, day seconds, and the request's logged
+--       requests, tokens and cost ('' = not logged).
+-- Settles an in-flight reservation of a dead owner: at the request's logged usage when it
+-- was logged, else at its last reported tokens (counted as reclaimed). Returns the tokens
+-- settled, or -1 when it is no longer in flight (its owner settled it) or changed owner.
 local record = redis.call('HGET', KEYS[4], ARGV[2])
 if not record then
   return -1
@@ -255,18 +259,24 @@ if f[6] ~= ARGV[3] then
   return -1
 end
 local booked = {tonumber(f[1]), tonumber(f[2]), tonumber(f[3])}
-local tokens = tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0')
-local cost = 0
-if booked[2] > 0 then
-  cost = math.floor(booked[3] * math.min(tokens, booked[2]) / booked[2])
+local actual
+if ARGV[8] ~= '' then
+  actual = {tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])}
+else
+  local tokens = tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0')
+  local cost = 0
+  if booked[2] > 0 then
+    cost = math.floor(booked[3] * math.min(tokens, booked[2]) / booked[2])
+  end
+  actual = {booked[1], tokens, cost}
+  redis.call('HINCRBY', KEYS[6], 'reclaimed_requests', booked[1])
+  redis.call('HINCRBY', KEYS[6], 'reclaimed_tokens', tokens)
 end
 redis.call('HDEL', KEYS[4], ARGV[2])
 redis.call('HDEL', KEYS[5], ARGV[2])
-rebook(clock(ARGV[1]), tonumber(f[4]), tonumber(f[5]), booked, {booked[1], tokens, cost},
+rebook(clock(ARGV[1]), tonumber(f[4]), tonumber(f[5]), booked, actual,
        tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))
-redis.call('HINCRBY', KEYS[6], 'reclaimed_requests', booked[1])
-redis.call('HINCRBY', KEYS[6], 'reclaimed_tokens', tokens)
-return tokens
+return actual[2]
 """
 )
 """Settles a dead replica's reservation at its last reported usage."""
@@ -289,7 +299,8 @@ class RedisQuotaLimiter:
     `clock` (epoch seconds) replaces the Redis server's clock; `timeout` bounds each Redis
     call (connecting included), so a hung Redis fails requests instead of stalling them.
     `lease_seconds`, `report_seconds` and `sweep_seconds` time the settlement of dead
-    replicas' reservations (see the module docstring); they take effect once `start()` ran.
+    replicas' reservations, and `logged_usage` finds a request's usage in the request log
+    (see the module docstring); they take effect once `start()` ran.
     """
 
     def __init__(
@@ -302,6 +313,7 @@ class RedisQuotaLimiter:
         lease_seconds: float = 10.0,
         report_seconds: float = 0.1,
         sweep_seconds: float = 5.0,
+        logged_usage: Callable[[str, str], Awaitable[Usage | None]] | None = None,
     ) -> None:
         self._redis: Redis = Redis.from_url(
             redis_url,
@@ -318,6 +330,8 @@ class RedisQuotaLimiter:
         self._progress_script = self._redis.register_script(PROGRESS_LUA)
         self.owner = uuid.uuid4().hex
         """This limiter's id, the owner of its in-flight reservations."""
+        self._logged_usage = logged_usage
+        """(tenant, request id) -> the request's usage in the request log, None if absent."""
         self._lease_seconds = lease_seconds
         self._report_seconds = report_seconds
         self._sweep_seconds = sweep_seconds
@@ -325,6 +339,8 @@ class RedisQuotaLimiter:
         self._known_tenants: set[str] = set()
         self._progress: dict[str, tuple[str, int]] = {}
         """Reservation id -> (tenant, tokens so far) not reported yet."""
+        self._unsettled: dict[str, tuple[Reservation, Usage]] = {}
+        """Settlements Redis failed, retried in the background until they succeed."""
         self.swept = 0
         """Reservations of dead replicas this limiter settled."""
 
@@ -341,8 +357,12 @@ class RedisQuotaLimiter:
         ]
 
     async def aclose(self) -> None:
-        """Stops the background work, gives up the owner key (every reservation of a
-        draining gateway is settled by then), and closes the connections to Redis."""
+        """Stops the background work, settles what Redis failed to take before (once more),
+        gives up the owner key (every reservation of a draining gateway is settled by then;
+        one still unsettled is left to a sweep), and closes the connections to Redis."""
+        for reservation, actual in list(self._unsettled.values()):
+            with contextlib.suppress(Unavailable):
+                await self.settle(reservation, actual)
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -389,7 +409,9 @@ class RedisQuotaLimiter:
         count: int = await self._call(self._redis.hlen(self._tenant_keys(tenant_id)[3]))
         return count
 
-    async def reserve(self, tenant_id: str, quota: TenantQuota, usage: Usage) -> Reservation:
+    async def reserve(
+        self, tenant_id: str, quota: TenantQuota, usage: Usage, *, request_id: str = ""
+    ) -> Reservation:
         """See `QuotaLimiter.reserve`; `Unavailable` when Redis does not answer."""
         if tenant_id not in self._known_tenants:  # where sweeps look for reservations
             await self._call(self._redis.sadd(self._tenants_key, tenant_id))
@@ -412,6 +434,7 @@ class RedisQuotaLimiter:
                 DAY_SECONDS,
                 reservation_id,
                 self.owner,
+                _word(request_id),
             ],
         )
         admitted, second, day, *details = reply
@@ -425,13 +448,15 @@ class RedisQuotaLimiter:
             self._progress[reservation.id] = (reservation.tenant_id, tokens)
 
     async def settle(self, reservation: Reservation, actual: Usage) -> None:
-        """See `QuotaLimiter.settle`; `Unavailable` when Redis does not answer (the
-        reservation then stays unsettled, and settling may be tried again). A reservation that
-        a sweep settled already (its owner looked dead) is left as the sweep settled it."""
+        """See `QuotaLimiter.settle`; `Unavailable` when Redis does not answer: the
+        reservation then stays unsettled, and a started limiter tries again every
+        `report_seconds` until Redis takes it. A reservation that a sweep settled already (its
+        owner looked dead) is left as the sweep settled it."""
         if reservation.settled:
             return
         reservation.settled = True
         self._progress.pop(reservation.id, None)
+        self._unsettled.pop(reservation.id, None)
         booked = reservation.usage
         try:
             await self._run(
@@ -456,6 +481,8 @@ class RedisQuotaLimiter:
             )
         except Unavailable:
             reservation.settled = False
+            if reservation.id:
+                self._unsettled[reservation.id] = (reservation, actual)
             raise
 
     async def sweep(self) -> int:
@@ -466,7 +493,7 @@ class RedisQuotaLimiter:
         for tenant_id in sorted(tenants):
             keys = self._tenant_keys(tenant_id)
             records: dict[str, str] = await self._call(self._redis.hgetall(keys[3]))
-            owners = {record.split()[-1] for record in records.values()} - {self.owner}
+            owners = {record.split()[5] for record in records.values()} - {self.owner}
             if not owners:
                 continue
             ordered = sorted(owners)
@@ -475,9 +502,22 @@ class RedisQuotaLimiter:
             )
             dead = {owner for owner, key in zip(ordered, alive, strict=True) if key is None}
             for reservation_id, record in records.items():
-                owner = record.split()[-1]
+                fields = record.split()
+                owner, request_id = fields[5], fields[6] if len(fields) > 6 else "-"
                 if owner not in dead:
                     continue
+                logged: Usage | None = None
+                if self._logged_usage is not None and request_id != "-":
+                    try:
+                        logged = await self._logged_usage(tenant_id, request_id)
+                    except Exception as error:  # the log is down: settle at the next sweep
+                        _logger.warning("looking up request %s failed: %r", request_id, error)
+                        continue
+                override: list[str | int] = (
+                    ["", "", ""]
+                    if logged is None
+                    else [logged.requests, logged.tokens, logged.cost_micros]
+                )
                 tokens = await self._run(
                     self._reclaim,
                     keys,
@@ -489,16 +529,19 @@ class RedisQuotaLimiter:
                         MINUTE_KEY_TTL,
                         DAY_KEY_MARGIN,
                         DAY_SECONDS,
+                        *override,
                     ],
                 )
                 if int(tokens) >= 0:
                     settled += 1
                     _logger.warning(
-                        "settled reservation %s of tenant %s at %s tokens: its gateway "
-                        "replica %s stopped without settling it",
+                        "settled reservation %s (request %s) of tenant %s at %s tokens, %s: "
+                        "its gateway replica %s stopped without settling it",
                         reservation_id,
+                        request_id,
                         tenant_id,
                         tokens,
+                        "as logged" if logged is not None else "as last reported",
                         owner,
                     )
         self.swept += settled
@@ -519,6 +562,8 @@ class RedisQuotaLimiter:
         )
 
     async def _report_progress(self) -> None:
+        for reservation, actual in list(self._unsettled.values()):
+            await self.settle(reservation, actual)  # Unavailable: kept for the next time
         reports, self._progress = self._progress, {}
         if not reports:
             return
@@ -566,6 +611,11 @@ class RedisQuotaLimiter:
             reason=reasons.SERVICE_UNAVAILABLE,
             retry_after=RETRY_AFTER_UNAVAILABLE,
         )
+
+
+def _word(text: str) -> str:
+    """`text` as one word of a reservation record (`-` for none)."""
+    return "".join(text.split()) or "-"
 
 
 def _excesses(details: Sequence[Any]) -> list[LimitExcess]:

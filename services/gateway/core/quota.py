@@ -90,10 +90,14 @@ class QuotaLimiter(Protocol):
         never blocks or fails (a shared store is told in the background)."""
         ...
 
-    async def reserve(self, tenant_id: str, quota: TenantQuota, usage: Usage) -> Reservation:
+    async def reserve(
+        self, tenant_id: str, quota: TenantQuota, usage: Usage, *, request_id: str = ""
+    ) -> Reservation:
         """Books `usage` if it fits every limit of `quota`, atomically; otherwise raises
         `ResourceExhausted` (QUOTA_EXCEEDED) with one violation per exceeded limit and the
-        delay after which all of them fit (None when the request can never fit)."""
+        delay after which all of them fit (None when the request can never fit).
+        `request_id` names the request the reservation is for (what a shared store looks up
+        in the request log should the reserving process die)."""
         ...
 
     async def settle(self, reservation: Reservation, actual: Usage) -> None:
@@ -221,7 +225,9 @@ class InMemoryQuotaLimiter:
     def progress(self, reservation: Reservation, tokens: int) -> None:
         """Nothing to note: a process that dies takes its books with it."""
 
-    async def reserve(self, tenant_id: str, quota: TenantQuota, usage: Usage) -> Reservation:
+    async def reserve(
+        self, tenant_id: str, quota: TenantQuota, usage: Usage, *, request_id: str = ""
+    ) -> Reservation:
         """See `QuotaLimiter.reserve`."""
         async with self._lock:
             now = self._clock()

@@ -6,10 +6,11 @@ replicas through Redis."""
 
 import asyncio
 import json
+import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import pytest
@@ -21,6 +22,7 @@ from services.common import reasons
 from services.common.clients import api_key_metadata, create_channel
 from services.common.status import error_details
 from services.gateway import logs_cli
+from services.gateway.adapters.redis_quota import RedisQuotaLimiter
 from services.gateway.adapters.request_log_store import SqlRequestLogStore
 from services.gateway.core.request_log import RequestLogQuery
 from services.platform.bootstrap import ensure_dev_credentials
@@ -387,6 +389,54 @@ async def test_two_gateway_replicas_share_quotas_through_redis(
     error = error_details(refused)
     assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert any("requests_per_minute" in v.description for v in error.quota_violations)
+
+
+async def test_usage_is_reported_while_streaming_and_settled_before_the_final(
+    servers: tuple[OpenAICompatibleServer, Any], tmp_path: Path
+) -> None:
+    """With quotas in Redis, a stream's tokens so far reach its in-flight reservation while it
+    streams (what a sweep would settle were this gateway killed), and the final waits for the
+    settlement: with Redis holding writes for 0.8 s from the third delta on, the final arrives
+    only after them, although the backend is done well before."""
+    good, bad = servers
+    good.behaviour = Behaviour(tokens=[f" word{i}" for i in range(6)], pace=0.1)
+    async with redis_namespace() as redis:
+        quota = {
+            "backend": "redis",
+            "redis_url": redis.url,
+            "key_prefix": redis.prefix,
+            "report_seconds": 0.05,
+        }
+        started = await _start(_settings(good, bad, tmp_path, quota=quota), tmp_path)
+        limiter = RedisQuotaLimiter(redis.url, key_prefix=redis.prefix)
+        progress_key = f"{redis.prefix}{{default}}:progress"
+        reported: list[int] = []
+        deltas, paused_at, final_after = 0, 0.0, 0.0
+        try:
+            async for message in started.stub.StreamComplete(_request("contact"), timeout=30):
+                if message.HasField("delta"):
+                    deltas += 1
+                    values = await cast("Awaitable[list[str]]", redis.client.hvals(progress_key))
+                    reported += [int(value) for value in values]
+                    if deltas == 3:
+                        paused_at = time.monotonic()
+                        await redis.client.client_pause(800, all=False)  # writes only
+                elif message.HasField("final"):
+                    final_after = time.monotonic() - paused_at
+                    usage = message.final.usage
+            settled = await limiter.usage("default")
+            assert settled.tokens == usage.input_tokens + usage.output_tokens
+            assert settled.requests == 1
+            assert await limiter.in_flight("default") == 0
+        finally:
+            await redis.client.client_unpause()
+            await limiter.aclose()
+            await started.channel.close(None)
+            await started.platform.stop(grace=1)
+    assert final_after >= 0.75, f"the final came {final_after:.2f} s into a 0.8 s write pause"
+    assert reported, "no progress was reported while the stream went on"
+    assert reported == sorted(reported)
+    assert 0 < reported[-1] <= settled.tokens
 
 
 async def _two_replicas(settings: PlatformSettings, tmp_path: Path) -> grpc.aio.AioRpcError:

@@ -245,3 +245,62 @@ async def test_an_owner_settling_after_a_sweep_changes_nothing(namespace: RedisN
     finally:
         await limiter.aclose()
         await sweeper.aclose()
+
+
+async def test_a_settlement_redis_failed_is_retried_until_it_takes(
+    namespace: RedisNamespace,
+) -> None:
+    limiter = RedisQuotaLimiter(
+        namespace.url, key_prefix=namespace.prefix, timeout=0.3, report_seconds=0.05
+    )
+    await limiter.start()
+    try:
+        reservation = await limiter.reserve(TENANT, TenantQuota(), Usage(1, 500, 100))
+        await namespace.client.client_pause(1000, all=False)  # Redis holds every write
+        with pytest.raises(Unavailable):
+            await limiter.settle(reservation, Usage(1, 42, 10))
+        assert not reservation.settled
+
+        def settled() -> bool:  # read anew each time (the background retry sets it)
+            return reservation.settled
+
+        await namespace.client.client_unpause()
+        for _ in range(100):
+            if settled():
+                break
+            await asyncio.sleep(0.02)
+        assert settled()
+        assert await limiter.usage(TENANT) == Usage(1, 42, 10)
+        assert await limiter.in_flight(TENANT) == 0
+    finally:
+        await namespace.client.client_unpause()
+        await limiter.aclose()
+
+
+async def test_a_dead_replicas_logged_request_is_settled_as_logged(
+    namespace: RedisNamespace,
+) -> None:
+    """The gateway logs a request before it settles: a replica that died between the two
+    leaves a reservation that the sweep settles at the logged usage, not at the last report
+    (and does not count as reclaimed)."""
+    log = {("acme", "req-logged"): Usage(1, 91, 182)}
+
+    async def logged_usage(tenant_id: str, request_id: str) -> Usage | None:
+        return log.get((tenant_id, request_id))
+
+    doomed = RedisQuotaLimiter(namespace.url, key_prefix=namespace.prefix, lease_seconds=0.2)
+    sweeper = RedisQuotaLimiter(
+        namespace.url, key_prefix=namespace.prefix, logged_usage=logged_usage
+    )
+    try:
+        logged = await doomed.reserve(
+            TENANT, TenantQuota(), Usage(1, 500, 1000), request_id="req-logged"
+        )
+        await doomed.reserve(TENANT, TenantQuota(), Usage(1, 500, 1000), request_id="req-cut")
+        doomed.progress(logged, 30)  # never reported: the replica is never started
+        assert await sweeper.sweep() == 2
+        assert await sweeper.usage(TENANT) == Usage(2, 91, 182)  # logged + cut at 0 reported
+        assert await sweeper.reclaimed(TENANT) == Usage(1, 0)  # only the one not logged
+    finally:
+        await doomed.aclose()
+        await sweeper.aclose()
