@@ -13,6 +13,7 @@ BENCHMARKS: Final[dict[str, str]] = {
     "chain": "per-RPC cost of the server interceptor chain against a bare grpc.aio server",
     "gateway": "GatewayService streams vs InferenceService alone vs direct Triton (zero_llm)",
     "inference": "InferenceService vs direct Triton streams (zero_llm); SmolLM2 vs transformers",
+    "replicas": "two replicas of each service over PostgreSQL and Redis, SIGKILLs under load",
     "router": "routing decision cost with a 20-model catalog, in process and over gRPC",
 }
 """Each benchmark's name (its module in this package) and what it measures, in one line."""
