@@ -138,10 +138,7 @@ class PgListener:
     async def close(self) -> None:
         """Stops listening and closes the connection."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _cancelled(task)
 
     async def _run(self) -> None:
         failures = 0
@@ -229,10 +226,7 @@ class FeedFollower(Generic[E]):
     async def close(self) -> None:
         """Stops following."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _cancelled(task)
 
     async def _run(self) -> None:
         failing = False
@@ -253,3 +247,11 @@ class FeedFollower(Generic[E]):
                 continue
             patience = self._pushed_poll_seconds if self._pushed() else self._poll_seconds
             await self._wakeup.wait(generation, patience)
+
+
+async def _cancelled(task: "asyncio.Task[None] | None") -> None:
+    """Cancels a background task and waits for it to end."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

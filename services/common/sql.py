@@ -349,3 +349,17 @@ class SqlStore:
         """A read transaction."""
         async with self._engine.connect() as conn, conn.begin():
             yield conn
+
+    @asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[AsyncConnection]:
+        """A read transaction whose every query sees the same data: REPEATABLE READ on
+        PostgreSQL (its default, READ COMMITTED, takes a snapshot per statement); SQLite's
+        read transactions are snapshots already."""
+        if not self._postgres:
+            async with self._read() as conn:
+                yield conn
+            return
+        async with self._engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                yield conn

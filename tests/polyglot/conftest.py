@@ -2,32 +2,12 @@
 Triton serving the zero-compute model, for every polyglot test: grpcurl, Node and Go clients
 all talk to the same process, as they would in production."""
 
-import json
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.serve import ServeProcess, genai_serve
-from tests.support.settings import CATALOG_ZERO_LOCAL
-
-ZERO_ONLY = {
-    "GENAI_INFERENCE__TRITON__MODELS": json.dumps(["zero_llm"]),
-    "GENAI_INFERENCE__TRITON__GRPC_PORT": "0",
-    "GENAI_INFERENCE__TRITON__HTTP_PORT": "0",
-    "GENAI_INFERENCE__TRITON__METRICS_PORT": "0",
-    "GENAI_ROUTER__CATALOG_FILE": str(CATALOG_ZERO_LOCAL),
-    "GENAI_INFERENCE__MODELS": json.dumps(
-        [
-            {
-                "name": "zero",
-                "backends": [{"id": "triton-0", "triton_model": "zero_llm"}],
-                "chat_template": "builtin:chatml",
-                "max_output_tokens": 100000,
-            }
-        ]
-    ),
-}
-"""Triton with only zero_llm (starts in seconds), and a router catalog of that model alone."""
+from tests.support.settings import ZERO_ONLY
 
 
 @pytest.fixture(scope="session")

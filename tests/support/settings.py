@@ -1,5 +1,7 @@
-"""Platform settings for tests that run the services without a Triton server."""
+"""Platform settings for tests that run the services without a Triton server, or with one
+serving the zero-compute model alone."""
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,3 +30,24 @@ def inference_without_triton(endpoint: str = UNREACHABLE_TRITON) -> dict[str, An
             }
         ],
     }
+
+
+ZERO_ONLY: dict[str, str] = {
+    "GENAI_INFERENCE__TRITON__MODELS": json.dumps(["zero_llm"]),
+    "GENAI_INFERENCE__TRITON__GRPC_PORT": "0",
+    "GENAI_INFERENCE__TRITON__HTTP_PORT": "0",
+    "GENAI_INFERENCE__TRITON__METRICS_PORT": "0",
+    "GENAI_ROUTER__CATALOG_FILE": str(CATALOG_ZERO_LOCAL),
+    "GENAI_INFERENCE__MODELS": json.dumps(
+        [
+            {
+                "name": "zero",
+                "backends": [{"id": "triton-0", "triton_model": "zero_llm"}],
+                "chat_template": "builtin:chatml",
+                "max_output_tokens": 100000,
+            }
+        ]
+    ),
+}
+"""Environment of a `genai serve` launching Triton with only zero_llm (starts in seconds), and
+a router catalog of that model alone."""

@@ -2,9 +2,7 @@
 merged Prometheus endpoint, a killed worker restarted, SIGTERM draining every worker, Triton
 launched once, and in-memory quotas refused."""
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,10 +21,11 @@ from prometheus_client.samples import Sample
 from redis import Redis
 from redis.exceptions import RedisError
 
+from benchmarks.deployment import paced_repository
 from tests.support.redis import REDIS_URL
 from tests.support.serve import NO_TRITON, ROOT, ServeProcess, genai_serve
-from tests.support.settings import CATALOG_ZERO_LOCAL
-from tests.support.triton import CPU_REPOSITORY, requires_triton
+from tests.support.settings import ZERO_ONLY
+from tests.support.triton import requires_triton
 
 CALLS = 24
 """Calls over fresh connections: all landing on one of two workers has odds of 2 in 2**24."""
@@ -179,18 +178,6 @@ def test_in_memory_quotas_with_several_workers_are_refused() -> None:
     assert "[worker" not in result.stdout + result.stderr  # refused before any worker started
 
 
-def _paced_zero_repository(root: Path, interval_us: int) -> Path:
-    """A model repository holding only zero_llm, `interval_us` microseconds between tokens."""
-    repository = root / "paced-repository"
-    shutil.copytree(CPU_REPOSITORY / "zero_llm", repository / "zero_llm")
-    config = repository / "zero_llm" / "config.pbtxt"
-    default = 'key: "token_interval_us"\n    value: { string_value: "0" }'
-    text = config.read_text()
-    assert default in text
-    config.write_text(text.replace(default, default.replace('"0"', f'"{interval_us}"')))
-    return repository
-
-
 def _tritonservers_under(pid: int) -> list[int]:
     """The pids of the tritonserver processes whose parent is `pid`."""
     found = []
@@ -225,22 +212,8 @@ def test_triton_is_launched_once_and_sigterm_drains_a_stream_in_flight(
     SIGTERM arrives mid-stream and the stream still ends with its `final`."""
     env = {
         **redis_quota,
-        "GENAI_INFERENCE__TRITON__MODEL_REPOSITORY": str(_paced_zero_repository(tmp_path, 50_000)),
-        "GENAI_INFERENCE__TRITON__MODELS": json.dumps(["zero_llm"]),
-        "GENAI_INFERENCE__TRITON__GRPC_PORT": "0",
-        "GENAI_INFERENCE__TRITON__HTTP_PORT": "0",
-        "GENAI_INFERENCE__TRITON__METRICS_PORT": "0",
-        "GENAI_ROUTER__CATALOG_FILE": str(CATALOG_ZERO_LOCAL),
-        "GENAI_INFERENCE__MODELS": json.dumps(
-            [
-                {
-                    "name": "zero",
-                    "backends": [{"id": "triton-0", "triton_model": "zero_llm"}],
-                    "chat_template": "builtin:chatml",
-                    "max_output_tokens": 100000,
-                }
-            ]
-        ),
+        **ZERO_ONLY,
+        "GENAI_INFERENCE__TRITON__MODEL_REPOSITORY": str(paced_repository(tmp_path, 50_000)),
     }
     with genai_serve(tmp_path, "--workers", "2", env=env, timeout=240) as served:
         tritons = _tritonservers_under(served.process.pid)

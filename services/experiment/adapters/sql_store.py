@@ -28,8 +28,7 @@ import base64
 import binascii
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -705,20 +704,6 @@ class SqlExperimentStore(SqlStore):
         )
 
     # ------------------------------------------------------------------------- helpers
-
-    @asynccontextmanager
-    async def _snapshot(self) -> AsyncIterator[AsyncConnection]:
-        """A read transaction whose every query sees the same data: REPEATABLE READ on
-        PostgreSQL (its default, READ COMMITTED, takes a snapshot per statement); SQLite's
-        read transactions are snapshots already."""
-        if not self._postgres:
-            async with self._read() as conn:
-                yield conn
-            return
-        async with self._engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
-            async with conn.begin():
-                yield conn
 
     async def _experiment_row(
         self,

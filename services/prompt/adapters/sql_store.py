@@ -19,8 +19,7 @@ Schema changes are the numbered `MIGRATIONS`, recorded in `schema_migrations`.
 """
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -431,18 +430,6 @@ class SqlPromptStore(SqlStore):
         ], sequence
 
     # ------------------------------------------------------------------------------ helpers
-
-    @asynccontextmanager
-    async def _snapshot(self) -> AsyncIterator[AsyncConnection]:
-        """A read transaction whose statements all see one snapshot of the database."""
-        if not self._postgres:
-            async with self._read() as conn:
-                yield conn
-            return
-        async with self._engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
-            async with conn.begin():
-                yield conn
 
     async def _prompt_row(
         self, conn: AsyncConnection, tenant_id: str, name: str, *, lock: bool
