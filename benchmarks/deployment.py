@@ -39,6 +39,32 @@ MODEL: Final = "zero"
 """The catalog name of the paced zero-compute model."""
 TRITON_MODEL: Final = "zero_llm"
 
+_CATALOG: Final = """\
+currency: USD
+models:
+  - name: {model}
+    capabilities: [chat, streaming]
+    max_context_tokens: 1000000
+    max_output_tokens: 100000
+    price_per_million_tokens: {{input: 1, output: 2}}
+    quality_tier: 1
+    pinned_only: true
+    backends:
+{backends}
+"""
+
+
+def zero_catalog(endpoints: Sequence[str]) -> str:
+    """The router's catalog of the zero-compute model: priced (so that the gateway prices
+    every request), reachable only when pinned, with a backend `triton-<i>` at each of
+    `endpoints`."""
+    backends = "\n".join(
+        f'      - {{id: triton-{i}, kind: triton, endpoint: "{endpoint}", '
+        f"backend_model: {TRITON_MODEL}}}"
+        for i, endpoint in enumerate(endpoints)
+    )
+    return _CATALOG.format(model=MODEL, backends=backends)
+
 
 def free_port() -> int:
     """A port nobody listens on now (the kernel's pick)."""

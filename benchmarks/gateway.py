@@ -50,6 +50,7 @@ from genai.inference.v1 import inference_pb2, inference_service_pb2, inference_s
 from genai.prompt.v1 import prompt_service_pb2, prompt_service_pb2_grpc
 
 from benchmarks.cli import ROOT, benchmark_parser, shown, write_outputs
+from benchmarks.deployment import zero_catalog
 from benchmarks.inference import (
     CPU_REPOSITORY,
     RUN_ROOT,
@@ -126,21 +127,6 @@ TENANT_QUOTA: Final = gateway_pb2.TenantQuota(
     cost_per_day=money_pb2.Money(currency_code="USD", units=1_000_000),
 )
 """Limits the run never reaches, yet every request is checked and counted against them."""
-CATALOG: Final = """\
-currency: USD
-models:
-  - name: {model}
-    capabilities: [chat, streaming]
-    max_context_tokens: 1000000
-    max_output_tokens: 100000
-    price_per_million_tokens: {{input: 1, output: 2}}
-    quality_tier: 1
-    pinned_only: true
-    backends:
-      - {{id: triton-0, kind: triton, endpoint: "{endpoint}", backend_model: {triton_model}}}
-"""
-"""The router's catalog: the zero-compute model, priced (so that the gateway prices every
-request), reachable only when pinned."""
 
 TTFT_P50_TARGET_MS: Final = 1.0
 TTFT_P99_TARGET_MS: Final = 3.0
@@ -362,8 +348,9 @@ class GatewayPath:
 
 
 def catalog_text(endpoint: str) -> str:
-    """The router's catalog (see `CATALOG`) for a Triton at `endpoint`."""
-    return CATALOG.format(model=ZERO_MODEL, endpoint=endpoint, triton_model=ZERO_TRITON_MODEL)
+    """The router's catalog (`benchmarks.deployment.zero_catalog`) for a Triton at
+    `endpoint`."""
+    return zero_catalog([endpoint])
 
 
 def platform_env(triton_address: str, catalog_file: Path, data: Path) -> dict[str, str]:

@@ -52,12 +52,12 @@ from benchmarks.deployment import (
     MODEL,
     POSTGRES_URL,
     REDIS_URL,
-    TRITON_MODEL,
     Replica,
     Shared,
     Tritons,
     deployment_env,
     paced_repository,
+    zero_catalog,
 )
 from benchmarks.inference import (
     RUN_ROOT,
@@ -97,21 +97,6 @@ PROBE_TENANT: Final = "bench-probe"
 PROMPT: Final = "chat"
 MOVED_PROMPTS: Final = tuple(f"bench-moves-{i}" for i in range(4))
 MESSAGE: Final = "Stream through a platform that loses a process now and then"
-
-CATALOG: Final = """\
-currency: USD
-models:
-  - name: {model}
-    capabilities: [chat, streaming]
-    max_context_tokens: 1000000
-    max_output_tokens: 100000
-    price_per_million_tokens: {{input: 1, output: 2}}
-    quality_tier: 1
-    pinned_only: true
-    backends:
-      - {{id: triton-0, kind: triton, endpoint: "{first}", backend_model: {triton_model}}}
-      - {{id: triton-1, kind: triton, endpoint: "{second}", backend_model: {triton_model}}}
-"""
 
 
 # ------------------------------------------------------------------------------------ clients
@@ -521,14 +506,7 @@ async def run_replicas(config: ReplicasConfig, progress: Progress | None = None)
             await shared.create()
             await tritons.start()
             catalog = data / "catalog.yaml"
-            catalog.write_text(
-                CATALOG.format(
-                    model=MODEL,
-                    first=tritons.address(0),
-                    second=tritons.address(1),
-                    triton_model=TRITON_MODEL,
-                )
-            )
+            catalog.write_text(zero_catalog([tritons.address(0), tritons.address(1)]))
             env = deployment_env(shared, tritons, catalog, data, lease_s=config.lease_s)
             prompts = [Replica(f"prompt-{i}", ["prompt"], env, run_dir) for i in range(2)]
             extras = Replica("experiment+evaluation", ["experiment", "evaluation"], env, run_dir)
