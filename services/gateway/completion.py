@@ -21,9 +21,10 @@
    saw `final` is logged and accounted, even if this process dies the next moment;
 7. whatever else happened (an error, the client cancelling), log and settle the same way
    before the status goes out; in every case record the GenAI metrics and span attributes.
-   While tokens stream, their count goes to the quota limiter (`QuotaLimiter.progress`),
-   which a shared store uses to settle the reservation should this process die mid-stream
-   (at the logged usage when the record made it, else at the last count).
+   A shared quota store reads the tokens used so far in the background
+   (`QuotaLimiter.track`; nothing is done per token) to settle the reservation should this
+   process die mid-stream (at the logged usage when the record made it, else at the last
+   count).
 
 Deadlines propagate: every downstream call gets the time the caller has left. A cancelled
 client stream cancels the generation on the backend (`RoutedGenerator` cancels its call).
@@ -161,6 +162,10 @@ class _Outcome:
     logged: bool = False
     """The request-log record was handed over already (before `final`)."""
 
+    def tokens_used(self) -> int:
+        """Input plus output tokens of every attempt so far."""
+        return sum(r.usage.input_tokens + r.usage.output_tokens for r in self.routed)
+
     @property
     def usage(self) -> generation_pb2.TokenUsage:
         total = generation_pb2.TokenUsage()
@@ -241,7 +246,6 @@ class CompletionEngine:
             request=request,
             arrived=datetime.now(UTC),
         )
-        reservation: Reservation | None = None
         deadline = None if time_left is None else started + time_left
         try:
             _validate(request)
@@ -299,7 +303,7 @@ class CompletionEngine:
             first = decision.candidates[0]
             outcome.currency = first.estimated_cost.currency_code
             limits = await self._directory.quota(caller.tenant_id)
-            reservation = await self._reserve(
+            outcome.reservation = await self._reserve(
                 caller.tenant_id,
                 outcome.request_id,
                 limits,
@@ -309,7 +313,7 @@ class CompletionEngine:
                     cost_micros=_micros(decimal_amount(first.estimated_cost)),
                 ),
             )
-            outcome.reservation = reservation
+            self._quota.track(outcome.reservation, outcome.tokens_used)
             if outcome.variant:
                 self._record_exposure(outcome, caller)
             yield Response(
@@ -387,7 +391,7 @@ class CompletionEngine:
             outcome.code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            await asyncio.shield(self._account(outcome, caller, reservation))
+            await asyncio.shield(self._account(outcome, caller))
 
     # ------------------------------------------------------------------------------ experiments
 
@@ -624,9 +628,6 @@ class CompletionEngine:
         if outcome.first_token is None:
             outcome.first_token = now
         outcome.last_chunk = now
-        if outcome.reservation is not None:
-            used = sum(r.usage.input_tokens + r.usage.output_tokens for r in outcome.routed)
-            self._quota.progress(outcome.reservation, used)
 
     async def _reserve(
         self, tenant_id: str, request_id: str, limits: TenantQuota, usage: Usage
@@ -739,9 +740,7 @@ class CompletionEngine:
         except Exception:
             _logger.exception("settling the quota of request %s failed", outcome.request_id)
 
-    async def _account(
-        self, outcome: _Outcome, caller: Caller, reservation: Reservation | None
-    ) -> None:
+    async def _account(self, outcome: _Outcome, caller: Caller) -> None:
         """Logs the request and settles the quota where `_commit` did not already, and
         records metrics; never raises."""
         usage = outcome.usage
@@ -751,7 +750,6 @@ class CompletionEngine:
                 outcome.cost, outcome.currency = await self._cost(outcome, caller)
         except Exception:  # accounting must not hide the request's own outcome
             _logger.exception("pricing request %s failed", outcome.request_id)
-        outcome.reservation = reservation
         await self._commit(outcome, caller)
         elapsed = self._clock() - outcome.started
         error_type = "" if outcome.code == grpc.StatusCode.OK else outcome.code.name

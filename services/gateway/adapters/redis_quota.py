@@ -337,8 +337,9 @@ class RedisQuotaLimiter:
         self._sweep_seconds = sweep_seconds
         self._tasks: list[asyncio.Task[None]] = []
         self._known_tenants: set[str] = set()
-        self._progress: dict[str, tuple[str, int]] = {}
-        """Reservation id -> (tenant, tokens so far) not reported yet."""
+        self._tracked: dict[str, tuple[Reservation, Callable[[], int], int]] = {}
+        """Reservation id -> (the reservation, how to read its tokens so far, the tokens
+        last reported), until it is settled."""
         self._unsettled: dict[str, tuple[Reservation, Usage]] = {}
         """Settlements Redis failed, retried in the background until they succeed."""
         self.swept = 0
@@ -442,10 +443,11 @@ class RedisQuotaLimiter:
             raise quota_exceeded(tenant_id, _excesses(details))
         return Reservation(tenant_id, usage, int(second), int(day), id=reservation_id)
 
-    def progress(self, reservation: Reservation, tokens: int) -> None:
-        """See `QuotaLimiter.progress`: reported within `report_seconds`."""
+    def track(self, reservation: Reservation, used: Callable[[], int]) -> None:
+        """See `QuotaLimiter.track`: read and reported every `report_seconds` (when it
+        changed) until the reservation is settled."""
         if reservation.id and not reservation.settled:
-            self._progress[reservation.id] = (reservation.tenant_id, tokens)
+            self._tracked[reservation.id] = (reservation, used, 0)
 
     async def settle(self, reservation: Reservation, actual: Usage) -> None:
         """See `QuotaLimiter.settle`; `Unavailable` when Redis does not answer: the
@@ -455,7 +457,7 @@ class RedisQuotaLimiter:
         if reservation.settled:
             return
         reservation.settled = True
-        self._progress.pop(reservation.id, None)
+        self._tracked.pop(reservation.id, None)
         self._unsettled.pop(reservation.id, None)
         booked = reservation.usage
         try:
@@ -555,23 +557,30 @@ class RedisQuotaLimiter:
         return f"{self._prefix}owner:{owner}"
 
     async def _heartbeat_once(self) -> None:
-        await self._call(
-            self._redis.set(
-                self._owner_key(self.owner), "1", px=max(1, round(self._lease_seconds * 1000))
-            )
-        )
+        """Renews the owner key, and names again the tenants this limiter reserved for (a
+        Redis restarted without its data forgets them, and sweeps would not look there)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._owner_key(self.owner), "1", px=max(1, round(self._lease_seconds * 1000)))
+            if self._known_tenants:
+                pipe.sadd(self._tenants_key, *sorted(self._known_tenants))
+            await self._call(pipe.execute())
 
     async def _report_progress(self) -> None:
         for reservation, actual in list(self._unsettled.values()):
             await self.settle(reservation, actual)  # Unavailable: kept for the next time
-        reports, self._progress = self._progress, {}
+        reports = []
+        for reservation_id, (reservation, used, reported) in list(self._tracked.items()):
+            tokens = used()
+            if tokens != reported:
+                reports.append((reservation, tokens))
+                self._tracked[reservation_id] = (reservation, used, tokens)
         if not reports:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
-            for reservation_id, (tenant_id, tokens) in reports.items():
-                keys = self._tenant_keys(tenant_id)
+            for reservation, tokens in reports:
+                keys = self._tenant_keys(reservation.tenant_id)
                 await self._progress_script(
-                    keys=[keys[3], keys[4]], args=[reservation_id, tokens], client=pipe
+                    keys=[keys[3], keys[4]], args=[reservation.id, tokens], client=pipe
                 )
             await self._call(pipe.execute())
 

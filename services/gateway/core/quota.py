@@ -73,7 +73,7 @@ class QuotaLimiter(Protocol):
 
     Usage is settled by the process that reserved it. A shared store also settles the
     reservations of a process that died without settling them, at the usage that process last
-    reported with `progress`: `start` and `aclose` run what that needs (heartbeats, reports,
+    reported (read through `track`): `start` and `aclose` run what that needs (heartbeats, reports,
     the sweep); a limiter of one process needs nothing of the kind.
     """
 
@@ -85,9 +85,10 @@ class QuotaLimiter(Protocol):
         """Stops it (reservations should be settled first)."""
         ...
 
-    def progress(self, reservation: Reservation, tokens: int) -> None:
-        """Notes that `tokens` (input plus output) of `reservation` have been used so far;
-        never blocks or fails (a shared store is told in the background)."""
+    def track(self, reservation: Reservation, used: Callable[[], int]) -> None:
+        """Tells the limiter how to read the tokens (input plus output) `reservation` has
+        used so far; a shared store reads it in the background until the reservation is
+        settled (nothing is done per token)."""
         ...
 
     async def reserve(
@@ -222,8 +223,8 @@ class InMemoryQuotaLimiter:
     async def aclose(self) -> None:
         """Nothing to stop."""
 
-    def progress(self, reservation: Reservation, tokens: int) -> None:
-        """Nothing to note: a process that dies takes its books with it."""
+    def track(self, reservation: Reservation, used: Callable[[], int]) -> None:
+        """Nothing to track: a process that dies takes its books with it."""
 
     async def reserve(
         self, tenant_id: str, quota: TenantQuota, usage: Usage, *, request_id: str = ""

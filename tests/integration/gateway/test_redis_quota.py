@@ -208,10 +208,12 @@ async def test_a_dead_replicas_reservation_is_settled_once_at_its_last_report(
     try:
         live = await survivor.reserve(TENANT, quota, Usage(1, 500, 1000))
         cut = await doomed.reserve(TENANT, quota, Usage(1, 500, 1000))
-        doomed.progress(cut, 30)
-        doomed.progress(cut, 37)  # the last report before the kill
-        survivor.progress(live, 12)
-        await asyncio.sleep(0.1)  # both reports are made
+        cut_used, live_used = [30], [12]
+        doomed.track(cut, lambda: cut_used[-1])
+        survivor.track(live, lambda: live_used[-1])
+        await asyncio.sleep(0.1)  # both are reported
+        cut_used.append(37)  # the last report before the kill
+        await asyncio.sleep(0.1)
         assert await survivor.sweep() == 0  # every owner is alive
         await _killed(doomed)
         await asyncio.sleep(0.4)  # the doomed replica's lease expires
@@ -239,7 +241,8 @@ async def test_an_owner_settling_after_a_sweep_changes_nothing(namespace: RedisN
         # Never started: no heartbeat, as if its lease had expired during a long pause.
         assert await sweeper.sweep() == 1
         await limiter.settle(reservation, Usage(1, 60, 0))  # too late: swept at 0 tokens
-        limiter.progress(reservation, 80)  # a late report does not bring it back
+        limiter.track(reservation, lambda: 80)
+        await limiter._report_progress()  # a late report does not bring it back
         assert await sweeper.usage(TENANT) == Usage(1, 0, 0)
         assert await sweeper.in_flight(TENANT) == 0
     finally:
@@ -297,10 +300,28 @@ async def test_a_dead_replicas_logged_request_is_settled_as_logged(
             TENANT, TenantQuota(), Usage(1, 500, 1000), request_id="req-logged"
         )
         await doomed.reserve(TENANT, TenantQuota(), Usage(1, 500, 1000), request_id="req-cut")
-        doomed.progress(logged, 30)  # never reported: the replica is never started
+        doomed.track(logged, lambda: 30)  # never reported: the replica is never started
         assert await sweeper.sweep() == 2
         assert await sweeper.usage(TENANT) == Usage(2, 91, 182)  # logged + cut at 0 reported
         assert await sweeper.reclaimed(TENANT) == Usage(1, 0)  # only the one not logged
     finally:
         await doomed.aclose()
         await sweeper.aclose()
+
+
+async def test_heartbeats_name_the_tenants_again_after_redis_forgot_them(
+    namespace: RedisNamespace,
+) -> None:
+    limiter = RedisQuotaLimiter(namespace.url, key_prefix=namespace.prefix, lease_seconds=0.2)
+    await limiter.start()
+    try:
+        await limiter.reserve(TENANT, TenantQuota(), Usage(1, 10, 0))
+        tenants = f"{namespace.prefix}tenants"
+        await namespace.client.delete(tenants)  # a Redis restarted without its data
+        for _ in range(50):
+            if await cast("Awaitable[int]", namespace.client.sismember(tenants, TENANT)):
+                break
+            await asyncio.sleep(0.02)
+        assert await cast("Awaitable[int]", namespace.client.sismember(tenants, TENANT))
+    finally:
+        await limiter.aclose()
