@@ -14,17 +14,17 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sys
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from benchmarks.cli import ROOT, shown
+from benchmarks.cli import ROOT
 from benchmarks.inference import CPU_REPOSITORY
+from benchmarks.processes import terminate, wait_ready
+from services.inference.adapters.tritonserver import pick_free_port, pick_free_ports
 
 if TYPE_CHECKING:
     from services.inference.adapters.tritonserver import TritonServer
@@ -66,14 +66,6 @@ def zero_catalog(endpoints: Sequence[str]) -> str:
     return _CATALOG.format(model=MODEL, backends=backends)
 
 
-def free_port() -> int:
-    """A port nobody listens on now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class Replica:
     """One `genai serve` process on a fixed port, killed and restarted at will."""
 
@@ -83,7 +75,7 @@ class Replica:
         self.name = name
         self.services = tuple(services)
         self.env = env
-        self.port = free_port()
+        self.port = pick_free_port()
         self.log_file = run_dir / f"{name}.log"
         self.process: asyncio.subprocess.Process | None = None
 
@@ -108,14 +100,7 @@ class Replica:
                 env={**os.environ, **self.env},
                 start_new_session=True,
             )
-        deadline = time.monotonic() + patience_s
-        while not ready.exists():
-            if self.process.returncode is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{self.name} did not serve (see {shown(self.log_file)}):\n"
-                    + "\n".join(self.log_file.read_text(errors="replace").splitlines()[-25:])
-                )
-            await asyncio.sleep(0.05)
+        await wait_ready(self.process, ready, self.log_file, patience_s)
 
     def kill(self) -> None:
         """SIGKILL, as the OOM killer or a lost node would."""
@@ -125,16 +110,8 @@ class Replica:
 
     async def stop(self) -> None:
         """SIGTERM (it drains), then SIGKILL after 15 s."""
-        process = self.process
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 15)
-        except TimeoutError:
-            self.kill()
-            await process.wait()
+        if self.process is not None:
+            await terminate(self.process, patience_s=15)
 
 
 class Tritons:
@@ -143,7 +120,7 @@ class Tritons:
     def __init__(self, repository: Path, run_dir: Path) -> None:
         self.repository = repository
         self.run_dir = run_dir
-        self.ports = [free_port(), free_port()]
+        self.ports = pick_free_ports(2)
         self.servers: list[TritonServer] = []
 
     def address(self, index: int) -> str:

@@ -28,7 +28,6 @@ alone (its own cost).
 """
 
 import asyncio
-import contextlib
 import json
 import math
 import os
@@ -89,6 +88,7 @@ from benchmarks.stats import (
     format_table,
     percentile,
     round_ratios,
+    with_load_at_end,
 )
 
 if TYPE_CHECKING:
@@ -579,9 +579,7 @@ async def run_gateway(config: GatewayConfig, progress: Progress | None = None) -
             await triton.stop()
     finally:
         progress.close()
-    env_after = dict(env_before)
-    with contextlib.suppress(OSError):
-        env_after["load_average_at_end"] = list(os.getloadavg())
+    env_after = with_load_at_end(env_before)
     return GatewayRun(
         config=config,
         started_at=started_at,

@@ -70,6 +70,7 @@ from benchmarks.stats import (
     output_paths,
     percentile,
     round_ratios,
+    with_load_at_end,
 )
 from benchmarks.transformers_generate import GenerateRequest, GenerateResult
 
@@ -1488,8 +1489,7 @@ async def run_inference(
     finally:
         progress.close()
     run.duration_s = time.monotonic() - started
-    with contextlib.suppress(OSError):
-        run.environment = {**run.environment, "load_average_at_end": list(os.getloadavg())}
+    run.environment = with_load_at_end(run.environment)
     return run
 
 

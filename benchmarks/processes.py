@@ -57,15 +57,17 @@ async def genai_serve(
             env={**os.environ, **env},
         )
     try:
-        ready = await _wait_ready(process, ready_file, log_file, start_timeout)
+        ready = await wait_ready(process, ready_file, log_file, start_timeout)
         yield ServerProcess(process=process, port=int(ready["port"]), ready=ready)
     finally:
-        await _terminate(process)
+        await terminate(process)
 
 
-async def _wait_ready(
+async def wait_ready(
     process: asyncio.subprocess.Process, ready_file: Path, log_file: Path, patience_s: float
 ) -> dict[str, Any]:
+    """What a `genai serve --ready-file` wrote once it serves; `ServeError` with the end of
+    its log when it exits or stays silent for `patience_s` seconds first."""
     deadline = time.monotonic() + patience_s
     while True:
         if process.returncode is not None:
@@ -84,7 +86,8 @@ async def _wait_ready(
         await asyncio.sleep(0.05)
 
 
-async def _terminate(process: asyncio.subprocess.Process, patience_s: float = 10.0) -> None:
+async def terminate(process: asyncio.subprocess.Process, patience_s: float = 10.0) -> None:
+    """SIGTERM (a `genai serve` drains), then SIGKILL after `patience_s` seconds."""
     if process.returncode is not None:
         return
     with contextlib.suppress(ProcessLookupError):

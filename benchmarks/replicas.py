@@ -78,6 +78,7 @@ from benchmarks.replicas_report import (
 from benchmarks.stats import (
     Progress,
     environment,
+    with_load_at_end,
 )
 
 if TYPE_CHECKING:
@@ -560,9 +561,7 @@ async def run_replicas(config: ReplicasConfig, progress: Progress | None = None)
             with contextlib.suppress(Exception):
                 await shared.drop()
             progress.close()
-    env_after = dict(env_before)
-    with contextlib.suppress(OSError):
-        env_after["load_average_at_end"] = list(os.getloadavg())
+    env_after = with_load_at_end(env_before)
     run = ReplicasRun(
         config=config,
         started_at=started_at,

@@ -378,6 +378,11 @@ def replicas_result(run: ReplicasRun) -> BenchmarkResult:
         "streams": len(phase.streams),
         "finals": sum(1 for r in phase.streams if r.final),
         "statuses": dict(Counter(_status(r) for r in phase.streams)),
+        "failures": [
+            {"started_s": r.started, "ended_s": r.ended, "status": _status(r)}
+            for r in phase.streams
+            if not r.final
+        ],
         "moves": len(phase.moves),
         "events": len(run.events),
         "watchers": [asdict(w) for w in watcher_checks(phase, run.events)],
@@ -495,11 +500,12 @@ def plot_run(run: ReplicasRun, path: Path) -> None:
 
 def report(run: ReplicasRun) -> str:
     phase = run.phase
-    load = run.environment.get("load_average_at_end") or run.environment.get("load_average")
+    start = run.environment.get("load_average_at_start") or [math.nan]
+    end = run.environment.get("load_average_at_end") or [math.nan]
     lines = [
         f"{NAME}: {run.config.concurrency} streams x {run.config.duration_s:g} s over 2 gateways, "
         f"2 PromptServices, experiment+evaluation, 2 Tritons ({run.config.tokens} tokens, "
-        f"{run.config.token_interval_us} us apart), PostgreSQL + Redis; load average {load}",
+        f"{run.config.token_interval_us} us apart), PostgreSQL + Redis; load average {start[0]:.2f} at the start, {end[0]:.2f} at the end",
         "",
         "propagation (quiet platform), milliseconds:",
     ]

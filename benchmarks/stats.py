@@ -6,6 +6,7 @@ for every metric, so a latency ratio above 1 and a throughput ratio below 1 both
 platform is slower.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -223,6 +224,14 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "load_average_at_start": load,
     }
+
+
+def with_load_at_end(environment: Mapping[str, Any]) -> dict[str, Any]:
+    """`environment` (see `environment()`) with the load average as the run ended."""
+    ended = dict(environment)
+    with contextlib.suppress(OSError):
+        ended["load_average_at_end"] = list(os.getloadavg())
+    return ended
 
 
 def output_paths(out_dir: Path, benchmark: str, started_at: datetime) -> tuple[Path, Path]:
