@@ -362,6 +362,41 @@ async def test_one_tenant_never_sees_another(db: Database) -> None:
         await other.stop(grace=0)
 
 
+async def test_a_watch_on_another_replica_gets_only_its_own_tenants_moves(db: Database) -> None:
+    """Two replicas on one database: a move of tenant acme wakes the other replica (pushed on
+    PostgreSQL) but never reaches a watcher of tenant other, which gets its own moves."""
+    acme, other = await _platform(db, "acme"), await _platform(db, "other")
+    try:
+        async with (
+            grpc.aio.insecure_channel(acme.address) as a,
+            grpc.aio.insecure_channel(other.address) as b,
+        ):
+            mine: Stub = prompt_service_pb2_grpc.PromptServiceStub(a)
+            theirs: Stub = prompt_service_pb2_grpc.PromptServiceStub(b)
+            for stub in (mine, theirs):
+                await _greeting(stub)
+            watch = theirs.WatchLabels(pb.WatchLabelsRequest())
+            updates = watch.__aiter__()
+            assert (await asyncio.wait_for(updates.__anext__(), 5)).WhichOneof("kind") == (
+                "snapshot"
+            )
+            await mine.SetLabel(
+                pb.SetLabelRequest(prompt="greeting", label="production", version=1)
+            )
+            own = await theirs.SetLabel(
+                pb.SetLabelRequest(prompt="greeting", label="staging", version=1)
+            )
+            received = await asyncio.wait_for(updates.__anext__(), 5)
+            assert received.event.sequence == own.event.sequence
+            assert received.event.label == "staging"
+            with pytest.raises(TimeoutError):  # nothing of acme's comes after it
+                await asyncio.wait_for(updates.__anext__(), 0.5)
+            watch.cancel()
+    finally:
+        await acme.stop(grace=0)
+        await other.stop(grace=0)
+
+
 async def test_a_label_move_reaches_a_watcher_within_100_ms(stub: Stub) -> None:
     await _greeting(stub)
     watch = stub.WatchLabels(pb.WatchLabelsRequest(prompts=["greeting"]))
