@@ -185,6 +185,35 @@ class PgListener:
                 await asyncio.wait_for(connection.close(), 2.0)
 
 
+class PushedWakeup:
+    """A `Wakeup` that PostgreSQL NOTIFYs on `channel` fire (those whose payload `matches`,
+    and every (re)connection of the listener), when `url` is given; a plain one, for polling,
+    when it is None (SQLite)."""
+
+    def __init__(self, url: str | None, channel: str, matches: Callable[[str], bool]) -> None:
+        self.wakeup = Wakeup()
+        self._matches = matches
+        self._listener = PgListener(url, channel, self._heard) if url else None
+
+    def pushed(self) -> bool:
+        """True while notifications flow (followers may poll less often)."""
+        return self._listener is not None and self._listener.connected
+
+    async def start(self) -> None:
+        """Starts listening (see `PgListener.start`)."""
+        if self._listener is not None:
+            await self._listener.start()
+
+    async def close(self) -> None:
+        """Stops listening."""
+        if self._listener is not None:
+            await self._listener.close()
+
+    def _heard(self, payload: str) -> None:
+        if not payload or self._matches(payload):  # "": (re)connected, re-read
+            self.wakeup.notify()
+
+
 class FeedFollower(Generic[E]):
     """Follows one feed from a sequence on: reads the events after the last one it handled
     whenever `wakeup` fires, or every `poll_seconds` (every `pushed_poll_seconds` while

@@ -5,7 +5,6 @@ each other only through generated stubs over gRPC channels, also when they share
 so the same code runs embedded (one process) or split (a process or pod per service).
 """
 
-import importlib
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -16,8 +15,8 @@ from typing import Any
 
 import grpc
 from genai.evaluation.v1 import evaluation_service_pb2, evaluation_service_pb2_grpc
-from genai.gateway.v1 import gateway_service_pb2
-from genai.inference.v1 import inference_service_pb2
+from genai.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
+from genai.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from genai.prompt.v1 import prompt_service_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
@@ -31,7 +30,7 @@ from services.common.clients import (
     create_channel,
 )
 from services.common.config import ConfigError
-from services.common.feeds import PgListener, Wakeup
+from services.common.feeds import PushedWakeup
 from services.common.interceptors import default_interceptors
 from services.common.local import local_stub
 from services.common.reflection import enable_documented_reflection
@@ -356,35 +355,25 @@ class TenantFeed:
     is PostgreSQL (see `services.gateway.core.tenant_changes`)."""
 
     def __init__(self, store: SqlTenantStore, url: str, poll_seconds: float) -> None:
-        wakeup = Wakeup()
-        self._listener: PgListener | None = None
-        if store.postgres:
-            schema = store.schema
-
-            def on_payload(payload: str) -> None:
-                if payload in ("", schema):  # "": (re)connected, re-read
-                    wakeup.notify()
-
-            self._listener = PgListener(url, TENANT_EVENTS_CHANNEL, on_payload)
-        listener = self._listener
+        schema = store.schema
+        self._push = PushedWakeup(
+            url if store.postgres else None,
+            TENANT_EVENTS_CHANNEL,
+            lambda payload: payload == schema,
+        )
         self.changes = TenantChanges(
-            store,
-            poll_seconds=poll_seconds,
-            wakeup=wakeup,
-            pushed=lambda: listener is not None and listener.connected,
+            store, poll_seconds=poll_seconds, wakeup=self._push.wakeup, pushed=self._push.pushed
         )
 
     async def start(self) -> None:
         """Starts following (and listening)."""
-        if self._listener is not None:
-            await self._listener.start()
+        await self._push.start()
         await self.changes.start()
 
     async def close(self) -> None:
         """Stops following (and listening)."""
         await self.changes.close()
-        if self._listener is not None:
-            await self._listener.close()
+        await self._push.close()
 
 
 @dataclass(frozen=True)
@@ -476,10 +465,11 @@ def _evaluation(
     tracer = trace.get_tracer("genai.evaluation", tracer_provider=clients.tracer_provider)
     targets = settings.evaluation.targets
 
-    def stub_of(service: ServiceKey, module: Any, name: str, target: str) -> Callable[[], Any]:
+    def stub_of(
+        service: ServiceKey, module: Any, name: str, remote: Callable[[Any], Any], target: str
+    ) -> Callable[[], Any]:
         full_name = SERVICE_NAMES[service]
         if target:
-            remote = getattr(module_grpc(module), f"{name}Stub")
             return lambda: remote(clients.channels.get(target))
         if full_name not in hosted:
             raise ConfigError(
@@ -515,9 +505,19 @@ def _evaluation(
     )
     return evaluation_server.registration(
         settings=settings.evaluation,
-        gateway=stub_of("gateway", gateway_service_pb2, "GatewayService", targets.gateway),
+        gateway=stub_of(
+            "gateway",
+            gateway_service_pb2,
+            "GatewayService",
+            gateway_service_pb2_grpc.GatewayServiceStub,
+            targets.gateway,
+        ),
         inference=stub_of(
-            "inference", inference_service_pb2, "InferenceService", targets.inference
+            "inference",
+            inference_service_pb2,
+            "InferenceService",
+            inference_service_pb2_grpc.InferenceServiceStub,
+            targets.inference,
         ),
         prompts=prompt_client if reachable else None,
         prompt_service=lambda: prompt_service_pb2_grpc.PromptServiceStub(
@@ -581,11 +581,6 @@ def _check_internal_token(settings: PlatformSettings) -> None:
             "(a gateway, an evaluation service) will be refused; set "
             "GENAI_AUTH__INTERNAL_TOKEN to the same secret everywhere"
         )
-
-
-def module_grpc(module: Any) -> Any:
-    """The generated `*_pb2_grpc` module beside a `*_pb2` module."""
-    return importlib.import_module(f"{module.__name__}_grpc")
 
 
 def _evaluation_gate(

@@ -2,7 +2,7 @@
 
 from genai.prompt.v1 import prompt_service_pb2_grpc
 
-from services.common.feeds import PgListener, Wakeup
+from services.common.feeds import PushedWakeup
 from services.common.server import ServiceRegistration
 from services.prompt.adapters.sql_store import (
     LABEL_EVENTS_CHANNEL,
@@ -27,34 +27,28 @@ def registration(
     by polling)."""
     url = settings.resolved_database_url()
     store = SqlPromptStore.from_url(url, schema=settings.database_schema or None)
-    wakeup = Wakeup()
-    listener: PgListener | None = None
-    if store.postgres:
-        ours = label_event_payload(store.schema, "")
-
-        def on_payload(payload: str) -> None:
-            if not payload or payload.startswith(ours):  # "": (re)connected, re-read
-                wakeup.notify()
-
-        listener = PgListener(url, LABEL_EVENTS_CHANNEL, on_payload)
+    ours = label_event_payload(store.schema, "")
+    push = PushedWakeup(
+        url if store.postgres else None,
+        LABEL_EVENTS_CHANNEL,
+        lambda payload: payload.startswith(ours),
+    )
     servicer = PromptServicer(
         PromptRegistry(
             store,
             poll_seconds=settings.watch_poll_seconds,
             gate=gate,
-            wakeup=wakeup,
-            pushed=lambda: listener is not None and listener.connected,
+            wakeup=push.wakeup,
+            pushed=push.pushed,
         )
     )
 
     async def start() -> None:
         await store.migrate()
-        if listener is not None:
-            await listener.start()
+        await push.start()
 
     async def stop() -> None:
-        if listener is not None:
-            await listener.close()
+        await push.close()
         await store.close()
 
     return ServiceRegistration(
