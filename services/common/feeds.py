@@ -29,6 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.background import cancel_requested
+
 _logger = logging.getLogger(__name__)
 
 E = TypeVar("E")
@@ -64,7 +66,8 @@ class Wakeup:
         if self._generation != seen_generation:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), patience_s)
+            async with asyncio.timeout(patience_s):
+                await self._event.wait()
 
 
 async def lock_feed(conn: AsyncConnection, feed: str, key: str = "") -> None:
@@ -133,7 +136,8 @@ class PgListener:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"listen {self._channel}")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), first_connection_s)
+            async with asyncio.timeout(first_connection_s):
+                await self._connected.wait()
 
     async def close(self) -> None:
         """Stops listening and closes the connection."""
@@ -143,7 +147,7 @@ class PgListener:
     async def _run(self) -> None:
         failures = 0
         first = True
-        while True:
+        while not cancel_requested():
             try:
                 await self._listen_once(first)
                 failures = 0
@@ -173,16 +177,18 @@ class PgListener:
             if not first:
                 self.reconnects += 1
             self._on_payload("")  # catch up on what was notified while nobody listened
-            while not closed.is_set():
+            while not closed.is_set() and not cancel_requested():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(closed.wait(), self._ping_seconds)
+                    async with asyncio.timeout(self._ping_seconds):
+                        await closed.wait()
                 if not closed.is_set():
                     await connection.execute("SELECT 1", timeout=self._ping_seconds)
             raise OSError("the LISTEN connection was closed")
         finally:
             self._connected.clear()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.close(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await connection.close()
 
 
 class PushedWakeup:
@@ -259,7 +265,7 @@ class FeedFollower(Generic[E]):
 
     async def _run(self) -> None:
         failing = False
-        while True:
+        while not cancel_requested():
             generation = self._wakeup.generation
             try:
                 events = await self._read_after(self.sequence)

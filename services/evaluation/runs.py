@@ -42,6 +42,7 @@ from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
 from services.common import reasons
+from services.common.background import every
 from services.common.errors import (
     Cancelled,
     DomainError,
@@ -283,19 +284,20 @@ class EvaluationRunner:
             self._keeper = asyncio.create_task(self._keep(), name="evaluation-run-leases")
 
     async def _keep(self) -> None:
-        while True:
-            try:
-                await self._store.heartbeat(self.owner)
-                orphans = await self._store.fail_orphaned_runs(int(self._lease_seconds * 1e6))
-                for tenant_id, run_id in orphans:
-                    _logger.warning(
-                        "evaluation run %s of tenant %s failed: its replica stopped",
-                        run_id,
-                        tenant_id,
-                    )
-            except Exception as error:  # the store is down: try again next time
-                _logger.warning("renewing evaluation run leases failed: %r", error)
-            await asyncio.sleep(self._lease_seconds / 3)
+        await every(
+            self._lease_seconds / 3,
+            self._keep_once,
+            name="renewing evaluation runs",
+            immediately=True,
+        )
+
+    async def _keep_once(self) -> None:
+        await self._store.heartbeat(self.owner)
+        orphans = await self._store.fail_orphaned_runs(int(self._lease_seconds * 1e6))
+        for tenant_id, run_id in orphans:
+            _logger.warning(
+                "evaluation run %s of tenant %s failed: its replica stopped", run_id, tenant_id
+            )
 
     # -------------------------------------------------------------------------- prompts
 

@@ -38,6 +38,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from services.common import reasons
+from services.common.background import every
 from services.common.errors import Unavailable
 from services.gateway.core.quota import (
     DAY_SECONDS,
@@ -585,15 +586,8 @@ class RedisQuotaLimiter:
             await self._call(pipe.execute())
 
     async def _every(self, seconds: float, work: Callable[[], Awaitable[Any]]) -> None:
-        """Runs `work` every `seconds` until cancelled; a failure is logged, not fatal."""
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await work()
-            except Unavailable:
-                pass  # logged by `_call`/`_run`; tried again next time
-            except Exception:
-                _logger.exception("quota background work failed")
+        # Unavailable: logged where it was raised, tried again next time.
+        await every(seconds, work, name="quota background work", expected=(Unavailable,))
 
     def _now(self) -> str:
         return "" if self._clock is None else f"{self._clock():.6f}"
