@@ -366,12 +366,19 @@ class Watcher:
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        last = 0
+        """Follows the replica; from a broken stream until the first message of the next
+        one the watcher is away (`Phase.down`), and moves made meanwhile arrive late
+        through no fault of the push."""
+        last, lost_at = 0, math.nan
         while True:
             try:
                 async with channel(self.replica.address, self.key) as watching:
                     request = prompt_service_pb2.WatchLabelsRequest(after_sequence=last)
                     async for message in PromptStub(watching).WatchLabels(request):
+                        if not math.isnan(lost_at):
+                            away = self.phase.down.setdefault(self.replica.name, [])
+                            away.append((lost_at, self.clock()))
+                            lost_at = math.nan
                         if message.HasField("snapshot"):
                             last = message.snapshot.sequence
                             self.phase.watch_from[self.replica.name] = last
@@ -380,6 +387,8 @@ class Watcher:
                             last = message.event.sequence
                             self.events.append((last, self.clock()))
             except grpc.aio.AioRpcError:
+                if math.isnan(lost_at):
+                    lost_at = self.clock()
                 await asyncio.sleep(0.1)  # the replica is down: try again
 
     async def caught_up(self, sequence: int, patience_s: float) -> bool:
@@ -482,7 +491,6 @@ async def faults(
         await asyncio.sleep(config.pause_s)
         await restart()
         fault.restarted_at = clock()
-        phase.down.setdefault(name, []).append((fault.killed_at, fault.restarted_at))
         progress.note(f"{name} serving again at {fault.restarted_at:.1f} s")
 
 

@@ -115,7 +115,8 @@ class Phase:
     watch_from: dict[str, int] = field(default_factory=dict)
     """Replica -> the sequence its watcher's first snapshot included."""
     down: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
-    """Replica -> the (from, to) times it was down."""
+    """Replica -> the (from, to) times its watcher was away: from its stream breaking to the
+    first message of the next one."""
 
 
 @dataclass
@@ -176,7 +177,8 @@ def in_flight_at(record: StreamRecord, faults: Sequence[Fault]) -> Fault | None:
 
 def cross_replica_delays(phase: Phase) -> list[float]:
     """Milliseconds from each committed move (sent through one replica) to its arrival at the
-    other replica's watcher, leaving out moves made while that replica was down."""
+    other replica's watcher, leaving out moves made while that watcher was away (its replica
+    down, or the watcher not yet back)."""
     arrivals = {name: dict(events) for name, events in phase.watched.items()}
     delays = []
     for sent, via, sequence in phase.moves:
@@ -530,6 +532,9 @@ def report(run: ReplicasRun) -> str:
             f"  SIGKILL {fault.target} at {fault.killed_at:.1f}, serving again at "
             f"{fault.restarted_at:.1f}: {len(cut)} streams in flight -> {dict(statuses)}"
         )
+    for name, windows in sorted(phase.down.items()):
+        spans = ", ".join(f"{start:.1f}-{end:.1f}" for start, end in windows)
+        lines.append(f"  watcher of {name} away (stream broken until its next message): {spans} s")
     statuses = Counter(_status(r) for r in phase.streams)
     lines += [
         f"  {len(phase.streams)} streams: {dict(statuses)}",
