@@ -26,6 +26,7 @@ import fcntl
 import os
 import sqlite3
 import time
+import weakref
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -196,6 +197,12 @@ def _sqlstate(error: BaseException) -> str | None:
     return None
 
 
+_SQLITE_WRITERS: "weakref.WeakValueDictionary[tuple[int, str], asyncio.Lock]" = (
+    weakref.WeakValueDictionary()
+)
+"""The in-process writer lock of each SQLite file, per event loop (see `_sqlite_writer`)."""
+
+
 class SqlStore:
     """Base of a store: an engine, its migrations, and read/write transactions.
 
@@ -338,11 +345,29 @@ class SqlStore:
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction (SQLite: `BEGIN IMMEDIATE`)."""
-        async with self._engine.connect() as conn:
+        """A write transaction (SQLite: `BEGIN IMMEDIATE`, one at a time per file in this
+        process, see `_sqlite_writer`)."""
+        async with self._sqlite_writer(), self._engine.connect() as conn:
             conn = await conn.execution_options(genai_write=True)
             async with conn.begin():
                 yield conn
+
+    @asynccontextmanager
+    async def _sqlite_writer(self) -> AsyncIterator[None]:
+        """SQLite has one writer per file. Stores of one process that share a file (a gateway's
+        tenant, idempotency and request-log stores; replicas in a test) take turns here, in
+        the event loop, instead of in SQLite's busy handler, whose sleeps add latency and, with
+        several connections of one process waiting in it at once, were seen to stall a write
+        for the whole busy timeout. Other processes still wait in the busy handler."""
+        if self._postgres:
+            yield
+            return
+        key = (id(asyncio.get_running_loop()), str(self._engine.url.database))
+        lock = _SQLITE_WRITERS.get(key)
+        if lock is None:
+            lock = _SQLITE_WRITERS[key] = asyncio.Lock()
+        async with lock:
+            yield
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
