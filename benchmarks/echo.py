@@ -34,6 +34,7 @@ from services.common.auth import AnonymousAuthenticator
 from services.common.errors import FieldViolation
 from services.common.grpc_types import MethodHandler, ServicerContext
 from services.common.interceptors import default_interceptors
+from services.common.policy import Role, Rule
 from services.common.server import SERVER_OPTIONS, ServiceRegistration, start_server
 from services.common.telemetry import configure_tracing
 from services.common.validation import Validators
@@ -114,6 +115,10 @@ async def start_echo_server(
             authenticator=AnonymousAuthenticator(),
             validators=validators,
             tracer_provider=provider,
+            policy={
+                method.removeprefix("/"): Rule(Role.MEMBER)
+                for method in (ECHO_METHOD, STREAM_METHOD)
+            },
         ),
         grace=0.5,
     )

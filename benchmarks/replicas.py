@@ -168,7 +168,10 @@ async def admin_setup(gateway: str, prompt: str, admin_key: str) -> tuple[str, s
                 timeout=30,
             )
             created = await admin.CreateApiKey(
-                gateway_service_pb2.CreateApiKeyRequest(tenant_id=tenant, admin=True), timeout=30
+                gateway_service_pb2.CreateApiKeyRequest(
+                    tenant_id=tenant, role=gateway_pb2.ROLE_TENANT_ADMIN
+                ),
+                timeout=30,
             )
             keys.append(created.secret)
     for key in keys:
@@ -548,7 +551,7 @@ async def run_replicas(config: ReplicasConfig, progress: Progress | None = None)
                 prompts, key, config.propagation_moves, config.move_interval_s / 2
             )
             revoked = await revocations(gateways, key, config.invalidation_trials)
-            quotas = await quota_changes(gateways, key, probe_key, config.invalidation_trials)
+            quotas = await quota_changes(gateways, admin_key, probe_key, config.invalidation_trials)
 
             progress.stage(
                 f"phase 2: {config.concurrency} streams for {config.duration_s:g} s over both "

@@ -39,7 +39,7 @@ from services.common.config import ConfigError, load_settings
 from services.common.status import error_details
 from services.evaluation import cli as eval_cli
 from services.experiment import cli as experiments_cli
-from services.gateway import logs_cli
+from services.gateway import audit_cli, logs_cli
 from services.gateway.logs_cli import API_KEY_ENV, error_line
 from services.inference.adapters import tritonserver
 from services.platform.auth import internal_metadata
@@ -167,6 +167,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     logs_cli.add_commands(logs, default_target=DEFAULT_TARGET)
 
+    audit = commands.add_parser(
+        "audit",
+        help="list the audit log: admin actions and protected label moves (ListAuditEvents)",
+    )
+    audit_cli.add_commands(audit, default_target=DEFAULT_TARGET)
+
     generate = commands.add_parser(
         "generate", help="stream a completion from InferenceService, as a chat turn"
     )
@@ -287,11 +293,13 @@ async def _serve_until_signalled(
         credentials = await ensure_dev_credentials(platform.tenants, dev_key_file())
         made = "created" if credentials.created else "kept"
         print(
-            f"development tenant '{credentials.tenant_id}', admin API key ({made}, saved in "
-            f"{credentials.key_file}):",
+            f"development tenant '{credentials.tenant_id}', platform-admin API key ({made}, "
+            f"saved in {credentials.key_file}, mode 0600):",
             flush=True,
         )
-        print(f"  export {API_KEY_ENV}={credentials.secret}", flush=True)
+        # The secret goes only to a person's terminal, never into a service's log.
+        shown = credentials.secret if sys.stdout.isatty() else f"$(cat {credentials.key_file})"
+        print(f"  export {API_KEY_ENV}={shown}", flush=True)
     print(f"try: grpcurl -plaintext {address} list", flush=True)
     print(f"     genai info --target {address}", flush=True)
     if "gateway" in settings.services:
@@ -304,7 +312,7 @@ async def _serve_until_signalled(
             "port": platform.port if isinstance(platform, WorkerPool) else platform.server.port,
             "services": list(platform.hosted_services),
             "metrics_port": platform.metrics_port,
-            "api_key": credentials.secret if credentials is not None else "",
+            "api_key_file": str(credentials.key_file) if credentials is not None else "",
             "pid": os.getpid(),
         }
         if isinstance(platform, WorkerPool):

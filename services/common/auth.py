@@ -41,10 +41,17 @@ class Authenticator(Protocol):
 
 
 class AnonymousAuthenticator:
-    """Accepts every request as one anonymous subject of one tenant (the embedded default)."""
+    """Accepts every request as one anonymous subject of one tenant (the embedded default,
+    auth `none`), with the `role` it is given: `platform_admin` unless told otherwise, since
+    without credentials there is no one to tell apart."""
 
-    def __init__(self, tenant_id: str = DEFAULT_TENANT, subject: str = "anonymous") -> None:
-        self._principal = Principal(tenant_id=tenant_id, subject=subject)
+    def __init__(
+        self,
+        tenant_id: str = DEFAULT_TENANT,
+        subject: str = "anonymous",
+        role: str = "platform_admin",
+    ) -> None:
+        self._principal = Principal(tenant_id=tenant_id, subject=subject, attributes={"role": role})
 
     async def authenticate(self, method: str, metadata: Mapping[str, str]) -> Principal:
         return self._principal

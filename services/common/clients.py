@@ -112,7 +112,7 @@ IDEMPOTENT_RPCS: Final[Mapping[str, frozenset[str]]] = {
     ),
     "genai.inference.v1.InferenceService": frozenset({"Embed", "ListModels", "GetModelStatus"}),
     "genai.gateway.v1.GatewayService": frozenset(
-        {"ListRequestLogs", "ListApiKeys", "GetServerInfo"}
+        {"ListRequestLogs", "ListApiKeys", "ListAuditEvents", "GetServerInfo"}
     ),
 }
 """RPCs whose repetition cannot change what happened: reads, sticky assignment, documented
@@ -154,6 +154,7 @@ NON_IDEMPOTENT_RPCS: Final[Mapping[str, frozenset[str]]] = {
             "UpdateTenantQuota",
             "CreateApiKey",
             "RevokeApiKey",
+            "RotateApiKey",  # a retry without the same request_id rotates twice
         }
     ),
 }

@@ -98,9 +98,23 @@ class AlreadyExists(DomainError):
 
 class Conflict(DomainError):
     """A concurrent change won, e.g. an expected-version check failed (ABORTED; retry the
-    read-modify-write cycle)."""
+    read-modify-write cycle), or a concurrent request holds what this one needs.
+
+    `retry_after` (seconds), when set, becomes `RetryInfo.retry_delay`.
+    """
 
     default_reason = reasons.CONCURRENT_MODIFICATION
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = retry_after
 
 
 class FailedPrecondition(DomainError):

@@ -1,4 +1,5 @@
-"""The server interceptor chain: tracing, auth, errors, validation, in this order, everywhere.
+"""The server interceptor chain: tracing, auth, errors, access, validation, in this order,
+everywhere.
 
 grpc.aio applies interceptors outermost first, so for every RPC:
 
@@ -7,7 +8,10 @@ grpc.aio applies interceptors outermost first, so for every RPC:
    (UNAUTHENTICATED, ...) because it sits outside the error layer;
 3. errors turns the domain exceptions raised below it into rich statuses, and anything
    unexpected into a generic INTERNAL (logged with its traceback, never sent);
-4. validation rejects invalid requests with INVALID_ARGUMENT before the handler runs.
+4. access applies the role policy (`services.common.policy`) and appends audited calls to
+   the audit log (`services.common.access`);
+5. validation rejects invalid requests with INVALID_ARGUMENT before the handler runs: the
+   contract-wide request guard on every method, then the method's own validator.
 
 Health checks and server reflection skip tracing and auth. Each layer wraps the handler's
 behaviour and rebuilds the method handler with the same (de)serializers, for all four RPC kinds.
@@ -16,21 +20,36 @@ behaviour and rebuilds the method handler with the same (de)serializers, for all
 import abc
 import inspect
 import logging
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Mapping
 from contextlib import aclosing
-from typing import Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import grpc
 import grpc.aio
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
 from grpc_health.v1 import health
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 
 from services.common.auth import Authenticator, set_current_principal
-from services.common.errors import DomainError, FieldViolation, InvalidArgument, Unimplemented
+from services.common.errors import (
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    QuotaViolation,
+    ResourceExhausted,
+    Unimplemented,
+)
 from services.common.grpc_types import MethodHandler, ServerInterceptor, ServicerContext
+from services.common.request_guard import guards, request_violations
 from services.common.status import status_code_of, to_grpc_status
 from services.common.validation import Validator, Validators, validate
+
+if TYPE_CHECKING:
+    from services.common.audit import AuditSink
+    from services.common.policy import Rule
 
 _logger = logging.getLogger(__name__)
 
@@ -57,15 +76,31 @@ def default_interceptors(
     authenticator: Authenticator,
     validators: Validators,
     tracer_provider: TracerProvider | None = None,
+    audit: "AuditSink | None" = None,
+    registry: CollectorRegistry | None = None,
+    policy: "Mapping[str, Rule] | None" = None,
 ) -> list[ServerInterceptor]:
-    """Returns the chain every server uses, outermost first: tracing, auth, errors, validation.
+    """Returns the chain every server uses, outermost first: tracing, auth, errors, access
+    (the role policy and the audit log, `services.common.access`), validation.
 
-    `tracer_provider` None means OpenTelemetry's global provider.
+    `tracer_provider` None means OpenTelemetry's global provider; `audit` None writes audit
+    records to the process log only; `registry` takes the access layer's metrics; `policy`
+    None is the contract's (`services.common.policy.POLICY`).
     """
+    # Imported here: the access layer is itself built on this module's interceptor base.
+    from services.common.access import AccessInterceptor
+    from services.common.audit import LoggingAuditSink
+    from services.common.policy import POLICY
+
     return [
         tracing_interceptor(tracer_provider),
         AuthInterceptor(authenticator),
         ErrorInterceptor(),
+        AccessInterceptor(
+            audit or LoggingAuditSink(),
+            policy=POLICY if policy is None else policy,
+            registry=registry,
+        ),
         ValidationInterceptor(validators),
     ]
 
@@ -196,34 +231,58 @@ def _request_decoder(handler: Handler) -> Callable[[Any], Any]:
 
 
 class ValidationInterceptor(_BehaviourInterceptor):
-    """Runs the method's validator on each request; raises `InvalidArgument` listing all
-    violations before the handler runs. Request streams are validated message by message as
-    the handler reads them through its request iterator."""
+    """Rejects invalid requests with `InvalidArgument` listing all violations before the
+    handler runs: first the contract-wide request guard (`services.common.request_guard`:
+    out-of-range timestamps and durations, non-finite numbers, undeclared enum numbers,
+    over-deep JSON values, in every method), then the method's own validator. Request streams
+    are validated message by message as the handler reads them through its request iterator."""
 
     def __init__(self, validators: Validators) -> None:
         self._validators = validators
 
     def _wrap(self, handler: Handler, method: str) -> Handler:
         validator = self._validators.get(method)
-        if validator is None:
+        guarded = _guarded_request_type(handler)
+        if validator is None and not guarded:
             return handler
-        checked = validator
+        checks = tuple(
+            check
+            for check in ((request_violations if guarded else None), validator)
+            if check is not None
+        )
         request_streaming = handler.request_streaming
 
         async def check(request: Any, context: Context) -> Any:
             if request_streaming:
-                return _validated_stream(request, checked)
-            validate(checked, request)
+                return _validated_stream(request, checks)
+            _validate_all(checks, request)
             return request
 
         return _with_prelude(handler, check)
 
 
+def _guarded_request_type(handler: Handler) -> bool:
+    """True when the request type of `handler` (known from its deserializer, a generated
+    `FromString`) can hold a value the request guard checks; True when unknown too."""
+    message_class = getattr(handler.request_deserializer, "__self__", None)
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    if not isinstance(descriptor, Descriptor):
+        return handler.request_deserializer is not None
+    return guards(descriptor)
+
+
+def _validate_all(checks: tuple[Validator, ...], request: Any) -> None:
+    for check in checks:
+        if check is request_violations and not isinstance(request, Message):
+            continue  # a handler that takes raw bytes or a non-protobuf request
+        validate(check, request)
+
+
 async def _validated_stream(
-    requests: AsyncIterable[Any], validator: Validator
+    requests: AsyncIterable[Any], checks: tuple[Validator, ...]
 ) -> AsyncGenerator[Any, None]:
     async for request in requests:
-        validate(validator, request)
+        _validate_all(checks, request)
         yield request
 
 
@@ -238,12 +297,83 @@ async def abort_with_error(context: Context, error: Exception, *, method: str) -
         raise error
     if isinstance(error, NotImplementedError):  # what generated servicer base classes raise
         error = Unimplemented(method=method.removeprefix("/"), missing="an implementation")
+    if isinstance(error, DomainError):
+        _bound_for_trailers(error)
     if isinstance(error, DomainError) and status_code_of(error) is not None:
         _logger.debug("%s failed: %r", method, error)
     else:
         _logger.error("%s raised an unexpected exception", method, exc_info=error)
     status = to_grpc_status(error)
     await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+MAX_REPORTED_MESSAGE = 400
+"""Characters of an error message sent to a client at most."""
+MAX_REPORTED_DETAILS = 1500
+"""Characters of all field (or quota) violations of one status at most, and
+`MAX_REPORTED_VIOLATIONS` of them. The status travels in trailing metadata, of which a client
+accepts 8 KiB by default: a longer one reaches it as a transport error (RESOURCE_EXHAUSTED
+"received metadata size exceeds soft limit"), not as the precise status."""
+MAX_REPORTED_VIOLATIONS = 20
+MAX_REPORTED_TEXT = 200
+"""Characters of one field path, description, or ErrorInfo metadata value at most."""
+MAX_REPORTED_METADATA = 8
+
+
+def _bound_for_trailers(error: DomainError) -> None:
+    """Shortens what `error` reports, in place, to fit a client's trailing metadata: a
+    hostile request can make a validator report millions of violations, or a message that
+    echoes a megabyte-long value."""
+    error.message = _clip(error.message, MAX_REPORTED_MESSAGE)
+    error.metadata = {
+        key[:MAX_REPORTED_TEXT]: _clip(value, MAX_REPORTED_TEXT)
+        for key, value in list(error.metadata.items())[:MAX_REPORTED_METADATA]
+    }
+    if isinstance(error, InvalidArgument):
+        error.violations = _bounded(
+            error.violations,
+            lambda v: FieldViolation(
+                _clip(v.field, MAX_REPORTED_TEXT), _clip(v.description, MAX_REPORTED_TEXT)
+            ),
+            lambda last, more: FieldViolation(last.field, f"and {more} more violations"),
+            lambda v: len(v.field) + len(v.description),
+        )
+    elif isinstance(error, ResourceExhausted):
+        error.violations = _bounded(
+            error.violations,
+            lambda v: QuotaViolation(
+                _clip(v.subject, MAX_REPORTED_TEXT), _clip(v.description, MAX_REPORTED_TEXT)
+            ),
+            lambda last, more: QuotaViolation(last.subject, f"and {more} more violations"),
+            lambda v: len(v.subject) + len(v.description),
+        )
+
+
+_V = TypeVar("_V")
+
+
+def _bounded(
+    violations: tuple[_V, ...],
+    clip: Callable[[_V], _V],
+    summary: Callable[[_V, int], _V],
+    size: Callable[[_V], int],
+) -> tuple[_V, ...]:
+    kept: list[_V] = []
+    used = 0
+    for violation in violations:
+        clipped = clip(violation)
+        if len(kept) == MAX_REPORTED_VIOLATIONS - 1 or used + size(clipped) > MAX_REPORTED_DETAILS:
+            break
+        kept.append(clipped)
+        used += size(clipped)
+    more = len(violations) - len(kept)
+    if more:
+        kept.append(summary(clip(violations[len(kept)]), more))
+    return tuple(kept)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _text_metadata(context: Context) -> dict[str, str]:

@@ -98,6 +98,12 @@ TENANT_NOT_FOUND: Final = "TENANT_NOT_FOUND"
 API_KEY_NOT_FOUND: Final = "API_KEY_NOT_FOUND"
 """No API key with that id exists in the tenant."""
 
+REQUEST_IN_PROGRESS: Final = "REQUEST_IN_PROGRESS"
+"""A request with the same `request_id` is still running; `RetryInfo` says when to ask again
+for its outcome."""
+REQUEST_ID_REUSED: Final = "REQUEST_ID_REUSED"
+"""The `request_id` was used within its retention for a different request."""
+
 ALL_REASONS: Final = frozenset(
     {
         FIELD_VIOLATION,
@@ -141,6 +147,8 @@ ALL_REASONS: Final = frozenset(
         EVALUATION_REPORT_NOT_FOUND,
         TENANT_NOT_FOUND,
         API_KEY_NOT_FOUND,
+        REQUEST_IN_PROGRESS,
+        REQUEST_ID_REUSED,
     }
 )
 """Every reason above; a contract test checks each is a `genai.common.v1.ErrorReason` name."""

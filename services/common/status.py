@@ -103,7 +103,10 @@ def to_rpc_status(error: BaseException) -> status_pb2.Status:
                 ]
             )
         )
-    if isinstance(error, ResourceExhausted | Unavailable) and error.retry_after is not None:
+    if (
+        isinstance(error, ResourceExhausted | Unavailable | Conflict)
+        and error.retry_after is not None
+    ):
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(round(error.retry_after * 1e9))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
@@ -234,6 +237,10 @@ def remote_error(error: grpc.aio.AioRpcError, *, service: str, what: str) -> Dom
             reason=reason,
             metadata=metadata,
         )
+    if code == grpc.StatusCode.ABORTED:
+        return Conflict(
+            message or code.name, retry_after=parsed.retry_after, reason=reason, metadata=metadata
+        )
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return Unimplemented(
             message,
@@ -245,7 +252,6 @@ def remote_error(error: grpc.aio.AioRpcError, *, service: str, what: str) -> Dom
     simple: dict[grpc.StatusCode, type[DomainError]] = {
         grpc.StatusCode.NOT_FOUND: NotFound,
         grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-        grpc.StatusCode.ABORTED: Conflict,
         grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
         grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
         grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,

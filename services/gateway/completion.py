@@ -28,6 +28,16 @@
 
 Deadlines propagate: every downstream call gets the time the caller has left. A cancelled
 client stream cancels the generation on the backend (`RoutedGenerator` cancels its call).
+
+A request with a `request_id` is idempotent (`services.gateway.core.idempotency`, scope
+`completion`, shared by Complete and StreamComplete): before step 1 it claims its id in the
+gateway's database, shared by every replica. A retry of a request that succeeded is answered
+from the stored outcome (`start`, one delta with the whole text, the same `final`) with nothing
+generated, charged or logged again; a retry while the first still runs fails with ABORTED
+(REQUEST_IN_PROGRESS, `RetryInfo`); the same id on a different request fails with
+FAILED_PRECONDITION (REQUEST_ID_REUSED). The outcome is stored after step 6, before `final`
+goes out; a request that fails in any way releases its claim, so that a retry runs again.
+Without a `request_id` the gateway makes one up and touches no idempotency store.
 """
 
 import asyncio
@@ -64,6 +74,13 @@ from services.common.errors import (
 from services.common.status import STATUS_CODES, remote_error
 from services.common.wire import decimal_amount, duration, money
 from services.evaluation.core.online import FeedbackRecord, OnlineEvaluator, OnlineRecord
+from services.gateway.core.idempotency import (
+    Claim,
+    Idempotency,
+    Replay,
+    RequestInProgress,
+    fingerprint,
+)
 from services.gateway.core.processing import (
     FinishOverride,
     OutputSchemaViolation,
@@ -95,6 +112,8 @@ MAX_TAG_CHARS: Final = 128
 MAX_EXTRA_MESSAGES: Final = 64
 EXPERIMENT_CACHE_S: Final = 5.0
 RECENT_REQUESTS: Final = 10_000
+IDEMPOTENCY_SCOPE: Final = "completion"
+"""The idempotency scope of Complete and StreamComplete (a retry of one may be the other)."""
 
 _PII_KINDS: Final = {
     prompt_pb2.PII_KIND_EMAIL: PiiKind.EMAIL,
@@ -161,6 +180,8 @@ class _Outcome:
     reservation: Reservation | None = None
     logged: bool = False
     """The request-log record was handed over already (before `final`)."""
+    claim: Claim | None = None
+    """The request's idempotency claim, until its outcome is stored (None: there is none)."""
 
     def tokens_used(self) -> int:
         """Input plus output tokens of every attempt so far."""
@@ -207,6 +228,7 @@ class CompletionEngine:
         default_max_output_tokens: int,
         experiments: Any = None,
         online: OnlineEvaluator | None = None,
+        idempotency: Idempotency | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -223,6 +245,8 @@ class CompletionEngine:
         self._default_max_output_tokens = default_max_output_tokens
         self._experiments = experiments
         self._online = online
+        self._idempotency = idempotency
+        """Claims and outcomes of requests with a `request_id` (None: every request runs)."""
         self._experiment_units: dict[tuple[str, str], tuple[float, int]] = {}
         """(tenant, experiment) -> (expiry, the experiment's assignment unit), briefly cached."""
         self._served: OrderedDict[tuple[str, str], ServedRequest] = OrderedDict()
@@ -238,6 +262,15 @@ class CompletionEngine:
         """Yields `start`, the processed deltas and `final`; raises `DomainError`s (the error
         interceptor turns them into statuses) after which nothing more is sent."""
         started = self._clock()
+        claim: Claim | None = None
+        if request.request_id and self._idempotency is not None and _claimable(request):
+            begun = await self._begin(self._idempotency, request, caller)
+            if isinstance(begun, Replay):
+                self._metrics.idempotent_replays.labels(caller.tenant_id, caller.method).inc()
+                for message in replayed(begun.outcome):
+                    yield message
+                return
+            claim = begun
         span_context = trace.get_current_span().get_span_context()
         outcome = _Outcome(
             started=started,
@@ -245,6 +278,7 @@ class CompletionEngine:
             trace_id=f"{span_context.trace_id:032x}" if span_context.is_valid else "",
             request=request,
             arrived=datetime.now(UTC),
+            claim=claim,
         )
         deadline = None if time_left is None else started + time_left
         try:
@@ -380,6 +414,8 @@ class CompletionEngine:
                 _response_attributes(span, outcome, final)
             outcome.final = final
             await self._commit(outcome, caller)
+            if outcome.claim is not None:
+                await self._store_outcome(outcome, outcome.claim, result.text, final)
             yield Response(final=final)
         except DomainError as error:
             outcome.code = STATUS_CODES.get(type(error), grpc.StatusCode.INTERNAL)
@@ -391,7 +427,54 @@ class CompletionEngine:
             outcome.code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            await asyncio.shield(self._account(outcome, caller))
+            await asyncio.shield(self._end(outcome, caller))
+
+    # ------------------------------------------------------------------------------ idempotency
+
+    async def _begin(
+        self, idempotency: Idempotency, request: Request, caller: Caller
+    ) -> Claim | Replay:
+        """Claims the request's id (see the module docstring)."""
+        without_id = Request()
+        without_id.CopyFrom(request)
+        without_id.ClearField("request_id")
+        try:
+            return await idempotency.begin(
+                caller.tenant_id,
+                IDEMPOTENCY_SCOPE,
+                request.request_id,
+                fingerprint(without_id.SerializeToString(deterministic=True)),
+            )
+        except RequestInProgress:
+            self._metrics.idempotent_in_progress.labels(caller.tenant_id, caller.method).inc()
+            raise
+
+    async def _store_outcome(
+        self, outcome: _Outcome, claim: Claim, text: str, final: gateway_pb2.CompletionMetadata
+    ) -> None:
+        """Stores a successful request's outcome for its retries; a store that fails leaves
+        the claim to be released (a retry then runs again), never failing the request."""
+        assert self._idempotency is not None
+        stored = gateway_service_pb2.CompleteResponse(text=text, metadata=final)
+        try:
+            kept = await self._idempotency.complete(
+                claim, stored.SerializeToString(deterministic=True)
+            )
+        except Exception:
+            _logger.exception("storing the outcome of request %s failed", outcome.request_id)
+            kept = False
+        else:
+            outcome.claim = None
+        if not kept:
+            self._metrics.idempotent_unstored.inc()
+
+    async def _end(self, outcome: _Outcome, caller: Caller) -> None:
+        """Accounts the request, then releases its claim if its outcome was not stored (it
+        failed, or was cancelled), so that a retry runs again."""
+        await self._account(outcome, caller)
+        if outcome.claim is not None and self._idempotency is not None:
+            await self._idempotency.release(outcome.claim)
+            outcome.claim = None
 
     # ------------------------------------------------------------------------------ experiments
 
@@ -887,6 +970,37 @@ class CompletionEngine:
 # ------------------------------------------------------------------------------------------
 # Request rules and conversions
 # ------------------------------------------------------------------------------------------
+
+
+def _claimable(request: Request) -> bool:
+    """Whether the request is valid, so that it is worth claiming its id (an invalid one
+    fails, and is logged, without touching the idempotency store)."""
+    try:
+        _validate(request)
+    except InvalidArgument:
+        return False
+    return True
+
+
+def replayed(outcome: bytes) -> list[Response]:
+    """The stream that answers a retry from a stored outcome (a serialized `CompleteResponse`):
+    `start`, one delta with the whole text, and the first request's `final`."""
+    stored = gateway_service_pb2.CompleteResponse.FromString(outcome)
+    final = stored.metadata
+    return [
+        Response(
+            start=gateway_pb2.CompletionStart(
+                request_id=final.request_id,
+                trace_id=final.trace_id,
+                prompt=final.prompt,
+                prompt_version=final.prompt_version,
+                experiment=final.experiment,
+                variant=final.variant,
+            )
+        ),
+        Response(delta=gateway_pb2.TextDelta(text=stored.text)),
+        Response(final=final),
+    ]
 
 
 def _validate(request: Request) -> None:

@@ -131,12 +131,44 @@ class OnlineEvaluationSettings(Settings):
     )
 
 
+class IdempotencySettings(Settings):
+    """Retries by `request_id` (Complete, StreamComplete): claims and outcomes in the gateway's
+    database, shared by every replica."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Honour request_id: a retry within the retention returns the first "
+        "outcome instead of generating (and charging, and logging) again; false: every "
+        "request runs.",
+    )
+    retention_seconds: float = Field(
+        default=86_400.0,
+        ge=60,
+        le=30 * 86_400,
+        description="How long a successful outcome is kept for retries with its request_id.",
+    )
+    lease_seconds: float = Field(
+        default=15.0,
+        ge=1,
+        le=600,
+        description="A running request's claim lapses this long after its replica stopped "
+        "renewing it (a killed process), and a retry may then run the request again.",
+    )
+    sweep_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        le=86_400,
+        description="How often each replica deletes expired outcomes and lapsed claims.",
+    )
+
+
 class GatewaySettings(Settings):
     """Settings of GatewayService."""
 
     database_url: str = Field(
         default="",
-        description="SQLAlchemy URL of tenants, API keys and the request log: "
+        description="SQLAlchemy URL of tenants, API keys, the request log and idempotent "
+        "requests' outcomes: "
         "sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host:5432/db; empty: SQLite "
         "in $XDG_DATA_HOME/genai-platform/gateway.db.",
     )
@@ -146,6 +178,9 @@ class GatewaySettings(Settings):
     quota: QuotaSettings = Field(default_factory=QuotaSettings, description="Tenant quotas.")
     request_log: RequestLogSettings = Field(
         default_factory=RequestLogSettings, description="The request log."
+    )
+    idempotency: IdempotencySettings = Field(
+        default_factory=IdempotencySettings, description="Idempotent retries by request_id."
     )
     in_process_calls: bool = Field(
         default=True,

@@ -81,14 +81,25 @@ def add_commands(parser: argparse.ArgumentParser, *, default_target: str) -> Non
         help="only requests from then on: an age (30s, 10m, 2h, 1d, 1w) or an ISO 8601 time "
         "(UTC unless it has an offset)",
     )
+    add_listing_options(parser, what="entries")
+    parser.set_defaults(run=run)
+
+
+def add_listing_options(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """`--limit`, `--json` and `--timeout`, as every listing command of the gateway has them."""
     parser.add_argument(
-        "--limit", type=_positive_int, default=DEFAULT_LIMIT, help="entries to show at most"
+        "--limit", type=positive_int, default=DEFAULT_LIMIT, help=f"{what} to show at most"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument(
-        "--timeout", type=_positive_float, default=DEFAULT_TIMEOUT, help="deadline of each call"
+        "--timeout", type=positive_float, default=DEFAULT_TIMEOUT, help="deadline of each call"
     )
-    parser.set_defaults(run=run)
+
+
+def key_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """The `authorization` metadata of `--api-key`, else of `$GENAI_API_KEY` (none without)."""
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV, "")
+    return (("authorization", f"Bearer {key}"),) if key else ()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def run_async(args: argparse.Namespace) -> int:
     """`run` inside a running event loop."""
-    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV, "")
-    metadata = (("authorization", f"Bearer {key}"),) if key else ()
+    metadata = key_metadata(args)
     async with create_channel(args.target) as channel:
         try:
             entries = await fetch_entries(
@@ -242,7 +252,7 @@ def _money(meta: gateway_pb2.CompletionMetadata) -> str:
     return f"{amount:.6f} {meta.cost.currency_code}".rstrip()
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -252,7 +262,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:

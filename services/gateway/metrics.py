@@ -88,6 +88,26 @@ class GatewayMetrics:
             "request log's store was slow or down; the record is still written).",
             registry=registry,
         )
+        self.idempotent_replays = Counter(
+            "genai_gateway_idempotent_replays",
+            "Completions answered with the stored outcome of an earlier request with the same "
+            "request_id (nothing generated, charged or logged).",
+            ("tenant", "method"),
+            registry=registry,
+        )
+        self.idempotent_in_progress = Counter(
+            "genai_gateway_idempotent_in_progress",
+            "Completions refused with ABORTED (REQUEST_IN_PROGRESS) because a request with "
+            "the same request_id was still running.",
+            ("tenant", "method"),
+            registry=registry,
+        )
+        self.idempotent_unstored = Counter(
+            "genai_gateway_idempotent_unstored",
+            "Successful completions whose outcome could not be stored for retries (the store "
+            "failed, or the claim lapsed); a retry of one runs again.",
+            registry=registry,
+        )
         self.failovers = Counter(
             "genai_gateway_failovers",
             "Attempts that failed before the first token and moved to the next candidate.",

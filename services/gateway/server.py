@@ -23,10 +23,12 @@ from services.evaluation.core.online import (
     OnlineSampler,
 )
 from services.gateway.adapters.health_probe import GrpcHealthProbe
+from services.gateway.adapters.idempotency_store import SqlIdempotencyStore
 from services.gateway.adapters.redis_quota import RedisQuotaLimiter
 from services.gateway.adapters.request_log_store import SqlRequestLogStore
 from services.gateway.completion import CompletionEngine
 from services.gateway.config import GatewaySettings
+from services.gateway.core.idempotency import Idempotency
 from services.gateway.core.quota import InMemoryQuotaLimiter, QuotaLimiter, Usage
 from services.gateway.core.request_log import BatchWriter
 from services.gateway.core.server_info import ServerInfoReporter
@@ -67,7 +69,6 @@ def registration(
     channel_for: Callable[[str], grpc.aio.Channel],
     tenants: TenantStore,
     internal_token: str,
-    admin_required: bool,
     registry: CollectorRegistry,
     tracer_provider: TracerProvider | None = None,
     local_servicer: Callable[[str], object | None] = lambda _service: None,
@@ -125,6 +126,25 @@ def registration(
         if record is None:
             return None
         return Usage(1, record.input_tokens + record.output_tokens, record.cost_micros)
+
+    idempotency_settings = settings.idempotency
+    idempotency_store = (
+        SqlIdempotencyStore.from_url(
+            settings.resolved_database_url(), schema=settings.database_schema or None
+        )
+        if idempotency_settings.enabled
+        else None
+    )
+    idempotency = (
+        Idempotency(
+            idempotency_store,
+            lease_seconds=idempotency_settings.lease_seconds,
+            retention_seconds=idempotency_settings.retention_seconds,
+            sweep_seconds=idempotency_settings.sweep_seconds,
+        )
+        if idempotency_store is not None
+        else None
+    )
 
     quota: QuotaLimiter
     if settings.quota.backend == "redis":
@@ -203,6 +223,7 @@ def registration(
                 default_max_output_tokens=settings.default_max_output_tokens,
                 experiments=experiments,
                 online=online,
+                idempotency=idempotency,
                 tracer_provider=tracer_provider,
             )
         return state["engine"]
@@ -229,13 +250,16 @@ def registration(
         directory=directory,
         logs=log_store,
         internal_token=internal_token,
-        admin_required=admin_required,
+        idempotency=idempotency,
     )
 
     async def start() -> None:
         await quota.start()
         if log_store is not None:
             await log_store.migrate()
+        if idempotency_store is not None and idempotency is not None:
+            await idempotency_store.migrate()
+            await idempotency.start()
         if writer is not None:
             writer.start()
         if online is not None:
@@ -253,6 +277,10 @@ def registration(
         await directory.close()
         if log_store is not None:
             await log_store.close()
+        if idempotency is not None:
+            await idempotency.aclose()
+        if idempotency_store is not None:
+            await idempotency_store.close()
         await quota.aclose()
 
     return ServiceRegistration(

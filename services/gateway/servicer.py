@@ -1,21 +1,31 @@
 """genai.gateway.v1.GatewayService: converts between protos and gateway domain types."""
 
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, cast
 
 import grpc
 from genai.common.v1 import money_pb2
 from genai.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common import reasons
-from services.common.auth import Principal, current_principal
-from services.common.errors import FieldViolation, InvalidArgument, NotFound
+from services.common.audit import AuditQuery, AuditRecord
+from services.common.auth import current_principal
+from services.common.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from services.common.policy import (
+    Role,
+    role_of,
+    scope_tenant,
+    sees_every_tenant,
+    set_audit_target,
+)
 from services.common.wire import timestamp
+from services.gateway.adapters.sealed_outcomes import SealedOutcomes
 from services.gateway.completion import (
     FEEDBACK_METHOD,
     STREAM_METHOD,
@@ -24,7 +34,7 @@ from services.gateway.completion import (
     CompletionEngine,
     ServedRequest,
 )
-from services.gateway.core.auth import require_admin
+from services.gateway.core.idempotency import Idempotency
 from services.gateway.core.request_log import (
     DEFAULT_PAGE_SIZE,
     RequestLogQuery,
@@ -33,10 +43,12 @@ from services.gateway.core.request_log import (
 )
 from services.gateway.core.server_info import ServerInfoReporter
 from services.gateway.core.tenants import (
+    DEFAULT_ROTATION_GRACE,
     ApiKey,
     Tenant,
     TenantQuota,
     TenantStore,
+    key_role,
 )
 from services.gateway.tenancy import TenantDirectory
 from services.platform.auth import internal_metadata
@@ -46,6 +58,7 @@ SERVICE_NAME = "genai.gateway.v1.GatewayService"
 gs = gateway_service_pb2
 Context = grpc.aio.ServicerContext[Any, Any]
 MICROS_PER_NANO_UNIT = 1000
+Response = TypeVar("Response", bound=Message)
 
 
 class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
@@ -60,7 +73,7 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         directory: TenantDirectory,
         logs: RequestLogReader | None,
         internal_token: str,
-        admin_required: bool,
+        idempotency: Idempotency | None = None,
     ) -> None:
         self._server_info = server_info
         self._engine = engine
@@ -68,7 +81,7 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         self._directory = directory
         self._logs = logs
         self._internal_token = internal_token
-        self._admin_required = admin_required
+        self._sealed = SealedOutcomes(idempotency)
 
     # ------------------------------------------------------------------------------ completions
 
@@ -197,20 +210,23 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
     async def CreateTenant(
         self, request: gs.CreateTenantRequest, context: Context
     ) -> gs.CreateTenantResponse:
-        """Creates a tenant (admin keys only)."""
-        self._require_admin()
-        tenant = await self._tenants.create_tenant(
-            request.tenant.id,
-            request.tenant.display_name,
-            _quota(request.tenant.quota, "tenant.quota"),
-        )
-        return gs.CreateTenantResponse(tenant=_tenant(tenant))
+        """Creates a tenant (platform admins; the access layer checks and audits), once per
+        `request_id`."""
+
+        async def create() -> gs.CreateTenantResponse:
+            tenant = await self._tenants.create_tenant(
+                request.tenant.id,
+                request.tenant.display_name,
+                _quota(request.tenant.quota, "tenant.quota"),
+            )
+            return gs.CreateTenantResponse(tenant=_tenant(tenant))
+
+        return await self._once(context, "CreateTenant", request, gs.CreateTenantResponse, create)
 
     async def UpdateTenantQuota(
         self, request: gs.UpdateTenantQuotaRequest, context: Context
     ) -> gs.UpdateTenantQuotaResponse:
-        """Replaces a tenant's quota (admin keys only)."""
-        self._require_admin()
+        """Replaces a tenant's quota (platform admins)."""
         if not request.HasField("quota"):
             raise InvalidArgument(violations=[FieldViolation("quota", "is required")])
         tenant = await self._tenants.update_quota(request.tenant_id, _quota(request.quota, "quota"))
@@ -220,36 +236,135 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
     async def CreateApiKey(
         self, request: gs.CreateApiKeyRequest, context: Context
     ) -> gs.CreateApiKeyResponse:
-        """Creates a key and returns its secret, once (admin keys only)."""
-        self._require_admin()
-        key, secret = await self._tenants.create_api_key(
-            request.tenant_id, request.display_name, request.admin
+        """Creates a key and returns its secret: a tenant admin for its own tenant, up to its
+        own role; a platform admin for any tenant."""
+        principal = current_principal()
+        tenant_id = scope_tenant(principal, request.tenant_id)
+        role = key_role(request.admin, Role(request.role) if request.role else None)
+        if role > role_of(principal):
+            raise PermissionDenied(
+                f"a {role_of(principal).label} cannot grant the {role.label} role",
+                reason=reasons.PERMISSION_DENIED,
+                metadata={
+                    "required_role": role.label,
+                    "role": role_of(principal).label,
+                    "subject": principal.subject,
+                },
+            )
+        expire_time = (
+            _instant(request.expire_time, "expire_time")
+            if request.HasField("expire_time")
+            else None
         )
-        return gs.CreateApiKeyResponse(key=_api_key(key), secret=secret)
+
+        async def create() -> gs.CreateApiKeyResponse:
+            key, secret = await self._tenants.create_api_key(
+                tenant_id, request.display_name, role=role, expire_time=expire_time
+            )
+            return gs.CreateApiKeyResponse(key=_api_key(key), secret=secret)
+
+        response = await self._once(
+            context, "CreateApiKey", request, gs.CreateApiKeyResponse, create
+        )
+        set_audit_target(f"api_key/{response.key.id}", tenant_id=tenant_id)
+        return response
 
     async def ListApiKeys(
         self, request: gs.ListApiKeysRequest, context: Context
     ) -> gs.ListApiKeysResponse:
-        """Lists a tenant's keys, never their secrets (admin keys only)."""
-        self._require_admin()
+        """Lists a tenant's keys, never their secrets."""
+        tenant_id = scope_tenant(current_principal(), request.tenant_id)
         keys, token = await self._tenants.list_api_keys(
-            request.tenant_id, request.page_size, request.page_token
+            tenant_id, request.page_size, request.page_token
         )
         return gs.ListApiKeysResponse(keys=[_api_key(k) for k in keys], next_page_token=token)
 
     async def RevokeApiKey(
         self, request: gs.RevokeApiKeyRequest, context: Context
     ) -> gs.RevokeApiKeyResponse:
-        """Revokes a key (admin keys only)."""
-        self._require_admin()
-        key = await self._tenants.revoke_api_key(request.id)
+        """Revokes a key of the caller's tenant (any tenant's, for a platform admin)."""
+        if not request.id:
+            raise InvalidArgument(violations=[FieldViolation("id", "is required")])
+        key = await self._tenants.revoke_api_key(request.id, tenant_id=self._key_scope())
+        set_audit_target(f"api_key/{key.id}", tenant_id=key.tenant_id)
         return gs.RevokeApiKeyResponse(key=_api_key(key))
 
-    def _require_admin(self) -> Principal:
+    async def RotateApiKey(
+        self, request: gs.RotateApiKeyRequest, context: Context
+    ) -> gs.RotateApiKeyResponse:
+        """Gives a key of the caller's tenant (any tenant's, for a platform admin) a new
+        secret; the old one works for the grace period."""
+        violations = [] if request.id else [FieldViolation("id", "is required")]
+        grace = DEFAULT_ROTATION_GRACE
+        if request.HasField("grace_period"):
+            grace = _span(request.grace_period, "grace_period")
+        if violations:
+            raise InvalidArgument(violations=violations)
+        scope = self._key_scope()
+
+        async def rotate() -> gs.RotateApiKeyResponse:
+            key, secret = await self._tenants.rotate_api_key(request.id, grace, tenant_id=scope)
+            return gs.RotateApiKeyResponse(key=_api_key(key), secret=secret)
+
+        response = await self._once(
+            context, "RotateApiKey", request, gs.RotateApiKeyResponse, rotate
+        )
+        set_audit_target(f"api_key/{response.key.id}", tenant_id=response.key.tenant_id)
+        return response
+
+    async def _once(
+        self,
+        context: Context,
+        method: str,
+        request: Any,
+        response_type: type[Response],
+        produce: Callable[[], Awaitable[Response]],
+    ) -> Response:
+        """`produce()` at most once per `request_id` of the same caller (see
+        `services.gateway.adapters.sealed_outcomes`)."""
+        return await self._sealed.once(
+            current_principal(),
+            _bearer(context),
+            f"{SERVICE_NAME}/{method}",
+            request,
+            response_type,
+            produce,
+        )
+
+    def _key_scope(self) -> str | None:
+        """The tenant whose keys the caller may address by id: its own, or any (None)."""
         principal = current_principal()
-        if self._admin_required:
-            require_admin(principal)
-        return principal
+        return None if sees_every_tenant(principal) else principal.tenant_id
+
+    # ------------------------------------------------------------------------------ audit
+
+    async def ListAuditEvents(
+        self, request: gs.ListAuditEventsRequest, context: Context
+    ) -> gs.ListAuditEventsResponse:
+        """One page of a tenant's audit log, newest first."""
+        tenant_id = scope_tenant(current_principal(), request.tenant_id)
+        page = await self._tenants.list_audit_records(
+            AuditQuery(
+                tenant_id=tenant_id,
+                page_size=request.page_size,
+                page_token=request.page_token,
+                action=request.action,
+                actor=request.actor,
+                outcome=request.outcome,
+                start_time=(
+                    _instant(request.start_time, "start_time")
+                    if request.HasField("start_time")
+                    else None
+                ),
+                end_time=(
+                    _instant(request.end_time, "end_time") if request.HasField("end_time") else None
+                ),
+            )
+        )
+        return gs.ListAuditEventsResponse(
+            events=[_audit_event(record) for record in page.records],
+            next_page_token=page.next_page_token,
+        )
 
     # ------------------------------------------------------------------------------ info
 
@@ -331,18 +446,69 @@ def _api_key(key: ApiKey) -> gateway_pb2.ApiKey:
         tenant_id=key.tenant_id,
         display_name=key.display_name,
         admin=key.admin,
+        role=cast(gateway_pb2.Role, int(key.role)),
         create_time=timestamp(key.create_time),
     )
-    if key.revoke_time is not None:
-        message.revoke_time.CopyFrom(timestamp(key.revoke_time))
+    for name, moment in (
+        ("revoke_time", key.revoke_time),
+        ("expire_time", key.expire_time),
+        ("rotate_time", key.rotate_time),
+        ("previous_secret_expire_time", key.previous_secret_expire_time),
+    ):
+        if moment is not None:
+            getattr(message, name).CopyFrom(timestamp(moment))
     return message
 
 
+def _audit_event(record: AuditRecord) -> gateway_pb2.AuditEvent:
+    return gateway_pb2.AuditEvent(
+        id=record.id,
+        time=timestamp(record.time),
+        tenant_id=record.tenant_id,
+        actor=record.actor,
+        actor_tenant_id=record.actor_tenant_id,
+        actor_role=cast(gateway_pb2.Role, int(record.actor_role)),
+        action=record.action,
+        target=record.target,
+        request_id=record.request_id,
+        outcome=record.outcome,
+        detail=record.detail,
+    )
+
+
 def _time_or_none(request: gs.ListRequestLogsRequest, name: str) -> datetime | None:
-    if not request.HasField(name):
-        return None
-    moment: datetime = getattr(request, name).ToDatetime(tzinfo=UTC)
+    return _instant(getattr(request, name), name) if request.HasField(name) else None
+
+
+def _bearer(context: Context) -> str:
+    """The caller's API key secret, from its `authorization: Bearer` metadata ("" without)."""
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == "authorization" and isinstance(value, str):
+            scheme, _, secret = value.strip().partition(" ")
+            return secret.strip() if scheme.lower() == "bearer" else ""
+    return ""
+
+
+def _instant(message: Timestamp, field: str) -> datetime:
+    """The moment of a Timestamp; InvalidArgument naming `field` when it is out of range."""
+    try:
+        moment: datetime = message.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            violations=[FieldViolation(field, "is not a valid timestamp (years 1 to 9999)")]
+        ) from None
     return moment
+
+
+def _span(message: Duration, field: str) -> timedelta:
+    """The span of a Duration; InvalidArgument naming `field` when it is out of range."""
+    try:
+        span: timedelta = message.ToTimedelta()
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            violations=[FieldViolation(field, "is not a valid duration")]
+        ) from None
+    return span
 
 
 def _log_entry(record: RequestLogRecord) -> gateway_pb2.RequestLogEntry:

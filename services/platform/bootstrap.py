@@ -5,11 +5,13 @@ import asyncio
 import contextlib
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 from services.common.auth import DEFAULT_TENANT
 from services.common.errors import AlreadyExists, NotFound
+from services.common.policy import Role
 from services.gateway.core.tenants import TenantStore, parse_secret, secret_matches
 
 DEV_KEY_NAME: Final = "genai serve development key"
@@ -24,7 +26,7 @@ def dev_key_file() -> Path:
 
 @dataclass(frozen=True)
 class DevCredentials:
-    """The development tenant's admin key, and whether this start created it."""
+    """The development tenant's platform-admin key, and whether this start created it."""
 
     tenant_id: str
     secret: str
@@ -33,8 +35,9 @@ class DevCredentials:
 
 
 async def ensure_dev_credentials(tenants: TenantStore, key_file: Path) -> DevCredentials:
-    """Makes sure the `default` tenant exists and has a valid admin key saved in `key_file`
-    (mode 0600); reuses the saved key while it is valid, so restarts keep it."""
+    """Makes sure the `default` tenant exists and has a valid platform-admin key saved in
+    `key_file` (mode 0600); reuses the saved key while it is valid, so restarts keep it. A
+    saved key from before roles (a tenant admin) is replaced by a platform admin's."""
     try:
         await tenants.get_tenant(DEFAULT_TENANT)
     except NotFound:
@@ -45,11 +48,16 @@ async def ensure_dev_credentials(tenants: TenantStore, key_file: Path) -> DevCre
     if key_id is not None:
         found = await tenants.find_api_key(key_id)
         if found is not None:
-            key, stored_hash = found
-            usable = not key.revoked and key.tenant_id == DEFAULT_TENANT
-            if usable and secret_matches(saved, stored_hash):
+            key = found.key
+            usable = (
+                not key.revoked
+                and key.tenant_id == DEFAULT_TENANT
+                and key.role is Role.PLATFORM_ADMIN
+                and not key.expired(datetime.now(UTC))
+            )
+            if usable and secret_matches(saved, found.secret_hash):
                 return DevCredentials(DEFAULT_TENANT, saved, key_file, created=False)
-    _, secret = await tenants.create_api_key(DEFAULT_TENANT, DEV_KEY_NAME, admin=True)
+    _, secret = await tenants.create_api_key(DEFAULT_TENANT, DEV_KEY_NAME, role=Role.PLATFORM_ADMIN)
     await asyncio.to_thread(_write, key_file, secret)
     return DevCredentials(DEFAULT_TENANT, secret, key_file, created=True)
 

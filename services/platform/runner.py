@@ -5,6 +5,7 @@ each other only through generated stubs over gRPC channels, also when they share
 so the same code runs embedded (one process) or split (a process or pod per service).
 """
 
+import ipaddress
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -206,6 +207,7 @@ async def start_platform(
     triton_channels = ChannelPool(factory=triton_channel)
     _check_targets(settings)
     api_keys = settings.auth.mode == "api_key"
+    check_transport(settings)
     if api_keys and not settings.auth.internal_token:
         _check_internal_token(settings)
     internal_token = (settings.auth.internal_token or secrets.token_urlsafe(32)) if api_keys else ""
@@ -285,6 +287,8 @@ async def start_platform(
                 authenticator=authenticator or AnonymousAuthenticator(),
                 validators=Validators(),
                 tracer_provider=tracer_provider,
+                audit=tenants,  # the audit log lives beside the tenants and keys
+                registry=registry,
             ),
             tls=_tls(settings.server),
             grace=settings.server.grace_seconds,
@@ -442,7 +446,6 @@ def _registration(
                 tenants=_required(shared.tenants),
                 tenant_changes=shared.tenant_changes,
                 internal_token=shared.internal_token,
-                admin_required=shared.api_keys,
                 registry=shared.registry,
                 tracer_provider=clients.tracer_provider,
                 local_servicer=shared.local_servicer,
@@ -560,6 +563,41 @@ def _check_targets(settings: PlatformSettings) -> None:
             )
     if problems:
         raise ConfigError(problems)
+
+
+def check_transport(settings: PlatformSettings) -> None:
+    """API keys never cross a network in plaintext: with keys on, a server listening on a
+    non-loopback address needs TLS, or `server.tls_terminated_upstream` saying a proxy in front
+    of it ends TLS (logged, so the choice shows in the log). `ConfigError` otherwise."""
+    server = settings.server
+    if settings.auth.mode != "api_key" or server.tls_certificate_file or _loopback(server.host):
+        return
+    if server.tls_terminated_upstream:
+        _logger.warning(
+            "serving API keys without TLS on %s: server.tls_terminated_upstream says TLS ends "
+            "in front of this server",
+            server.host,
+        )
+        return
+    raise ConfigError(
+        [
+            f"server.host {server.host!r} is not a loopback address and API keys are on, but "
+            "TLS is off: API keys would cross the network in plaintext. Set "
+            "server.tls_certificate_file and server.tls_private_key_file, or, when a load "
+            "balancer or proxy in front of this server ends TLS, "
+            "server.tls_terminated_upstream: true (GENAI_SERVER__TLS_TERMINATED_UPSTREAM=true)"
+        ]
+    )
+
+
+def _loopback(host: str) -> bool:
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: it may resolve to anything
 
 
 def _check_internal_token(settings: PlatformSettings) -> None:

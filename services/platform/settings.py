@@ -60,6 +60,13 @@ class ServerSettings(Settings):
     tls_client_ca_file: str = Field(
         default="", description="PEM CA that client certificates must chain to (mutual TLS)."
     )
+    tls_terminated_upstream: bool = Field(
+        default=False,
+        description="TLS ends in front of this server (a load balancer, an ingress, a service "
+        "mesh sidecar), so it may listen without TLS on a non-loopback address while API keys "
+        "are on; logged at start. Without it, such a start is refused: keys would cross the "
+        "network in plaintext.",
+    )
 
     @model_validator(mode="after")
     def _tls_files_come_in_pairs(self) -> Self:

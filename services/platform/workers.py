@@ -54,7 +54,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from services.common.config import ConfigError
 from services.gateway.adapters.tenant_store import SqlTenantStore
 from services.inference.adapters.tritonserver import TritonServer
-from services.platform.runner import launch_triton, start_platform
+from services.platform.runner import check_transport, launch_triton, start_platform
 from services.platform.settings import PlatformSettings
 
 _logger = logging.getLogger("services.platform.workers")  # also when run as __main__
@@ -402,6 +402,7 @@ async def start_workers(settings: PlatformSettings) -> WorkerPool:
     problems = worker_problems(settings)
     if problems:
         raise ConfigError(problems)
+    check_transport(settings)
     reservation = reserve_port(settings.server.host, settings.server.port)
     api_keys = settings.auth.mode == "api_key"
     token = (settings.auth.internal_token or secrets.token_urlsafe(32)) if api_keys else ""

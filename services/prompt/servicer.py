@@ -13,8 +13,9 @@ from genai.prompt.v1 import prompt_pb2, prompt_service_pb2, prompt_service_pb2_g
 from google.protobuf import json_format, struct_pb2
 
 from services.common.auth import current_principal
-from services.common.errors import FieldViolation, InvalidArgument
+from services.common.errors import FieldViolation, InvalidArgument, NotFound
 from services.common.grpc_types import ServicerContext
+from services.common.policy import elevate
 from services.common.wire import timestamp
 from services.prompt.core.model import (
     UNSET,
@@ -116,6 +117,8 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
         if violations:
             raise InvalidArgument(violations=violations)
         p = request.prompt
+        if "protected_labels" in paths or "evaluation_gate" in paths:
+            elevate(f"prompt/{p.name}")  # changing what protects labels is a tenant admin's
         gate = _gate(p)
         changes = PromptChanges(
             description=p.description if "description" in paths else None,
@@ -174,6 +177,7 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
         self, request: pb.SetLabelRequest, context: ServicerContext
     ) -> pb.SetLabelResponse:
         """Points a label at a version."""
+        await self._elevate_if_protected(request.prompt, request.label)
         expected = request.expected_version if request.HasField("expected_version") else UNSET
         label, event = await self._registry.set_label(
             _move(request.prompt, request.label, expected, request.reason), request.version
@@ -184,6 +188,7 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
         self, request: pb.DeleteLabelRequest, context: ServicerContext
     ) -> pb.DeleteLabelResponse:
         """Deletes a label; its history stays."""
+        await self._elevate_if_protected(request.prompt, request.label)
         expected = request.expected_version if request.HasField("expected_version") else UNSET
         event = await self._registry.delete_label(
             _move(request.prompt, request.label, expected, request.reason)
@@ -194,11 +199,22 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
         self, request: pb.RollbackLabelRequest, context: ServicerContext
     ) -> pb.RollbackLabelResponse:
         """Moves a label back one move."""
+        await self._elevate_if_protected(request.prompt, request.label)
         expected = request.expected_version if request.HasField("expected_version") else UNSET
         label, event = await self._registry.rollback_label(
             _move(request.prompt, request.label, expected, request.reason)
         )
         return pb.RollbackLabelResponse(label=_label(label), event=_event(event))
+
+    async def _elevate_if_protected(self, prompt: str, label: str) -> None:
+        """A move of a protected label needs a tenant admin and is audited (see
+        `services.common.policy.elevate`); an unknown prompt is left to the move to report."""
+        try:
+            found = await self._registry.get_prompt(_tenant(), prompt)
+        except (NotFound, InvalidArgument):
+            return
+        if label in found.protected_labels:
+            elevate(f"prompt/{prompt}/label/{label}")
 
     async def ListLabelHistory(
         self, request: pb.ListLabelHistoryRequest, context: ServicerContext

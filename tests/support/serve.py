@@ -79,7 +79,11 @@ def genai_serve(
             address=described["address"],
             port=described["port"],
             services=tuple(described["services"]),
-            api_key=described.get("api_key", ""),
+            api_key=(
+                Path(described["api_key_file"]).read_text().strip()
+                if described.get("api_key_file")
+                else ""
+            ),
             metrics_port=described.get("metrics_port"),
             workers=tuple(described.get("workers", ())),
         )

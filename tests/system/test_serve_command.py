@@ -94,4 +94,10 @@ def test_the_main_job_serves_a_real_smollm2_answer_from_the_triton_it_launched(
     assert refused.returncode == 1
     assert "UNAUTHENTICATED" in refused.stderr
     assert served.process.returncode == 0, output
-    assert f"export GENAI_API_KEY={served.api_key}" in output
+    # stdout is a pipe here, as in a service manager's log: the secret is not in it, the path
+    # of its 0600 file is.
+    assert served.api_key not in output
+    key_file = Path(os.environ.get("XDG_DATA_HOME", "")) / "genai-platform" / "dev-api-key"
+    assert f"export GENAI_API_KEY=$(cat {key_file})" in output, output
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.read_text().strip() == served.api_key

@@ -167,3 +167,33 @@ def test_a_missing_schema_is_created_and_served(tmp_path: Path, fresh_schema: st
     )
     assert ("schema_migrations",) in tables
     assert ("prompts",) in tables
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+def test_api_keys_in_plaintext_on_a_network_address_are_refused(workers: list[str]) -> None:
+    command = [sys.executable, "-m", "services.cli", "serve", "--port", "0", "--no-prompts"]
+    result = subprocess.run(
+        [*command, "--service", "prompt", "--host", "0.0.0.0", *workers],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    message = " ".join(result.stderr.split())
+    assert "server.host '0.0.0.0' is not a loopback address and API keys are on" in message
+    assert "GENAI_SERVER__TLS_TERMINATED_UPSTREAM=true" in message
+
+
+def test_tls_ended_in_front_of_the_server_is_a_named_logged_choice(tmp_path: Path) -> None:
+    env = {
+        "GENAI_SERVER__TLS_TERMINATED_UPSTREAM": "true",
+        "GENAI_INFERENCE__TRITON__LAUNCH": "false",
+    }
+    with genai_serve(
+        tmp_path, "--host", "0.0.0.0", "--service", "prompt", "--no-prompts", env=env
+    ) as served:
+        served.process.send_signal(2)
+        output, _ = served.process.communicate(timeout=60)
+    assert "serving API keys without TLS on 0.0.0.0" in output, output

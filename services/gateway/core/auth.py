@@ -11,19 +11,18 @@ each time.
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final, Protocol
 
-from services.common import reasons
 from services.common.auth import Principal
-from services.common.errors import PermissionDenied, Unauthenticated
-from services.gateway.core.tenants import ApiKey, parse_secret, secret_hash, secret_matches
+from services.common.errors import Unauthenticated
+from services.common.policy import ROLE
+from services.gateway.core.tenants import StoredApiKey, parse_secret, secret_hash
 
 AUTHORIZATION: Final = "authorization"
 """The metadata key that carries the API key."""
 API_KEY_ID: Final = "api_key_id"
 """`Principal.attributes` key: the public id of the caller's API key."""
-ADMIN: Final = "admin"
-"""`Principal.attributes` key: `"true"` for admin keys, `"false"` otherwise."""
 DEFAULT_CACHE_TTL: Final = 5.0
 DEFAULT_CACHE_SIZE: Final = 10_000
 
@@ -31,8 +30,8 @@ DEFAULT_CACHE_SIZE: Final = 10_000
 class ApiKeyFinder(Protocol):
     """Finds stored keys (`services.gateway.adapters.tenant_store.SqlTenantStore`)."""
 
-    async def find_api_key(self, key_id: str) -> tuple[ApiKey, str] | None:
-        """The key with that id and the SHA-256 (hex) of its secret; None when unknown."""
+    async def find_api_key(self, key_id: str) -> StoredApiKey | None:
+        """The key with that id and the SHA-256 (hex) of its secrets; None when unknown."""
         ...
 
 
@@ -47,7 +46,8 @@ class ApiKeyAuthenticator:
     """An `services.common.auth.Authenticator` for the gateway's API keys.
 
     `clock` (monotonic seconds) times the cache; `cache_size` bounds it (the entries closest
-    to expiry go first).
+    to expiry go first); `wall_clock` (Unix seconds) decides expiry. A cached key is never
+    trusted past its `expire_time`, nor an old secret past the end of its rotation grace.
     """
 
     def __init__(
@@ -57,8 +57,10 @@ class ApiKeyAuthenticator:
         cache_ttl: float = DEFAULT_CACHE_TTL,
         cache_size: int = DEFAULT_CACHE_SIZE,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = keys
+        self._wall_clock = wall_clock
         self._ttl = cache_ttl
         self._size = cache_size
         self._clock = clock
@@ -66,7 +68,7 @@ class ApiKeyAuthenticator:
 
     async def authenticate(self, method: str, metadata: Mapping[str, str]) -> Principal:
         """The principal of the request's API key; `Unauthenticated` saying what is wrong
-        (missing, not Bearer, malformed, unknown, revoked, wrong secret) otherwise."""
+        (missing, not Bearer, malformed, unknown, revoked, expired, wrong secret) otherwise."""
         secret = _bearer_token(metadata)
         hashed = secret_hash(secret)
         now = self._clock()
@@ -84,20 +86,31 @@ class ApiKeyAuthenticator:
         found = await self._keys.find_api_key(key_id)
         if found is None:
             raise _rejected(f"unknown API key {key_id!r}", key_id)
-        key, stored_hash = found
-        if not secret_matches(secret, stored_hash):
+        wall = self._wall_clock()
+        moment = datetime.fromtimestamp(wall, UTC)
+        key = found.key
+        if not found.accepts(secret, moment):
             raise _rejected(f"the secret of API key {key_id!r} is wrong", key_id)
         if key.revoke_time is not None:
             raise _rejected(
                 f"API key {key_id!r} was revoked at {key.revoke_time.isoformat()}", key_id
             )
+        if key.expire_time is not None and moment >= key.expire_time:
+            raise _rejected(f"API key {key_id!r} expired at {key.expire_time.isoformat()}", key_id)
         principal = Principal(
             tenant_id=key.tenant_id,
             subject=f"apikey:{key.id}",
-            attributes={API_KEY_ID: key.id, ADMIN: "true" if key.admin else "false"},
+            attributes={API_KEY_ID: key.id, ROLE: key.role.label},
         )
         if self._ttl > 0:
-            self._remember(hashed, _Cached(principal, key.id, now + self._ttl), now)
+            trusted_until = now + self._ttl
+            limits = [key.expire_time]
+            if secret_hash(secret) != found.secret_hash:  # an old secret, in its grace period
+                limits.append(key.previous_secret_expire_time)
+            for limit in limits:
+                if limit is not None:
+                    trusted_until = min(trusted_until, now + (limit.timestamp() - wall))
+            self._remember(hashed, _Cached(principal, key.id, trusted_until), now)
         return principal
 
     def forget(self, key_id: str) -> None:
@@ -113,16 +126,6 @@ class ApiKeyAuthenticator:
                 # Entries share one TTL, so the first inserted is the closest to expiry.
                 del self._cache[next(iter(self._cache))]
         self._cache[hashed] = entry
-
-
-def require_admin(principal: Principal) -> None:
-    """Raises `PermissionDenied` unless `principal` authenticated with an admin API key."""
-    if principal.attributes.get(ADMIN) != "true":
-        raise PermissionDenied(
-            "this call needs an admin API key",
-            reason=reasons.PERMISSION_DENIED,
-            metadata={"subject": principal.subject},
-        )
 
 
 def _bearer_token(metadata: Mapping[str, str]) -> str:

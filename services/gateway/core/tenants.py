@@ -13,10 +13,12 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Final, Protocol
+from datetime import datetime, timedelta
+from typing import Final, NamedTuple, Protocol
 
+from services.common.audit import AuditPage, AuditQuery
 from services.common.errors import FieldViolation, InvalidArgument
+from services.common.policy import ASSIGNABLE_ROLES, Role
 
 TENANT_ID_PATTERN: Final = re.compile(r"[a-z0-9_-]{1,64}")
 """Tenant ids: 1 to 64 characters of `a-z 0-9 - _`."""
@@ -34,6 +36,10 @@ KEY_ID_PATTERN: Final = re.compile(r"[a-z2-7]{12}")
 """Public ids of API keys."""
 SECRET_RANDOM_BYTES: Final = 32
 """Random bytes in a secret."""
+DEFAULT_ROTATION_GRACE: Final = timedelta(hours=24)
+"""How long a rotated key's old secret keeps working unless the rotation says otherwise."""
+MAX_ROTATION_GRACE: Final = timedelta(days=7)
+"""The longest grace period of a rotation."""
 _SECRET_PATTERN: Final = re.compile(
     rf"{SECRET_PREFIX}_(?P<id>[a-z2-7]{{12}})_[A-Za-z0-9_-]{{43,86}}"
 )
@@ -72,16 +78,54 @@ class ApiKey:
     id: str
     tenant_id: str
     display_name: str
-    admin: bool
-    """Whether the key may call admin RPCs."""
+    role: Role
+    """What the key may do."""
     create_time: datetime
     revoke_time: datetime | None = None
     """When the key was revoked; None while it is valid."""
+    expire_time: datetime | None = None
+    """When the key stops working; None: never."""
+    rotate_time: datetime | None = None
+    """When its secret was last rotated; None: never."""
+    previous_secret_expire_time: datetime | None = None
+    """Until when the secret before the last rotation still works; None when there is none."""
 
     @property
     def revoked(self) -> bool:
         """Whether the key was revoked."""
         return self.revoke_time is not None
+
+    @property
+    def admin(self) -> bool:
+        """Whether the key is a tenant or platform admin's (the contract's legacy `admin`)."""
+        return self.role >= Role.TENANT_ADMIN
+
+    def expired(self, now: datetime) -> bool:
+        """Whether the key has expired at `now`."""
+        return self.expire_time is not None and now >= self.expire_time
+
+
+class StoredApiKey(NamedTuple):
+    """A key as its store keeps it: the record and the hashes of the secrets it accepts."""
+
+    key: ApiKey
+    secret_hash: str
+    """SHA-256 (hex) of the current secret."""
+    previous_secret_hash: str = ""
+    """SHA-256 (hex) of the secret before the last rotation ("" when there is none); accepted
+    until `key.previous_secret_expire_time`."""
+
+    def accepts(self, secret: str, now: datetime) -> bool:
+        """Whether `secret` is one of the key's valid secrets at `now` (constant time)."""
+        if secret_matches(secret, self.secret_hash):
+            return True
+        until = self.key.previous_secret_expire_time
+        return (
+            bool(self.previous_secret_hash)
+            and until is not None
+            and now < until
+            and secret_matches(secret, self.previous_secret_hash)
+        )
 
 
 class TenantEventKind(enum.Enum):
@@ -112,13 +156,23 @@ class TenantStore(Protocol):
     async def get_tenant(self, tenant_id: str) -> Tenant: ...
     async def update_quota(self, tenant_id: str, quota: TenantQuota) -> Tenant: ...
     async def create_api_key(
-        self, tenant_id: str, display_name: str = "", admin: bool = False
+        self,
+        tenant_id: str,
+        display_name: str = "",
+        admin: bool = False,
+        *,
+        role: Role | None = None,
+        expire_time: datetime | None = None,
     ) -> tuple[ApiKey, str]: ...
     async def list_api_keys(
         self, tenant_id: str, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[ApiKey], str]: ...
     async def revoke_api_key(self, key_id: str, *, tenant_id: str | None = None) -> ApiKey: ...
-    async def find_api_key(self, key_id: str) -> tuple[ApiKey, str] | None: ...
+    async def rotate_api_key(
+        self, key_id: str, grace: timedelta, *, tenant_id: str | None = None
+    ) -> tuple[ApiKey, str]: ...
+    async def find_api_key(self, key_id: str) -> StoredApiKey | None: ...
+    async def list_audit_records(self, query: AuditQuery) -> AuditPage: ...
     async def last_tenant_event(self) -> int: ...
     async def tenant_events_after(self, sequence: int, limit: int = 500) -> list[TenantEvent]: ...
 
@@ -179,10 +233,37 @@ def check_quota_update(tenant_id: str, quota: TenantQuota) -> None:
     _raise_if([*tenant_id_violations(tenant_id), *quota_violations(quota)])
 
 
-def check_new_api_key(tenant_id: str, display_name: str) -> None:
+def check_new_api_key(
+    tenant_id: str,
+    display_name: str,
+    role: Role = Role.MEMBER,
+    expire_time: datetime | None = None,
+    now: datetime | None = None,
+) -> None:
     """Raises `InvalidArgument` naming every invalid field of a key to create (`tenant_id`,
-    `display_name`)."""
-    _raise_if([*tenant_id_violations(tenant_id), *display_name_violations(display_name)])
+    `display_name`, `role`, `expire_time`)."""
+    violations = [*tenant_id_violations(tenant_id), *display_name_violations(display_name)]
+    if role not in ASSIGNABLE_ROLES:
+        violations.append(
+            FieldViolation("role", "must be one of " + ", ".join(r.label for r in ASSIGNABLE_ROLES))
+        )
+    if expire_time is not None and now is not None and expire_time <= now:
+        violations.append(FieldViolation("expire_time", "must be in the future"))
+    _raise_if(violations)
+
+
+def key_role(admin: bool, role: Role | None) -> Role:
+    """The role of a new key: `role` when given, else tenant_admin for a legacy `admin` key,
+    else member."""
+    if role is not None and role is not Role.NONE:
+        return role
+    return Role.TENANT_ADMIN if admin else Role.MEMBER
+
+
+def check_rotation_grace(grace: timedelta, field: str = "grace_period") -> None:
+    """Raises `InvalidArgument` unless `grace` is in [0, `MAX_ROTATION_GRACE`]."""
+    if not timedelta(0) <= grace <= MAX_ROTATION_GRACE:
+        _raise_if([FieldViolation(field, f"must be in [0, {MAX_ROTATION_GRACE.days} days]")])
 
 
 def _raise_if(violations: list[FieldViolation]) -> None:
@@ -193,9 +274,10 @@ def _raise_if(violations: list[FieldViolation]) -> None:
 # ------------------------------------------------------------------------------------- secrets
 
 
-def new_api_key_secret() -> tuple[str, str, str]:
-    """A new key: `(key_id, secret, secret_hash)`. Show the secret once; store the hash."""
-    key_id = base64.b32encode(secrets.token_bytes(8)).decode("ascii").lower()[:12]
+def new_api_key_secret(key_id: str = "") -> tuple[str, str, str]:
+    """A new key, or a new secret for `key_id`: `(key_id, secret, secret_hash)`. Show the
+    secret once; store the hash."""
+    key_id = key_id or base64.b32encode(secrets.token_bytes(8)).decode("ascii").lower()[:12]
     secret = f"{SECRET_PREFIX}_{key_id}_{secrets.token_urlsafe(SECRET_RANDOM_BYTES)}"
     return key_id, secret, secret_hash(secret)
 

@@ -18,7 +18,7 @@ from services.common.grpc_types import (
 from services.common.interceptors import default_interceptors
 from services.common.server import ServiceRegistration, start_server
 from services.common.validation import Validators
-from tests.integration.common.harness import SERVICE, Harness, Serve, Tracing
+from tests.integration.common.harness import SERVICE, Harness, Serve, Tracing, open_policy
 
 
 @pytest.fixture
@@ -41,6 +41,7 @@ async def serve() -> AsyncIterator[Serve]:
                 authenticator=authenticator or AnonymousAuthenticator(),
                 validators=validators or Validators(),
                 tracer_provider=tracer_provider or TracerProvider(),
+                policy=open_policy(handlers),
             )
         server = await start_server(
             bind="127.0.0.1:0",

@@ -23,10 +23,18 @@ from services.common.grpc_types import (
     UnaryStreamMultiCallable,
     UnaryUnaryMultiCallable,
 )
+from services.common.policy import Role, Rule
 from services.common.server import RunningServer
 from services.common.validation import Validators
 
 SERVICE = "test.common.v1.TestService"
+
+
+def open_policy(handlers: Mapping[str, Any]) -> dict[str, Rule]:
+    """An access policy that lets any caller call the test service's methods (these tests are
+    about the other layers; the access layer has tests of its own)."""
+    return {f"{SERVICE}/{name}": Rule(Role.NONE) for name in handlers}
+
 
 _SERIALIZERS: dict[str, Any] = {
     "request_deserializer": StringValue.FromString,

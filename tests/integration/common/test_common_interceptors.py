@@ -11,6 +11,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import reasons
+from services.common.access import AccessInterceptor
 from services.common.auth import Principal, current_principal
 from services.common.errors import FieldViolation, Unauthenticated
 from services.common.interceptors import (
@@ -301,7 +302,7 @@ async def test_each_message_of_a_request_stream_is_validated(serve: Serve) -> No
     assert seen == ["a"]
 
 
-# Order: tracing, auth, errors, validation
+# Order: tracing, auth, errors, access, validation
 
 
 def test_default_chain_order() -> None:
@@ -311,6 +312,7 @@ def test_default_chain_order() -> None:
         "OpenTelemetryAioServerInterceptor",
         AuthInterceptor.__name__,
         ErrorInterceptor.__name__,
+        AccessInterceptor.__name__,
         ValidationInterceptor.__name__,
     ]
 
@@ -375,3 +377,33 @@ async def test_errors_wrap_validation_so_a_crashing_validator_is_internal(
 
     assert (parsed.code, parsed.reason) == (grpc.StatusCode.INTERNAL, reasons.INTERNAL_ERROR)
     assert "validator bug" not in parsed.message
+
+
+async def test_a_method_without_an_access_rule_is_refused_and_a_role_below_the_rule_too(
+    serve: Serve,
+) -> None:
+    from services.common.auth import AnonymousAuthenticator
+    from services.common.policy import Role, Rule
+
+    closed = await serve(
+        {"WhoAmI": unary_unary(whoami)},
+        interceptors=default_interceptors(
+            authenticator=AnonymousAuthenticator(), validators=Validators(), policy={}
+        ),
+    )
+    parsed = await rejected(closed.unary_unary("WhoAmI")(REQUEST))
+    assert parsed.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "has no access rule" in parsed.message
+
+    viewer_only = await serve(
+        {"WhoAmI": unary_unary(whoami)},
+        interceptors=default_interceptors(
+            authenticator=AnonymousAuthenticator(role="viewer"),
+            validators=Validators(),
+            policy={f"{SERVICE}/WhoAmI": Rule(Role.MEMBER)},
+        ),
+    )
+    parsed = await rejected(viewer_only.unary_unary("WhoAmI")(REQUEST))
+    assert parsed.code == grpc.StatusCode.PERMISSION_DENIED
+    assert parsed.metadata["required_role"] == "member"
+    assert parsed.metadata["role"] == "viewer"

@@ -124,7 +124,7 @@ async def test_a_database_from_before_the_feed_gains_it(db: Database) -> None:
         await old.migrate()
         await old.close()
         await store.create_tenant("acme")
-        assert await store.migrate() == [2]
+        assert await store.migrate() == [2, 3]
         await store.update_quota("acme", TenantQuota(requests_per_minute=1))
         assert [e.kind for e in await store.tenant_events_after(0)] == [
             TenantEventKind.QUOTA_CHANGED

@@ -48,7 +48,7 @@ async def test_migrations_apply_once_even_when_replicas_start_together(db: Datab
     stores = [SqlTenantStore.from_url(db.url, schema=db.schema) for _ in range(3)]
     try:
         applied = await asyncio.gather(*(s.migrate() for s in stores))
-        assert sorted(applied) == [[], [], [1, 2]]
+        assert sorted(applied) == [[], [], [1, 2, 3]]
         assert await stores[0].migrate() == []
     finally:
         for s in stores:
@@ -117,7 +117,7 @@ async def test_a_key_is_stored_as_the_hash_of_its_secret(
         None,
     )
     found = await store.find_api_key(key.id)
-    assert found == (key, hashlib.sha256(secret.encode()).hexdigest())
+    assert found == (key, hashlib.sha256(secret.encode()).hexdigest(), "")
     assert await store.find_api_key("abcdefgh2345") is None
 
     engine = create_engine(db.url, schema=db.schema)  # what a database dump would show
@@ -256,3 +256,101 @@ async def test_replicas_starting_together_both_get_a_development_key(
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_a_database_from_before_roles_gains_them_and_its_admin_keys_stay_in_their_tenant(
+    db: Database,
+) -> None:
+    engine = create_engine(db.url, schema=db.schema)
+    try:
+        async with engine.begin() as conn:  # the tables as migrations 1 and 2 shipped them
+            await conn.exec_driver_sql(
+                "CREATE TABLE gateway_tenants (id VARCHAR(64) PRIMARY KEY, display_name "
+                "VARCHAR(128) NOT NULL, requests_per_minute INTEGER NOT NULL, tokens_per_minute "
+                "INTEGER NOT NULL, cost_per_day_micros BIGINT NOT NULL, create_time_us BIGINT "
+                "NOT NULL, update_time_us BIGINT NOT NULL)"
+            )
+            await conn.exec_driver_sql(
+                "CREATE TABLE gateway_api_keys (id VARCHAR(16) PRIMARY KEY, tenant_id VARCHAR(64) "
+                "NOT NULL REFERENCES gateway_tenants (id), display_name VARCHAR(128) NOT NULL, "
+                "admin BOOLEAN NOT NULL, secret_hash VARCHAR(64) NOT NULL, create_time_us BIGINT "
+                "NOT NULL, revoke_time_us BIGINT)"
+            )
+            await conn.exec_driver_sql(
+                "INSERT INTO gateway_tenants VALUES ('acme', 'Acme', 0, 0, 0, 1, 1)"
+            )
+            for key_id, admin in (("aaaaaaaaaaaa", True), ("bbbbbbbbbbbb", False)):
+                await conn.execute(
+                    api_keys.insert().values(
+                        id=key_id,
+                        tenant_id="acme",
+                        display_name="old",
+                        admin=admin,
+                        secret_hash="0" * 64,
+                        create_time_us=1,
+                    )
+                )
+            old = SqlTenantStore(engine, schema=db.schema)
+            old.MIGRATIONS = old.MIGRATIONS[:2]
+        await old.migrate()
+        store = SqlTenantStore(engine, schema=db.schema)
+        assert await store.migrate() == [3]
+        found_admin = await store.find_api_key("aaaaaaaaaaaa")
+        found_member = await store.find_api_key("bbbbbbbbbbbb")
+        assert found_admin is not None
+        assert found_admin.key.role.label == "tenant_admin"
+        assert found_member is not None
+        assert found_member.key.role.label == "member"
+    finally:
+        await engine.dispose()
+
+
+async def test_the_audit_log_is_append_only_in_the_database_itself(
+    store: SqlTenantStore, db: Database
+) -> None:
+    from datetime import UTC, datetime
+
+    from services.common.audit import AuditQuery, AuditRecord
+    from services.common.policy import Role
+
+    for outcome in ("OK", "PERMISSION_DENIED", "OK"):
+        await store.append_audit_record(
+            AuditRecord(
+                time=datetime.now(UTC),
+                tenant_id="acme",
+                actor="apikey:aaaaaaaaaaaa",
+                actor_tenant_id="acme",
+                actor_role=Role.TENANT_ADMIN,
+                action="genai.gateway.v1.GatewayService/CreateApiKey",
+                target="api_key/x",
+                request_id="r",
+                outcome=outcome,
+            )
+        )
+    first = await store.list_audit_records(AuditQuery("acme", page_size=2))
+    assert [r.outcome for r in first.records] == ["OK", "PERMISSION_DENIED"]
+    rest = await store.list_audit_records(
+        AuditQuery("acme", page_size=2, page_token=first.next_page_token)
+    )
+    assert [r.outcome for r in rest.records] == ["OK"]
+    assert rest.next_page_token == ""
+    denied = await store.list_audit_records(AuditQuery("acme", outcome="PERMISSION_DENIED"))
+    assert len(denied.records) == 1
+    assert (await store.list_audit_records(AuditQuery("globex"))).records == []
+    with pytest.raises(InvalidArgument):  # a token is bound to its filters
+        await store.list_audit_records(
+            AuditQuery("acme", page_size=2, page_token=first.next_page_token, outcome="OK")
+        )
+
+    engine = create_engine(db.url, schema=db.schema)
+    try:
+        for statement in (
+            "UPDATE gateway_audit_events SET outcome = 'OK'",
+            "DELETE FROM gateway_audit_events",
+        ):
+            with pytest.raises(sa.exc.DBAPIError, match="append-only"):
+                async with engine.begin() as conn:
+                    await conn.exec_driver_sql(statement)
+    finally:
+        await engine.dispose()
+    assert len((await store.list_audit_records(AuditQuery("acme"))).records) == 3

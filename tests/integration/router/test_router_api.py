@@ -130,13 +130,24 @@ async def test_nothing_eligible_and_bad_requests_are_precise(stub: Stub) -> None
         "small": "context 2048 < 40000 + 100 tokens",
         "large": "context 32768 < 40000 + 100 tokens",
     }
+    unknown = await _error(
+        stub.Route(
+            pb.RouteRequest(
+                input_tokens=1,
+                max_output_tokens=10,
+                preferences=routing_pb2.RoutingPreferences(policy=99),  # type: ignore[arg-type]
+            )
+        )
+    )
+    # An enum number the contract does not declare is refused by the contract-wide guard.
+    assert unknown.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert {v.field for v in unknown.field_violations} == {"preferences.policy"}
     bad = await _error(
         stub.Route(
             pb.RouteRequest(
                 input_tokens=-1,
                 max_output_tokens=10,
                 preferences=routing_pb2.RoutingPreferences(
-                    policy=99,  # type: ignore[arg-type]
                     required_capabilities=[routing_pb2.CAPABILITY_UNSPECIFIED],
                     max_cost=money_pb2.Money(currency_code="EUR", units=1),
                 ),
@@ -145,7 +156,6 @@ async def test_nothing_eligible_and_bad_requests_are_precise(stub: Stub) -> None
     )
     assert bad.code == grpc.StatusCode.INVALID_ARGUMENT
     assert {v.field for v in bad.field_violations} == {
-        "preferences.policy",
         "preferences.required_capabilities[0]",
         "preferences.max_cost.currency_code",
     }

@@ -47,7 +47,9 @@ async def test_a_principal_set_in_one_task_stays_in_that_task() -> None:
 async def test_anonymous_authenticator_admits_everyone_into_the_default_tenant() -> None:
     principal = await AnonymousAuthenticator().authenticate("/pkg.Service/Method", {})
 
-    assert principal == Principal(tenant_id=DEFAULT_TENANT, subject="anonymous")
+    assert principal == Principal(
+        tenant_id=DEFAULT_TENANT, subject="anonymous", attributes={"role": "platform_admin"}
+    )
     assert DEFAULT_TENANT == "default"
 
 

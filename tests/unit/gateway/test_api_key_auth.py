@@ -3,15 +3,17 @@ wrong gives a precise UNAUTHENTICATED that never echoes the secret, a verified k
 from the cache without a database read, and a revocation takes effect within the cache TTL."""
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from services.common.auth import Principal
 from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.policy import Role, require
 from services.gateway.adapters.tenant_store import SqlTenantStore
-from services.gateway.core.auth import ApiKeyAuthenticator, require_admin
-from services.gateway.core.tenants import ApiKey
+from services.gateway.core.auth import ApiKeyAuthenticator
+from services.gateway.core.tenants import StoredApiKey
 
 METHOD = "/genai.gateway.v1.GatewayService/Complete"
 
@@ -23,7 +25,7 @@ class CountingStore:
         self.store = store
         self.lookups = 0
 
-    async def find_api_key(self, key_id: str) -> tuple[ApiKey, str] | None:
+    async def find_api_key(self, key_id: str) -> StoredApiKey | None:
         self.lookups += 1
         return await self.store.find_api_key(key_id)
 
@@ -75,11 +77,14 @@ async def test_a_valid_key_authenticates_as_its_tenant(
     assert principal == Principal(
         tenant_id="acme",
         subject=f"apikey:{key.id}",
-        attributes={"api_key_id": key.id, "admin": "false"},
+        attributes={"api_key_id": key.id, "role": "member"},
     )
     admin_key, admin_secret = await store.create_api_key("acme", "ops", admin=True)
     admin = await auth.authenticate(METHOD, {"authorization": f" Bearer \t {admin_secret}  "})
-    assert admin.attributes == {"api_key_id": admin_key.id, "admin": "true"}
+    assert admin.attributes == {"api_key_id": admin_key.id, "role": "tenant_admin"}
+    viewer_key, viewer_secret = await store.create_api_key("acme", "bi", role=Role.VIEWER)
+    viewer = await auth.authenticate(METHOD, bearer(viewer_secret))
+    assert viewer.attributes == {"api_key_id": viewer_key.id, "role": "viewer"}
 
 
 async def test_each_bad_credential_says_what_is_wrong_without_echoing_it(
@@ -190,20 +195,73 @@ async def test_the_cache_holds_at_most_its_size_evicting_the_oldest(
 
 
 @pytest.mark.parametrize(
-    ("attributes", "allowed"),
+    ("attributes", "needed", "allowed"),
     [
-        ({"api_key_id": "k", "admin": "true"}, True),
-        ({"api_key_id": "k", "admin": "false"}, False),
-        ({}, False),
-        ({"admin": "True"}, False),
+        ({"role": "platform_admin"}, Role.PLATFORM_ADMIN, True),
+        ({"role": "tenant_admin"}, Role.PLATFORM_ADMIN, False),
+        ({"role": "tenant_admin"}, Role.MEMBER, True),
+        ({"role": "viewer"}, Role.MEMBER, False),
+        ({"internal": "true"}, Role.PLATFORM_ADMIN, True),
+        ({}, Role.VIEWER, False),
+        ({"role": "Platform_Admin "}, Role.VIEWER, False),
+        ({"admin": "true"}, Role.VIEWER, False),
     ],
 )
-def test_require_admin(attributes: dict[str, str], allowed: bool) -> None:
+def test_a_role_allows_what_the_roles_below_it_allow_and_nothing_else(
+    attributes: dict[str, str], needed: Role, allowed: bool
+) -> None:
     principal = Principal("acme", "apikey:k", attributes)
     if allowed:
-        require_admin(principal)
+        require(principal, needed, action="Call")
         return
     with pytest.raises(PermissionDenied) as raised:
-        require_admin(principal)
+        require(principal, needed, action="Call")
     assert raised.value.reason == "PERMISSION_DENIED"
-    assert "admin API key" in raised.value.message
+    assert raised.value.metadata["required_role"] == needed.label
+    assert f"needs the {needed.label} role" in raised.value.message
+
+
+async def test_an_expired_key_is_refused_and_never_trusted_from_the_cache_past_its_expiry(
+    store: SqlTenantStore, counting: CountingStore, clock: FakeClock
+) -> None:
+    wall = FakeClock()
+    wall.now = datetime.now(UTC).timestamp()
+    auth = ApiKeyAuthenticator(counting, cache_ttl=60.0, clock=clock, wall_clock=wall)
+    expires = datetime.fromtimestamp(wall.now, UTC) + timedelta(seconds=10)
+    key, secret = await store.create_api_key("acme", "temp", expire_time=expires)
+    assert key.expire_time is not None
+    await auth.authenticate(METHOD, bearer(secret))
+    clock.now += 9
+    wall.now += 9
+    await auth.authenticate(METHOD, bearer(secret))
+    assert counting.lookups == 1  # cached, within both the TTL and the expiry
+    clock.now += 1.5
+    wall.now += 1.5
+    with pytest.raises(Unauthenticated, match="expired at"):
+        await auth.authenticate(METHOD, bearer(secret))
+
+
+async def test_a_rotated_key_accepts_its_old_secret_only_for_the_grace_period(
+    store: SqlTenantStore, counting: CountingStore, clock: FakeClock
+) -> None:
+    wall = FakeClock()
+    wall.now = datetime.now(UTC).timestamp()
+    auth = ApiKeyAuthenticator(counting, cache_ttl=0.0, clock=clock, wall_clock=wall)
+    key, old = await store.create_api_key("acme", "ci")
+    rotated, new = await store.rotate_api_key(key.id, timedelta(hours=1))
+    assert rotated.id == key.id
+    assert new != old
+    assert new.startswith(f"gk_{key.id}_")
+    assert rotated.rotate_time is not None
+    assert rotated.previous_secret_expire_time is not None
+    assert (await auth.authenticate(METHOD, bearer(new))).subject == f"apikey:{key.id}"
+    assert (await auth.authenticate(METHOD, bearer(old))).subject == f"apikey:{key.id}"
+    wall.now += 3601
+    with pytest.raises(Unauthenticated, match="is wrong"):
+        await auth.authenticate(METHOD, bearer(old))
+    await auth.authenticate(METHOD, bearer(new))
+    # A second rotation without grace stops the secret before it at once.
+    _, newest = await store.rotate_api_key(key.id, timedelta(0))
+    with pytest.raises(Unauthenticated, match="is wrong"):
+        await auth.authenticate(METHOD, bearer(new))
+    await auth.authenticate(METHOD, bearer(newest))

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from services.common.errors import FieldViolation, InvalidArgument
+from services.common.policy import Role
 from services.gateway.core.tenants import (
     MAX_COST_MICROS,
     MAX_PER_MINUTE,
@@ -151,6 +152,10 @@ def test_parse_secret_accepts_only_the_shape_of_a_secret(secret: str, key_id: st
 
 def test_a_key_is_revoked_once_it_has_a_revoke_time() -> None:
     now = datetime.now(UTC)
-    key = ApiKey("abcdefgh2345", "acme", "ci", admin=False, create_time=now)
+    key = ApiKey("abcdefgh2345", "acme", "ci", role=Role.MEMBER, create_time=now)
     assert not key.revoked
-    assert ApiKey("abcdefgh2345", "acme", "ci", False, now, revoke_time=now).revoked
+    assert ApiKey("abcdefgh2345", "acme", "ci", Role.MEMBER, now, revoke_time=now).revoked
+    assert not key.admin
+    assert ApiKey("abcdefgh2345", "acme", "ci", Role.TENANT_ADMIN, now).admin
+    assert not key.expired(now)
+    assert ApiKey("abcdefgh2345", "acme", "ci", Role.MEMBER, now, expire_time=now).expired(now)

@@ -18,33 +18,45 @@ const _ = grpc.SupportPackageIsVersion7
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type EvaluationServiceClient interface {
 	// Creates an empty dataset for a prompt.
+	// Role: member.
 	CreateDataset(ctx context.Context, in *CreateDatasetRequest, opts ...grpc.CallOption) (*CreateDatasetResponse, error)
 	// Returns one dataset.
+	// Role: viewer.
 	GetDataset(ctx context.Context, in *GetDatasetRequest, opts ...grpc.CallOption) (*GetDatasetResponse, error)
 	// Lists the tenant's datasets in name order.
+	// Role: viewer.
 	ListDatasets(ctx context.Context, in *ListDatasetsRequest, opts ...grpc.CallOption) (*ListDatasetsResponse, error)
 	// Adds examples to a dataset. Every example's inputs are checked against
 	// the prompt's variable schema first; one bad example rejects the batch
 	// with a `BadRequest` naming each offending `examples[i].inputs.<var>`.
+	// Role: member.
 	AddExamples(ctx context.Context, in *AddExamplesRequest, opts ...grpc.CallOption) (*AddExamplesResponse, error)
 	// Lists a dataset's examples in insertion order.
+	// Role: viewer.
 	ListExamples(ctx context.Context, in *ListExamplesRequest, opts ...grpc.CallOption) (*ListExamplesResponse, error)
 	// Starts an evaluation run and streams its progress: first the accepted
 	// run, then progress and per-output results as they complete, and finally
 	// the report. Cancelling the call stops the stream, not the run; use
 	// CancelEvaluationRun to stop the run.
+	// Role: member.
 	StartEvaluationRun(ctx context.Context, in *StartEvaluationRunRequest, opts ...grpc.CallOption) (EvaluationService_StartEvaluationRunClient, error)
 	// Returns one evaluation run with its progress.
+	// Role: viewer.
 	GetEvaluationRun(ctx context.Context, in *GetEvaluationRunRequest, opts ...grpc.CallOption) (*GetEvaluationRunResponse, error)
 	// Lists evaluation runs, newest first.
+	// Role: viewer.
 	ListEvaluationRuns(ctx context.Context, in *ListEvaluationRunsRequest, opts ...grpc.CallOption) (*ListEvaluationRunsResponse, error)
 	// Cancels a queued or running evaluation run.
+	// Role: member.
 	CancelEvaluationRun(ctx context.Context, in *CancelEvaluationRunRequest, opts ...grpc.CallOption) (*CancelEvaluationRunResponse, error)
 	// Returns one evaluation report.
+	// Role: viewer.
 	GetEvaluationReport(ctx context.Context, in *GetEvaluationReportRequest, opts ...grpc.CallOption) (*GetEvaluationReportResponse, error)
 	// Compares a candidate report with a baseline and names the regressions.
+	// Role: viewer.
 	CompareEvaluationReports(ctx context.Context, in *CompareEvaluationReportsRequest, opts ...grpc.CallOption) (*CompareEvaluationReportsResponse, error)
 	// Lists quality alerts raised by online evaluation, newest first.
+	// Role: viewer.
 	ListQualityAlerts(ctx context.Context, in *ListQualityAlertsRequest, opts ...grpc.CallOption) (*ListQualityAlertsResponse, error)
 }
 
@@ -192,33 +204,45 @@ func (c *evaluationServiceClient) ListQualityAlerts(ctx context.Context, in *Lis
 // for forward compatibility
 type EvaluationServiceServer interface {
 	// Creates an empty dataset for a prompt.
+	// Role: member.
 	CreateDataset(context.Context, *CreateDatasetRequest) (*CreateDatasetResponse, error)
 	// Returns one dataset.
+	// Role: viewer.
 	GetDataset(context.Context, *GetDatasetRequest) (*GetDatasetResponse, error)
 	// Lists the tenant's datasets in name order.
+	// Role: viewer.
 	ListDatasets(context.Context, *ListDatasetsRequest) (*ListDatasetsResponse, error)
 	// Adds examples to a dataset. Every example's inputs are checked against
 	// the prompt's variable schema first; one bad example rejects the batch
 	// with a `BadRequest` naming each offending `examples[i].inputs.<var>`.
+	// Role: member.
 	AddExamples(context.Context, *AddExamplesRequest) (*AddExamplesResponse, error)
 	// Lists a dataset's examples in insertion order.
+	// Role: viewer.
 	ListExamples(context.Context, *ListExamplesRequest) (*ListExamplesResponse, error)
 	// Starts an evaluation run and streams its progress: first the accepted
 	// run, then progress and per-output results as they complete, and finally
 	// the report. Cancelling the call stops the stream, not the run; use
 	// CancelEvaluationRun to stop the run.
+	// Role: member.
 	StartEvaluationRun(*StartEvaluationRunRequest, EvaluationService_StartEvaluationRunServer) error
 	// Returns one evaluation run with its progress.
+	// Role: viewer.
 	GetEvaluationRun(context.Context, *GetEvaluationRunRequest) (*GetEvaluationRunResponse, error)
 	// Lists evaluation runs, newest first.
+	// Role: viewer.
 	ListEvaluationRuns(context.Context, *ListEvaluationRunsRequest) (*ListEvaluationRunsResponse, error)
 	// Cancels a queued or running evaluation run.
+	// Role: member.
 	CancelEvaluationRun(context.Context, *CancelEvaluationRunRequest) (*CancelEvaluationRunResponse, error)
 	// Returns one evaluation report.
+	// Role: viewer.
 	GetEvaluationReport(context.Context, *GetEvaluationReportRequest) (*GetEvaluationReportResponse, error)
 	// Compares a candidate report with a baseline and names the regressions.
+	// Role: viewer.
 	CompareEvaluationReports(context.Context, *CompareEvaluationReportsRequest) (*CompareEvaluationReportsResponse, error)
 	// Lists quality alerts raised by online evaluation, newest first.
+	// Role: viewer.
 	ListQualityAlerts(context.Context, *ListQualityAlertsRequest) (*ListQualityAlertsResponse, error)
 	mustEmbedUnimplementedEvaluationServiceServer()
 }

@@ -18,28 +18,38 @@ const _ = grpc.SupportPackageIsVersion7
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type ExperimentServiceClient interface {
 	// Creates an experiment in the draft state, or running with `start`.
+	// Role: tenant_admin (audited).
 	CreateExperiment(ctx context.Context, in *CreateExperimentRequest, opts ...grpc.CallOption) (*CreateExperimentResponse, error)
 	// Returns one experiment.
+	// Role: viewer.
 	GetExperiment(ctx context.Context, in *GetExperimentRequest, opts ...grpc.CallOption) (*GetExperimentResponse, error)
 	// Lists the tenant's experiments in name order.
+	// Role: viewer.
 	ListExperiments(ctx context.Context, in *ListExperimentsRequest, opts ...grpc.CallOption) (*ListExperimentsResponse, error)
 	// Starts a draft experiment. Starting a running one is a no-op.
+	// Role: tenant_admin (audited).
 	StartExperiment(ctx context.Context, in *StartExperimentRequest, opts ...grpc.CallOption) (*StartExperimentResponse, error)
 	// Stops an experiment for good. Stopping a stopped one is a no-op.
+	// Role: tenant_admin (audited).
 	StopExperiment(ctx context.Context, in *StopExperimentRequest, opts ...grpc.CallOption) (*StopExperimentResponse, error)
 	// Changes variant weights. Units already assigned stay on their variant;
 	// only new units follow the new weights.
+	// Role: tenant_admin (audited).
 	SetVariantWeights(ctx context.Context, in *SetVariantWeightsRequest, opts ...grpc.CallOption) (*SetVariantWeightsResponse, error)
 	// Assigns a unit to a variant (or the holdout). The same unit always gets
 	// the same answer while the experiment runs.
+	// Role: member.
 	AssignVariant(ctx context.Context, in *AssignVariantRequest, opts ...grpc.CallOption) (*AssignVariantResponse, error)
 	// Records that a unit was actually served its variant.
+	// Role: member.
 	RecordExposure(ctx context.Context, in *RecordExposureRequest, opts ...grpc.CallOption) (*RecordExposureResponse, error)
 	// Records one outcome of a unit for one metric.
+	// Role: member.
 	RecordOutcome(ctx context.Context, in *RecordOutcomeRequest, opts ...grpc.CallOption) (*RecordOutcomeResponse, error)
 	// Computes the results: per-variant means with confidence intervals,
 	// differences to the control with p-values (fixed-horizon and
 	// always-valid sequential), and the sample-ratio-mismatch check.
+	// Role: viewer.
 	GetExperimentResults(ctx context.Context, in *GetExperimentResultsRequest, opts ...grpc.CallOption) (*GetExperimentResultsResponse, error)
 }
 
@@ -146,28 +156,38 @@ func (c *experimentServiceClient) GetExperimentResults(ctx context.Context, in *
 // for forward compatibility
 type ExperimentServiceServer interface {
 	// Creates an experiment in the draft state, or running with `start`.
+	// Role: tenant_admin (audited).
 	CreateExperiment(context.Context, *CreateExperimentRequest) (*CreateExperimentResponse, error)
 	// Returns one experiment.
+	// Role: viewer.
 	GetExperiment(context.Context, *GetExperimentRequest) (*GetExperimentResponse, error)
 	// Lists the tenant's experiments in name order.
+	// Role: viewer.
 	ListExperiments(context.Context, *ListExperimentsRequest) (*ListExperimentsResponse, error)
 	// Starts a draft experiment. Starting a running one is a no-op.
+	// Role: tenant_admin (audited).
 	StartExperiment(context.Context, *StartExperimentRequest) (*StartExperimentResponse, error)
 	// Stops an experiment for good. Stopping a stopped one is a no-op.
+	// Role: tenant_admin (audited).
 	StopExperiment(context.Context, *StopExperimentRequest) (*StopExperimentResponse, error)
 	// Changes variant weights. Units already assigned stay on their variant;
 	// only new units follow the new weights.
+	// Role: tenant_admin (audited).
 	SetVariantWeights(context.Context, *SetVariantWeightsRequest) (*SetVariantWeightsResponse, error)
 	// Assigns a unit to a variant (or the holdout). The same unit always gets
 	// the same answer while the experiment runs.
+	// Role: member.
 	AssignVariant(context.Context, *AssignVariantRequest) (*AssignVariantResponse, error)
 	// Records that a unit was actually served its variant.
+	// Role: member.
 	RecordExposure(context.Context, *RecordExposureRequest) (*RecordExposureResponse, error)
 	// Records one outcome of a unit for one metric.
+	// Role: member.
 	RecordOutcome(context.Context, *RecordOutcomeRequest) (*RecordOutcomeResponse, error)
 	// Computes the results: per-variant means with confidence intervals,
 	// differences to the control with p-values (fixed-horizon and
 	// always-valid sequential), and the sample-ratio-mismatch check.
+	// Role: viewer.
 	GetExperimentResults(context.Context, *GetExperimentResultsRequest) (*GetExperimentResultsResponse, error)
 	mustEmbedUnimplementedExperimentServiceServer()
 }

@@ -17,33 +17,56 @@ const _ = grpc.SupportPackageIsVersion7
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type GatewayServiceClient interface {
-	// Completes a prompt and returns the whole answer at once.
+	// Completes a prompt and returns the whole answer at once. A retry with
+	// the same `request_id` within 24 hours returns the first outcome without
+	// generating, charging or logging again; while the first is running it
+	// fails with ABORTED (REQUEST_IN_PROGRESS) and a RetryInfo. Role: member.
 	Complete(ctx context.Context, in *CompleteRequest, opts ...grpc.CallOption) (*CompleteResponse, error)
 	// Completes a prompt as a stream: one `start`, then `delta`s, then exactly
 	// one `final` with the metadata. A failure before the first token fails
 	// over to the next routing candidate invisibly; a failure after it ends
 	// the stream with UNAVAILABLE (STREAM_INTERRUPTED), and the tokens already
-	// sent are accounted. A stream never ends silently.
+	// sent are accounted. A stream never ends silently. A retry with the same
+	// `request_id` within 24 hours streams the first outcome as one delta and
+	// the same `final`, as `Complete` does. Role: member.
 	StreamComplete(ctx context.Context, in *StreamCompleteRequest, opts ...grpc.CallOption) (GatewayService_StreamCompleteClient, error)
 	// Records feedback on a served request (for example thumbs-up), which
 	// becomes an outcome of its experiment and a score in online evaluation.
+	// Role: member.
 	RecordFeedback(ctx context.Context, in *RecordFeedbackRequest, opts ...grpc.CallOption) (*RecordFeedbackResponse, error)
-	// Lists logged requests of the caller's tenant, newest first.
+	// Lists logged requests of the caller's tenant, newest first. Role:
+	// viewer.
 	ListRequestLogs(ctx context.Context, in *ListRequestLogsRequest, opts ...grpc.CallOption) (*ListRequestLogsResponse, error)
-	// Creates a tenant. Admin keys only.
+	// Creates a tenant. Idempotent by `request_id`. Audited. Role:
+	// platform_admin.
 	CreateTenant(ctx context.Context, in *CreateTenantRequest, opts ...grpc.CallOption) (*CreateTenantResponse, error)
-	// Changes a tenant's quota. Admin keys only.
+	// Changes a tenant's quota. Audited. Role: platform_admin.
 	UpdateTenantQuota(ctx context.Context, in *UpdateTenantQuotaRequest, opts ...grpc.CallOption) (*UpdateTenantQuotaResponse, error)
-	// Creates an API key for a tenant and returns its secret, once. Admin
-	// keys only.
+	// Creates an API key for a tenant and returns its secret. A retry with the
+	// same `request_id` within 24 hours by the same caller returns the same
+	// key and secret. Audited. Role: tenant_admin for its own tenant, granting
+	// at most its own role; platform_admin for any tenant.
 	CreateApiKey(ctx context.Context, in *CreateApiKeyRequest, opts ...grpc.CallOption) (*CreateApiKeyResponse, error)
-	// Lists a tenant's API keys (never their secrets). Admin keys only.
+	// Lists a tenant's API keys (never their secrets). Role: tenant_admin for
+	// its own tenant; platform_admin for any tenant.
 	ListApiKeys(ctx context.Context, in *ListApiKeysRequest, opts ...grpc.CallOption) (*ListApiKeysResponse, error)
 	// Revokes an API key; calls with it fail with UNAUTHENTICATED from then
-	// on. Admin keys only.
+	// on. Audited. Role: tenant_admin for its own tenant's keys;
+	// platform_admin for any key.
 	RevokeApiKey(ctx context.Context, in *RevokeApiKeyRequest, opts ...grpc.CallOption) (*RevokeApiKeyResponse, error)
+	// Gives an API key a new secret and returns it; the old secret keeps
+	// working for the grace period. Idempotent by `request_id` for the same
+	// caller. Audited. Role: tenant_admin for its own tenant's keys;
+	// platform_admin for any key.
+	RotateApiKey(ctx context.Context, in *RotateApiKeyRequest, opts ...grpc.CallOption) (*RotateApiKeyResponse, error)
+	// Lists the audit log, newest first: every admin action and protected
+	// label move, with its outcome. The log is append-only: no RPC changes or
+	// deletes it. Role: tenant_admin for its own tenant; platform_admin for
+	// any tenant.
+	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
 	// Describes this gateway: its version, contract, the services it hosts and
-	// the health of each service it depends on. Needs no API key.
+	// the health of each service it depends on. Role: none (no API key
+	// needed).
 	GetServerInfo(ctx context.Context, in *GetServerInfoRequest, opts ...grpc.CallOption) (*GetServerInfoResponse, error)
 }
 
@@ -159,6 +182,24 @@ func (c *gatewayServiceClient) RevokeApiKey(ctx context.Context, in *RevokeApiKe
 	return out, nil
 }
 
+func (c *gatewayServiceClient) RotateApiKey(ctx context.Context, in *RotateApiKeyRequest, opts ...grpc.CallOption) (*RotateApiKeyResponse, error) {
+	out := new(RotateApiKeyResponse)
+	err := c.cc.Invoke(ctx, "/genai.gateway.v1.GatewayService/RotateApiKey", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error) {
+	out := new(ListAuditEventsResponse)
+	err := c.cc.Invoke(ctx, "/genai.gateway.v1.GatewayService/ListAuditEvents", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *gatewayServiceClient) GetServerInfo(ctx context.Context, in *GetServerInfoRequest, opts ...grpc.CallOption) (*GetServerInfoResponse, error) {
 	out := new(GetServerInfoResponse)
 	err := c.cc.Invoke(ctx, "/genai.gateway.v1.GatewayService/GetServerInfo", in, out, opts...)
@@ -172,33 +213,56 @@ func (c *gatewayServiceClient) GetServerInfo(ctx context.Context, in *GetServerI
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility
 type GatewayServiceServer interface {
-	// Completes a prompt and returns the whole answer at once.
+	// Completes a prompt and returns the whole answer at once. A retry with
+	// the same `request_id` within 24 hours returns the first outcome without
+	// generating, charging or logging again; while the first is running it
+	// fails with ABORTED (REQUEST_IN_PROGRESS) and a RetryInfo. Role: member.
 	Complete(context.Context, *CompleteRequest) (*CompleteResponse, error)
 	// Completes a prompt as a stream: one `start`, then `delta`s, then exactly
 	// one `final` with the metadata. A failure before the first token fails
 	// over to the next routing candidate invisibly; a failure after it ends
 	// the stream with UNAVAILABLE (STREAM_INTERRUPTED), and the tokens already
-	// sent are accounted. A stream never ends silently.
+	// sent are accounted. A stream never ends silently. A retry with the same
+	// `request_id` within 24 hours streams the first outcome as one delta and
+	// the same `final`, as `Complete` does. Role: member.
 	StreamComplete(*StreamCompleteRequest, GatewayService_StreamCompleteServer) error
 	// Records feedback on a served request (for example thumbs-up), which
 	// becomes an outcome of its experiment and a score in online evaluation.
+	// Role: member.
 	RecordFeedback(context.Context, *RecordFeedbackRequest) (*RecordFeedbackResponse, error)
-	// Lists logged requests of the caller's tenant, newest first.
+	// Lists logged requests of the caller's tenant, newest first. Role:
+	// viewer.
 	ListRequestLogs(context.Context, *ListRequestLogsRequest) (*ListRequestLogsResponse, error)
-	// Creates a tenant. Admin keys only.
+	// Creates a tenant. Idempotent by `request_id`. Audited. Role:
+	// platform_admin.
 	CreateTenant(context.Context, *CreateTenantRequest) (*CreateTenantResponse, error)
-	// Changes a tenant's quota. Admin keys only.
+	// Changes a tenant's quota. Audited. Role: platform_admin.
 	UpdateTenantQuota(context.Context, *UpdateTenantQuotaRequest) (*UpdateTenantQuotaResponse, error)
-	// Creates an API key for a tenant and returns its secret, once. Admin
-	// keys only.
+	// Creates an API key for a tenant and returns its secret. A retry with the
+	// same `request_id` within 24 hours by the same caller returns the same
+	// key and secret. Audited. Role: tenant_admin for its own tenant, granting
+	// at most its own role; platform_admin for any tenant.
 	CreateApiKey(context.Context, *CreateApiKeyRequest) (*CreateApiKeyResponse, error)
-	// Lists a tenant's API keys (never their secrets). Admin keys only.
+	// Lists a tenant's API keys (never their secrets). Role: tenant_admin for
+	// its own tenant; platform_admin for any tenant.
 	ListApiKeys(context.Context, *ListApiKeysRequest) (*ListApiKeysResponse, error)
 	// Revokes an API key; calls with it fail with UNAUTHENTICATED from then
-	// on. Admin keys only.
+	// on. Audited. Role: tenant_admin for its own tenant's keys;
+	// platform_admin for any key.
 	RevokeApiKey(context.Context, *RevokeApiKeyRequest) (*RevokeApiKeyResponse, error)
+	// Gives an API key a new secret and returns it; the old secret keeps
+	// working for the grace period. Idempotent by `request_id` for the same
+	// caller. Audited. Role: tenant_admin for its own tenant's keys;
+	// platform_admin for any key.
+	RotateApiKey(context.Context, *RotateApiKeyRequest) (*RotateApiKeyResponse, error)
+	// Lists the audit log, newest first: every admin action and protected
+	// label move, with its outcome. The log is append-only: no RPC changes or
+	// deletes it. Role: tenant_admin for its own tenant; platform_admin for
+	// any tenant.
+	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
 	// Describes this gateway: its version, contract, the services it hosts and
-	// the health of each service it depends on. Needs no API key.
+	// the health of each service it depends on. Role: none (no API key
+	// needed).
 	GetServerInfo(context.Context, *GetServerInfoRequest) (*GetServerInfoResponse, error)
 	mustEmbedUnimplementedGatewayServiceServer()
 }
@@ -233,6 +297,12 @@ func (UnimplementedGatewayServiceServer) ListApiKeys(context.Context, *ListApiKe
 }
 func (UnimplementedGatewayServiceServer) RevokeApiKey(context.Context, *RevokeApiKeyRequest) (*RevokeApiKeyResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RevokeApiKey not implemented")
+}
+func (UnimplementedGatewayServiceServer) RotateApiKey(context.Context, *RotateApiKeyRequest) (*RotateApiKeyResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RotateApiKey not implemented")
+}
+func (UnimplementedGatewayServiceServer) ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListAuditEvents not implemented")
 }
 func (UnimplementedGatewayServiceServer) GetServerInfo(context.Context, *GetServerInfoRequest) (*GetServerInfoResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetServerInfo not implemented")
@@ -415,6 +485,42 @@ func _GatewayService_RevokeApiKey_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_RotateApiKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateApiKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).RotateApiKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/genai.gateway.v1.GatewayService/RotateApiKey",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).RotateApiKey(ctx, req.(*RotateApiKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_ListAuditEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAuditEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).ListAuditEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/genai.gateway.v1.GatewayService/ListAuditEvents",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).ListAuditEvents(ctx, req.(*ListAuditEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _GatewayService_GetServerInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetServerInfoRequest)
 	if err := dec(in); err != nil {
@@ -468,6 +574,14 @@ var _GatewayService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeApiKey",
 			Handler:    _GatewayService_RevokeApiKey_Handler,
+		},
+		{
+			MethodName: "RotateApiKey",
+			Handler:    _GatewayService_RotateApiKey_Handler,
+		},
+		{
+			MethodName: "ListAuditEvents",
+			Handler:    _GatewayService_ListAuditEvents_Handler,
 		},
 		{
 			MethodName: "GetServerInfo",

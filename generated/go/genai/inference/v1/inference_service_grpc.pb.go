@@ -18,16 +18,21 @@ const _ = grpc.SupportPackageIsVersion7
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type InferenceServiceClient interface {
 	// Generates a whole completion and returns it at once.
+	// Role: member.
 	Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (*GenerateResponse, error)
 	// Streams a completion: one `start`, then `delta`s as tokens are
 	// generated, then exactly one `final`. A stream that fails ends with a
 	// non-OK status instead of `final`, never silently.
+	// Role: member.
 	GenerateStream(ctx context.Context, in *GenerateStreamRequest, opts ...grpc.CallOption) (InferenceService_GenerateStreamClient, error)
 	// Embeds texts with an embedding model.
+	// Role: member.
 	Embed(ctx context.Context, in *EmbedRequest, opts ...grpc.CallOption) (*EmbedResponse, error)
 	// Lists the models served by every configured backend.
+	// Role: viewer.
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 	// Returns the live state of one served model.
+	// Role: viewer.
 	GetModelStatus(ctx context.Context, in *GetModelStatusRequest, opts ...grpc.CallOption) (*GetModelStatusResponse, error)
 }
 
@@ -112,16 +117,21 @@ func (c *inferenceServiceClient) GetModelStatus(ctx context.Context, in *GetMode
 // for forward compatibility
 type InferenceServiceServer interface {
 	// Generates a whole completion and returns it at once.
+	// Role: member.
 	Generate(context.Context, *GenerateRequest) (*GenerateResponse, error)
 	// Streams a completion: one `start`, then `delta`s as tokens are
 	// generated, then exactly one `final`. A stream that fails ends with a
 	// non-OK status instead of `final`, never silently.
+	// Role: member.
 	GenerateStream(*GenerateStreamRequest, InferenceService_GenerateStreamServer) error
 	// Embeds texts with an embedding model.
+	// Role: member.
 	Embed(context.Context, *EmbedRequest) (*EmbedResponse, error)
 	// Lists the models served by every configured backend.
+	// Role: viewer.
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	// Returns the live state of one served model.
+	// Role: viewer.
 	GetModelStatus(context.Context, *GetModelStatusRequest) (*GetModelStatusResponse, error)
 	mustEmbedUnimplementedInferenceServiceServer()
 }

@@ -20,46 +20,61 @@ type PromptServiceClient interface {
 	// Creates a prompt with no versions. Fails with ALREADY_EXISTS
 	// (PROMPT_ALREADY_EXISTS) when the name is taken, unless the same
 	// `request_id` created it, in which case the prompt is returned.
+	// Role: member.
 	CreatePrompt(ctx context.Context, in *CreatePromptRequest, opts ...grpc.CallOption) (*CreatePromptResponse, error)
 	// Returns one prompt with its current labels.
+	// Role: viewer.
 	GetPrompt(ctx context.Context, in *GetPromptRequest, opts ...grpc.CallOption) (*GetPromptResponse, error)
 	// Lists the tenant's prompts in name order, one page at a time.
+	// Role: viewer.
 	ListPrompts(ctx context.Context, in *ListPromptsRequest, opts ...grpc.CallOption) (*ListPromptsResponse, error)
 	// Updates a prompt's description, protected labels or evaluation gate.
+	// Role: member; tenant_admin to change `protected_labels` or
+	// `evaluation_gate` (audited).
 	UpdatePrompt(ctx context.Context, in *UpdatePromptRequest, opts ...grpc.CallOption) (*UpdatePromptResponse, error)
 	// Creates the next version of a prompt. Templates are parsed and checked
 	// against the variable schema first, so a broken template never gets a
 	// version number. When the content equals the latest version's, that
 	// version is returned and nothing is written (idempotent push).
+	// Role: member.
 	CreatePromptVersion(ctx context.Context, in *CreatePromptVersionRequest, opts ...grpc.CallOption) (*CreatePromptVersionResponse, error)
 	// Returns one version, by number or through a label.
+	// Role: viewer.
 	GetPromptVersion(ctx context.Context, in *GetPromptVersionRequest, opts ...grpc.CallOption) (*GetPromptVersionResponse, error)
 	// Lists a prompt's versions, newest first.
+	// Role: viewer.
 	ListPromptVersions(ctx context.Context, in *ListPromptVersionsRequest, opts ...grpc.CallOption) (*ListPromptVersionsResponse, error)
 	// Compares two versions of a prompt: messages, variables, parameters,
 	// routing, output schema and processing.
+	// Role: viewer.
 	DiffPromptVersions(ctx context.Context, in *DiffPromptVersionsRequest, opts ...grpc.CallOption) (*DiffPromptVersionsResponse, error)
 	// Points a label at a version, creating the label if needed. With
 	// `expected_version` set, the move happens only if the label currently
 	// points there (0: only if it does not exist); otherwise it fails with
 	// ABORTED (LABEL_VERSION_MISMATCH). Moving a protected label requires a
 	// passing evaluation report (FAILED_PRECONDITION, EVALUATION_GATE_FAILED).
+	// Role: member; tenant_admin for a protected label (audited).
 	SetLabel(ctx context.Context, in *SetLabelRequest, opts ...grpc.CallOption) (*SetLabelResponse, error)
 	// Deletes a label. Its history is kept.
+	// Role: member; tenant_admin for a protected label (audited).
 	DeleteLabel(ctx context.Context, in *DeleteLabelRequest, opts ...grpc.CallOption) (*DeleteLabelResponse, error)
 	// Moves a label back to the version it pointed to before its last move.
+	// Role: member; tenant_admin for a protected label (audited).
 	RollbackLabel(ctx context.Context, in *RollbackLabelRequest, opts ...grpc.CallOption) (*RollbackLabelResponse, error)
 	// Lists label events of a prompt, newest first.
+	// Role: viewer.
 	ListLabelHistory(ctx context.Context, in *ListLabelHistoryRequest, opts ...grpc.CallOption) (*ListLabelHistoryResponse, error)
 	// Renders a version (by number or label) with typed variables. Missing,
 	// unknown or mistyped variables fail with INVALID_ARGUMENT
 	// (VARIABLE_INVALID) and a `BadRequest` that lists every one of them.
+	// Role: viewer.
 	RenderPrompt(ctx context.Context, in *RenderPromptRequest, opts ...grpc.CallOption) (*RenderPromptResponse, error)
 	// Streams label moves as they are committed. The first message is a
 	// snapshot of the current labels (unless resuming with `after_sequence`);
 	// every later message is one event, in commit order. The stream stays open
 	// until the caller cancels it or the server shuts down (UNAVAILABLE, after
 	// which a client resumes from the last sequence it saw).
+	// Role: viewer.
 	WatchLabels(ctx context.Context, in *WatchLabelsRequest, opts ...grpc.CallOption) (PromptService_WatchLabelsClient, error)
 }
 
@@ -227,46 +242,61 @@ type PromptServiceServer interface {
 	// Creates a prompt with no versions. Fails with ALREADY_EXISTS
 	// (PROMPT_ALREADY_EXISTS) when the name is taken, unless the same
 	// `request_id` created it, in which case the prompt is returned.
+	// Role: member.
 	CreatePrompt(context.Context, *CreatePromptRequest) (*CreatePromptResponse, error)
 	// Returns one prompt with its current labels.
+	// Role: viewer.
 	GetPrompt(context.Context, *GetPromptRequest) (*GetPromptResponse, error)
 	// Lists the tenant's prompts in name order, one page at a time.
+	// Role: viewer.
 	ListPrompts(context.Context, *ListPromptsRequest) (*ListPromptsResponse, error)
 	// Updates a prompt's description, protected labels or evaluation gate.
+	// Role: member; tenant_admin to change `protected_labels` or
+	// `evaluation_gate` (audited).
 	UpdatePrompt(context.Context, *UpdatePromptRequest) (*UpdatePromptResponse, error)
 	// Creates the next version of a prompt. Templates are parsed and checked
 	// against the variable schema first, so a broken template never gets a
 	// version number. When the content equals the latest version's, that
 	// version is returned and nothing is written (idempotent push).
+	// Role: member.
 	CreatePromptVersion(context.Context, *CreatePromptVersionRequest) (*CreatePromptVersionResponse, error)
 	// Returns one version, by number or through a label.
+	// Role: viewer.
 	GetPromptVersion(context.Context, *GetPromptVersionRequest) (*GetPromptVersionResponse, error)
 	// Lists a prompt's versions, newest first.
+	// Role: viewer.
 	ListPromptVersions(context.Context, *ListPromptVersionsRequest) (*ListPromptVersionsResponse, error)
 	// Compares two versions of a prompt: messages, variables, parameters,
 	// routing, output schema and processing.
+	// Role: viewer.
 	DiffPromptVersions(context.Context, *DiffPromptVersionsRequest) (*DiffPromptVersionsResponse, error)
 	// Points a label at a version, creating the label if needed. With
 	// `expected_version` set, the move happens only if the label currently
 	// points there (0: only if it does not exist); otherwise it fails with
 	// ABORTED (LABEL_VERSION_MISMATCH). Moving a protected label requires a
 	// passing evaluation report (FAILED_PRECONDITION, EVALUATION_GATE_FAILED).
+	// Role: member; tenant_admin for a protected label (audited).
 	SetLabel(context.Context, *SetLabelRequest) (*SetLabelResponse, error)
 	// Deletes a label. Its history is kept.
+	// Role: member; tenant_admin for a protected label (audited).
 	DeleteLabel(context.Context, *DeleteLabelRequest) (*DeleteLabelResponse, error)
 	// Moves a label back to the version it pointed to before its last move.
+	// Role: member; tenant_admin for a protected label (audited).
 	RollbackLabel(context.Context, *RollbackLabelRequest) (*RollbackLabelResponse, error)
 	// Lists label events of a prompt, newest first.
+	// Role: viewer.
 	ListLabelHistory(context.Context, *ListLabelHistoryRequest) (*ListLabelHistoryResponse, error)
 	// Renders a version (by number or label) with typed variables. Missing,
 	// unknown or mistyped variables fail with INVALID_ARGUMENT
 	// (VARIABLE_INVALID) and a `BadRequest` that lists every one of them.
+	// Role: viewer.
 	RenderPrompt(context.Context, *RenderPromptRequest) (*RenderPromptResponse, error)
 	// Streams label moves as they are committed. The first message is a
 	// snapshot of the current labels (unless resuming with `after_sequence`);
 	// every later message is one event, in commit order. The stream stays open
 	// until the caller cancels it or the server shuts down (UNAVAILABLE, after
 	// which a client resumes from the last sequence it saw).
+	// Role: viewer.
 	WatchLabels(*WatchLabelsRequest, PromptService_WatchLabelsServer) error
 	mustEmbedUnimplementedPromptServiceServer()
 }

@@ -18,18 +18,24 @@ const _ = grpc.SupportPackageIsVersion7
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type RouterServiceClient interface {
 	// Lists the model catalog in name order.
+	// Role: viewer.
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 	// Returns one catalog model.
+	// Role: viewer.
 	GetModel(ctx context.Context, in *GetModelRequest, opts ...grpc.CallOption) (*GetModelResponse, error)
 	// Ranks the eligible models and backends for one request. Fails with
 	// FAILED_PRECONDITION (NO_ELIGIBLE_MODEL) when none qualifies; the
 	// metadata says why each model was rejected.
+	// Role: member.
 	Route(ctx context.Context, in *RouteRequest, opts ...grpc.CallOption) (*RouteResponse, error)
 	// Reports the outcome of one attempt, so that live statistics, health and
 	// circuit breakers learn from every request.
+	// Role: platform_admin (it feeds the routing statistics every
+	// tenant shares; the gateway reports with the platform's internal token).
 	ReportOutcome(ctx context.Context, in *ReportOutcomeRequest, opts ...grpc.CallOption) (*ReportOutcomeResponse, error)
 	// Returns the live status of backends: health, circuit state, in-flight
 	// requests and latency statistics.
+	// Role: viewer.
 	GetBackendHealth(ctx context.Context, in *GetBackendHealthRequest, opts ...grpc.CallOption) (*GetBackendHealthResponse, error)
 }
 
@@ -91,18 +97,24 @@ func (c *routerServiceClient) GetBackendHealth(ctx context.Context, in *GetBacke
 // for forward compatibility
 type RouterServiceServer interface {
 	// Lists the model catalog in name order.
+	// Role: viewer.
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	// Returns one catalog model.
+	// Role: viewer.
 	GetModel(context.Context, *GetModelRequest) (*GetModelResponse, error)
 	// Ranks the eligible models and backends for one request. Fails with
 	// FAILED_PRECONDITION (NO_ELIGIBLE_MODEL) when none qualifies; the
 	// metadata says why each model was rejected.
+	// Role: member.
 	Route(context.Context, *RouteRequest) (*RouteResponse, error)
 	// Reports the outcome of one attempt, so that live statistics, health and
 	// circuit breakers learn from every request.
+	// Role: platform_admin (it feeds the routing statistics every
+	// tenant shares; the gateway reports with the platform's internal token).
 	ReportOutcome(context.Context, *ReportOutcomeRequest) (*ReportOutcomeResponse, error)
 	// Returns the live status of backends: health, circuit state, in-flight
 	// requests and latency statistics.
+	// Role: viewer.
 	GetBackendHealth(context.Context, *GetBackendHealthRequest) (*GetBackendHealthResponse, error)
 	mustEmbedUnimplementedRouterServiceServer()
 }

@@ -48,6 +48,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     QUOTA_EXCEEDED: _ClassVar[ErrorReason]
     TENANT_NOT_FOUND: _ClassVar[ErrorReason]
     API_KEY_NOT_FOUND: _ClassVar[ErrorReason]
+    REQUEST_IN_PROGRESS: _ClassVar[ErrorReason]
+    REQUEST_ID_REUSED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 FIELD_VIOLATION: ErrorReason
 NOT_IMPLEMENTED: ErrorReason
@@ -90,3 +92,5 @@ OUTPUT_SCHEMA_VIOLATION: ErrorReason
 QUOTA_EXCEEDED: ErrorReason
 TENANT_NOT_FOUND: ErrorReason
 API_KEY_NOT_FOUND: ErrorReason
+REQUEST_IN_PROGRESS: ErrorReason
+REQUEST_ID_REUSED: ErrorReason

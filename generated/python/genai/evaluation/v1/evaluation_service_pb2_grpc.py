@@ -109,6 +109,7 @@ class EvaluationServiceServicer:
 
     def CreateDataset(self, request, context):
         """Creates an empty dataset for a prompt.
+        Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,6 +117,7 @@ class EvaluationServiceServicer:
 
     def GetDataset(self, request, context):
         """Returns one dataset.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,6 +125,7 @@ class EvaluationServiceServicer:
 
     def ListDatasets(self, request, context):
         """Lists the tenant's datasets in name order.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,6 +135,7 @@ class EvaluationServiceServicer:
         """Adds examples to a dataset. Every example's inputs are checked against
         the prompt's variable schema first; one bad example rejects the batch
         with a `BadRequest` naming each offending `examples[i].inputs.<var>`.
+        Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,6 +143,7 @@ class EvaluationServiceServicer:
 
     def ListExamples(self, request, context):
         """Lists a dataset's examples in insertion order.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +154,7 @@ class EvaluationServiceServicer:
         run, then progress and per-output results as they complete, and finally
         the report. Cancelling the call stops the stream, not the run; use
         CancelEvaluationRun to stop the run.
+        Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -156,6 +162,7 @@ class EvaluationServiceServicer:
 
     def GetEvaluationRun(self, request, context):
         """Returns one evaluation run with its progress.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -163,6 +170,7 @@ class EvaluationServiceServicer:
 
     def ListEvaluationRuns(self, request, context):
         """Lists evaluation runs, newest first.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,6 +178,7 @@ class EvaluationServiceServicer:
 
     def CancelEvaluationRun(self, request, context):
         """Cancels a queued or running evaluation run.
+        Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -177,6 +186,7 @@ class EvaluationServiceServicer:
 
     def GetEvaluationReport(self, request, context):
         """Returns one evaluation report.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,6 +194,7 @@ class EvaluationServiceServicer:
 
     def CompareEvaluationReports(self, request, context):
         """Compares a candidate report with a baseline and names the regressions.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -191,6 +202,7 @@ class EvaluationServiceServicer:
 
     def ListQualityAlerts(self, request, context):
         """Lists quality alerts raised by online evaluation, newest first.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

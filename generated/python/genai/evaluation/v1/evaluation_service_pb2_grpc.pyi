@@ -38,36 +38,58 @@ class EvaluationServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> EvaluationServiceAsyncStub: ...
     CreateDataset: _grpc.UnaryUnaryMultiCallable[_evaluation_service_pb2.CreateDatasetRequest, _evaluation_service_pb2.CreateDatasetResponse]
-    """Creates an empty dataset for a prompt."""
+    """Creates an empty dataset for a prompt.
+    Role: member.
+    """
     GetDataset: _grpc.UnaryUnaryMultiCallable[_evaluation_service_pb2.GetDatasetRequest, _evaluation_service_pb2.GetDatasetResponse]
-    """Returns one dataset."""
+    """Returns one dataset.
+    Role: viewer.
+    """
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_evaluation_service_pb2.ListDatasetsRequest, _evaluation_service_pb2.ListDatasetsResponse]
-    """Lists the tenant's datasets in name order."""
+    """Lists the tenant's datasets in name order.
+    Role: viewer.
+    """
     AddExamples: _grpc.UnaryUnaryMultiCallable[_evaluation_service_pb2.AddExamplesRequest, _evaluation_service_pb2.AddExamplesResponse]
     """Adds examples to a dataset. Every example's inputs are checked against
     the prompt's variable schema first; one bad example rejects the batch
     with a `BadRequest` naming each offending `examples[i].inputs.<var>`.
+    Role: member.
     """
     ListExamples: _grpc.UnaryUnaryMultiCallable[_evaluation_service_pb2.ListExamplesRequest, _evaluation_service_pb2.ListExamplesResponse]
-    """Lists a dataset's examples in insertion order."""
+    """Lists a dataset's examples in insertion order.
+    Role: viewer.
+    """
     StartEvaluationRun: _grpc.UnaryStreamMultiCallable[_evaluation_service_pb2.StartEvaluationRunRequest, _evaluation_service_pb2.StartEvaluationRunResponse]
     """Starts an evaluation run and streams its progress: first the accepted
     run, then progress and per-output results as they complete, and finally
     the report. Cancelling the call stops the stream, not the run; use
     CancelEvaluationRun to stop the run.
+    Role: member.
     """
     GetEvaluationRun: _grpc.UnaryUnaryMultiCallable[_evaluation_service_pb2.GetEvaluationRunRequest, _evaluation_service_pb2.GetEvaluationRunResponse]
-    """Returns one evaluation run with its progress."""
+    """Returns one evaluation run with its progress.
+    Role: viewer.
+    """
     ListEvaluationRuns: _grpc.UnaryUnaryMultiCallable[_evaluation_service_pb2.ListEvaluationRunsRequest, _evaluation_service_pb2.ListEvaluationRunsResponse]
-    """Lists evaluation runs, newest first."""
+    """Lists evaluation runs, newest first.
+    Role: viewer.
+    """
     CancelEvaluationRun: _grpc.UnaryUnaryMultiCallable[_evaluation_service_pb2.CancelEvaluationRunRequest, _evaluation_service_pb2.CancelEvaluationRunResponse]
-    """Cancels a queued or running evaluation run."""
+    """Cancels a queued or running evaluation run.
+    Role: member.
+    """
     GetEvaluationReport: _grpc.UnaryUnaryMultiCallable[_evaluation_service_pb2.GetEvaluationReportRequest, _evaluation_service_pb2.GetEvaluationReportResponse]
-    """Returns one evaluation report."""
+    """Returns one evaluation report.
+    Role: viewer.
+    """
     CompareEvaluationReports: _grpc.UnaryUnaryMultiCallable[_evaluation_service_pb2.CompareEvaluationReportsRequest, _evaluation_service_pb2.CompareEvaluationReportsResponse]
-    """Compares a candidate report with a baseline and names the regressions."""
+    """Compares a candidate report with a baseline and names the regressions.
+    Role: viewer.
+    """
     ListQualityAlerts: _grpc.UnaryUnaryMultiCallable[_evaluation_service_pb2.ListQualityAlertsRequest, _evaluation_service_pb2.ListQualityAlertsResponse]
-    """Lists quality alerts raised by online evaluation, newest first."""
+    """Lists quality alerts raised by online evaluation, newest first.
+    Role: viewer.
+    """
 
 @_typing.type_check_only
 class EvaluationServiceAsyncStub(EvaluationServiceStub):
@@ -79,36 +101,58 @@ class EvaluationServiceAsyncStub(EvaluationServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateDataset: _aio.UnaryUnaryMultiCallable[_evaluation_service_pb2.CreateDatasetRequest, _evaluation_service_pb2.CreateDatasetResponse]  # type: ignore[assignment]
-    """Creates an empty dataset for a prompt."""
+    """Creates an empty dataset for a prompt.
+    Role: member.
+    """
     GetDataset: _aio.UnaryUnaryMultiCallable[_evaluation_service_pb2.GetDatasetRequest, _evaluation_service_pb2.GetDatasetResponse]  # type: ignore[assignment]
-    """Returns one dataset."""
+    """Returns one dataset.
+    Role: viewer.
+    """
     ListDatasets: _aio.UnaryUnaryMultiCallable[_evaluation_service_pb2.ListDatasetsRequest, _evaluation_service_pb2.ListDatasetsResponse]  # type: ignore[assignment]
-    """Lists the tenant's datasets in name order."""
+    """Lists the tenant's datasets in name order.
+    Role: viewer.
+    """
     AddExamples: _aio.UnaryUnaryMultiCallable[_evaluation_service_pb2.AddExamplesRequest, _evaluation_service_pb2.AddExamplesResponse]  # type: ignore[assignment]
     """Adds examples to a dataset. Every example's inputs are checked against
     the prompt's variable schema first; one bad example rejects the batch
     with a `BadRequest` naming each offending `examples[i].inputs.<var>`.
+    Role: member.
     """
     ListExamples: _aio.UnaryUnaryMultiCallable[_evaluation_service_pb2.ListExamplesRequest, _evaluation_service_pb2.ListExamplesResponse]  # type: ignore[assignment]
-    """Lists a dataset's examples in insertion order."""
+    """Lists a dataset's examples in insertion order.
+    Role: viewer.
+    """
     StartEvaluationRun: _aio.UnaryStreamMultiCallable[_evaluation_service_pb2.StartEvaluationRunRequest, _evaluation_service_pb2.StartEvaluationRunResponse]  # type: ignore[assignment]
     """Starts an evaluation run and streams its progress: first the accepted
     run, then progress and per-output results as they complete, and finally
     the report. Cancelling the call stops the stream, not the run; use
     CancelEvaluationRun to stop the run.
+    Role: member.
     """
     GetEvaluationRun: _aio.UnaryUnaryMultiCallable[_evaluation_service_pb2.GetEvaluationRunRequest, _evaluation_service_pb2.GetEvaluationRunResponse]  # type: ignore[assignment]
-    """Returns one evaluation run with its progress."""
+    """Returns one evaluation run with its progress.
+    Role: viewer.
+    """
     ListEvaluationRuns: _aio.UnaryUnaryMultiCallable[_evaluation_service_pb2.ListEvaluationRunsRequest, _evaluation_service_pb2.ListEvaluationRunsResponse]  # type: ignore[assignment]
-    """Lists evaluation runs, newest first."""
+    """Lists evaluation runs, newest first.
+    Role: viewer.
+    """
     CancelEvaluationRun: _aio.UnaryUnaryMultiCallable[_evaluation_service_pb2.CancelEvaluationRunRequest, _evaluation_service_pb2.CancelEvaluationRunResponse]  # type: ignore[assignment]
-    """Cancels a queued or running evaluation run."""
+    """Cancels a queued or running evaluation run.
+    Role: member.
+    """
     GetEvaluationReport: _aio.UnaryUnaryMultiCallable[_evaluation_service_pb2.GetEvaluationReportRequest, _evaluation_service_pb2.GetEvaluationReportResponse]  # type: ignore[assignment]
-    """Returns one evaluation report."""
+    """Returns one evaluation report.
+    Role: viewer.
+    """
     CompareEvaluationReports: _aio.UnaryUnaryMultiCallable[_evaluation_service_pb2.CompareEvaluationReportsRequest, _evaluation_service_pb2.CompareEvaluationReportsResponse]  # type: ignore[assignment]
-    """Compares a candidate report with a baseline and names the regressions."""
+    """Compares a candidate report with a baseline and names the regressions.
+    Role: viewer.
+    """
     ListQualityAlerts: _aio.UnaryUnaryMultiCallable[_evaluation_service_pb2.ListQualityAlertsRequest, _evaluation_service_pb2.ListQualityAlertsResponse]  # type: ignore[assignment]
-    """Lists quality alerts raised by online evaluation, newest first."""
+    """Lists quality alerts raised by online evaluation, newest first.
+    Role: viewer.
+    """
 
 class EvaluationServiceServicer(metaclass=_abc_1.ABCMeta):
     """EvaluationService runs evaluation pipelines: datasets of examples, runs of
@@ -123,7 +167,9 @@ class EvaluationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _evaluation_service_pb2.CreateDatasetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_evaluation_service_pb2.CreateDatasetResponse, _abc.Awaitable[_evaluation_service_pb2.CreateDatasetResponse]]:
-        """Creates an empty dataset for a prompt."""
+        """Creates an empty dataset for a prompt.
+        Role: member.
+        """
 
     @_abc_1.abstractmethod
     def GetDataset(
@@ -131,7 +177,9 @@ class EvaluationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _evaluation_service_pb2.GetDatasetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_evaluation_service_pb2.GetDatasetResponse, _abc.Awaitable[_evaluation_service_pb2.GetDatasetResponse]]:
-        """Returns one dataset."""
+        """Returns one dataset.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def ListDatasets(
@@ -139,7 +187,9 @@ class EvaluationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _evaluation_service_pb2.ListDatasetsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_evaluation_service_pb2.ListDatasetsResponse, _abc.Awaitable[_evaluation_service_pb2.ListDatasetsResponse]]:
-        """Lists the tenant's datasets in name order."""
+        """Lists the tenant's datasets in name order.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def AddExamples(
@@ -150,6 +200,7 @@ class EvaluationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Adds examples to a dataset. Every example's inputs are checked against
         the prompt's variable schema first; one bad example rejects the batch
         with a `BadRequest` naming each offending `examples[i].inputs.<var>`.
+        Role: member.
         """
 
     @_abc_1.abstractmethod
@@ -158,7 +209,9 @@ class EvaluationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _evaluation_service_pb2.ListExamplesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_evaluation_service_pb2.ListExamplesResponse, _abc.Awaitable[_evaluation_service_pb2.ListExamplesResponse]]:
-        """Lists a dataset's examples in insertion order."""
+        """Lists a dataset's examples in insertion order.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def StartEvaluationRun(
@@ -170,6 +223,7 @@ class EvaluationServiceServicer(metaclass=_abc_1.ABCMeta):
         run, then progress and per-output results as they complete, and finally
         the report. Cancelling the call stops the stream, not the run; use
         CancelEvaluationRun to stop the run.
+        Role: member.
         """
 
     @_abc_1.abstractmethod
@@ -178,7 +232,9 @@ class EvaluationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _evaluation_service_pb2.GetEvaluationRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_evaluation_service_pb2.GetEvaluationRunResponse, _abc.Awaitable[_evaluation_service_pb2.GetEvaluationRunResponse]]:
-        """Returns one evaluation run with its progress."""
+        """Returns one evaluation run with its progress.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def ListEvaluationRuns(
@@ -186,7 +242,9 @@ class EvaluationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _evaluation_service_pb2.ListEvaluationRunsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_evaluation_service_pb2.ListEvaluationRunsResponse, _abc.Awaitable[_evaluation_service_pb2.ListEvaluationRunsResponse]]:
-        """Lists evaluation runs, newest first."""
+        """Lists evaluation runs, newest first.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def CancelEvaluationRun(
@@ -194,7 +252,9 @@ class EvaluationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _evaluation_service_pb2.CancelEvaluationRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_evaluation_service_pb2.CancelEvaluationRunResponse, _abc.Awaitable[_evaluation_service_pb2.CancelEvaluationRunResponse]]:
-        """Cancels a queued or running evaluation run."""
+        """Cancels a queued or running evaluation run.
+        Role: member.
+        """
 
     @_abc_1.abstractmethod
     def GetEvaluationReport(
@@ -202,7 +262,9 @@ class EvaluationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _evaluation_service_pb2.GetEvaluationReportRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_evaluation_service_pb2.GetEvaluationReportResponse, _abc.Awaitable[_evaluation_service_pb2.GetEvaluationReportResponse]]:
-        """Returns one evaluation report."""
+        """Returns one evaluation report.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def CompareEvaluationReports(
@@ -210,7 +272,9 @@ class EvaluationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _evaluation_service_pb2.CompareEvaluationReportsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_evaluation_service_pb2.CompareEvaluationReportsResponse, _abc.Awaitable[_evaluation_service_pb2.CompareEvaluationReportsResponse]]:
-        """Compares a candidate report with a baseline and names the regressions."""
+        """Compares a candidate report with a baseline and names the regressions.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def ListQualityAlerts(
@@ -218,6 +282,8 @@ class EvaluationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _evaluation_service_pb2.ListQualityAlertsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_evaluation_service_pb2.ListQualityAlertsResponse, _abc.Awaitable[_evaluation_service_pb2.ListQualityAlertsResponse]]:
-        """Lists quality alerts raised by online evaluation, newest first."""
+        """Lists quality alerts raised by online evaluation, newest first.
+        Role: viewer.
+        """
 
 def add_EvaluationServiceServicer_to_server(servicer: EvaluationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -97,6 +97,7 @@ class ExperimentServiceServicer:
 
     def CreateExperiment(self, request, context):
         """Creates an experiment in the draft state, or running with `start`.
+        Role: tenant_admin (audited).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +105,7 @@ class ExperimentServiceServicer:
 
     def GetExperiment(self, request, context):
         """Returns one experiment.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +113,7 @@ class ExperimentServiceServicer:
 
     def ListExperiments(self, request, context):
         """Lists the tenant's experiments in name order.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,6 +121,7 @@ class ExperimentServiceServicer:
 
     def StartExperiment(self, request, context):
         """Starts a draft experiment. Starting a running one is a no-op.
+        Role: tenant_admin (audited).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +129,7 @@ class ExperimentServiceServicer:
 
     def StopExperiment(self, request, context):
         """Stops an experiment for good. Stopping a stopped one is a no-op.
+        Role: tenant_admin (audited).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +138,7 @@ class ExperimentServiceServicer:
     def SetVariantWeights(self, request, context):
         """Changes variant weights. Units already assigned stay on their variant;
         only new units follow the new weights.
+        Role: tenant_admin (audited).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,6 +147,7 @@ class ExperimentServiceServicer:
     def AssignVariant(self, request, context):
         """Assigns a unit to a variant (or the holdout). The same unit always gets
         the same answer while the experiment runs.
+        Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +155,7 @@ class ExperimentServiceServicer:
 
     def RecordExposure(self, request, context):
         """Records that a unit was actually served its variant.
+        Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,6 +163,7 @@ class ExperimentServiceServicer:
 
     def RecordOutcome(self, request, context):
         """Records one outcome of a unit for one metric.
+        Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,6 +173,7 @@ class ExperimentServiceServicer:
         """Computes the results: per-variant means with confidence intervals,
         differences to the control with p-values (fixed-horizon and
         always-valid sequential), and the sample-ratio-mismatch check.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

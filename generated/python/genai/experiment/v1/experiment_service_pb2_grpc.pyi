@@ -37,31 +37,48 @@ class ExperimentServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ExperimentServiceAsyncStub: ...
     CreateExperiment: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.CreateExperimentRequest, _experiment_service_pb2.CreateExperimentResponse]
-    """Creates an experiment in the draft state, or running with `start`."""
+    """Creates an experiment in the draft state, or running with `start`.
+    Role: tenant_admin (audited).
+    """
     GetExperiment: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentRequest, _experiment_service_pb2.GetExperimentResponse]
-    """Returns one experiment."""
+    """Returns one experiment.
+    Role: viewer.
+    """
     ListExperiments: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.ListExperimentsRequest, _experiment_service_pb2.ListExperimentsResponse]
-    """Lists the tenant's experiments in name order."""
+    """Lists the tenant's experiments in name order.
+    Role: viewer.
+    """
     StartExperiment: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.StartExperimentRequest, _experiment_service_pb2.StartExperimentResponse]
-    """Starts a draft experiment. Starting a running one is a no-op."""
+    """Starts a draft experiment. Starting a running one is a no-op.
+    Role: tenant_admin (audited).
+    """
     StopExperiment: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.StopExperimentRequest, _experiment_service_pb2.StopExperimentResponse]
-    """Stops an experiment for good. Stopping a stopped one is a no-op."""
+    """Stops an experiment for good. Stopping a stopped one is a no-op.
+    Role: tenant_admin (audited).
+    """
     SetVariantWeights: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.SetVariantWeightsRequest, _experiment_service_pb2.SetVariantWeightsResponse]
     """Changes variant weights. Units already assigned stay on their variant;
     only new units follow the new weights.
+    Role: tenant_admin (audited).
     """
     AssignVariant: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.AssignVariantRequest, _experiment_service_pb2.AssignVariantResponse]
     """Assigns a unit to a variant (or the holdout). The same unit always gets
     the same answer while the experiment runs.
+    Role: member.
     """
     RecordExposure: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.RecordExposureRequest, _experiment_service_pb2.RecordExposureResponse]
-    """Records that a unit was actually served its variant."""
+    """Records that a unit was actually served its variant.
+    Role: member.
+    """
     RecordOutcome: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.RecordOutcomeRequest, _experiment_service_pb2.RecordOutcomeResponse]
-    """Records one outcome of a unit for one metric."""
+    """Records one outcome of a unit for one metric.
+    Role: member.
+    """
     GetExperimentResults: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentResultsRequest, _experiment_service_pb2.GetExperimentResultsResponse]
     """Computes the results: per-variant means with confidence intervals,
     differences to the control with p-values (fixed-horizon and
     always-valid sequential), and the sample-ratio-mismatch check.
+    Role: viewer.
     """
 
 @_typing.type_check_only
@@ -73,31 +90,48 @@ class ExperimentServiceAsyncStub(ExperimentServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateExperiment: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.CreateExperimentRequest, _experiment_service_pb2.CreateExperimentResponse]  # type: ignore[assignment]
-    """Creates an experiment in the draft state, or running with `start`."""
+    """Creates an experiment in the draft state, or running with `start`.
+    Role: tenant_admin (audited).
+    """
     GetExperiment: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentRequest, _experiment_service_pb2.GetExperimentResponse]  # type: ignore[assignment]
-    """Returns one experiment."""
+    """Returns one experiment.
+    Role: viewer.
+    """
     ListExperiments: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.ListExperimentsRequest, _experiment_service_pb2.ListExperimentsResponse]  # type: ignore[assignment]
-    """Lists the tenant's experiments in name order."""
+    """Lists the tenant's experiments in name order.
+    Role: viewer.
+    """
     StartExperiment: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.StartExperimentRequest, _experiment_service_pb2.StartExperimentResponse]  # type: ignore[assignment]
-    """Starts a draft experiment. Starting a running one is a no-op."""
+    """Starts a draft experiment. Starting a running one is a no-op.
+    Role: tenant_admin (audited).
+    """
     StopExperiment: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.StopExperimentRequest, _experiment_service_pb2.StopExperimentResponse]  # type: ignore[assignment]
-    """Stops an experiment for good. Stopping a stopped one is a no-op."""
+    """Stops an experiment for good. Stopping a stopped one is a no-op.
+    Role: tenant_admin (audited).
+    """
     SetVariantWeights: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.SetVariantWeightsRequest, _experiment_service_pb2.SetVariantWeightsResponse]  # type: ignore[assignment]
     """Changes variant weights. Units already assigned stay on their variant;
     only new units follow the new weights.
+    Role: tenant_admin (audited).
     """
     AssignVariant: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.AssignVariantRequest, _experiment_service_pb2.AssignVariantResponse]  # type: ignore[assignment]
     """Assigns a unit to a variant (or the holdout). The same unit always gets
     the same answer while the experiment runs.
+    Role: member.
     """
     RecordExposure: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.RecordExposureRequest, _experiment_service_pb2.RecordExposureResponse]  # type: ignore[assignment]
-    """Records that a unit was actually served its variant."""
+    """Records that a unit was actually served its variant.
+    Role: member.
+    """
     RecordOutcome: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.RecordOutcomeRequest, _experiment_service_pb2.RecordOutcomeResponse]  # type: ignore[assignment]
-    """Records one outcome of a unit for one metric."""
+    """Records one outcome of a unit for one metric.
+    Role: member.
+    """
     GetExperimentResults: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentResultsRequest, _experiment_service_pb2.GetExperimentResultsResponse]  # type: ignore[assignment]
     """Computes the results: per-variant means with confidence intervals,
     differences to the control with p-values (fixed-horizon and
     always-valid sequential), and the sample-ratio-mismatch check.
+    Role: viewer.
     """
 
 class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -112,7 +146,9 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_service_pb2.CreateExperimentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.CreateExperimentResponse, _abc.Awaitable[_experiment_service_pb2.CreateExperimentResponse]]:
-        """Creates an experiment in the draft state, or running with `start`."""
+        """Creates an experiment in the draft state, or running with `start`.
+        Role: tenant_admin (audited).
+        """
 
     @_abc_1.abstractmethod
     def GetExperiment(
@@ -120,7 +156,9 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_service_pb2.GetExperimentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.GetExperimentResponse, _abc.Awaitable[_experiment_service_pb2.GetExperimentResponse]]:
-        """Returns one experiment."""
+        """Returns one experiment.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def ListExperiments(
@@ -128,7 +166,9 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_service_pb2.ListExperimentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.ListExperimentsResponse, _abc.Awaitable[_experiment_service_pb2.ListExperimentsResponse]]:
-        """Lists the tenant's experiments in name order."""
+        """Lists the tenant's experiments in name order.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def StartExperiment(
@@ -136,7 +176,9 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_service_pb2.StartExperimentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.StartExperimentResponse, _abc.Awaitable[_experiment_service_pb2.StartExperimentResponse]]:
-        """Starts a draft experiment. Starting a running one is a no-op."""
+        """Starts a draft experiment. Starting a running one is a no-op.
+        Role: tenant_admin (audited).
+        """
 
     @_abc_1.abstractmethod
     def StopExperiment(
@@ -144,7 +186,9 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_service_pb2.StopExperimentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.StopExperimentResponse, _abc.Awaitable[_experiment_service_pb2.StopExperimentResponse]]:
-        """Stops an experiment for good. Stopping a stopped one is a no-op."""
+        """Stops an experiment for good. Stopping a stopped one is a no-op.
+        Role: tenant_admin (audited).
+        """
 
     @_abc_1.abstractmethod
     def SetVariantWeights(
@@ -154,6 +198,7 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_experiment_service_pb2.SetVariantWeightsResponse, _abc.Awaitable[_experiment_service_pb2.SetVariantWeightsResponse]]:
         """Changes variant weights. Units already assigned stay on their variant;
         only new units follow the new weights.
+        Role: tenant_admin (audited).
         """
 
     @_abc_1.abstractmethod
@@ -164,6 +209,7 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_experiment_service_pb2.AssignVariantResponse, _abc.Awaitable[_experiment_service_pb2.AssignVariantResponse]]:
         """Assigns a unit to a variant (or the holdout). The same unit always gets
         the same answer while the experiment runs.
+        Role: member.
         """
 
     @_abc_1.abstractmethod
@@ -172,7 +218,9 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_service_pb2.RecordExposureRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.RecordExposureResponse, _abc.Awaitable[_experiment_service_pb2.RecordExposureResponse]]:
-        """Records that a unit was actually served its variant."""
+        """Records that a unit was actually served its variant.
+        Role: member.
+        """
 
     @_abc_1.abstractmethod
     def RecordOutcome(
@@ -180,7 +228,9 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_service_pb2.RecordOutcomeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.RecordOutcomeResponse, _abc.Awaitable[_experiment_service_pb2.RecordOutcomeResponse]]:
-        """Records one outcome of a unit for one metric."""
+        """Records one outcome of a unit for one metric.
+        Role: member.
+        """
 
     @_abc_1.abstractmethod
     def GetExperimentResults(
@@ -191,6 +241,7 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         """Computes the results: per-variant means with confidence intervals,
         differences to the control with p-values (fixed-horizon and
         always-valid sequential), and the sample-ratio-mismatch check.
+        Role: viewer.
         """
 
 def add_ExperimentServiceServicer_to_server(servicer: ExperimentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

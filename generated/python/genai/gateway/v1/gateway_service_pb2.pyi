@@ -144,10 +144,12 @@ class ListRequestLogsResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[_gateway_pb2.RequestLogEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CreateTenantRequest(_message.Message):
-    __slots__ = ("tenant",)
+    __slots__ = ("tenant", "request_id")
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     tenant: _gateway_pb2.Tenant
-    def __init__(self, tenant: _Optional[_Union[_gateway_pb2.Tenant, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, tenant: _Optional[_Union[_gateway_pb2.Tenant, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CreateTenantResponse(_message.Message):
     __slots__ = ("tenant",)
@@ -170,14 +172,20 @@ class UpdateTenantQuotaResponse(_message.Message):
     def __init__(self, tenant: _Optional[_Union[_gateway_pb2.Tenant, _Mapping]] = ...) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
-    __slots__ = ("tenant_id", "display_name", "admin")
+    __slots__ = ("tenant_id", "display_name", "admin", "role", "expire_time", "request_id")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     ADMIN_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     display_name: str
     admin: bool
-    def __init__(self, tenant_id: _Optional[str] = ..., display_name: _Optional[str] = ..., admin: _Optional[bool] = ...) -> None: ...
+    role: _gateway_pb2.Role
+    expire_time: _timestamp_pb2.Timestamp
+    request_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., display_name: _Optional[str] = ..., admin: _Optional[bool] = ..., role: _Optional[_Union[_gateway_pb2.Role, str]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CreateApiKeyResponse(_message.Message):
     __slots__ = ("key", "secret")
@@ -216,6 +224,52 @@ class RevokeApiKeyResponse(_message.Message):
     KEY_FIELD_NUMBER: _ClassVar[int]
     key: _gateway_pb2.ApiKey
     def __init__(self, key: _Optional[_Union[_gateway_pb2.ApiKey, _Mapping]] = ...) -> None: ...
+
+class RotateApiKeyRequest(_message.Message):
+    __slots__ = ("id", "grace_period", "request_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    GRACE_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    grace_period: _duration_pb2.Duration
+    request_id: str
+    def __init__(self, id: _Optional[str] = ..., grace_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RotateApiKeyResponse(_message.Message):
+    __slots__ = ("key", "secret")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    key: _gateway_pb2.ApiKey
+    secret: str
+    def __init__(self, key: _Optional[_Union[_gateway_pb2.ApiKey, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
+
+class ListAuditEventsRequest(_message.Message):
+    __slots__ = ("tenant_id", "page_size", "page_token", "action", "actor", "outcome", "start_time", "end_time")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    page_size: int
+    page_token: str
+    action: str
+    actor: str
+    outcome: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, tenant_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., action: _Optional[str] = ..., actor: _Optional[str] = ..., outcome: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListAuditEventsResponse(_message.Message):
+    __slots__ = ("events", "next_page_token")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[_gateway_pb2.AuditEvent]
+    next_page_token: str
+    def __init__(self, events: _Optional[_Iterable[_Union[_gateway_pb2.AuditEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()

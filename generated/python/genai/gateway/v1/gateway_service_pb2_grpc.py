@@ -86,6 +86,16 @@ class GatewayServiceStub:
                 request_serializer=genai_dot_gateway_dot_v1_dot_gateway__service__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=genai_dot_gateway_dot_v1_dot_gateway__service__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.RotateApiKey = channel.unary_unary(
+                '/genai.gateway.v1.GatewayService/RotateApiKey',
+                request_serializer=genai_dot_gateway_dot_v1_dot_gateway__service__pb2.RotateApiKeyRequest.SerializeToString,
+                response_deserializer=genai_dot_gateway_dot_v1_dot_gateway__service__pb2.RotateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/genai.gateway.v1.GatewayService/ListAuditEvents',
+                request_serializer=genai_dot_gateway_dot_v1_dot_gateway__service__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=genai_dot_gateway_dot_v1_dot_gateway__service__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
         self.GetServerInfo = channel.unary_unary(
                 '/genai.gateway.v1.GatewayService/GetServerInfo',
                 request_serializer=genai_dot_gateway_dot_v1_dot_gateway__service__pb2.GetServerInfoRequest.SerializeToString,
@@ -104,7 +114,10 @@ class GatewayServiceServicer:
     """
 
     def Complete(self, request, context):
-        """Completes a prompt and returns the whole answer at once.
+        """Completes a prompt and returns the whole answer at once. A retry with
+        the same `request_id` within 24 hours returns the first outcome without
+        generating, charging or logging again; while the first is running it
+        fails with ABORTED (REQUEST_IN_PROGRESS) and a RetryInfo. Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,7 +128,9 @@ class GatewayServiceServicer:
         one `final` with the metadata. A failure before the first token fails
         over to the next routing candidate invisibly; a failure after it ends
         the stream with UNAVAILABLE (STREAM_INTERRUPTED), and the tokens already
-        sent are accounted. A stream never ends silently.
+        sent are accounted. A stream never ends silently. A retry with the same
+        `request_id` within 24 hours streams the first outcome as one delta and
+        the same `final`, as `Complete` does. Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,42 +139,48 @@ class GatewayServiceServicer:
     def RecordFeedback(self, request, context):
         """Records feedback on a served request (for example thumbs-up), which
         becomes an outcome of its experiment and a score in online evaluation.
+        Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListRequestLogs(self, request, context):
-        """Lists logged requests of the caller's tenant, newest first.
+        """Lists logged requests of the caller's tenant, newest first. Role:
+        viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateTenant(self, request, context):
-        """Creates a tenant. Admin keys only.
+        """Creates a tenant. Idempotent by `request_id`. Audited. Role:
+        platform_admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateTenantQuota(self, request, context):
-        """Changes a tenant's quota. Admin keys only.
+        """Changes a tenant's quota. Audited. Role: platform_admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateApiKey(self, request, context):
-        """Creates an API key for a tenant and returns its secret, once. Admin
-        keys only.
+        """Creates an API key for a tenant and returns its secret. A retry with the
+        same `request_id` within 24 hours by the same caller returns the same
+        key and secret. Audited. Role: tenant_admin for its own tenant, granting
+        at most its own role; platform_admin for any tenant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListApiKeys(self, request, context):
-        """Lists a tenant's API keys (never their secrets). Admin keys only.
+        """Lists a tenant's API keys (never their secrets). Role: tenant_admin for
+        its own tenant; platform_admin for any tenant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,7 +188,28 @@ class GatewayServiceServicer:
 
     def RevokeApiKey(self, request, context):
         """Revokes an API key; calls with it fail with UNAUTHENTICATED from then
-        on. Admin keys only.
+        on. Audited. Role: tenant_admin for its own tenant's keys;
+        platform_admin for any key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateApiKey(self, request, context):
+        """Gives an API key a new secret and returns it; the old secret keeps
+        working for the grace period. Idempotent by `request_id` for the same
+        caller. Audited. Role: tenant_admin for its own tenant's keys;
+        platform_admin for any key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """Lists the audit log, newest first: every admin action and protected
+        label move, with its outcome. The log is append-only: no RPC changes or
+        deletes it. Role: tenant_admin for its own tenant; platform_admin for
+        any tenant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,7 +217,8 @@ class GatewayServiceServicer:
 
     def GetServerInfo(self, request, context):
         """Describes this gateway: its version, contract, the services it hosts and
-        the health of each service it depends on. Needs no API key.
+        the health of each service it depends on. Role: none (no API key
+        needed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -228,6 +271,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=genai_dot_gateway_dot_v1_dot_gateway__service__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=genai_dot_gateway_dot_v1_dot_gateway__service__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'RotateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateApiKey,
+                    request_deserializer=genai_dot_gateway_dot_v1_dot_gateway__service__pb2.RotateApiKeyRequest.FromString,
+                    response_serializer=genai_dot_gateway_dot_v1_dot_gateway__service__pb2.RotateApiKeyResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=genai_dot_gateway_dot_v1_dot_gateway__service__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=genai_dot_gateway_dot_v1_dot_gateway__service__pb2.ListAuditEventsResponse.SerializeToString,
             ),
             'GetServerInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetServerInfo,
@@ -485,6 +538,60 @@ class GatewayService:
             '/genai.gateway.v1.GatewayService/RevokeApiKey',
             genai_dot_gateway_dot_v1_dot_gateway__service__pb2.RevokeApiKeyRequest.SerializeToString,
             genai_dot_gateway_dot_v1_dot_gateway__service__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genai.gateway.v1.GatewayService/RotateApiKey',
+            genai_dot_gateway_dot_v1_dot_gateway__service__pb2.RotateApiKeyRequest.SerializeToString,
+            genai_dot_gateway_dot_v1_dot_gateway__service__pb2.RotateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genai.gateway.v1.GatewayService/ListAuditEvents',
+            genai_dot_gateway_dot_v1_dot_gateway__service__pb2.ListAuditEventsRequest.SerializeToString,
+            genai_dot_gateway_dot_v1_dot_gateway__service__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

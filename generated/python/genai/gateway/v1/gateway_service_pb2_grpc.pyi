@@ -41,37 +41,66 @@ class GatewayServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GatewayServiceAsyncStub: ...
     Complete: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.CompleteRequest, _gateway_service_pb2.CompleteResponse]
-    """Completes a prompt and returns the whole answer at once."""
+    """Completes a prompt and returns the whole answer at once. A retry with
+    the same `request_id` within 24 hours returns the first outcome without
+    generating, charging or logging again; while the first is running it
+    fails with ABORTED (REQUEST_IN_PROGRESS) and a RetryInfo. Role: member.
+    """
     StreamComplete: _grpc.UnaryStreamMultiCallable[_gateway_service_pb2.StreamCompleteRequest, _gateway_service_pb2.StreamCompleteResponse]
     """Completes a prompt as a stream: one `start`, then `delta`s, then exactly
     one `final` with the metadata. A failure before the first token fails
     over to the next routing candidate invisibly; a failure after it ends
     the stream with UNAVAILABLE (STREAM_INTERRUPTED), and the tokens already
-    sent are accounted. A stream never ends silently.
+    sent are accounted. A stream never ends silently. A retry with the same
+    `request_id` within 24 hours streams the first outcome as one delta and
+    the same `final`, as `Complete` does. Role: member.
     """
     RecordFeedback: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.RecordFeedbackRequest, _gateway_service_pb2.RecordFeedbackResponse]
     """Records feedback on a served request (for example thumbs-up), which
     becomes an outcome of its experiment and a score in online evaluation.
+    Role: member.
     """
     ListRequestLogs: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.ListRequestLogsRequest, _gateway_service_pb2.ListRequestLogsResponse]
-    """Lists logged requests of the caller's tenant, newest first."""
+    """Lists logged requests of the caller's tenant, newest first. Role:
+    viewer.
+    """
     CreateTenant: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.CreateTenantRequest, _gateway_service_pb2.CreateTenantResponse]
-    """Creates a tenant. Admin keys only."""
+    """Creates a tenant. Idempotent by `request_id`. Audited. Role:
+    platform_admin.
+    """
     UpdateTenantQuota: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.UpdateTenantQuotaRequest, _gateway_service_pb2.UpdateTenantQuotaResponse]
-    """Changes a tenant's quota. Admin keys only."""
+    """Changes a tenant's quota. Audited. Role: platform_admin."""
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.CreateApiKeyRequest, _gateway_service_pb2.CreateApiKeyResponse]
-    """Creates an API key for a tenant and returns its secret, once. Admin
-    keys only.
+    """Creates an API key for a tenant and returns its secret. A retry with the
+    same `request_id` within 24 hours by the same caller returns the same
+    key and secret. Audited. Role: tenant_admin for its own tenant, granting
+    at most its own role; platform_admin for any tenant.
     """
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.ListApiKeysRequest, _gateway_service_pb2.ListApiKeysResponse]
-    """Lists a tenant's API keys (never their secrets). Admin keys only."""
+    """Lists a tenant's API keys (never their secrets). Role: tenant_admin for
+    its own tenant; platform_admin for any tenant.
+    """
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.RevokeApiKeyRequest, _gateway_service_pb2.RevokeApiKeyResponse]
     """Revokes an API key; calls with it fail with UNAUTHENTICATED from then
-    on. Admin keys only.
+    on. Audited. Role: tenant_admin for its own tenant's keys;
+    platform_admin for any key.
+    """
+    RotateApiKey: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.RotateApiKeyRequest, _gateway_service_pb2.RotateApiKeyResponse]
+    """Gives an API key a new secret and returns it; the old secret keeps
+    working for the grace period. Idempotent by `request_id` for the same
+    caller. Audited. Role: tenant_admin for its own tenant's keys;
+    platform_admin for any key.
+    """
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.ListAuditEventsRequest, _gateway_service_pb2.ListAuditEventsResponse]
+    """Lists the audit log, newest first: every admin action and protected
+    label move, with its outcome. The log is append-only: no RPC changes or
+    deletes it. Role: tenant_admin for its own tenant; platform_admin for
+    any tenant.
     """
     GetServerInfo: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.GetServerInfoRequest, _gateway_service_pb2.GetServerInfoResponse]
     """Describes this gateway: its version, contract, the services it hosts and
-    the health of each service it depends on. Needs no API key.
+    the health of each service it depends on. Role: none (no API key
+    needed).
     """
 
 @_typing.type_check_only
@@ -87,37 +116,66 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Complete: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.CompleteRequest, _gateway_service_pb2.CompleteResponse]  # type: ignore[assignment]
-    """Completes a prompt and returns the whole answer at once."""
+    """Completes a prompt and returns the whole answer at once. A retry with
+    the same `request_id` within 24 hours returns the first outcome without
+    generating, charging or logging again; while the first is running it
+    fails with ABORTED (REQUEST_IN_PROGRESS) and a RetryInfo. Role: member.
+    """
     StreamComplete: _aio.UnaryStreamMultiCallable[_gateway_service_pb2.StreamCompleteRequest, _gateway_service_pb2.StreamCompleteResponse]  # type: ignore[assignment]
     """Completes a prompt as a stream: one `start`, then `delta`s, then exactly
     one `final` with the metadata. A failure before the first token fails
     over to the next routing candidate invisibly; a failure after it ends
     the stream with UNAVAILABLE (STREAM_INTERRUPTED), and the tokens already
-    sent are accounted. A stream never ends silently.
+    sent are accounted. A stream never ends silently. A retry with the same
+    `request_id` within 24 hours streams the first outcome as one delta and
+    the same `final`, as `Complete` does. Role: member.
     """
     RecordFeedback: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.RecordFeedbackRequest, _gateway_service_pb2.RecordFeedbackResponse]  # type: ignore[assignment]
     """Records feedback on a served request (for example thumbs-up), which
     becomes an outcome of its experiment and a score in online evaluation.
+    Role: member.
     """
     ListRequestLogs: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.ListRequestLogsRequest, _gateway_service_pb2.ListRequestLogsResponse]  # type: ignore[assignment]
-    """Lists logged requests of the caller's tenant, newest first."""
+    """Lists logged requests of the caller's tenant, newest first. Role:
+    viewer.
+    """
     CreateTenant: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.CreateTenantRequest, _gateway_service_pb2.CreateTenantResponse]  # type: ignore[assignment]
-    """Creates a tenant. Admin keys only."""
+    """Creates a tenant. Idempotent by `request_id`. Audited. Role:
+    platform_admin.
+    """
     UpdateTenantQuota: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.UpdateTenantQuotaRequest, _gateway_service_pb2.UpdateTenantQuotaResponse]  # type: ignore[assignment]
-    """Changes a tenant's quota. Admin keys only."""
+    """Changes a tenant's quota. Audited. Role: platform_admin."""
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.CreateApiKeyRequest, _gateway_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
-    """Creates an API key for a tenant and returns its secret, once. Admin
-    keys only.
+    """Creates an API key for a tenant and returns its secret. A retry with the
+    same `request_id` within 24 hours by the same caller returns the same
+    key and secret. Audited. Role: tenant_admin for its own tenant, granting
+    at most its own role; platform_admin for any tenant.
     """
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.ListApiKeysRequest, _gateway_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
-    """Lists a tenant's API keys (never their secrets). Admin keys only."""
+    """Lists a tenant's API keys (never their secrets). Role: tenant_admin for
+    its own tenant; platform_admin for any tenant.
+    """
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.RevokeApiKeyRequest, _gateway_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """Revokes an API key; calls with it fail with UNAUTHENTICATED from then
-    on. Admin keys only.
+    on. Audited. Role: tenant_admin for its own tenant's keys;
+    platform_admin for any key.
+    """
+    RotateApiKey: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.RotateApiKeyRequest, _gateway_service_pb2.RotateApiKeyResponse]  # type: ignore[assignment]
+    """Gives an API key a new secret and returns it; the old secret keeps
+    working for the grace period. Idempotent by `request_id` for the same
+    caller. Audited. Role: tenant_admin for its own tenant's keys;
+    platform_admin for any key.
+    """
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.ListAuditEventsRequest, _gateway_service_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """Lists the audit log, newest first: every admin action and protected
+    label move, with its outcome. The log is append-only: no RPC changes or
+    deletes it. Role: tenant_admin for its own tenant; platform_admin for
+    any tenant.
     """
     GetServerInfo: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.GetServerInfoRequest, _gateway_service_pb2.GetServerInfoResponse]  # type: ignore[assignment]
     """Describes this gateway: its version, contract, the services it hosts and
-    the health of each service it depends on. Needs no API key.
+    the health of each service it depends on. Role: none (no API key
+    needed).
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -136,7 +194,11 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_service_pb2.CompleteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.CompleteResponse, _abc.Awaitable[_gateway_service_pb2.CompleteResponse]]:
-        """Completes a prompt and returns the whole answer at once."""
+        """Completes a prompt and returns the whole answer at once. A retry with
+        the same `request_id` within 24 hours returns the first outcome without
+        generating, charging or logging again; while the first is running it
+        fails with ABORTED (REQUEST_IN_PROGRESS) and a RetryInfo. Role: member.
+        """
 
     @_abc_1.abstractmethod
     def StreamComplete(
@@ -148,7 +210,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         one `final` with the metadata. A failure before the first token fails
         over to the next routing candidate invisibly; a failure after it ends
         the stream with UNAVAILABLE (STREAM_INTERRUPTED), and the tokens already
-        sent are accounted. A stream never ends silently.
+        sent are accounted. A stream never ends silently. A retry with the same
+        `request_id` within 24 hours streams the first outcome as one delta and
+        the same `final`, as `Complete` does. Role: member.
         """
 
     @_abc_1.abstractmethod
@@ -159,6 +223,7 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_service_pb2.RecordFeedbackResponse, _abc.Awaitable[_gateway_service_pb2.RecordFeedbackResponse]]:
         """Records feedback on a served request (for example thumbs-up), which
         becomes an outcome of its experiment and a score in online evaluation.
+        Role: member.
         """
 
     @_abc_1.abstractmethod
@@ -167,7 +232,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_service_pb2.ListRequestLogsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.ListRequestLogsResponse, _abc.Awaitable[_gateway_service_pb2.ListRequestLogsResponse]]:
-        """Lists logged requests of the caller's tenant, newest first."""
+        """Lists logged requests of the caller's tenant, newest first. Role:
+        viewer.
+        """
 
     @_abc_1.abstractmethod
     def CreateTenant(
@@ -175,7 +242,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_service_pb2.CreateTenantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.CreateTenantResponse, _abc.Awaitable[_gateway_service_pb2.CreateTenantResponse]]:
-        """Creates a tenant. Admin keys only."""
+        """Creates a tenant. Idempotent by `request_id`. Audited. Role:
+        platform_admin.
+        """
 
     @_abc_1.abstractmethod
     def UpdateTenantQuota(
@@ -183,7 +252,7 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_service_pb2.UpdateTenantQuotaRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.UpdateTenantQuotaResponse, _abc.Awaitable[_gateway_service_pb2.UpdateTenantQuotaResponse]]:
-        """Changes a tenant's quota. Admin keys only."""
+        """Changes a tenant's quota. Audited. Role: platform_admin."""
 
     @_abc_1.abstractmethod
     def CreateApiKey(
@@ -191,8 +260,10 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_service_pb2.CreateApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.CreateApiKeyResponse, _abc.Awaitable[_gateway_service_pb2.CreateApiKeyResponse]]:
-        """Creates an API key for a tenant and returns its secret, once. Admin
-        keys only.
+        """Creates an API key for a tenant and returns its secret. A retry with the
+        same `request_id` within 24 hours by the same caller returns the same
+        key and secret. Audited. Role: tenant_admin for its own tenant, granting
+        at most its own role; platform_admin for any tenant.
         """
 
     @_abc_1.abstractmethod
@@ -201,7 +272,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_service_pb2.ListApiKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.ListApiKeysResponse, _abc.Awaitable[_gateway_service_pb2.ListApiKeysResponse]]:
-        """Lists a tenant's API keys (never their secrets). Admin keys only."""
+        """Lists a tenant's API keys (never their secrets). Role: tenant_admin for
+        its own tenant; platform_admin for any tenant.
+        """
 
     @_abc_1.abstractmethod
     def RevokeApiKey(
@@ -210,7 +283,32 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_gateway_service_pb2.RevokeApiKeyResponse]]:
         """Revokes an API key; calls with it fail with UNAUTHENTICATED from then
-        on. Admin keys only.
+        on. Audited. Role: tenant_admin for its own tenant's keys;
+        platform_admin for any key.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateApiKey(
+        self,
+        request: _gateway_service_pb2.RotateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.RotateApiKeyResponse, _abc.Awaitable[_gateway_service_pb2.RotateApiKeyResponse]]:
+        """Gives an API key a new secret and returns it; the old secret keeps
+        working for the grace period. Idempotent by `request_id` for the same
+        caller. Audited. Role: tenant_admin for its own tenant's keys;
+        platform_admin for any key.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _gateway_service_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.ListAuditEventsResponse, _abc.Awaitable[_gateway_service_pb2.ListAuditEventsResponse]]:
+        """Lists the audit log, newest first: every admin action and protected
+        label move, with its outcome. The log is append-only: no RPC changes or
+        deletes it. Role: tenant_admin for its own tenant; platform_admin for
+        any tenant.
         """
 
     @_abc_1.abstractmethod
@@ -220,7 +318,8 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.GetServerInfoResponse, _abc.Awaitable[_gateway_service_pb2.GetServerInfoResponse]]:
         """Describes this gateway: its version, contract, the services it hosts and
-        the health of each service it depends on. Needs no API key.
+        the health of each service it depends on. Role: none (no API key
+        needed).
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -80,6 +80,7 @@ class InferenceServiceServicer:
 
     def Generate(self, request, context):
         """Generates a whole completion and returns it at once.
+        Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,6 +90,7 @@ class InferenceServiceServicer:
         """Streams a completion: one `start`, then `delta`s as tokens are
         generated, then exactly one `final`. A stream that fails ends with a
         non-OK status instead of `final`, never silently.
+        Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +98,7 @@ class InferenceServiceServicer:
 
     def Embed(self, request, context):
         """Embeds texts with an embedding model.
+        Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,6 +106,7 @@ class InferenceServiceServicer:
 
     def ListModels(self, request, context):
         """Lists the models served by every configured backend.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,6 +114,7 @@ class InferenceServiceServicer:
 
     def GetModelStatus(self, request, context):
         """Returns the live state of one served model.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

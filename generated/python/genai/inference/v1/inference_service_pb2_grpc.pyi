@@ -41,18 +41,27 @@ class InferenceServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> InferenceServiceAsyncStub: ...
     Generate: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.GenerateRequest, _inference_service_pb2.GenerateResponse]
-    """Generates a whole completion and returns it at once."""
+    """Generates a whole completion and returns it at once.
+    Role: member.
+    """
     GenerateStream: _grpc.UnaryStreamMultiCallable[_inference_service_pb2.GenerateStreamRequest, _inference_service_pb2.GenerateStreamResponse]
     """Streams a completion: one `start`, then `delta`s as tokens are
     generated, then exactly one `final`. A stream that fails ends with a
     non-OK status instead of `final`, never silently.
+    Role: member.
     """
     Embed: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.EmbedRequest, _inference_service_pb2.EmbedResponse]
-    """Embeds texts with an embedding model."""
+    """Embeds texts with an embedding model.
+    Role: member.
+    """
     ListModels: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.ListModelsRequest, _inference_service_pb2.ListModelsResponse]
-    """Lists the models served by every configured backend."""
+    """Lists the models served by every configured backend.
+    Role: viewer.
+    """
     GetModelStatus: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.GetModelStatusRequest, _inference_service_pb2.GetModelStatusResponse]
-    """Returns the live state of one served model."""
+    """Returns the live state of one served model.
+    Role: viewer.
+    """
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -67,18 +76,27 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.GenerateRequest, _inference_service_pb2.GenerateResponse]  # type: ignore[assignment]
-    """Generates a whole completion and returns it at once."""
+    """Generates a whole completion and returns it at once.
+    Role: member.
+    """
     GenerateStream: _aio.UnaryStreamMultiCallable[_inference_service_pb2.GenerateStreamRequest, _inference_service_pb2.GenerateStreamResponse]  # type: ignore[assignment]
     """Streams a completion: one `start`, then `delta`s as tokens are
     generated, then exactly one `final`. A stream that fails ends with a
     non-OK status instead of `final`, never silently.
+    Role: member.
     """
     Embed: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.EmbedRequest, _inference_service_pb2.EmbedResponse]  # type: ignore[assignment]
-    """Embeds texts with an embedding model."""
+    """Embeds texts with an embedding model.
+    Role: member.
+    """
     ListModels: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.ListModelsRequest, _inference_service_pb2.ListModelsResponse]  # type: ignore[assignment]
-    """Lists the models served by every configured backend."""
+    """Lists the models served by every configured backend.
+    Role: viewer.
+    """
     GetModelStatus: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.GetModelStatusRequest, _inference_service_pb2.GetModelStatusResponse]  # type: ignore[assignment]
-    """Returns the live state of one served model."""
+    """Returns the live state of one served model.
+    Role: viewer.
+    """
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """InferenceService runs models on NVIDIA Triton Inference Server (TensorRT-LLM
@@ -96,7 +114,9 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_service_pb2.GenerateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_service_pb2.GenerateResponse, _abc.Awaitable[_inference_service_pb2.GenerateResponse]]:
-        """Generates a whole completion and returns it at once."""
+        """Generates a whole completion and returns it at once.
+        Role: member.
+        """
 
     @_abc_1.abstractmethod
     def GenerateStream(
@@ -107,6 +127,7 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams a completion: one `start`, then `delta`s as tokens are
         generated, then exactly one `final`. A stream that fails ends with a
         non-OK status instead of `final`, never silently.
+        Role: member.
         """
 
     @_abc_1.abstractmethod
@@ -115,7 +136,9 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_service_pb2.EmbedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_service_pb2.EmbedResponse, _abc.Awaitable[_inference_service_pb2.EmbedResponse]]:
-        """Embeds texts with an embedding model."""
+        """Embeds texts with an embedding model.
+        Role: member.
+        """
 
     @_abc_1.abstractmethod
     def ListModels(
@@ -123,7 +146,9 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_service_pb2.ListModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_service_pb2.ListModelsResponse, _abc.Awaitable[_inference_service_pb2.ListModelsResponse]]:
-        """Lists the models served by every configured backend."""
+        """Lists the models served by every configured backend.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def GetModelStatus(
@@ -131,6 +156,8 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_service_pb2.GetModelStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_service_pb2.GetModelStatusResponse, _abc.Awaitable[_inference_service_pb2.GetModelStatusResponse]]:
-        """Returns the live state of one served model."""
+        """Returns the live state of one served model.
+        Role: viewer.
+        """
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

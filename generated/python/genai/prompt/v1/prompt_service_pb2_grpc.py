@@ -121,6 +121,7 @@ class PromptServiceServicer:
         """Creates a prompt with no versions. Fails with ALREADY_EXISTS
         (PROMPT_ALREADY_EXISTS) when the name is taken, unless the same
         `request_id` created it, in which case the prompt is returned.
+        Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +129,7 @@ class PromptServiceServicer:
 
     def GetPrompt(self, request, context):
         """Returns one prompt with its current labels.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +137,7 @@ class PromptServiceServicer:
 
     def ListPrompts(self, request, context):
         """Lists the tenant's prompts in name order, one page at a time.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,6 +145,8 @@ class PromptServiceServicer:
 
     def UpdatePrompt(self, request, context):
         """Updates a prompt's description, protected labels or evaluation gate.
+        Role: member; tenant_admin to change `protected_labels` or
+        `evaluation_gate` (audited).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +157,7 @@ class PromptServiceServicer:
         against the variable schema first, so a broken template never gets a
         version number. When the content equals the latest version's, that
         version is returned and nothing is written (idempotent push).
+        Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,6 +165,7 @@ class PromptServiceServicer:
 
     def GetPromptVersion(self, request, context):
         """Returns one version, by number or through a label.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,6 +173,7 @@ class PromptServiceServicer:
 
     def ListPromptVersions(self, request, context):
         """Lists a prompt's versions, newest first.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,6 +182,7 @@ class PromptServiceServicer:
     def DiffPromptVersions(self, request, context):
         """Compares two versions of a prompt: messages, variables, parameters,
         routing, output schema and processing.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -185,6 +194,7 @@ class PromptServiceServicer:
         points there (0: only if it does not exist); otherwise it fails with
         ABORTED (LABEL_VERSION_MISMATCH). Moving a protected label requires a
         passing evaluation report (FAILED_PRECONDITION, EVALUATION_GATE_FAILED).
+        Role: member; tenant_admin for a protected label (audited).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,6 +202,7 @@ class PromptServiceServicer:
 
     def DeleteLabel(self, request, context):
         """Deletes a label. Its history is kept.
+        Role: member; tenant_admin for a protected label (audited).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -199,6 +210,7 @@ class PromptServiceServicer:
 
     def RollbackLabel(self, request, context):
         """Moves a label back to the version it pointed to before its last move.
+        Role: member; tenant_admin for a protected label (audited).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,6 +218,7 @@ class PromptServiceServicer:
 
     def ListLabelHistory(self, request, context):
         """Lists label events of a prompt, newest first.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -215,6 +228,7 @@ class PromptServiceServicer:
         """Renders a version (by number or label) with typed variables. Missing,
         unknown or mistyped variables fail with INVALID_ARGUMENT
         (VARIABLE_INVALID) and a `BadRequest` that lists every one of them.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -226,6 +240,7 @@ class PromptServiceServicer:
         every later message is one event, in commit order. The stream stays open
         until the caller cancels it or the server shuts down (UNAVAILABLE, after
         which a client resumes from the last sequence it saw).
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -41,26 +41,40 @@ class PromptServiceStub:
     """Creates a prompt with no versions. Fails with ALREADY_EXISTS
     (PROMPT_ALREADY_EXISTS) when the name is taken, unless the same
     `request_id` created it, in which case the prompt is returned.
+    Role: member.
     """
     GetPrompt: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.GetPromptRequest, _prompt_service_pb2.GetPromptResponse]
-    """Returns one prompt with its current labels."""
+    """Returns one prompt with its current labels.
+    Role: viewer.
+    """
     ListPrompts: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.ListPromptsRequest, _prompt_service_pb2.ListPromptsResponse]
-    """Lists the tenant's prompts in name order, one page at a time."""
+    """Lists the tenant's prompts in name order, one page at a time.
+    Role: viewer.
+    """
     UpdatePrompt: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.UpdatePromptRequest, _prompt_service_pb2.UpdatePromptResponse]
-    """Updates a prompt's description, protected labels or evaluation gate."""
+    """Updates a prompt's description, protected labels or evaluation gate.
+    Role: member; tenant_admin to change `protected_labels` or
+    `evaluation_gate` (audited).
+    """
     CreatePromptVersion: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.CreatePromptVersionRequest, _prompt_service_pb2.CreatePromptVersionResponse]
     """Creates the next version of a prompt. Templates are parsed and checked
     against the variable schema first, so a broken template never gets a
     version number. When the content equals the latest version's, that
     version is returned and nothing is written (idempotent push).
+    Role: member.
     """
     GetPromptVersion: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.GetPromptVersionRequest, _prompt_service_pb2.GetPromptVersionResponse]
-    """Returns one version, by number or through a label."""
+    """Returns one version, by number or through a label.
+    Role: viewer.
+    """
     ListPromptVersions: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.ListPromptVersionsRequest, _prompt_service_pb2.ListPromptVersionsResponse]
-    """Lists a prompt's versions, newest first."""
+    """Lists a prompt's versions, newest first.
+    Role: viewer.
+    """
     DiffPromptVersions: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.DiffPromptVersionsRequest, _prompt_service_pb2.DiffPromptVersionsResponse]
     """Compares two versions of a prompt: messages, variables, parameters,
     routing, output schema and processing.
+    Role: viewer.
     """
     SetLabel: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.SetLabelRequest, _prompt_service_pb2.SetLabelResponse]
     """Points a label at a version, creating the label if needed. With
@@ -68,17 +82,25 @@ class PromptServiceStub:
     points there (0: only if it does not exist); otherwise it fails with
     ABORTED (LABEL_VERSION_MISMATCH). Moving a protected label requires a
     passing evaluation report (FAILED_PRECONDITION, EVALUATION_GATE_FAILED).
+    Role: member; tenant_admin for a protected label (audited).
     """
     DeleteLabel: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.DeleteLabelRequest, _prompt_service_pb2.DeleteLabelResponse]
-    """Deletes a label. Its history is kept."""
+    """Deletes a label. Its history is kept.
+    Role: member; tenant_admin for a protected label (audited).
+    """
     RollbackLabel: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.RollbackLabelRequest, _prompt_service_pb2.RollbackLabelResponse]
-    """Moves a label back to the version it pointed to before its last move."""
+    """Moves a label back to the version it pointed to before its last move.
+    Role: member; tenant_admin for a protected label (audited).
+    """
     ListLabelHistory: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.ListLabelHistoryRequest, _prompt_service_pb2.ListLabelHistoryResponse]
-    """Lists label events of a prompt, newest first."""
+    """Lists label events of a prompt, newest first.
+    Role: viewer.
+    """
     RenderPrompt: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.RenderPromptRequest, _prompt_service_pb2.RenderPromptResponse]
     """Renders a version (by number or label) with typed variables. Missing,
     unknown or mistyped variables fail with INVALID_ARGUMENT
     (VARIABLE_INVALID) and a `BadRequest` that lists every one of them.
+    Role: viewer.
     """
     WatchLabels: _grpc.UnaryStreamMultiCallable[_prompt_service_pb2.WatchLabelsRequest, _prompt_service_pb2.WatchLabelsResponse]
     """Streams label moves as they are committed. The first message is a
@@ -86,6 +108,7 @@ class PromptServiceStub:
     every later message is one event, in commit order. The stream stays open
     until the caller cancels it or the server shuts down (UNAVAILABLE, after
     which a client resumes from the last sequence it saw).
+    Role: viewer.
     """
 
 @_typing.type_check_only
@@ -101,26 +124,40 @@ class PromptServiceAsyncStub(PromptServiceStub):
     """Creates a prompt with no versions. Fails with ALREADY_EXISTS
     (PROMPT_ALREADY_EXISTS) when the name is taken, unless the same
     `request_id` created it, in which case the prompt is returned.
+    Role: member.
     """
     GetPrompt: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.GetPromptRequest, _prompt_service_pb2.GetPromptResponse]  # type: ignore[assignment]
-    """Returns one prompt with its current labels."""
+    """Returns one prompt with its current labels.
+    Role: viewer.
+    """
     ListPrompts: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.ListPromptsRequest, _prompt_service_pb2.ListPromptsResponse]  # type: ignore[assignment]
-    """Lists the tenant's prompts in name order, one page at a time."""
+    """Lists the tenant's prompts in name order, one page at a time.
+    Role: viewer.
+    """
     UpdatePrompt: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.UpdatePromptRequest, _prompt_service_pb2.UpdatePromptResponse]  # type: ignore[assignment]
-    """Updates a prompt's description, protected labels or evaluation gate."""
+    """Updates a prompt's description, protected labels or evaluation gate.
+    Role: member; tenant_admin to change `protected_labels` or
+    `evaluation_gate` (audited).
+    """
     CreatePromptVersion: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.CreatePromptVersionRequest, _prompt_service_pb2.CreatePromptVersionResponse]  # type: ignore[assignment]
     """Creates the next version of a prompt. Templates are parsed and checked
     against the variable schema first, so a broken template never gets a
     version number. When the content equals the latest version's, that
     version is returned and nothing is written (idempotent push).
+    Role: member.
     """
     GetPromptVersion: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.GetPromptVersionRequest, _prompt_service_pb2.GetPromptVersionResponse]  # type: ignore[assignment]
-    """Returns one version, by number or through a label."""
+    """Returns one version, by number or through a label.
+    Role: viewer.
+    """
     ListPromptVersions: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.ListPromptVersionsRequest, _prompt_service_pb2.ListPromptVersionsResponse]  # type: ignore[assignment]
-    """Lists a prompt's versions, newest first."""
+    """Lists a prompt's versions, newest first.
+    Role: viewer.
+    """
     DiffPromptVersions: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.DiffPromptVersionsRequest, _prompt_service_pb2.DiffPromptVersionsResponse]  # type: ignore[assignment]
     """Compares two versions of a prompt: messages, variables, parameters,
     routing, output schema and processing.
+    Role: viewer.
     """
     SetLabel: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.SetLabelRequest, _prompt_service_pb2.SetLabelResponse]  # type: ignore[assignment]
     """Points a label at a version, creating the label if needed. With
@@ -128,17 +165,25 @@ class PromptServiceAsyncStub(PromptServiceStub):
     points there (0: only if it does not exist); otherwise it fails with
     ABORTED (LABEL_VERSION_MISMATCH). Moving a protected label requires a
     passing evaluation report (FAILED_PRECONDITION, EVALUATION_GATE_FAILED).
+    Role: member; tenant_admin for a protected label (audited).
     """
     DeleteLabel: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.DeleteLabelRequest, _prompt_service_pb2.DeleteLabelResponse]  # type: ignore[assignment]
-    """Deletes a label. Its history is kept."""
+    """Deletes a label. Its history is kept.
+    Role: member; tenant_admin for a protected label (audited).
+    """
     RollbackLabel: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.RollbackLabelRequest, _prompt_service_pb2.RollbackLabelResponse]  # type: ignore[assignment]
-    """Moves a label back to the version it pointed to before its last move."""
+    """Moves a label back to the version it pointed to before its last move.
+    Role: member; tenant_admin for a protected label (audited).
+    """
     ListLabelHistory: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.ListLabelHistoryRequest, _prompt_service_pb2.ListLabelHistoryResponse]  # type: ignore[assignment]
-    """Lists label events of a prompt, newest first."""
+    """Lists label events of a prompt, newest first.
+    Role: viewer.
+    """
     RenderPrompt: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.RenderPromptRequest, _prompt_service_pb2.RenderPromptResponse]  # type: ignore[assignment]
     """Renders a version (by number or label) with typed variables. Missing,
     unknown or mistyped variables fail with INVALID_ARGUMENT
     (VARIABLE_INVALID) and a `BadRequest` that lists every one of them.
+    Role: viewer.
     """
     WatchLabels: _aio.UnaryStreamMultiCallable[_prompt_service_pb2.WatchLabelsRequest, _prompt_service_pb2.WatchLabelsResponse]  # type: ignore[assignment]
     """Streams label moves as they are committed. The first message is a
@@ -146,6 +191,7 @@ class PromptServiceAsyncStub(PromptServiceStub):
     every later message is one event, in commit order. The stream stays open
     until the caller cancels it or the server shuts down (UNAVAILABLE, after
     which a client resumes from the last sequence it saw).
+    Role: viewer.
     """
 
 class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -164,6 +210,7 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         """Creates a prompt with no versions. Fails with ALREADY_EXISTS
         (PROMPT_ALREADY_EXISTS) when the name is taken, unless the same
         `request_id` created it, in which case the prompt is returned.
+        Role: member.
         """
 
     @_abc_1.abstractmethod
@@ -172,7 +219,9 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prompt_service_pb2.GetPromptRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prompt_service_pb2.GetPromptResponse, _abc.Awaitable[_prompt_service_pb2.GetPromptResponse]]:
-        """Returns one prompt with its current labels."""
+        """Returns one prompt with its current labels.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def ListPrompts(
@@ -180,7 +229,9 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prompt_service_pb2.ListPromptsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prompt_service_pb2.ListPromptsResponse, _abc.Awaitable[_prompt_service_pb2.ListPromptsResponse]]:
-        """Lists the tenant's prompts in name order, one page at a time."""
+        """Lists the tenant's prompts in name order, one page at a time.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def UpdatePrompt(
@@ -188,7 +239,10 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prompt_service_pb2.UpdatePromptRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prompt_service_pb2.UpdatePromptResponse, _abc.Awaitable[_prompt_service_pb2.UpdatePromptResponse]]:
-        """Updates a prompt's description, protected labels or evaluation gate."""
+        """Updates a prompt's description, protected labels or evaluation gate.
+        Role: member; tenant_admin to change `protected_labels` or
+        `evaluation_gate` (audited).
+        """
 
     @_abc_1.abstractmethod
     def CreatePromptVersion(
@@ -200,6 +254,7 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         against the variable schema first, so a broken template never gets a
         version number. When the content equals the latest version's, that
         version is returned and nothing is written (idempotent push).
+        Role: member.
         """
 
     @_abc_1.abstractmethod
@@ -208,7 +263,9 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prompt_service_pb2.GetPromptVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prompt_service_pb2.GetPromptVersionResponse, _abc.Awaitable[_prompt_service_pb2.GetPromptVersionResponse]]:
-        """Returns one version, by number or through a label."""
+        """Returns one version, by number or through a label.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def ListPromptVersions(
@@ -216,7 +273,9 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prompt_service_pb2.ListPromptVersionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prompt_service_pb2.ListPromptVersionsResponse, _abc.Awaitable[_prompt_service_pb2.ListPromptVersionsResponse]]:
-        """Lists a prompt's versions, newest first."""
+        """Lists a prompt's versions, newest first.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def DiffPromptVersions(
@@ -226,6 +285,7 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_prompt_service_pb2.DiffPromptVersionsResponse, _abc.Awaitable[_prompt_service_pb2.DiffPromptVersionsResponse]]:
         """Compares two versions of a prompt: messages, variables, parameters,
         routing, output schema and processing.
+        Role: viewer.
         """
 
     @_abc_1.abstractmethod
@@ -239,6 +299,7 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         points there (0: only if it does not exist); otherwise it fails with
         ABORTED (LABEL_VERSION_MISMATCH). Moving a protected label requires a
         passing evaluation report (FAILED_PRECONDITION, EVALUATION_GATE_FAILED).
+        Role: member; tenant_admin for a protected label (audited).
         """
 
     @_abc_1.abstractmethod
@@ -247,7 +308,9 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prompt_service_pb2.DeleteLabelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prompt_service_pb2.DeleteLabelResponse, _abc.Awaitable[_prompt_service_pb2.DeleteLabelResponse]]:
-        """Deletes a label. Its history is kept."""
+        """Deletes a label. Its history is kept.
+        Role: member; tenant_admin for a protected label (audited).
+        """
 
     @_abc_1.abstractmethod
     def RollbackLabel(
@@ -255,7 +318,9 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prompt_service_pb2.RollbackLabelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prompt_service_pb2.RollbackLabelResponse, _abc.Awaitable[_prompt_service_pb2.RollbackLabelResponse]]:
-        """Moves a label back to the version it pointed to before its last move."""
+        """Moves a label back to the version it pointed to before its last move.
+        Role: member; tenant_admin for a protected label (audited).
+        """
 
     @_abc_1.abstractmethod
     def ListLabelHistory(
@@ -263,7 +328,9 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prompt_service_pb2.ListLabelHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prompt_service_pb2.ListLabelHistoryResponse, _abc.Awaitable[_prompt_service_pb2.ListLabelHistoryResponse]]:
-        """Lists label events of a prompt, newest first."""
+        """Lists label events of a prompt, newest first.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def RenderPrompt(
@@ -274,6 +341,7 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         """Renders a version (by number or label) with typed variables. Missing,
         unknown or mistyped variables fail with INVALID_ARGUMENT
         (VARIABLE_INVALID) and a `BadRequest` that lists every one of them.
+        Role: viewer.
         """
 
     @_abc_1.abstractmethod
@@ -287,6 +355,7 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         every later message is one event, in commit order. The stream stays open
         until the caller cancels it or the server shuts down (UNAVAILABLE, after
         which a client resumes from the last sequence it saw).
+        Role: viewer.
         """
 
 def add_PromptServiceServicer_to_server(servicer: PromptServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

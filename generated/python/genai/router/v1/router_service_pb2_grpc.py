@@ -88,6 +88,7 @@ class RouterServiceServicer:
 
     def ListModels(self, request, context):
         """Lists the model catalog in name order.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +96,7 @@ class RouterServiceServicer:
 
     def GetModel(self, request, context):
         """Returns one catalog model.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +106,7 @@ class RouterServiceServicer:
         """Ranks the eligible models and backends for one request. Fails with
         FAILED_PRECONDITION (NO_ELIGIBLE_MODEL) when none qualifies; the
         metadata says why each model was rejected.
+        Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +115,8 @@ class RouterServiceServicer:
     def ReportOutcome(self, request, context):
         """Reports the outcome of one attempt, so that live statistics, health and
         circuit breakers learn from every request.
+        Role: platform_admin (it feeds the routing statistics every
+        tenant shares; the gateway reports with the platform's internal token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,6 +125,7 @@ class RouterServiceServicer:
     def GetBackendHealth(self, request, context):
         """Returns the live status of backends: health, circuit state, in-flight
         requests and latency statistics.
+        Role: viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,21 +45,29 @@ class RouterServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RouterServiceAsyncStub: ...
     ListModels: _grpc.UnaryUnaryMultiCallable[_router_service_pb2.ListModelsRequest, _router_service_pb2.ListModelsResponse]
-    """Lists the model catalog in name order."""
+    """Lists the model catalog in name order.
+    Role: viewer.
+    """
     GetModel: _grpc.UnaryUnaryMultiCallable[_router_service_pb2.GetModelRequest, _router_service_pb2.GetModelResponse]
-    """Returns one catalog model."""
+    """Returns one catalog model.
+    Role: viewer.
+    """
     Route: _grpc.UnaryUnaryMultiCallable[_router_service_pb2.RouteRequest, _router_service_pb2.RouteResponse]
     """Ranks the eligible models and backends for one request. Fails with
     FAILED_PRECONDITION (NO_ELIGIBLE_MODEL) when none qualifies; the
     metadata says why each model was rejected.
+    Role: member.
     """
     ReportOutcome: _grpc.UnaryUnaryMultiCallable[_router_service_pb2.ReportOutcomeRequest, _router_service_pb2.ReportOutcomeResponse]
     """Reports the outcome of one attempt, so that live statistics, health and
     circuit breakers learn from every request.
+    Role: platform_admin (it feeds the routing statistics every
+    tenant shares; the gateway reports with the platform's internal token).
     """
     GetBackendHealth: _grpc.UnaryUnaryMultiCallable[_router_service_pb2.GetBackendHealthRequest, _router_service_pb2.GetBackendHealthResponse]
     """Returns the live status of backends: health, circuit state, in-flight
     requests and latency statistics.
+    Role: viewer.
     """
 
 @_typing.type_check_only
@@ -79,21 +87,29 @@ class RouterServiceAsyncStub(RouterServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListModels: _aio.UnaryUnaryMultiCallable[_router_service_pb2.ListModelsRequest, _router_service_pb2.ListModelsResponse]  # type: ignore[assignment]
-    """Lists the model catalog in name order."""
+    """Lists the model catalog in name order.
+    Role: viewer.
+    """
     GetModel: _aio.UnaryUnaryMultiCallable[_router_service_pb2.GetModelRequest, _router_service_pb2.GetModelResponse]  # type: ignore[assignment]
-    """Returns one catalog model."""
+    """Returns one catalog model.
+    Role: viewer.
+    """
     Route: _aio.UnaryUnaryMultiCallable[_router_service_pb2.RouteRequest, _router_service_pb2.RouteResponse]  # type: ignore[assignment]
     """Ranks the eligible models and backends for one request. Fails with
     FAILED_PRECONDITION (NO_ELIGIBLE_MODEL) when none qualifies; the
     metadata says why each model was rejected.
+    Role: member.
     """
     ReportOutcome: _aio.UnaryUnaryMultiCallable[_router_service_pb2.ReportOutcomeRequest, _router_service_pb2.ReportOutcomeResponse]  # type: ignore[assignment]
     """Reports the outcome of one attempt, so that live statistics, health and
     circuit breakers learn from every request.
+    Role: platform_admin (it feeds the routing statistics every
+    tenant shares; the gateway reports with the platform's internal token).
     """
     GetBackendHealth: _aio.UnaryUnaryMultiCallable[_router_service_pb2.GetBackendHealthRequest, _router_service_pb2.GetBackendHealthResponse]  # type: ignore[assignment]
     """Returns the live status of backends: health, circuit state, in-flight
     requests and latency statistics.
+    Role: viewer.
     """
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -116,7 +132,9 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _router_service_pb2.ListModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_router_service_pb2.ListModelsResponse, _abc.Awaitable[_router_service_pb2.ListModelsResponse]]:
-        """Lists the model catalog in name order."""
+        """Lists the model catalog in name order.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def GetModel(
@@ -124,7 +142,9 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _router_service_pb2.GetModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_router_service_pb2.GetModelResponse, _abc.Awaitable[_router_service_pb2.GetModelResponse]]:
-        """Returns one catalog model."""
+        """Returns one catalog model.
+        Role: viewer.
+        """
 
     @_abc_1.abstractmethod
     def Route(
@@ -135,6 +155,7 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         """Ranks the eligible models and backends for one request. Fails with
         FAILED_PRECONDITION (NO_ELIGIBLE_MODEL) when none qualifies; the
         metadata says why each model was rejected.
+        Role: member.
         """
 
     @_abc_1.abstractmethod
@@ -145,6 +166,8 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_router_service_pb2.ReportOutcomeResponse, _abc.Awaitable[_router_service_pb2.ReportOutcomeResponse]]:
         """Reports the outcome of one attempt, so that live statistics, health and
         circuit breakers learn from every request.
+        Role: platform_admin (it feeds the routing statistics every
+        tenant shares; the gateway reports with the platform's internal token).
         """
 
     @_abc_1.abstractmethod
@@ -155,6 +178,7 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_router_service_pb2.GetBackendHealthResponse, _abc.Awaitable[_router_service_pb2.GetBackendHealthResponse]]:
         """Returns the live status of backends: health, circuit state, in-flight
         requests and latency statistics.
+        Role: viewer.
         """
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -702,6 +702,7 @@ export const ListQualityAlertsResponseSchema: GenMessage<ListQualityAlertsRespon
 export const EvaluationService: GenService<{
   /**
    * Creates an empty dataset for a prompt.
+   * Role: member.
    *
    * @generated from rpc genai.evaluation.v1.EvaluationService.CreateDataset
    */
@@ -712,6 +713,7 @@ export const EvaluationService: GenService<{
   },
   /**
    * Returns one dataset.
+   * Role: viewer.
    *
    * @generated from rpc genai.evaluation.v1.EvaluationService.GetDataset
    */
@@ -722,6 +724,7 @@ export const EvaluationService: GenService<{
   },
   /**
    * Lists the tenant's datasets in name order.
+   * Role: viewer.
    *
    * @generated from rpc genai.evaluation.v1.EvaluationService.ListDatasets
    */
@@ -734,6 +737,7 @@ export const EvaluationService: GenService<{
    * Adds examples to a dataset. Every example's inputs are checked against
    * the prompt's variable schema first; one bad example rejects the batch
    * with a `BadRequest` naming each offending `examples[i].inputs.<var>`.
+   * Role: member.
    *
    * @generated from rpc genai.evaluation.v1.EvaluationService.AddExamples
    */
@@ -744,6 +748,7 @@ export const EvaluationService: GenService<{
   },
   /**
    * Lists a dataset's examples in insertion order.
+   * Role: viewer.
    *
    * @generated from rpc genai.evaluation.v1.EvaluationService.ListExamples
    */
@@ -757,6 +762,7 @@ export const EvaluationService: GenService<{
    * run, then progress and per-output results as they complete, and finally
    * the report. Cancelling the call stops the stream, not the run; use
    * CancelEvaluationRun to stop the run.
+   * Role: member.
    *
    * @generated from rpc genai.evaluation.v1.EvaluationService.StartEvaluationRun
    */
@@ -767,6 +773,7 @@ export const EvaluationService: GenService<{
   },
   /**
    * Returns one evaluation run with its progress.
+   * Role: viewer.
    *
    * @generated from rpc genai.evaluation.v1.EvaluationService.GetEvaluationRun
    */
@@ -777,6 +784,7 @@ export const EvaluationService: GenService<{
   },
   /**
    * Lists evaluation runs, newest first.
+   * Role: viewer.
    *
    * @generated from rpc genai.evaluation.v1.EvaluationService.ListEvaluationRuns
    */
@@ -787,6 +795,7 @@ export const EvaluationService: GenService<{
   },
   /**
    * Cancels a queued or running evaluation run.
+   * Role: member.
    *
    * @generated from rpc genai.evaluation.v1.EvaluationService.CancelEvaluationRun
    */
@@ -797,6 +806,7 @@ export const EvaluationService: GenService<{
   },
   /**
    * Returns one evaluation report.
+   * Role: viewer.
    *
    * @generated from rpc genai.evaluation.v1.EvaluationService.GetEvaluationReport
    */
@@ -807,6 +817,7 @@ export const EvaluationService: GenService<{
   },
   /**
    * Compares a candidate report with a baseline and names the regressions.
+   * Role: viewer.
    *
    * @generated from rpc genai.evaluation.v1.EvaluationService.CompareEvaluationReports
    */
@@ -817,6 +828,7 @@ export const EvaluationService: GenService<{
   },
   /**
    * Lists quality alerts raised by online evaluation, newest first.
+   * Role: viewer.
    *
    * @generated from rpc genai.evaluation.v1.EvaluationService.ListQualityAlerts
    */

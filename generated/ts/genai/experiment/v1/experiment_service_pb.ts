@@ -568,6 +568,7 @@ export const GetExperimentResultsResponseSchema: GenMessage<GetExperimentResults
 export const ExperimentService: GenService<{
   /**
    * Creates an experiment in the draft state, or running with `start`.
+   * Role: tenant_admin (audited).
    *
    * @generated from rpc genai.experiment.v1.ExperimentService.CreateExperiment
    */
@@ -578,6 +579,7 @@ export const ExperimentService: GenService<{
   },
   /**
    * Returns one experiment.
+   * Role: viewer.
    *
    * @generated from rpc genai.experiment.v1.ExperimentService.GetExperiment
    */
@@ -588,6 +590,7 @@ export const ExperimentService: GenService<{
   },
   /**
    * Lists the tenant's experiments in name order.
+   * Role: viewer.
    *
    * @generated from rpc genai.experiment.v1.ExperimentService.ListExperiments
    */
@@ -598,6 +601,7 @@ export const ExperimentService: GenService<{
   },
   /**
    * Starts a draft experiment. Starting a running one is a no-op.
+   * Role: tenant_admin (audited).
    *
    * @generated from rpc genai.experiment.v1.ExperimentService.StartExperiment
    */
@@ -608,6 +612,7 @@ export const ExperimentService: GenService<{
   },
   /**
    * Stops an experiment for good. Stopping a stopped one is a no-op.
+   * Role: tenant_admin (audited).
    *
    * @generated from rpc genai.experiment.v1.ExperimentService.StopExperiment
    */
@@ -619,6 +624,7 @@ export const ExperimentService: GenService<{
   /**
    * Changes variant weights. Units already assigned stay on their variant;
    * only new units follow the new weights.
+   * Role: tenant_admin (audited).
    *
    * @generated from rpc genai.experiment.v1.ExperimentService.SetVariantWeights
    */
@@ -630,6 +636,7 @@ export const ExperimentService: GenService<{
   /**
    * Assigns a unit to a variant (or the holdout). The same unit always gets
    * the same answer while the experiment runs.
+   * Role: member.
    *
    * @generated from rpc genai.experiment.v1.ExperimentService.AssignVariant
    */
@@ -640,6 +647,7 @@ export const ExperimentService: GenService<{
   },
   /**
    * Records that a unit was actually served its variant.
+   * Role: member.
    *
    * @generated from rpc genai.experiment.v1.ExperimentService.RecordExposure
    */
@@ -650,6 +658,7 @@ export const ExperimentService: GenService<{
   },
   /**
    * Records one outcome of a unit for one metric.
+   * Role: member.
    *
    * @generated from rpc genai.experiment.v1.ExperimentService.RecordOutcome
    */
@@ -662,6 +671,7 @@ export const ExperimentService: GenService<{
    * Computes the results: per-variant means with confidence intervals,
    * differences to the control with p-values (fixed-horizon and
    * always-valid sequential), and the sample-ratio-mismatch check.
+   * Role: viewer.
    *
    * @generated from rpc genai.experiment.v1.ExperimentService.GetExperimentResults
    */

@@ -2,8 +2,8 @@
 // @generated from file genai/gateway/v1/gateway.proto (package genai.gateway.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { FinishReason, TokenUsage } from "../../common/v1/generation_pb.js";
 import { file_genai_common_v1_generation } from "../../common/v1/generation_pb.js";
 import type { Money } from "../../common/v1/money_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file genai/gateway/v1/gateway.proto.
  */
 export const file_genai_gateway_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("Ch5nZW5haS9nYXRld2F5L3YxL2dhdGV3YXkucHJvdG8SEGdlbmFpLmdhdGV3YXkudjEihAEKD0NvbXBsZXRpb25TdGFydBISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCHRyYWNlX2lkGAIgASgJEg4KBnByb21wdBgDIAEoCRIWCg5wcm9tcHRfdmVyc2lvbhgEIAEoBRISCgpleHBlcmltZW50GAUgASgJEg8KB3ZhcmlhbnQYBiABKAkiGQoJVGV4dERlbHRhEgwKBHRleHQYASABKAkiSwoHQXR0ZW1wdBINCgVtb2RlbBgBIAEoCRISCgpiYWNrZW5kX2lkGAIgASgJEg4KBnN0YXR1cxgDIAEoCRINCgVlcnJvchgEIAEoCSKGAQoRUHJvY2Vzc2luZ1N1bW1hcnkSFwoPcmVkYWN0aW9uX2NvdW50GAEgASgFEh0KFXN0b3Bfc2VxdWVuY2VfbWF0Y2hlZBgCIAEoCBIRCgl0cnVuY2F0ZWQYAyABKAgSFAoMc2NoZW1hX3ZhbGlkGAQgASgIEhAKCHJlcGFpcmVkGAUgASgIIsAEChJDb21wbGV0aW9uTWV0YWRhdGESEgoKcmVxdWVzdF9pZBgBIAEoCRIQCgh0cmFjZV9pZBgCIAEoCRIOCgZwcm9tcHQYAyABKAkSFgoOcHJvbXB0X3ZlcnNpb24YBCABKAUSDQoFbGFiZWwYBSABKAkSEgoKZXhwZXJpbWVudBgGIAEoCRIPCgd2YXJpYW50GAcgASgJEg0KBW1vZGVsGAggASgJEhIKCmJhY2tlbmRfaWQYCSABKAkSNAoNZmluaXNoX3JlYXNvbhgKIAEoDjIdLmdlbmFpLmNvbW1vbi52MS5GaW5pc2hSZWFzb24SKgoFdXNhZ2UYCyABKAsyGy5nZW5haS5jb21tb24udjEuVG9rZW5Vc2FnZRIkCgRjb3N0GAwgASgLMhYuZ2VuYWkuY29tbW9uLnYxLk1vbmV5EjcKFGZpcnN0X3Rva2VuX2R1cmF0aW9uGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjEKDnRvdGFsX2R1cmF0aW9uGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEisKCGF0dGVtcHRzGA8gAygLMhkuZ2VuYWkuZ2F0ZXdheS52MS5BdHRlbXB0EjcKCnByb2Nlc3NpbmcYECABKAsyIy5nZW5haS5nYXRld2F5LnYxLlByb2Nlc3NpbmdTdW1tYXJ5EisKC291dHB1dF9qc29uGBEgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIncKEVNlcnZpY2VEZXBlbmRlbmN5Eg8KB3NlcnZpY2UYASABKAkSDgoGdGFyZ2V0GAIgASgJEg4KBnN0YXR1cxgDIAEoCRIxCg5jaGVja19kdXJhdGlvbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKJAQoGVGVuYW50EgoKAmlkGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRIsCgVxdW90YRgDIAEoCzIdLmdlbmFpLmdhdGV3YXkudjEuVGVuYW50UXVvdGESLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInMKC1RlbmFudFF1b3RhEhsKE3JlcXVlc3RzX3Blcl9taW51dGUYASABKAUSGQoRdG9rZW5zX3Blcl9taW51dGUYAiABKAUSLAoMY29zdF9wZXJfZGF5GAMgASgLMhYuZ2VuYWkuY29tbW9uLnYxLk1vbmV5Iq4BCgZBcGlLZXkSCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRINCgVhZG1pbhgEIAEoCBIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpcDCg9SZXF1ZXN0TG9nRW50cnkSEgoKcmVxdWVzdF9pZBgBIAEoCRIQCgh0cmFjZV9pZBgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkSDgoGbWV0aG9kGAQgASgJEg4KBnN0YXR1cxgFIAEoCRIlCgVpbnB1dBgGIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIOCgZvdXRwdXQYByABKAkSNgoIbWV0YWRhdGEYCCABKAsyJC5nZW5haS5nYXRld2F5LnYxLkNvbXBsZXRpb25NZXRhZGF0YRIPCgd1c2VyX2lkGAkgASgJEhIKCnNlc3Npb25faWQYCiABKAkSOQoEdGFncxgLIAMoCzIrLmdlbmFpLmdhdGV3YXkudjEuUmVxdWVzdExvZ0VudHJ5LlRhZ3NFbnRyeRIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaKwoJVGFnc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCSVpHZ2l0aHViLmNvbS9nZW5haS1wbGF0Zm9ybS9nZW5haS9nZW5lcmF0ZWQvZ28vZ2VuYWkvZ2F0ZXdheS92MTtnYXRld2F5djFiBnByb3RvMw", [file_genai_common_v1_generation, file_genai_common_v1_money, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch5nZW5haS9nYXRld2F5L3YxL2dhdGV3YXkucHJvdG8SEGdlbmFpLmdhdGV3YXkudjEihAEKD0NvbXBsZXRpb25TdGFydBISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCHRyYWNlX2lkGAIgASgJEg4KBnByb21wdBgDIAEoCRIWCg5wcm9tcHRfdmVyc2lvbhgEIAEoBRISCgpleHBlcmltZW50GAUgASgJEg8KB3ZhcmlhbnQYBiABKAkiGQoJVGV4dERlbHRhEgwKBHRleHQYASABKAkiSwoHQXR0ZW1wdBINCgVtb2RlbBgBIAEoCRISCgpiYWNrZW5kX2lkGAIgASgJEg4KBnN0YXR1cxgDIAEoCRINCgVlcnJvchgEIAEoCSKGAQoRUHJvY2Vzc2luZ1N1bW1hcnkSFwoPcmVkYWN0aW9uX2NvdW50GAEgASgFEh0KFXN0b3Bfc2VxdWVuY2VfbWF0Y2hlZBgCIAEoCBIRCgl0cnVuY2F0ZWQYAyABKAgSFAoMc2NoZW1hX3ZhbGlkGAQgASgIEhAKCHJlcGFpcmVkGAUgASgIIsAEChJDb21wbGV0aW9uTWV0YWRhdGESEgoKcmVxdWVzdF9pZBgBIAEoCRIQCgh0cmFjZV9pZBgCIAEoCRIOCgZwcm9tcHQYAyABKAkSFgoOcHJvbXB0X3ZlcnNpb24YBCABKAUSDQoFbGFiZWwYBSABKAkSEgoKZXhwZXJpbWVudBgGIAEoCRIPCgd2YXJpYW50GAcgASgJEg0KBW1vZGVsGAggASgJEhIKCmJhY2tlbmRfaWQYCSABKAkSNAoNZmluaXNoX3JlYXNvbhgKIAEoDjIdLmdlbmFpLmNvbW1vbi52MS5GaW5pc2hSZWFzb24SKgoFdXNhZ2UYCyABKAsyGy5nZW5haS5jb21tb24udjEuVG9rZW5Vc2FnZRIkCgRjb3N0GAwgASgLMhYuZ2VuYWkuY29tbW9uLnYxLk1vbmV5EjcKFGZpcnN0X3Rva2VuX2R1cmF0aW9uGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjEKDnRvdGFsX2R1cmF0aW9uGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEisKCGF0dGVtcHRzGA8gAygLMhkuZ2VuYWkuZ2F0ZXdheS52MS5BdHRlbXB0EjcKCnByb2Nlc3NpbmcYECABKAsyIy5nZW5haS5nYXRld2F5LnYxLlByb2Nlc3NpbmdTdW1tYXJ5EisKC291dHB1dF9qc29uGBEgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIncKEVNlcnZpY2VEZXBlbmRlbmN5Eg8KB3NlcnZpY2UYASABKAkSDgoGdGFyZ2V0GAIgASgJEg4KBnN0YXR1cxgDIAEoCRIxCg5jaGVja19kdXJhdGlvbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKJAQoGVGVuYW50EgoKAmlkGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRIsCgVxdW90YRgDIAEoCzIdLmdlbmFpLmdhdGV3YXkudjEuVGVuYW50UXVvdGESLwoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInMKC1RlbmFudFF1b3RhEhsKE3JlcXVlc3RzX3Blcl9taW51dGUYASABKAUSGQoRdG9rZW5zX3Blcl9taW51dGUYAiABKAUSLAoMY29zdF9wZXJfZGF5GAMgASgLMhYuZ2VuYWkuY29tbW9uLnYxLk1vbmV5IvcCCgZBcGlLZXkSCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRINCgVhZG1pbhgEIAEoCBIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiQKBHJvbGUYByABKA4yFi5nZW5haS5nYXRld2F5LnYxLlJvbGUSLwoLZXhwaXJlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3JvdGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI/ChtwcmV2aW91c19zZWNyZXRfZXhwaXJlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIv4BCgpBdWRpdEV2ZW50EgoKAmlkGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXRlbmFudF9pZBgDIAEoCRINCgVhY3RvchgEIAEoCRIXCg9hY3Rvcl90ZW5hbnRfaWQYBSABKAkSKgoKYWN0b3Jfcm9sZRgGIAEoDjIWLmdlbmFpLmdhdGV3YXkudjEuUm9sZRIOCgZhY3Rpb24YByABKAkSDgoGdGFyZ2V0GAggASgJEhIKCnJlcXVlc3RfaWQYCSABKAkSDwoHb3V0Y29tZRgKIAEoCRIOCgZkZXRhaWwYCyABKAkilwMKD1JlcXVlc3RMb2dFbnRyeRISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCHRyYWNlX2lkGAIgASgJEhEKCXRlbmFudF9pZBgDIAEoCRIOCgZtZXRob2QYBCABKAkSDgoGc3RhdHVzGAUgASgJEiUKBWlucHV0GAYgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEg4KBm91dHB1dBgHIAEoCRI2CghtZXRhZGF0YRgIIAEoCzIkLmdlbmFpLmdhdGV3YXkudjEuQ29tcGxldGlvbk1ldGFkYXRhEg8KB3VzZXJfaWQYCSABKAkSEgoKc2Vzc2lvbl9pZBgKIAEoCRI5CgR0YWdzGAsgAygLMisuZ2VuYWkuZ2F0ZXdheS52MS5SZXF1ZXN0TG9nRW50cnkuVGFnc0VudHJ5Ei8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBorCglUYWdzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASpuCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIPCgtST0xFX1ZJRVdFUhABEg8KC1JPTEVfTUVNQkVSEAISFQoRUk9MRV9URU5BTlRfQURNSU4QAxIXChNST0xFX1BMQVRGT1JNX0FETUlOEARCSVpHZ2l0aHViLmNvbS9nZW5haS1wbGF0Zm9ybS9nZW5haS9nZW5lcmF0ZWQvZ28vZ2VuYWkvZ2F0ZXdheS92MTtnYXRld2F5djFiBnByb3RvMw", [file_genai_common_v1_generation, file_genai_common_v1_money, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * CompletionStart is the first message of a completion stream: what will
@@ -477,7 +477,8 @@ export type ApiKey = Message<"genai.gateway.v1.ApiKey"> & {
   displayName: string;
 
   /**
-   * Whether the key may call admin RPCs.
+   * Output only. Whether the key's role is `ROLE_TENANT_ADMIN` or above;
+   * kept for clients written before roles, `role` is the authority.
    *
    * @generated from field: bool admin = 4;
    */
@@ -496,6 +497,35 @@ export type ApiKey = Message<"genai.gateway.v1.ApiKey"> & {
    * @generated from field: google.protobuf.Timestamp revoke_time = 6;
    */
   revokeTime?: Timestamp | undefined;
+
+  /**
+   * What the key may do.
+   *
+   * @generated from field: genai.gateway.v1.Role role = 7;
+   */
+  role: Role;
+
+  /**
+   * When the key stops working; unset: never.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 8;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * Output only. When the key's secret was last rotated; unset: never.
+   *
+   * @generated from field: google.protobuf.Timestamp rotate_time = 9;
+   */
+  rotateTime?: Timestamp | undefined;
+
+  /**
+   * Output only. Until when the secret it had before its last rotation is
+   * still accepted; unset when there is none.
+   *
+   * @generated from field: google.protobuf.Timestamp previous_secret_expire_time = 10;
+   */
+  previousSecretExpireTime?: Timestamp | undefined;
 };
 
 /**
@@ -504,6 +534,101 @@ export type ApiKey = Message<"genai.gateway.v1.ApiKey"> & {
  */
 export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
   messageDesc(file_genai_gateway_v1_gateway, 8);
+
+/**
+ * AuditEvent is one entry of the append-only audit log: an admin action or a
+ * protected label move, whatever its outcome.
+ *
+ * @generated from message genai.gateway.v1.AuditEvent
+ */
+export type AuditEvent = Message<"genai.gateway.v1.AuditEvent"> & {
+  /**
+   * Output only. Id of the event.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * When the action was attempted.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 2;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * The tenant the action was made in (the caller's tenant, or the tenant
+   * it named).
+   *
+   * @generated from field: string tenant_id = 3;
+   */
+  tenantId: string;
+
+  /**
+   * Who acted, for example `apikey:abcdefghijkl`.
+   *
+   * @generated from field: string actor = 4;
+   */
+  actor: string;
+
+  /**
+   * The tenant of the actor's credentials.
+   *
+   * @generated from field: string actor_tenant_id = 5;
+   */
+  actorTenantId: string;
+
+  /**
+   * The actor's role.
+   *
+   * @generated from field: genai.gateway.v1.Role actor_role = 6;
+   */
+  actorRole: Role;
+
+  /**
+   * The RPC, for example `genai.gateway.v1.GatewayService/CreateApiKey`.
+   *
+   * @generated from field: string action = 7;
+   */
+  action: string;
+
+  /**
+   * What was acted on, for example `api_key/abcdefghijkl` or
+   * `prompt/support-reply/label/production`.
+   *
+   * @generated from field: string target = 8;
+   */
+  target: string;
+
+  /**
+   * The request's id: its `request_id` field, else its `x-request-id`
+   * metadata; empty when it had none.
+   *
+   * @generated from field: string request_id = 9;
+   */
+  requestId: string;
+
+  /**
+   * Canonical status code name of the outcome, `OK` on success.
+   *
+   * @generated from field: string outcome = 10;
+   */
+  outcome: string;
+
+  /**
+   * Why it failed, when it did.
+   *
+   * @generated from field: string detail = 11;
+   */
+  detail: string;
+};
+
+/**
+ * Describes the message genai.gateway.v1.AuditEvent.
+ * Use `create(AuditEventSchema)` to create a new message.
+ */
+export const AuditEventSchema: GenMessage<AuditEvent> = /*@__PURE__*/
+  messageDesc(file_genai_gateway_v1_gateway, 9);
 
 /**
  * RequestLogEntry is one logged gateway request, redacted by policy.
@@ -601,5 +726,57 @@ export type RequestLogEntry = Message<"genai.gateway.v1.RequestLogEntry"> & {
  * Use `create(RequestLogEntrySchema)` to create a new message.
  */
 export const RequestLogEntrySchema: GenMessage<RequestLogEntry> = /*@__PURE__*/
-  messageDesc(file_genai_gateway_v1_gateway, 9);
+  messageDesc(file_genai_gateway_v1_gateway, 10);
+
+/**
+ * Role is what an API key may do. Each role may do everything the roles
+ * below it may do. Every RPC's comment names the role it needs.
+ *
+ * @generated from enum genai.gateway.v1.Role
+ */
+export enum Role {
+  /**
+   * Not set. A new key without a role gets `ROLE_MEMBER`.
+   *
+   * @generated from enum value: ROLE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Reads its tenant's prompts, experiments, evaluations, models and
+   * request log.
+   *
+   * @generated from enum value: ROLE_VIEWER = 1;
+   */
+  VIEWER = 1,
+
+  /**
+   * Completions, feedback, prompt authoring (versions and unprotected
+   * labels), datasets and evaluation runs.
+   *
+   * @generated from enum value: ROLE_MEMBER = 2;
+   */
+  MEMBER = 2,
+
+  /**
+   * Its own tenant's API keys, protected label moves, experiments and audit
+   * log.
+   *
+   * @generated from enum value: ROLE_TENANT_ADMIN = 3;
+   */
+  TENANT_ADMIN = 3,
+
+  /**
+   * Tenants, quotas, and the keys and audit log of every tenant.
+   *
+   * @generated from enum value: ROLE_PLATFORM_ADMIN = 4;
+   */
+  PLATFORM_ADMIN = 4,
+}
+
+/**
+ * Describes the enum genai.gateway.v1.Role.
+ */
+export const RoleSchema: GenEnum<Role> = /*@__PURE__*/
+  enumDesc(file_genai_gateway_v1_gateway, 0);
 

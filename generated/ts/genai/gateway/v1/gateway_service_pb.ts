@@ -10,7 +10,7 @@ import type { SamplingParameters } from "../../common/v1/generation_pb.js";
 import { file_genai_common_v1_generation } from "../../common/v1/generation_pb.js";
 import type { RoutingPreferences } from "../../common/v1/routing_pb.js";
 import { file_genai_common_v1_routing } from "../../common/v1/routing_pb.js";
-import type { ApiKey, CompletionMetadata, CompletionStart, RequestLogEntry, ServiceDependency, Tenant, TenantQuota, TextDelta } from "./gateway_pb.js";
+import type { ApiKey, AuditEvent, CompletionMetadata, CompletionStart, RequestLogEntry, Role, ServiceDependency, Tenant, TenantQuota, TextDelta } from "./gateway_pb.js";
 import { file_genai_gateway_v1_gateway } from "./gateway_pb.js";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -20,7 +20,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file genai/gateway/v1/gateway_service.proto.
  */
 export const file_genai_gateway_v1_gateway_service: GenFile = /*@__PURE__*/
-  fileDesc("CiZnZW5haS9nYXRld2F5L3YxL2dhdGV3YXlfc2VydmljZS5wcm90bxIQZ2VuYWkuZ2F0ZXdheS52MSLTAwoPQ29tcGxldGVSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRIPCgVsYWJlbBgCIAEoCUgAEhEKB3ZlcnNpb24YAyABKAVIABIUCgpleHBlcmltZW50GAQgASgJSAASKgoJdmFyaWFibGVzGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIuCghtZXNzYWdlcxgGIAMoCzIcLmdlbmFpLmNvbW1vbi52MS5DaGF0TWVzc2FnZRIPCgd1c2VyX2lkGAcgASgJEhIKCnNlc3Npb25faWQYCCABKAkSNAoHcm91dGluZxgJIAEoCzIjLmdlbmFpLmNvbW1vbi52MS5Sb3V0aW5nUHJlZmVyZW5jZXMSNwoKcGFyYW1ldGVycxgKIAEoCzIjLmdlbmFpLmNvbW1vbi52MS5TYW1wbGluZ1BhcmFtZXRlcnMSEgoKcmVxdWVzdF9pZBgLIAEoCRI5CgR0YWdzGAwgAygLMisuZ2VuYWkuZ2F0ZXdheS52MS5Db21wbGV0ZVJlcXVlc3QuVGFnc0VudHJ5GisKCVRhZ3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgoKCHNlbGVjdG9yIlgKEENvbXBsZXRlUmVzcG9uc2USDAoEdGV4dBgBIAEoCRI2CghtZXRhZGF0YRgCIAEoCzIkLmdlbmFpLmdhdGV3YXkudjEuQ29tcGxldGlvbk1ldGFkYXRhIt8DChVTdHJlYW1Db21wbGV0ZVJlcXVlc3QSDgoGcHJvbXB0GAEgASgJEg8KBWxhYmVsGAIgASgJSAASEQoHdmVyc2lvbhgDIAEoBUgAEhQKCmV4cGVyaW1lbnQYBCABKAlIABIqCgl2YXJpYWJsZXMYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei4KCG1lc3NhZ2VzGAYgAygLMhwuZ2VuYWkuY29tbW9uLnYxLkNoYXRNZXNzYWdlEg8KB3VzZXJfaWQYByABKAkSEgoKc2Vzc2lvbl9pZBgIIAEoCRI0Cgdyb3V0aW5nGAkgASgLMiMuZ2VuYWkuY29tbW9uLnYxLlJvdXRpbmdQcmVmZXJlbmNlcxI3CgpwYXJhbWV0ZXJzGAogASgLMiMuZ2VuYWkuY29tbW9uLnYxLlNhbXBsaW5nUGFyYW1ldGVycxISCgpyZXF1ZXN0X2lkGAsgASgJEj8KBHRhZ3MYDCADKAsyMS5nZW5haS5nYXRld2F5LnYxLlN0cmVhbUNvbXBsZXRlUmVxdWVzdC5UYWdzRW50cnkaKwoJVGFnc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCgoIc2VsZWN0b3IiugEKFlN0cmVhbUNvbXBsZXRlUmVzcG9uc2USMgoFc3RhcnQYASABKAsyIS5nZW5haS5nYXRld2F5LnYxLkNvbXBsZXRpb25TdGFydEgAEiwKBWRlbHRhGAIgASgLMhsuZ2VuYWkuZ2F0ZXdheS52MS5UZXh0RGVsdGFIABI1CgVmaW5hbBgDIAEoCzIkLmdlbmFpLmdhdGV3YXkudjEuQ29tcGxldGlvbk1ldGFkYXRhSABCBwoFZXZlbnQidgoVUmVjb3JkRmVlZGJhY2tSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDgoGbWV0cmljGAIgASgJEhcKDW51bWVyaWNfdmFsdWUYAyABKAFIABIXCg1ib29sZWFuX3ZhbHVlGAQgASgISABCBwoFdmFsdWUiGAoWUmVjb3JkRmVlZGJhY2tSZXNwb25zZSK9AQoWTGlzdFJlcXVlc3RMb2dzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZwcm9tcHQYAyABKAkSDgoGc3RhdHVzGAQgASgJEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJmChdMaXN0UmVxdWVzdExvZ3NSZXNwb25zZRIyCgdlbnRyaWVzGAEgAygLMiEuZ2VuYWkuZ2F0ZXdheS52MS5SZXF1ZXN0TG9nRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIj8KE0NyZWF0ZVRlbmFudFJlcXVlc3QSKAoGdGVuYW50GAEgASgLMhguZ2VuYWkuZ2F0ZXdheS52MS5UZW5hbnQiQAoUQ3JlYXRlVGVuYW50UmVzcG9uc2USKAoGdGVuYW50GAEgASgLMhguZ2VuYWkuZ2F0ZXdheS52MS5UZW5hbnQiWwoYVXBkYXRlVGVuYW50UXVvdGFSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIsCgVxdW90YRgCIAEoCzIdLmdlbmFpLmdhdGV3YXkudjEuVGVuYW50UXVvdGEiRQoZVXBkYXRlVGVuYW50UXVvdGFSZXNwb25zZRIoCgZ0ZW5hbnQYASABKAsyGC5nZW5haS5nYXRld2F5LnYxLlRlbmFudCJNChNDcmVhdGVBcGlLZXlSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkSDQoFYWRtaW4YAyABKAgiTQoUQ3JlYXRlQXBpS2V5UmVzcG9uc2USJQoDa2V5GAEgASgLMhguZ2VuYWkuZ2F0ZXdheS52MS5BcGlLZXkSDgoGc2VjcmV0GAIgASgJIk4KEkxpc3RBcGlLZXlzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiVgoTTGlzdEFwaUtleXNSZXNwb25zZRImCgRrZXlzGAEgAygLMhguZ2VuYWkuZ2F0ZXdheS52MS5BcGlLZXkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiEKE1Jldm9rZUFwaUtleVJlcXVlc3QSCgoCaWQYASABKAkiPQoUUmV2b2tlQXBpS2V5UmVzcG9uc2USJQoDa2V5GAEgASgLMhguZ2VuYWkuZ2F0ZXdheS52MS5BcGlLZXkiFgoUR2V0U2VydmVySW5mb1JlcXVlc3Qi8AEKFUdldFNlcnZlckluZm9SZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEhcKD2NvbnRyYWN0X2RpZ2VzdBgCIAEoCRIXCg9ob3N0ZWRfc2VydmljZXMYAyADKAkSOQoMZGVwZW5kZW5jaWVzGAQgAygLMiMuZ2VuYWkuZ2F0ZXdheS52MS5TZXJ2aWNlRGVwZW5kZW5jeRIuCgpzdGFydF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgZ1cHRpbWUYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24y4AcKDkdhdGV3YXlTZXJ2aWNlElEKCENvbXBsZXRlEiEuZ2VuYWkuZ2F0ZXdheS52MS5Db21wbGV0ZVJlcXVlc3QaIi5nZW5haS5nYXRld2F5LnYxLkNvbXBsZXRlUmVzcG9uc2USZQoOU3RyZWFtQ29tcGxldGUSJy5nZW5haS5nYXRld2F5LnYxLlN0cmVhbUNvbXBsZXRlUmVxdWVzdBooLmdlbmFpLmdhdGV3YXkudjEuU3RyZWFtQ29tcGxldGVSZXNwb25zZTABEmMKDlJlY29yZEZlZWRiYWNrEicuZ2VuYWkuZ2F0ZXdheS52MS5SZWNvcmRGZWVkYmFja1JlcXVlc3QaKC5nZW5haS5nYXRld2F5LnYxLlJlY29yZEZlZWRiYWNrUmVzcG9uc2USZgoPTGlzdFJlcXVlc3RMb2dzEiguZ2VuYWkuZ2F0ZXdheS52MS5MaXN0UmVxdWVzdExvZ3NSZXF1ZXN0GikuZ2VuYWkuZ2F0ZXdheS52MS5MaXN0UmVxdWVzdExvZ3NSZXNwb25zZRJdCgxDcmVhdGVUZW5hbnQSJS5nZW5haS5nYXRld2F5LnYxLkNyZWF0ZVRlbmFudFJlcXVlc3QaJi5nZW5haS5nYXRld2F5LnYxLkNyZWF0ZVRlbmFudFJlc3BvbnNlEmwKEVVwZGF0ZVRlbmFudFF1b3RhEiouZ2VuYWkuZ2F0ZXdheS52MS5VcGRhdGVUZW5hbnRRdW90YVJlcXVlc3QaKy5nZW5haS5nYXRld2F5LnYxLlVwZGF0ZVRlbmFudFF1b3RhUmVzcG9uc2USXQoMQ3JlYXRlQXBpS2V5EiUuZ2VuYWkuZ2F0ZXdheS52MS5DcmVhdGVBcGlLZXlSZXF1ZXN0GiYuZ2VuYWkuZ2F0ZXdheS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJaCgtMaXN0QXBpS2V5cxIkLmdlbmFpLmdhdGV3YXkudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiUuZ2VuYWkuZ2F0ZXdheS52MS5MaXN0QXBpS2V5c1Jlc3BvbnNlEl0KDFJldm9rZUFwaUtleRIlLmdlbmFpLmdhdGV3YXkudjEuUmV2b2tlQXBpS2V5UmVxdWVzdBomLmdlbmFpLmdhdGV3YXkudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2USYAoNR2V0U2VydmVySW5mbxImLmdlbmFpLmdhdGV3YXkudjEuR2V0U2VydmVySW5mb1JlcXVlc3QaJy5nZW5haS5nYXRld2F5LnYxLkdldFNlcnZlckluZm9SZXNwb25zZUJJWkdnaXRodWIuY29tL2dlbmFpLXBsYXRmb3JtL2dlbmFpL2dlbmVyYXRlZC9nby9nZW5haS9nYXRld2F5L3YxO2dhdGV3YXl2MWIGcHJvdG8z", [file_genai_common_v1_chat, file_genai_common_v1_generation, file_genai_common_v1_routing, file_genai_gateway_v1_gateway, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CiZnZW5haS9nYXRld2F5L3YxL2dhdGV3YXlfc2VydmljZS5wcm90bxIQZ2VuYWkuZ2F0ZXdheS52MSLTAwoPQ29tcGxldGVSZXF1ZXN0Eg4KBnByb21wdBgBIAEoCRIPCgVsYWJlbBgCIAEoCUgAEhEKB3ZlcnNpb24YAyABKAVIABIUCgpleHBlcmltZW50GAQgASgJSAASKgoJdmFyaWFibGVzGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIuCghtZXNzYWdlcxgGIAMoCzIcLmdlbmFpLmNvbW1vbi52MS5DaGF0TWVzc2FnZRIPCgd1c2VyX2lkGAcgASgJEhIKCnNlc3Npb25faWQYCCABKAkSNAoHcm91dGluZxgJIAEoCzIjLmdlbmFpLmNvbW1vbi52MS5Sb3V0aW5nUHJlZmVyZW5jZXMSNwoKcGFyYW1ldGVycxgKIAEoCzIjLmdlbmFpLmNvbW1vbi52MS5TYW1wbGluZ1BhcmFtZXRlcnMSEgoKcmVxdWVzdF9pZBgLIAEoCRI5CgR0YWdzGAwgAygLMisuZ2VuYWkuZ2F0ZXdheS52MS5Db21wbGV0ZVJlcXVlc3QuVGFnc0VudHJ5GisKCVRhZ3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgoKCHNlbGVjdG9yIlgKEENvbXBsZXRlUmVzcG9uc2USDAoEdGV4dBgBIAEoCRI2CghtZXRhZGF0YRgCIAEoCzIkLmdlbmFpLmdhdGV3YXkudjEuQ29tcGxldGlvbk1ldGFkYXRhIt8DChVTdHJlYW1Db21wbGV0ZVJlcXVlc3QSDgoGcHJvbXB0GAEgASgJEg8KBWxhYmVsGAIgASgJSAASEQoHdmVyc2lvbhgDIAEoBUgAEhQKCmV4cGVyaW1lbnQYBCABKAlIABIqCgl2YXJpYWJsZXMYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei4KCG1lc3NhZ2VzGAYgAygLMhwuZ2VuYWkuY29tbW9uLnYxLkNoYXRNZXNzYWdlEg8KB3VzZXJfaWQYByABKAkSEgoKc2Vzc2lvbl9pZBgIIAEoCRI0Cgdyb3V0aW5nGAkgASgLMiMuZ2VuYWkuY29tbW9uLnYxLlJvdXRpbmdQcmVmZXJlbmNlcxI3CgpwYXJhbWV0ZXJzGAogASgLMiMuZ2VuYWkuY29tbW9uLnYxLlNhbXBsaW5nUGFyYW1ldGVycxISCgpyZXF1ZXN0X2lkGAsgASgJEj8KBHRhZ3MYDCADKAsyMS5nZW5haS5nYXRld2F5LnYxLlN0cmVhbUNvbXBsZXRlUmVxdWVzdC5UYWdzRW50cnkaKwoJVGFnc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCgoIc2VsZWN0b3IiugEKFlN0cmVhbUNvbXBsZXRlUmVzcG9uc2USMgoFc3RhcnQYASABKAsyIS5nZW5haS5nYXRld2F5LnYxLkNvbXBsZXRpb25TdGFydEgAEiwKBWRlbHRhGAIgASgLMhsuZ2VuYWkuZ2F0ZXdheS52MS5UZXh0RGVsdGFIABI1CgVmaW5hbBgDIAEoCzIkLmdlbmFpLmdhdGV3YXkudjEuQ29tcGxldGlvbk1ldGFkYXRhSABCBwoFZXZlbnQidgoVUmVjb3JkRmVlZGJhY2tSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDgoGbWV0cmljGAIgASgJEhcKDW51bWVyaWNfdmFsdWUYAyABKAFIABIXCg1ib29sZWFuX3ZhbHVlGAQgASgISABCBwoFdmFsdWUiGAoWUmVjb3JkRmVlZGJhY2tSZXNwb25zZSK9AQoWTGlzdFJlcXVlc3RMb2dzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZwcm9tcHQYAyABKAkSDgoGc3RhdHVzGAQgASgJEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJmChdMaXN0UmVxdWVzdExvZ3NSZXNwb25zZRIyCgdlbnRyaWVzGAEgAygLMiEuZ2VuYWkuZ2F0ZXdheS52MS5SZXF1ZXN0TG9nRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlMKE0NyZWF0ZVRlbmFudFJlcXVlc3QSKAoGdGVuYW50GAEgASgLMhguZ2VuYWkuZ2F0ZXdheS52MS5UZW5hbnQSEgoKcmVxdWVzdF9pZBgCIAEoCSJAChRDcmVhdGVUZW5hbnRSZXNwb25zZRIoCgZ0ZW5hbnQYASABKAsyGC5nZW5haS5nYXRld2F5LnYxLlRlbmFudCJbChhVcGRhdGVUZW5hbnRRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEiwKBXF1b3RhGAIgASgLMh0uZ2VuYWkuZ2F0ZXdheS52MS5UZW5hbnRRdW90YSJFChlVcGRhdGVUZW5hbnRRdW90YVJlc3BvbnNlEigKBnRlbmFudBgBIAEoCzIYLmdlbmFpLmdhdGV3YXkudjEuVGVuYW50IrgBChNDcmVhdGVBcGlLZXlSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkSDQoFYWRtaW4YAyABKAgSJAoEcm9sZRgEIAEoDjIWLmdlbmFpLmdhdGV3YXkudjEuUm9sZRIvCgtleHBpcmVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmVxdWVzdF9pZBgGIAEoCSJNChRDcmVhdGVBcGlLZXlSZXNwb25zZRIlCgNrZXkYASABKAsyGC5nZW5haS5nYXRld2F5LnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiTgoSTGlzdEFwaUtleXNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJWChNMaXN0QXBpS2V5c1Jlc3BvbnNlEiYKBGtleXMYASADKAsyGC5nZW5haS5nYXRld2F5LnYxLkFwaUtleRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiIQoTUmV2b2tlQXBpS2V5UmVxdWVzdBIKCgJpZBgBIAEoCSI9ChRSZXZva2VBcGlLZXlSZXNwb25zZRIlCgNrZXkYASABKAsyGC5nZW5haS5nYXRld2F5LnYxLkFwaUtleSJmChNSb3RhdGVBcGlLZXlSZXF1ZXN0EgoKAmlkGAEgASgJEi8KDGdyYWNlX3BlcmlvZBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhISCgpyZXF1ZXN0X2lkGAMgASgJIk0KFFJvdGF0ZUFwaUtleVJlc3BvbnNlEiUKA2tleRgBIAEoCzIYLmdlbmFpLmdhdGV3YXkudjEuQXBpS2V5Eg4KBnNlY3JldBgCIAEoCSLgAQoWTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSDgoGYWN0aW9uGAQgASgJEg0KBWFjdG9yGAUgASgJEg8KB291dGNvbWUYBiABKAkSLgoKc3RhcnRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImAKF0xpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEiwKBmV2ZW50cxgBIAMoCzIcLmdlbmFpLmdhdGV3YXkudjEuQXVkaXRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiFgoUR2V0U2VydmVySW5mb1JlcXVlc3Qi8AEKFUdldFNlcnZlckluZm9SZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEhcKD2NvbnRyYWN0X2RpZ2VzdBgCIAEoCRIXCg9ob3N0ZWRfc2VydmljZXMYAyADKAkSOQoMZGVwZW5kZW5jaWVzGAQgAygLMiMuZ2VuYWkuZ2F0ZXdheS52MS5TZXJ2aWNlRGVwZW5kZW5jeRIuCgpzdGFydF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgZ1cHRpbWUYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ypwkKDkdhdGV3YXlTZXJ2aWNlElEKCENvbXBsZXRlEiEuZ2VuYWkuZ2F0ZXdheS52MS5Db21wbGV0ZVJlcXVlc3QaIi5nZW5haS5nYXRld2F5LnYxLkNvbXBsZXRlUmVzcG9uc2USZQoOU3RyZWFtQ29tcGxldGUSJy5nZW5haS5nYXRld2F5LnYxLlN0cmVhbUNvbXBsZXRlUmVxdWVzdBooLmdlbmFpLmdhdGV3YXkudjEuU3RyZWFtQ29tcGxldGVSZXNwb25zZTABEmMKDlJlY29yZEZlZWRiYWNrEicuZ2VuYWkuZ2F0ZXdheS52MS5SZWNvcmRGZWVkYmFja1JlcXVlc3QaKC5nZW5haS5nYXRld2F5LnYxLlJlY29yZEZlZWRiYWNrUmVzcG9uc2USZgoPTGlzdFJlcXVlc3RMb2dzEiguZ2VuYWkuZ2F0ZXdheS52MS5MaXN0UmVxdWVzdExvZ3NSZXF1ZXN0GikuZ2VuYWkuZ2F0ZXdheS52MS5MaXN0UmVxdWVzdExvZ3NSZXNwb25zZRJdCgxDcmVhdGVUZW5hbnQSJS5nZW5haS5nYXRld2F5LnYxLkNyZWF0ZVRlbmFudFJlcXVlc3QaJi5nZW5haS5nYXRld2F5LnYxLkNyZWF0ZVRlbmFudFJlc3BvbnNlEmwKEVVwZGF0ZVRlbmFudFF1b3RhEiouZ2VuYWkuZ2F0ZXdheS52MS5VcGRhdGVUZW5hbnRRdW90YVJlcXVlc3QaKy5nZW5haS5nYXRld2F5LnYxLlVwZGF0ZVRlbmFudFF1b3RhUmVzcG9uc2USXQoMQ3JlYXRlQXBpS2V5EiUuZ2VuYWkuZ2F0ZXdheS52MS5DcmVhdGVBcGlLZXlSZXF1ZXN0GiYuZ2VuYWkuZ2F0ZXdheS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJaCgtMaXN0QXBpS2V5cxIkLmdlbmFpLmdhdGV3YXkudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiUuZ2VuYWkuZ2F0ZXdheS52MS5MaXN0QXBpS2V5c1Jlc3BvbnNlEl0KDFJldm9rZUFwaUtleRIlLmdlbmFpLmdhdGV3YXkudjEuUmV2b2tlQXBpS2V5UmVxdWVzdBomLmdlbmFpLmdhdGV3YXkudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2USXQoMUm90YXRlQXBpS2V5EiUuZ2VuYWkuZ2F0ZXdheS52MS5Sb3RhdGVBcGlLZXlSZXF1ZXN0GiYuZ2VuYWkuZ2F0ZXdheS52MS5Sb3RhdGVBcGlLZXlSZXNwb25zZRJmCg9MaXN0QXVkaXRFdmVudHMSKC5nZW5haS5nYXRld2F5LnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaKS5nZW5haS5nYXRld2F5LnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEmAKDUdldFNlcnZlckluZm8SJi5nZW5haS5nYXRld2F5LnYxLkdldFNlcnZlckluZm9SZXF1ZXN0GicuZ2VuYWkuZ2F0ZXdheS52MS5HZXRTZXJ2ZXJJbmZvUmVzcG9uc2VCSVpHZ2l0aHViLmNvbS9nZW5haS1wbGF0Zm9ybS9nZW5haS9nZW5lcmF0ZWQvZ28vZ2VuYWkvZ2F0ZXdheS92MTtnYXRld2F5djFiBnByb3RvMw", [file_genai_common_v1_chat, file_genai_common_v1_generation, file_genai_common_v1_routing, file_genai_gateway_v1_gateway, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * CompleteRequest is the request of GatewayService.Complete.
@@ -483,6 +483,14 @@ export type CreateTenantRequest = Message<"genai.gateway.v1.CreateTenantRequest"
    * @generated from field: genai.gateway.v1.Tenant tenant = 1;
    */
   tenant?: Tenant | undefined;
+
+  /**
+   * Idempotency id; at most 128 characters. A retry with the same id within
+   * 24 hours returns the tenant it created instead of ALREADY_EXISTS.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
 };
 
 /**
@@ -584,11 +592,35 @@ export type CreateApiKeyRequest = Message<"genai.gateway.v1.CreateApiKeyRequest"
   displayName: string;
 
   /**
-   * Whether the key may call admin RPCs.
+   * Deprecated: set `role`. With `role` unset, true means
+   * `ROLE_TENANT_ADMIN`.
    *
    * @generated from field: bool admin = 3;
    */
   admin: boolean;
+
+  /**
+   * What the key may do; unset means `ROLE_MEMBER` (or `ROLE_TENANT_ADMIN`
+   * with `admin`). A tenant_admin grants at most `ROLE_TENANT_ADMIN`.
+   *
+   * @generated from field: genai.gateway.v1.Role role = 4;
+   */
+  role: Role;
+
+  /**
+   * When the key stops working; unset: never. Must be in the future.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 5;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * Idempotency id; at most 128 characters. A retry by the same caller with
+   * the same id within 24 hours returns the same key and secret.
+   *
+   * @generated from field: string request_id = 6;
+   */
+  requestId: string;
 };
 
 /**
@@ -634,7 +666,7 @@ export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@_
  */
 export type ListApiKeysRequest = Message<"genai.gateway.v1.ListApiKeysRequest"> & {
   /**
-   * Required. Id of the tenant.
+   * Id of the tenant; empty means the caller's.
    *
    * @generated from field: string tenant_id = 1;
    */
@@ -733,6 +765,170 @@ export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@_
   messageDesc(file_genai_gateway_v1_gateway_service, 17);
 
 /**
+ * RotateApiKeyRequest is the request of GatewayService.RotateApiKey.
+ *
+ * @generated from message genai.gateway.v1.RotateApiKeyRequest
+ */
+export type RotateApiKeyRequest = Message<"genai.gateway.v1.RotateApiKeyRequest"> & {
+  /**
+   * Required. Id of the key.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * How long the old secret keeps working, in [0, 7 days]; unset means 24
+   * hours, zero means it stops at once.
+   *
+   * @generated from field: google.protobuf.Duration grace_period = 2;
+   */
+  gracePeriod?: Duration | undefined;
+
+  /**
+   * Idempotency id; at most 128 characters. A retry by the same caller with
+   * the same id within 24 hours returns the same secret.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message genai.gateway.v1.RotateApiKeyRequest.
+ * Use `create(RotateApiKeyRequestSchema)` to create a new message.
+ */
+export const RotateApiKeyRequestSchema: GenMessage<RotateApiKeyRequest> = /*@__PURE__*/
+  messageDesc(file_genai_gateway_v1_gateway_service, 18);
+
+/**
+ * RotateApiKeyResponse is the response of GatewayService.RotateApiKey.
+ *
+ * @generated from message genai.gateway.v1.RotateApiKeyResponse
+ */
+export type RotateApiKeyResponse = Message<"genai.gateway.v1.RotateApiKeyResponse"> & {
+  /**
+   * The key after rotation.
+   *
+   * @generated from field: genai.gateway.v1.ApiKey key = 1;
+   */
+  key?: ApiKey | undefined;
+
+  /**
+   * The new secret. The platform keeps only its hash.
+   *
+   * @generated from field: string secret = 2;
+   */
+  secret: string;
+};
+
+/**
+ * Describes the message genai.gateway.v1.RotateApiKeyResponse.
+ * Use `create(RotateApiKeyResponseSchema)` to create a new message.
+ */
+export const RotateApiKeyResponseSchema: GenMessage<RotateApiKeyResponse> = /*@__PURE__*/
+  messageDesc(file_genai_gateway_v1_gateway_service, 19);
+
+/**
+ * ListAuditEventsRequest is the request of GatewayService.ListAuditEvents.
+ *
+ * @generated from message genai.gateway.v1.ListAuditEventsRequest
+ */
+export type ListAuditEventsRequest = Message<"genai.gateway.v1.ListAuditEventsRequest"> & {
+  /**
+   * Id of the tenant; empty means the caller's. A platform_admin may name
+   * any tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Maximum number of events to return, in [0, 1000]; 0 means 100.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * Opaque token from a previous response's `next_page_token`.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+
+  /**
+   * Only this action (a full RPC name); empty means all.
+   *
+   * @generated from field: string action = 4;
+   */
+  action: string;
+
+  /**
+   * Only this actor; empty means all.
+   *
+   * @generated from field: string actor = 5;
+   */
+  actor: string;
+
+  /**
+   * Only this outcome (`OK`, `PERMISSION_DENIED`, ...); empty means all.
+   *
+   * @generated from field: string outcome = 6;
+   */
+  outcome: string;
+
+  /**
+   * Only events at or after this time.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 7;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Only events before this time.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 8;
+   */
+  endTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message genai.gateway.v1.ListAuditEventsRequest.
+ * Use `create(ListAuditEventsRequestSchema)` to create a new message.
+ */
+export const ListAuditEventsRequestSchema: GenMessage<ListAuditEventsRequest> = /*@__PURE__*/
+  messageDesc(file_genai_gateway_v1_gateway_service, 20);
+
+/**
+ * ListAuditEventsResponse is the response of GatewayService.ListAuditEvents.
+ *
+ * @generated from message genai.gateway.v1.ListAuditEventsResponse
+ */
+export type ListAuditEventsResponse = Message<"genai.gateway.v1.ListAuditEventsResponse"> & {
+  /**
+   * One page of events, newest first.
+   *
+   * @generated from field: repeated genai.gateway.v1.AuditEvent events = 1;
+   */
+  events: AuditEvent[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message genai.gateway.v1.ListAuditEventsResponse.
+ * Use `create(ListAuditEventsResponseSchema)` to create a new message.
+ */
+export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> = /*@__PURE__*/
+  messageDesc(file_genai_gateway_v1_gateway_service, 21);
+
+/**
  * GetServerInfoRequest is the request of GatewayService.GetServerInfo.
  *
  * @generated from message genai.gateway.v1.GetServerInfoRequest
@@ -745,7 +941,7 @@ export type GetServerInfoRequest = Message<"genai.gateway.v1.GetServerInfoReques
  * Use `create(GetServerInfoRequestSchema)` to create a new message.
  */
 export const GetServerInfoRequestSchema: GenMessage<GetServerInfoRequest> = /*@__PURE__*/
-  messageDesc(file_genai_gateway_v1_gateway_service, 18);
+  messageDesc(file_genai_gateway_v1_gateway_service, 22);
 
 /**
  * GetServerInfoResponse is the response of GatewayService.GetServerInfo.
@@ -802,7 +998,7 @@ export type GetServerInfoResponse = Message<"genai.gateway.v1.GetServerInfoRespo
  * Use `create(GetServerInfoResponseSchema)` to create a new message.
  */
 export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*@__PURE__*/
-  messageDesc(file_genai_gateway_v1_gateway_service, 19);
+  messageDesc(file_genai_gateway_v1_gateway_service, 23);
 
 /**
  * GatewayService is the product-facing API of the platform. One call turns a
@@ -817,7 +1013,10 @@ export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*
  */
 export const GatewayService: GenService<{
   /**
-   * Completes a prompt and returns the whole answer at once.
+   * Completes a prompt and returns the whole answer at once. A retry with
+   * the same `request_id` within 24 hours returns the first outcome without
+   * generating, charging or logging again; while the first is running it
+   * fails with ABORTED (REQUEST_IN_PROGRESS) and a RetryInfo. Role: member.
    *
    * @generated from rpc genai.gateway.v1.GatewayService.Complete
    */
@@ -831,7 +1030,9 @@ export const GatewayService: GenService<{
    * one `final` with the metadata. A failure before the first token fails
    * over to the next routing candidate invisibly; a failure after it ends
    * the stream with UNAVAILABLE (STREAM_INTERRUPTED), and the tokens already
-   * sent are accounted. A stream never ends silently.
+   * sent are accounted. A stream never ends silently. A retry with the same
+   * `request_id` within 24 hours streams the first outcome as one delta and
+   * the same `final`, as `Complete` does. Role: member.
    *
    * @generated from rpc genai.gateway.v1.GatewayService.StreamComplete
    */
@@ -843,6 +1044,7 @@ export const GatewayService: GenService<{
   /**
    * Records feedback on a served request (for example thumbs-up), which
    * becomes an outcome of its experiment and a score in online evaluation.
+   * Role: member.
    *
    * @generated from rpc genai.gateway.v1.GatewayService.RecordFeedback
    */
@@ -852,7 +1054,8 @@ export const GatewayService: GenService<{
     output: typeof RecordFeedbackResponseSchema;
   },
   /**
-   * Lists logged requests of the caller's tenant, newest first.
+   * Lists logged requests of the caller's tenant, newest first. Role:
+   * viewer.
    *
    * @generated from rpc genai.gateway.v1.GatewayService.ListRequestLogs
    */
@@ -862,7 +1065,8 @@ export const GatewayService: GenService<{
     output: typeof ListRequestLogsResponseSchema;
   },
   /**
-   * Creates a tenant. Admin keys only.
+   * Creates a tenant. Idempotent by `request_id`. Audited. Role:
+   * platform_admin.
    *
    * @generated from rpc genai.gateway.v1.GatewayService.CreateTenant
    */
@@ -872,7 +1076,7 @@ export const GatewayService: GenService<{
     output: typeof CreateTenantResponseSchema;
   },
   /**
-   * Changes a tenant's quota. Admin keys only.
+   * Changes a tenant's quota. Audited. Role: platform_admin.
    *
    * @generated from rpc genai.gateway.v1.GatewayService.UpdateTenantQuota
    */
@@ -882,8 +1086,10 @@ export const GatewayService: GenService<{
     output: typeof UpdateTenantQuotaResponseSchema;
   },
   /**
-   * Creates an API key for a tenant and returns its secret, once. Admin
-   * keys only.
+   * Creates an API key for a tenant and returns its secret. A retry with the
+   * same `request_id` within 24 hours by the same caller returns the same
+   * key and secret. Audited. Role: tenant_admin for its own tenant, granting
+   * at most its own role; platform_admin for any tenant.
    *
    * @generated from rpc genai.gateway.v1.GatewayService.CreateApiKey
    */
@@ -893,7 +1099,8 @@ export const GatewayService: GenService<{
     output: typeof CreateApiKeyResponseSchema;
   },
   /**
-   * Lists a tenant's API keys (never their secrets). Admin keys only.
+   * Lists a tenant's API keys (never their secrets). Role: tenant_admin for
+   * its own tenant; platform_admin for any tenant.
    *
    * @generated from rpc genai.gateway.v1.GatewayService.ListApiKeys
    */
@@ -904,7 +1111,8 @@ export const GatewayService: GenService<{
   },
   /**
    * Revokes an API key; calls with it fail with UNAUTHENTICATED from then
-   * on. Admin keys only.
+   * on. Audited. Role: tenant_admin for its own tenant's keys;
+   * platform_admin for any key.
    *
    * @generated from rpc genai.gateway.v1.GatewayService.RevokeApiKey
    */
@@ -914,8 +1122,35 @@ export const GatewayService: GenService<{
     output: typeof RevokeApiKeyResponseSchema;
   },
   /**
+   * Gives an API key a new secret and returns it; the old secret keeps
+   * working for the grace period. Idempotent by `request_id` for the same
+   * caller. Audited. Role: tenant_admin for its own tenant's keys;
+   * platform_admin for any key.
+   *
+   * @generated from rpc genai.gateway.v1.GatewayService.RotateApiKey
+   */
+  rotateApiKey: {
+    methodKind: "unary";
+    input: typeof RotateApiKeyRequestSchema;
+    output: typeof RotateApiKeyResponseSchema;
+  },
+  /**
+   * Lists the audit log, newest first: every admin action and protected
+   * label move, with its outcome. The log is append-only: no RPC changes or
+   * deletes it. Role: tenant_admin for its own tenant; platform_admin for
+   * any tenant.
+   *
+   * @generated from rpc genai.gateway.v1.GatewayService.ListAuditEvents
+   */
+  listAuditEvents: {
+    methodKind: "unary";
+    input: typeof ListAuditEventsRequestSchema;
+    output: typeof ListAuditEventsResponseSchema;
+  },
+  /**
    * Describes this gateway: its version, contract, the services it hosts and
-   * the health of each service it depends on. Needs no API key.
+   * the health of each service it depends on. Role: none (no API key
+   * needed).
    *
    * @generated from rpc genai.gateway.v1.GatewayService.GetServerInfo
    */

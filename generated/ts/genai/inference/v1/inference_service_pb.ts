@@ -412,6 +412,7 @@ export const GetModelStatusResponseSchema: GenMessage<GetModelStatusResponse> = 
 export const InferenceService: GenService<{
   /**
    * Generates a whole completion and returns it at once.
+   * Role: member.
    *
    * @generated from rpc genai.inference.v1.InferenceService.Generate
    */
@@ -424,6 +425,7 @@ export const InferenceService: GenService<{
    * Streams a completion: one `start`, then `delta`s as tokens are
    * generated, then exactly one `final`. A stream that fails ends with a
    * non-OK status instead of `final`, never silently.
+   * Role: member.
    *
    * @generated from rpc genai.inference.v1.InferenceService.GenerateStream
    */
@@ -434,6 +436,7 @@ export const InferenceService: GenService<{
   },
   /**
    * Embeds texts with an embedding model.
+   * Role: member.
    *
    * @generated from rpc genai.inference.v1.InferenceService.Embed
    */
@@ -444,6 +447,7 @@ export const InferenceService: GenService<{
   },
   /**
    * Lists the models served by every configured backend.
+   * Role: viewer.
    *
    * @generated from rpc genai.inference.v1.InferenceService.ListModels
    */
@@ -454,6 +458,7 @@ export const InferenceService: GenService<{
   },
   /**
    * Returns the live state of one served model.
+   * Role: viewer.
    *
    * @generated from rpc genai.inference.v1.InferenceService.GetModelStatus
    */

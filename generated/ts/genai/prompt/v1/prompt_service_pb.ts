@@ -1001,6 +1001,7 @@ export const PromptService: GenService<{
    * Creates a prompt with no versions. Fails with ALREADY_EXISTS
    * (PROMPT_ALREADY_EXISTS) when the name is taken, unless the same
    * `request_id` created it, in which case the prompt is returned.
+   * Role: member.
    *
    * @generated from rpc genai.prompt.v1.PromptService.CreatePrompt
    */
@@ -1011,6 +1012,7 @@ export const PromptService: GenService<{
   },
   /**
    * Returns one prompt with its current labels.
+   * Role: viewer.
    *
    * @generated from rpc genai.prompt.v1.PromptService.GetPrompt
    */
@@ -1021,6 +1023,7 @@ export const PromptService: GenService<{
   },
   /**
    * Lists the tenant's prompts in name order, one page at a time.
+   * Role: viewer.
    *
    * @generated from rpc genai.prompt.v1.PromptService.ListPrompts
    */
@@ -1031,6 +1034,8 @@ export const PromptService: GenService<{
   },
   /**
    * Updates a prompt's description, protected labels or evaluation gate.
+   * Role: member; tenant_admin to change `protected_labels` or
+   * `evaluation_gate` (audited).
    *
    * @generated from rpc genai.prompt.v1.PromptService.UpdatePrompt
    */
@@ -1044,6 +1049,7 @@ export const PromptService: GenService<{
    * against the variable schema first, so a broken template never gets a
    * version number. When the content equals the latest version's, that
    * version is returned and nothing is written (idempotent push).
+   * Role: member.
    *
    * @generated from rpc genai.prompt.v1.PromptService.CreatePromptVersion
    */
@@ -1054,6 +1060,7 @@ export const PromptService: GenService<{
   },
   /**
    * Returns one version, by number or through a label.
+   * Role: viewer.
    *
    * @generated from rpc genai.prompt.v1.PromptService.GetPromptVersion
    */
@@ -1064,6 +1071,7 @@ export const PromptService: GenService<{
   },
   /**
    * Lists a prompt's versions, newest first.
+   * Role: viewer.
    *
    * @generated from rpc genai.prompt.v1.PromptService.ListPromptVersions
    */
@@ -1075,6 +1083,7 @@ export const PromptService: GenService<{
   /**
    * Compares two versions of a prompt: messages, variables, parameters,
    * routing, output schema and processing.
+   * Role: viewer.
    *
    * @generated from rpc genai.prompt.v1.PromptService.DiffPromptVersions
    */
@@ -1089,6 +1098,7 @@ export const PromptService: GenService<{
    * points there (0: only if it does not exist); otherwise it fails with
    * ABORTED (LABEL_VERSION_MISMATCH). Moving a protected label requires a
    * passing evaluation report (FAILED_PRECONDITION, EVALUATION_GATE_FAILED).
+   * Role: member; tenant_admin for a protected label (audited).
    *
    * @generated from rpc genai.prompt.v1.PromptService.SetLabel
    */
@@ -1099,6 +1109,7 @@ export const PromptService: GenService<{
   },
   /**
    * Deletes a label. Its history is kept.
+   * Role: member; tenant_admin for a protected label (audited).
    *
    * @generated from rpc genai.prompt.v1.PromptService.DeleteLabel
    */
@@ -1109,6 +1120,7 @@ export const PromptService: GenService<{
   },
   /**
    * Moves a label back to the version it pointed to before its last move.
+   * Role: member; tenant_admin for a protected label (audited).
    *
    * @generated from rpc genai.prompt.v1.PromptService.RollbackLabel
    */
@@ -1119,6 +1131,7 @@ export const PromptService: GenService<{
   },
   /**
    * Lists label events of a prompt, newest first.
+   * Role: viewer.
    *
    * @generated from rpc genai.prompt.v1.PromptService.ListLabelHistory
    */
@@ -1131,6 +1144,7 @@ export const PromptService: GenService<{
    * Renders a version (by number or label) with typed variables. Missing,
    * unknown or mistyped variables fail with INVALID_ARGUMENT
    * (VARIABLE_INVALID) and a `BadRequest` that lists every one of them.
+   * Role: viewer.
    *
    * @generated from rpc genai.prompt.v1.PromptService.RenderPrompt
    */
@@ -1145,6 +1159,7 @@ export const PromptService: GenService<{
    * every later message is one event, in commit order. The stream stays open
    * until the caller cancels it or the server shuts down (UNAVAILABLE, after
    * which a client resumes from the last sequence it saw).
+   * Role: viewer.
    *
    * @generated from rpc genai.prompt.v1.PromptService.WatchLabels
    */

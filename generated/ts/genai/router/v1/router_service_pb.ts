@@ -395,6 +395,7 @@ export const AttemptResultSchema: GenEnum<AttemptResult> = /*@__PURE__*/
 export const RouterService: GenService<{
   /**
    * Lists the model catalog in name order.
+   * Role: viewer.
    *
    * @generated from rpc genai.router.v1.RouterService.ListModels
    */
@@ -405,6 +406,7 @@ export const RouterService: GenService<{
   },
   /**
    * Returns one catalog model.
+   * Role: viewer.
    *
    * @generated from rpc genai.router.v1.RouterService.GetModel
    */
@@ -417,6 +419,7 @@ export const RouterService: GenService<{
    * Ranks the eligible models and backends for one request. Fails with
    * FAILED_PRECONDITION (NO_ELIGIBLE_MODEL) when none qualifies; the
    * metadata says why each model was rejected.
+   * Role: member.
    *
    * @generated from rpc genai.router.v1.RouterService.Route
    */
@@ -428,6 +431,8 @@ export const RouterService: GenService<{
   /**
    * Reports the outcome of one attempt, so that live statistics, health and
    * circuit breakers learn from every request.
+   * Role: platform_admin (it feeds the routing statistics every
+   * tenant shares; the gateway reports with the platform's internal token).
    *
    * @generated from rpc genai.router.v1.RouterService.ReportOutcome
    */
@@ -439,6 +444,7 @@ export const RouterService: GenService<{
   /**
    * Returns the live status of backends: health, circuit state, in-flight
    * requests and latency statistics.
+   * Role: viewer.
    *
    * @generated from rpc genai.router.v1.RouterService.GetBackendHealth
    */
