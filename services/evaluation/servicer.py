@@ -18,11 +18,13 @@ from google.protobuf import json_format
 from services.common import reasons
 from services.common.auth import current_principal
 from services.common.errors import FieldViolation, InvalidArgument
+from services.common.validation import refuse_oversized
 from services.common.wire import duration, money, timestamp
 from services.evaluation.adapters.sql_store import SqlEvaluationStore
 from services.evaluation.core.datasets import check_examples
 from services.evaluation.core.model import (
     MAX_REQUEST_ID,
+    MAX_SCORERS,
     AlertState,
     Contains,
     Cost,
@@ -173,6 +175,7 @@ class EvaluationServicer(evaluation_service_pb2_grpc.EvaluationServiceServicer):
         error. A caller that goes away stops its stream, not the run."""
         if not request.HasField("run"):
             raise InvalidArgument(violations=[FieldViolation("run", "required")])
+        refuse_oversized((("run.scorers", request.run.scorers, MAX_SCORERS),))
         events = await self._runner.start(
             _tenant(), run_spec(request.run), request_id=request.request_id
         )

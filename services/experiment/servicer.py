@@ -10,6 +10,7 @@ from google.protobuf import json_format
 
 from services.common.auth import current_principal
 from services.common.errors import FieldViolation, InvalidArgument
+from services.common.validation import refuse_oversized
 from services.common.wire import timestamp
 from services.experiment.adapters.sql_store import (
     ExperimentTally,
@@ -18,6 +19,8 @@ from services.experiment.adapters.sql_store import (
 )
 from services.experiment.core.assignment import Assignment
 from services.experiment.core.model import (
+    MAX_METRICS,
+    MAX_VARIANTS,
     AssignmentUnit,
     Experiment,
     ExperimentState,
@@ -72,6 +75,12 @@ class ExperimentServicer(experiment_service_pb2_grpc.ExperimentServiceServicer):
         """Creates an experiment (and starts it with `start`)."""
         if not request.HasField("experiment"):
             raise InvalidArgument(violations=[FieldViolation("experiment", "is required")])
+        refuse_oversized(
+            (
+                ("experiment.variants", request.experiment.variants, MAX_VARIANTS),
+                ("experiment.metrics", request.experiment.metrics, MAX_METRICS),
+            )
+        )
         created = await self._store.create_experiment(
             _tenant(), _new_experiment(request.experiment), start=request.start,
             request_id=request.request_id,

@@ -16,7 +16,9 @@ from services.common.auth import current_principal
 from services.common.errors import FieldViolation, InvalidArgument, NotFound
 from services.common.grpc_types import ServicerContext
 from services.common.policy import elevate
+from services.common.validation import refuse_oversized
 from services.common.wire import timestamp
+from services.gateway.core.processing import MAX_REDACTION_PATTERNS
 from services.prompt.core.model import (
     UNSET,
     Label,
@@ -31,10 +33,12 @@ from services.prompt.core.model import (
 )
 from services.prompt.core.registry import (
     CONTENT_FIELDS,
+    MAX_VARIABLES,
     Change,
     PromptRegistry,
     Snapshot,
 )
+from services.prompt.core.templates import MAX_MESSAGES
 
 SERVICE_NAME = "genai.prompt.v1.PromptService"
 UPDATABLE_FIELDS = ("description", "protected_labels", "evaluation_gate")
@@ -134,6 +138,17 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
     ) -> pb.CreatePromptVersionResponse:
         """Checks and stores the next version (or returns the equal latest one)."""
         v = request.version
+        refuse_oversized(
+            (
+                ("version.messages", v.messages, MAX_MESSAGES),
+                ("version.variables", v.variables, MAX_VARIABLES),
+                (
+                    "version.processing.pii_redaction.patterns",
+                    v.processing.pii_redaction.patterns,
+                    MAX_REDACTION_PATTERNS,
+                ),
+            )
+        )
         new = NewVersion(
             content=version_content(v), author=v.author, commit_message=v.commit_message
         )

@@ -51,6 +51,8 @@ MAX_PATTERN_REGEX_CHARS: Final = 512
 MAX_PATTERN_MATCH_LENGTH: Final = 256
 """Largest `max_match_length` of a custom redaction pattern."""
 MAX_PATTERN_NAME_CHARS: Final = 64
+MAX_REDACTION_PATTERNS: Final = 64
+"""Custom redaction patterns of one prompt version."""
 """Longest custom redaction pattern name."""
 CONTEXT_CHARS: Final = 32
 """Characters of already released output kept for the lookbehinds of redaction patterns."""
@@ -176,7 +178,14 @@ def _config_violations(config: ProcessingConfig) -> list[FieldViolation]:
             FieldViolation("processing.max_output_chars", "must not be negative (0 = no limit)")
         )
     seen: set[str] = set()
-    for i, pattern in enumerate(config.pii_redaction.patterns):
+    if len(config.pii_redaction.patterns) > MAX_REDACTION_PATTERNS:
+        violations.append(
+            FieldViolation(
+                "processing.pii_redaction.patterns",
+                f"at most {MAX_REDACTION_PATTERNS} patterns are allowed",
+            )
+        )
+    for i, pattern in enumerate(config.pii_redaction.patterns[:MAX_REDACTION_PATTERNS]):
         where = f"processing.pii_redaction.patterns[{i}]"
         if not 1 <= len(pattern.name) <= MAX_PATTERN_NAME_CHARS:
             violations.append(

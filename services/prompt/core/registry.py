@@ -57,6 +57,8 @@ MAX_COMMIT_MESSAGE: Final = 4096
 MAX_REQUEST_ID: Final = 128
 MAX_REASON: Final = 1024
 MAX_PAGE_SIZE: Final = 1000
+MAX_VARIABLES: Final = 128
+"""Template variables of one version."""
 DEFAULT_PAGE_SIZE: Final = 100
 CONTENT_FIELDS: Final = (
     "messages",
@@ -458,7 +460,11 @@ def parse_content(
             problems.append(FieldViolation(f"{path}.role", "must be system, user or assistant"))
         messages.append(MessageTemplate(role, str(message.get("content", ""))))
     variables: list[VariableSpec] = []
-    for index, spec in enumerate(_list(content.get("variables"))):
+    if len(_list(content.get("variables"))) > MAX_VARIABLES:
+        problems.append(
+            FieldViolation("version.variables", f"at most {MAX_VARIABLES} variables are allowed")
+        )
+    for index, spec in enumerate(_list(content.get("variables"))[:MAX_VARIABLES]):
         path = f"version.variables[{index}]"
         if not isinstance(spec, Mapping):
             problems.append(FieldViolation(path, "must be a variable"))

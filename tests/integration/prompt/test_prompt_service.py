@@ -490,3 +490,22 @@ async def test_response_processing_that_the_gateway_would_reject_gets_no_version
     ]
     listed = await stub.ListPromptVersions(pb.ListPromptVersionsRequest(prompt="redacting"))
     assert list(listed.versions) == []
+
+
+async def test_a_version_with_too_many_variables_is_refused_at_once_naming_the_field(
+    stub: Stub,
+) -> None:
+    await stub.CreatePrompt(pb.CreatePromptRequest(prompt=prompt_pb2.Prompt(name="big")))
+    version = _version("hi")
+    for i in range(100_000):
+        version.variables.add(name=f"v{i}")
+    started = time.perf_counter()
+    refused = await _fails(
+        stub.CreatePromptVersion(
+            pb.CreatePromptVersionRequest(prompt="big", version=version), timeout=10
+        )
+    )
+    took = time.perf_counter() - started
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in refused.field_violations] == ["version.variables"]
+    assert took < 1.0, took

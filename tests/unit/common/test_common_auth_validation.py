@@ -107,3 +107,14 @@ def test_validate_raises_one_error_with_every_violation() -> None:
         validate(two, "anything")
 
     assert caught.value.violations == (FieldViolation("a", "bad"), FieldViolation("b", "worse"))
+
+
+def test_oversized_lists_are_refused_before_they_are_converted() -> None:
+    from services.common.validation import count_violations, refuse_oversized
+
+    assert count_violations((("a", [1, 2], 2), ("b", [], 0))) == []
+    with pytest.raises(InvalidArgument) as raised:
+        refuse_oversized((("version.variables", range(100_000), 128), ("ok", [1], 5)))
+    assert [(v.field, v.description) for v in raised.value.violations] == [
+        ("version.variables", "at most 128 are allowed, not 100,000")
+    ]
