@@ -31,13 +31,13 @@ from services.common.audit import MAX_DETAIL, AuditRecord, AuditSink, audit_json
 from services.common.auth import Principal, current_principal
 from services.common.errors import DomainError, PermissionDenied
 from services.common.interceptors import (
+    BehaviourInterceptor,
     Context,
     Handler,
     StreamingBehaviour,
     UnaryBehaviour,
-    _BehaviourInterceptor,
-    _rebuild,
     is_infrastructure_method,
+    rebuild_handler,
 )
 from services.common.policy import (
     POLICY,
@@ -58,7 +58,7 @@ REQUEST_ID_METADATA: Final = "x-request-id"
 _FIELD: Final = re.compile(r"\{([a-z_.]+)\}")
 
 
-class AccessInterceptor(_BehaviourInterceptor):
+class AccessInterceptor(BehaviourInterceptor):
     """Applies `policy` (the contract's `POLICY`; tests serving services of their own give
     theirs) to every RPC and appends audited calls to `audit`."""
 
@@ -119,7 +119,7 @@ class AccessInterceptor(_BehaviourInterceptor):
 
             return guarded
 
-        return _rebuild(handler, unary, streaming)
+        return rebuild_handler(handler, unary, streaming)
 
     async def _record(
         self,

@@ -75,12 +75,6 @@ class AuditSink(Protocol):
         ...
 
 
-class AuditLog(AuditSink, Protocol):
-    """An audit sink that can be read back."""
-
-    async def list_audit_records(self, query: AuditQuery) -> AuditPage: ...
-
-
 class LoggingAuditSink:
     """Writes audit records to the process log only: for a process without a tenant database
     (auth `none` with no gateway in it), so audited calls still leave a trace."""

@@ -119,7 +119,7 @@ def _is_traced(details: grpc.HandlerCallDetails) -> bool:
     return not is_infrastructure_method(details.method)
 
 
-class _BehaviourInterceptor(ServerInterceptor, abc.ABC):
+class BehaviourInterceptor(ServerInterceptor, abc.ABC):
     """An interceptor that wraps the behaviour of the method handler it intercepts."""
 
     async def intercept_service(
@@ -137,7 +137,7 @@ class _BehaviourInterceptor(ServerInterceptor, abc.ABC):
         """Returns `handler`, wrapped or as it is, for an RPC of `method`."""
 
 
-class AuthInterceptor(_BehaviourInterceptor):
+class AuthInterceptor(BehaviourInterceptor):
     """Authenticates each RPC with an `Authenticator` and sets `current_principal()`."""
 
     def __init__(self, authenticator: Authenticator) -> None:
@@ -158,7 +158,7 @@ class AuthInterceptor(_BehaviourInterceptor):
         return _with_prelude(handler, authenticate)
 
 
-class ErrorInterceptor(_BehaviourInterceptor):
+class ErrorInterceptor(BehaviourInterceptor):
     """Maps exceptions raised by the layers below to rich statuses (see `abort_with_error`).
 
     `asyncio.CancelledError` (a client cancelled or the deadline passed) and a handler's own
@@ -193,7 +193,7 @@ class ErrorInterceptor(_BehaviourInterceptor):
 
             return mapped
 
-        return _rebuild(handler, unary, streaming, request_deserializer=None)
+        return rebuild_handler(handler, unary, streaming, request_deserializer=None)
 
 
 def _request_decoder(handler: Handler) -> Callable[[Any], Any]:
@@ -230,7 +230,7 @@ def _request_decoder(handler: Handler) -> Callable[[Any], Any]:
     return decode_stream
 
 
-class ValidationInterceptor(_BehaviourInterceptor):
+class ValidationInterceptor(BehaviourInterceptor):
     """Rejects invalid requests with `InvalidArgument` listing all violations before the
     handler runs: first the contract-wide request guard (`services.common.request_guard`:
     out-of-range timestamps and durations, non-finite numbers, undeclared enum numbers,
@@ -404,13 +404,13 @@ def _with_prelude(handler: Handler, prelude: Prelude) -> Handler:
 
         return guarded
 
-    return _rebuild(handler, unary, streaming)
+    return rebuild_handler(handler, unary, streaming)
 
 
 _KEEP: Any = object()
 
 
-def _rebuild(
+def rebuild_handler(
     handler: Handler,
     unary: Callable[[UnaryBehaviour], UnaryBehaviour],
     streaming: Callable[[StreamingBehaviour], StreamingBehaviour],

@@ -78,10 +78,6 @@ class Rule:
     """The audit log's target: a template over request fields, `api_key/{id}`."""
 
 
-def _rule(role: Role, **kwargs: object) -> Rule:
-    return Rule(role, **kwargs)  # type: ignore[arg-type]
-
-
 _V, _M, _T, _P = Role.VIEWER, Role.MEMBER, Role.TENANT_ADMIN, Role.PLATFORM_ADMIN
 _GATEWAY: Final = "genai.gateway.v1.GatewayService/"
 _PROMPT: Final = "genai.prompt.v1.PromptService/"
@@ -93,76 +89,74 @@ _LABEL_TARGET: Final = "prompt/{prompt}/label/{label}"
 
 POLICY: Final[Mapping[str, Rule]] = {
     # GatewayService
-    _GATEWAY + "Complete": _rule(_M),
-    _GATEWAY + "StreamComplete": _rule(_M),
-    _GATEWAY + "RecordFeedback": _rule(_M),
-    _GATEWAY + "ListRequestLogs": _rule(_V),
-    _GATEWAY + "CreateTenant": _rule(_P, audited=True, target="tenant/{tenant.id}"),
-    _GATEWAY + "UpdateTenantQuota": _rule(
+    _GATEWAY + "Complete": Rule(_M),
+    _GATEWAY + "StreamComplete": Rule(_M),
+    _GATEWAY + "RecordFeedback": Rule(_M),
+    _GATEWAY + "ListRequestLogs": Rule(_V),
+    _GATEWAY + "CreateTenant": Rule(_P, audited=True, target="tenant/{tenant.id}"),
+    _GATEWAY + "UpdateTenantQuota": Rule(
         _P, audited=True, tenant_field="tenant_id", target="tenant/{tenant_id}"
     ),
-    _GATEWAY + "CreateApiKey": _rule(
+    _GATEWAY + "CreateApiKey": Rule(
         _T, audited=True, tenant_field="tenant_id", target="tenant/{tenant_id}/api_key"
     ),
-    _GATEWAY + "ListApiKeys": _rule(_T, tenant_field="tenant_id"),
-    _GATEWAY + "RevokeApiKey": _rule(_T, audited=True, target="api_key/{id}"),
-    _GATEWAY + "RotateApiKey": _rule(_T, audited=True, target="api_key/{id}"),
-    _GATEWAY + "ListAuditEvents": _rule(_T, tenant_field="tenant_id"),
-    _GATEWAY + "GetServerInfo": _rule(Role.NONE),
+    _GATEWAY + "ListApiKeys": Rule(_T, tenant_field="tenant_id"),
+    _GATEWAY + "RevokeApiKey": Rule(_T, audited=True, target="api_key/{id}"),
+    _GATEWAY + "RotateApiKey": Rule(_T, audited=True, target="api_key/{id}"),
+    _GATEWAY + "ListAuditEvents": Rule(_T, tenant_field="tenant_id"),
+    _GATEWAY + "GetServerInfo": Rule(Role.NONE),
     # PromptService
-    _PROMPT + "CreatePrompt": _rule(_M),
-    _PROMPT + "GetPrompt": _rule(_V),
-    _PROMPT + "ListPrompts": _rule(_V),
-    _PROMPT + "UpdatePrompt": _rule(_M, elevated=_T, target="prompt/{prompt.name}"),
-    _PROMPT + "CreatePromptVersion": _rule(_M),
-    _PROMPT + "GetPromptVersion": _rule(_V),
-    _PROMPT + "ListPromptVersions": _rule(_V),
-    _PROMPT + "DiffPromptVersions": _rule(_V),
-    _PROMPT + "SetLabel": _rule(_M, elevated=_T, target=_LABEL_TARGET),
-    _PROMPT + "DeleteLabel": _rule(_M, elevated=_T, target=_LABEL_TARGET),
-    _PROMPT + "RollbackLabel": _rule(_M, elevated=_T, target=_LABEL_TARGET),
-    _PROMPT + "ListLabelHistory": _rule(_V),
-    _PROMPT + "RenderPrompt": _rule(_V),
-    _PROMPT + "WatchLabels": _rule(_V),
+    _PROMPT + "CreatePrompt": Rule(_M),
+    _PROMPT + "GetPrompt": Rule(_V),
+    _PROMPT + "ListPrompts": Rule(_V),
+    _PROMPT + "UpdatePrompt": Rule(_M, elevated=_T, target="prompt/{prompt.name}"),
+    _PROMPT + "CreatePromptVersion": Rule(_M),
+    _PROMPT + "GetPromptVersion": Rule(_V),
+    _PROMPT + "ListPromptVersions": Rule(_V),
+    _PROMPT + "DiffPromptVersions": Rule(_V),
+    _PROMPT + "SetLabel": Rule(_M, elevated=_T, target=_LABEL_TARGET),
+    _PROMPT + "DeleteLabel": Rule(_M, elevated=_T, target=_LABEL_TARGET),
+    _PROMPT + "RollbackLabel": Rule(_M, elevated=_T, target=_LABEL_TARGET),
+    _PROMPT + "ListLabelHistory": Rule(_V),
+    _PROMPT + "RenderPrompt": Rule(_V),
+    _PROMPT + "WatchLabels": Rule(_V),
     # ExperimentService
-    _EXPERIMENT + "CreateExperiment": _rule(
-        _T, audited=True, target="experiment/{experiment.name}"
-    ),
-    _EXPERIMENT + "GetExperiment": _rule(_V),
-    _EXPERIMENT + "ListExperiments": _rule(_V),
-    _EXPERIMENT + "StartExperiment": _rule(_T, audited=True, target="experiment/{name}"),
-    _EXPERIMENT + "StopExperiment": _rule(_T, audited=True, target="experiment/{name}"),
-    _EXPERIMENT + "SetVariantWeights": _rule(_T, audited=True, target="experiment/{name}"),
-    _EXPERIMENT + "AssignVariant": _rule(_M),
-    _EXPERIMENT + "RecordExposure": _rule(_M),
-    _EXPERIMENT + "RecordOutcome": _rule(_M),
-    _EXPERIMENT + "GetExperimentResults": _rule(_V),
+    _EXPERIMENT + "CreateExperiment": Rule(_T, audited=True, target="experiment/{experiment.name}"),
+    _EXPERIMENT + "GetExperiment": Rule(_V),
+    _EXPERIMENT + "ListExperiments": Rule(_V),
+    _EXPERIMENT + "StartExperiment": Rule(_T, audited=True, target="experiment/{name}"),
+    _EXPERIMENT + "StopExperiment": Rule(_T, audited=True, target="experiment/{name}"),
+    _EXPERIMENT + "SetVariantWeights": Rule(_T, audited=True, target="experiment/{name}"),
+    _EXPERIMENT + "AssignVariant": Rule(_M),
+    _EXPERIMENT + "RecordExposure": Rule(_M),
+    _EXPERIMENT + "RecordOutcome": Rule(_M),
+    _EXPERIMENT + "GetExperimentResults": Rule(_V),
     # EvaluationService
-    _EVALUATION + "CreateDataset": _rule(_M),
-    _EVALUATION + "GetDataset": _rule(_V),
-    _EVALUATION + "ListDatasets": _rule(_V),
-    _EVALUATION + "AddExamples": _rule(_M),
-    _EVALUATION + "ListExamples": _rule(_V),
-    _EVALUATION + "StartEvaluationRun": _rule(_M),
-    _EVALUATION + "GetEvaluationRun": _rule(_V),
-    _EVALUATION + "ListEvaluationRuns": _rule(_V),
-    _EVALUATION + "CancelEvaluationRun": _rule(_M),
-    _EVALUATION + "GetEvaluationReport": _rule(_V),
-    _EVALUATION + "CompareEvaluationReports": _rule(_V),
-    _EVALUATION + "ListQualityAlerts": _rule(_V),
+    _EVALUATION + "CreateDataset": Rule(_M),
+    _EVALUATION + "GetDataset": Rule(_V),
+    _EVALUATION + "ListDatasets": Rule(_V),
+    _EVALUATION + "AddExamples": Rule(_M),
+    _EVALUATION + "ListExamples": Rule(_V),
+    _EVALUATION + "StartEvaluationRun": Rule(_M),
+    _EVALUATION + "GetEvaluationRun": Rule(_V),
+    _EVALUATION + "ListEvaluationRuns": Rule(_V),
+    _EVALUATION + "CancelEvaluationRun": Rule(_M),
+    _EVALUATION + "GetEvaluationReport": Rule(_V),
+    _EVALUATION + "CompareEvaluationReports": Rule(_V),
+    _EVALUATION + "ListQualityAlerts": Rule(_V),
     # RouterService
-    _ROUTER + "ListModels": _rule(_V),
-    _ROUTER + "GetModel": _rule(_V),
-    _ROUTER + "Route": _rule(_M),
+    _ROUTER + "ListModels": Rule(_V),
+    _ROUTER + "GetModel": Rule(_V),
+    _ROUTER + "Route": Rule(_M),
     # Live routing statistics are shared by every tenant: only the platform reports outcomes.
-    _ROUTER + "ReportOutcome": _rule(_P),
-    _ROUTER + "GetBackendHealth": _rule(_V),
+    _ROUTER + "ReportOutcome": Rule(_P),
+    _ROUTER + "GetBackendHealth": Rule(_V),
     # InferenceService
-    _INFERENCE + "Generate": _rule(_M),
-    _INFERENCE + "GenerateStream": _rule(_M),
-    _INFERENCE + "Embed": _rule(_M),
-    _INFERENCE + "ListModels": _rule(_V),
-    _INFERENCE + "GetModelStatus": _rule(_V),
+    _INFERENCE + "Generate": Rule(_M),
+    _INFERENCE + "GenerateStream": Rule(_M),
+    _INFERENCE + "Embed": Rule(_M),
+    _INFERENCE + "ListModels": Rule(_V),
+    _INFERENCE + "GetModelStatus": Rule(_V),
 }
 """Every RPC of the contract, by `"pkg.Service/Method"`. A method missing here is refused
 (PERMISSION_DENIED), and a test fails for every contract method without a rule."""

@@ -16,7 +16,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.common import reasons
 from services.common.audit import AuditQuery, AuditRecord
 from services.common.auth import current_principal
-from services.common.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from services.common.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from services.common.policy import (
     Role,
     role_of,
@@ -34,6 +40,7 @@ from services.gateway.completion import (
     CompletionEngine,
     ServedRequest,
 )
+from services.gateway.core.auth import bearer_token
 from services.gateway.core.idempotency import Idempotency
 from services.gateway.core.request_log import (
     DEFAULT_PAGE_SIZE,
@@ -481,12 +488,16 @@ def _time_or_none(request: gs.ListRequestLogsRequest, name: str) -> datetime | N
 
 
 def _bearer(context: Context) -> str:
-    """The caller's API key secret, from its `authorization: Bearer` metadata ("" without)."""
-    for key, value in context.invocation_metadata() or ():
-        if key.lower() == "authorization" and isinstance(value, str):
-            scheme, _, secret = value.strip().partition(" ")
-            return secret.strip() if scheme.lower() == "bearer" else ""
-    return ""
+    """The caller's API key secret ("" for a call without one: the platform's own)."""
+    metadata = {
+        key.lower(): value
+        for key, value in context.invocation_metadata() or ()
+        if isinstance(value, str)
+    }
+    try:
+        return bearer_token(metadata)
+    except Unauthenticated:
+        return ""
 
 
 def _instant(message: Timestamp, field: str) -> datetime:

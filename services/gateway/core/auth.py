@@ -69,7 +69,7 @@ class ApiKeyAuthenticator:
     async def authenticate(self, method: str, metadata: Mapping[str, str]) -> Principal:
         """The principal of the request's API key; `Unauthenticated` saying what is wrong
         (missing, not Bearer, malformed, unknown, revoked, expired, wrong secret) otherwise."""
-        secret = _bearer_token(metadata)
+        secret = bearer_token(metadata)
         hashed = secret_hash(secret)
         now = self._clock()
         cached = self._cache.get(hashed)
@@ -128,7 +128,9 @@ class ApiKeyAuthenticator:
         self._cache[hashed] = entry
 
 
-def _bearer_token(metadata: Mapping[str, str]) -> str:
+def bearer_token(metadata: Mapping[str, str]) -> str:
+    """The API key in `authorization: Bearer <key>` metadata (keys in lower case);
+    `Unauthenticated` saying what is wrong when there is none."""
     value = metadata.get(AUTHORIZATION)
     if value is None or not value.strip():
         raise Unauthenticated("missing API key: send it as `authorization: Bearer <key>` metadata")
