@@ -603,7 +603,9 @@ async def _measure(
     from services.common.clients import api_key_metadata
 
     progress.stage(f"creating tenant {TENANT!r} and pushing the sample prompts")
-    admin_key = str(platform.ready.get("api_key", ""))
+    # The ready file names the development key's file; the secret itself is only there.
+    key_file = str(platform.ready.get("api_key_file", ""))
+    admin_key = (await asyncio.to_thread(Path(key_file).read_text)).strip() if key_file else ""
     if not admin_key:
         raise RuntimeError("genai serve reported no development key (is auth mode api_key?)")
     metadata = api_key_metadata(await create_tenant(platform.address, admin_key))
