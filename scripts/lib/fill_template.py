@@ -19,7 +19,7 @@ mapping, needs PyYAML), then `key=value` arguments, later ones winning. Only the
 library is needed otherwise, so the script also runs inside the Triton containers.
 
 Usage: fill_template.py --variant NAME --out DIR [--values FILE] [--force]
-                        [--templates DIR] [--llmapi-model-dir DIR] [key=value ...]
+                        [--templates DIR] [key=value ...]
        fill_template.py --list-keys --variant NAME
 Exit status: 0 filled, 1 a template error (unknown key, leftover placeholder, bad value),
 2 bad usage.
@@ -48,7 +48,9 @@ DEFAULTS: dict[str, str] = {
     "triton_max_batch_size": "64",
     "decoupled_mode": "true",
     "kv_cache_free_gpu_mem_fraction": "0.9",
-    "enable_kv_cache_reuse": "false",
+    # On, as the tensorrtllm backend's own default when the key is absent (see
+    # triton_models/gpu/README.md, "KV cache" for the memory trade-off).
+    "enable_kv_cache_reuse": "true",
     "cancellation_check_period_ms": "100",
     # inflight_batcher_llm: paths (scripts/build-engine prints the real ones).
     "engine_dir": "/models/engine",
@@ -61,17 +63,24 @@ DEFAULTS: dict[str, str] = {
     "max_queue_size": "0",
     "enable_chunked_context": "false",
     "max_beam_width": "1",
+    # Guided decoding (structured outputs): the only backend the C++ executor has, and the
+    # tokenizer description scripts/build-engine writes next to the engine.
+    "guided_decoding_backend": "xgrammar",
+    "xgrammar_tokenizer_info_path": "/models/engine/xgrammar_tokenizer_info.json",
     # inflight_batcher_llm: pre- and postprocessing.
     "preprocessing_instance_count": "1",
     "postprocessing_instance_count": "1",
     "bls_instance_count": "1",
     "add_special_tokens": "false",
     "skip_special_tokens": "true",
-    # llmapi (model.yaml).
+    # llmapi: the LLM() arguments of ensemble/1/model.yaml (guided_decoding_backend, the
+    # KV cache keys and the ensemble's parameters are the shared ones above).
     "hf_model_dir": "/models/hf",
     "tensor_parallel_size": "1",
     "pipeline_parallel_size": "1",
     "runtime_max_batch_size": "64",
+    # v1.0.0's PyTorch backend applies penalties and bad words with this sampler only.
+    "enable_trtllm_sampler": "true",
 }
 """Values used when a key is not given. Paths point at the conventional mounts of a serving
 container; pass the real ones (build-engine prints the full call)."""
@@ -237,18 +246,6 @@ def _check_configs(out_dir: Path) -> list[str]:
     return []
 
 
-def copy_llmapi_model(model_dir: Path, out_dir: Path) -> list[str]:
-    """Copies TensorRT-LLM's LLM-API Python model (model.py, helpers.py, ...) into
-    `out_dir/tensorrt_llm/1/`; never overwrites model.yaml."""
-    sources = sorted(model_dir.glob("*.py"))
-    if not any(path.name == "model.py" for path in sources):
-        raise TemplateError(f"{model_dir} has no model.py")
-    target = out_dir / "tensorrt_llm" / "1"
-    for path in sources:
-        shutil.copy2(path, target / path.name)
-    return [path.name for path in sources]
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="triton-templates",
@@ -259,12 +256,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--values", type=Path, help="YAML file of key: value")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--templates", type=Path, default=TEMPLATES, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--llmapi-model-dir",
-        type=Path,
-        help="llmapi: directory holding TensorRT-LLM's model.py/helpers.py "
-        "(triton_backend/all_models/llmapi/tensorrt_llm/1 of the installed release)",
-    )
     parser.add_argument("--list-keys", action="store_true", help="print the variant's keys")
     parser.add_argument("assignments", nargs="*", metavar="key=value")
     return parser
@@ -286,15 +277,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         given = load_values_file(args.values) if args.values else {}
         given.update(parse_assignments(args.assignments))
         result = fill(args.variant, args.out, given, templates=args.templates, force=args.force)
-        if args.llmapi_model_dir:
-            copied = copy_llmapi_model(args.llmapi_model_dir, args.out)
-            result.notes.append(f"copied {', '.join(copied)} into tensorrt_llm/1/")
-        elif args.variant == "llmapi":
-            result.notes.append(
-                "tensorrt_llm/1/ has no model.py yet: pass --llmapi-model-dir, or copy model.py "
-                "and helpers.py from TensorRT-LLM's triton_backend/all_models/llmapi/"
-                "tensorrt_llm/1/ (the release of the serving container)"
-            )
     except TemplateError as error:
         print(f"triton-templates: error: {error}", file=sys.stderr)
         return 1

@@ -10,8 +10,8 @@
 - Models that stream are decoupled.
 - The GPU ensemble exposes exactly the facade of the CPU models and of triton_models/README.md:
   swapping repositories needs no change in InferenceService.
-- The fill script is strict (unknown keys, leftover placeholders), and scripts/build-engine's
-  dry run prints a build whose follow-up fill command works.
+- The fill script is strict (unknown keys, leftover placeholders). (scripts/build-engine's
+  dry run is checked against the pinned CLI in tests/unit/scripts/test_build_engine.py.)
 - The GPU detokenization keeps the facade's text contract (checked with real tokenizers), and
   the GPU repository runs on a real Triton with a stand-in for the tensorrtllm backend
   (system).
@@ -36,7 +36,6 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
@@ -97,16 +96,8 @@ class Repository:
         }
 
     def decoupled(self, model: str) -> bool:
-        """The model's transaction policy; for TensorRT-LLM's LLM-API model it is set from
-        model.yaml's triton_config at load time (auto-complete)."""
-        config = self.configs[model]
-        if config.HasField("model_transaction_policy"):
-            return bool(config.model_transaction_policy.decoupled)
-        model_yaml = self.path / model / "1" / "model.yaml"
-        if model_yaml.is_file():
-            triton_config = yaml.safe_load(model_yaml.read_text()).get("triton_config", {})
-            return bool(triton_config.get("decoupled", False))
-        return False
+        """The model's transaction policy."""
+        return bool(self.configs[model].model_transaction_policy.decoupled)
 
     def ensembles(self) -> list[str]:
         return [name for name, config in self.configs.items() if config.platform == "ensemble"]
@@ -403,7 +394,7 @@ def test_the_gpu_ensemble_has_the_facade_of_the_readme(
 
     documented = readme_facade()
 
-    assert len(documented["inputs"]) == 15
+    assert len(documented["inputs"]) == 17
     assert len(documented["outputs"]) == 4
     assert facade(gpu) == documented
 
@@ -563,96 +554,6 @@ def test_triton_templates_fails_on_placeholders_left_without_a_value(tmp_path: P
     assert "model/config.pbtxt:4: ${nobody_sets_this}" in done.stderr
     assert "${backend}" not in done.stderr
     assert not out.exists(), "a failed fill must not leave a repository behind"
-
-
-# --------------------------------------------------------------------------------------------
-# scripts/build-engine
-# --------------------------------------------------------------------------------------------
-
-
-def _hf_checkpoint(tmp_path: Path, model_type: str = "llama") -> Path:
-    checkpoint = tmp_path / "hf model"
-    checkpoint.mkdir()
-    (checkpoint / "config.json").write_text(f'{{"model_type": "{model_type}"}}')
-    return checkpoint
-
-
-def test_build_engine_dry_run_prints_the_build_and_a_working_fill(tmp_path: Path) -> None:
-    checkpoint = _hf_checkpoint(tmp_path)
-    out = tmp_path / "llama"
-
-    done = run_script(
-        BUILD_ENGINE, "--hf-model", checkpoint, "--out", out, "--max-batch-size", "8", "--dry-run"
-    )
-
-    assert done.returncode == 0, done.stderr
-    commands = [shlex.split(line[2:]) for line in done.stdout.splitlines() if line.startswith("+ ")]
-    by_tool = {Path(command[0]).name: command for command in commands}
-    assert by_tool["python3"][1:] == [
-        "-",
-        str(checkpoint),
-        str(out / "checkpoint"),
-        "bfloat16",
-        "1",
-        "1",
-        "<<PY",  # the conversion program follows, up to PY
-    ]
-    assert "LLaMAForCausalLM.from_hugging_face" in done.stdout
-    build = by_tool["trtllm-build"]
-    for flag, value in [
-        ("--checkpoint_dir", str(out / "checkpoint")),
-        ("--output_dir", str(out / "engine")),
-        ("--gemm_plugin", "auto"),
-        ("--gpt_attention_plugin", "auto"),
-        ("--remove_input_padding", "enable"),
-        ("--kv_cache_type", "paged"),
-        ("--max_batch_size", "8"),
-        ("--max_input_len", "2048"),
-        ("--max_seq_len", "4096"),
-    ]:
-        assert build[build.index(flag) + 1] == value, flag
-    assert not out.exists(), "a dry run must not write anything"
-
-    fill = by_tool["triton-templates"]
-    filled = run_script(*fill)
-    assert filled.returncode == 0, filled.stderr
-    trtllm = parse_config(out / "triton_repo" / "tensorrt_llm" / "config.pbtxt")
-    assert trtllm.parameters["gpt_model_path"].string_value == str(out / "engine")
-    assert trtllm.max_batch_size == 8
-
-
-def test_build_engine_needs_a_convert_script_for_other_families(tmp_path: Path) -> None:
-    checkpoint = _hf_checkpoint(tmp_path, model_type="qwen2")
-
-    refused = run_script(
-        BUILD_ENGINE, "--hf-model", checkpoint, "--out", tmp_path / "o", "--dry-run"
-    )
-    accepted = run_script(
-        BUILD_ENGINE,
-        "--hf-model",
-        checkpoint,
-        "--out",
-        tmp_path / "o",
-        "--convert-script",
-        "/trtllm/examples/models/core/qwen/convert_checkpoint.py",
-        "--tp",
-        "2",
-        "--dry-run",
-    )
-
-    assert refused.returncode == 1
-    assert "model_type 'qwen2'" in refused.stderr
-    assert accepted.returncode == 0, accepted.stderr
-    assert "convert_checkpoint.py --model_dir" in accepted.stdout
-    assert "--tp_size 2 --pp_size 1" in accepted.stdout
-
-
-@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a GPU")
-def test_build_engine_says_why_it_cannot_build_without_a_gpu(tmp_path: Path) -> None:
-    done = run_script(BUILD_ENGINE, "--hf-model", _hf_checkpoint(tmp_path), "--out", tmp_path / "o")
-
-    assert done.returncode == 1
-    assert "nvidia-smi not found" in done.stderr
 
 
 # --------------------------------------------------------------------------------------------
@@ -832,7 +733,8 @@ tokens ends the request); a token-level stop-word match or request_output_len en
 response carrying the last token. Otherwise one response with all tokens, after the prompt
 unless exclude_input_in_output. A request with stop=true stops the running request with the
 same request id (and leaves a file named after it in the stop_dir parameter). It "generates"
-SCRIPT's tokens, one every 10 ms."""
+SCRIPT's tokens, one every 10 ms; a guided request (guided_decoding_guide_type set) generates
+the text `<type>:<guide>` instead, to show both inputs arrived."""
 
 import json
 import threading
@@ -850,8 +752,8 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 class TritonPythonModel:
     def initialize(self, args):
         params = json.loads(args["model_config"])["parameters"]
-        tokenizer = AutoTokenizer.from_pretrained(params["tokenizer_dir"]["string_value"])
-        self.script = tokenizer.encode(SCRIPT, add_special_tokens=False)
+        self.tokenizer = AutoTokenizer.from_pretrained(params["tokenizer_dir"]["string_value"])
+        self.script = self.tokenizer.encode(SCRIPT, add_special_tokens=False)
         self.stop_dir = Path(params["stop_dir"]["string_value"])
         self.stopped = set()
 
@@ -870,6 +772,13 @@ class TritonPythonModel:
             return default if tensor is None else tensor.as_numpy().reshape(-1)
 
         sender = request.get_response_sender()
+        script = self.script
+        guide_type = get("guided_decoding_guide_type")
+        if guide_type is not None:
+            guide = get("guided_decoding_guide", [b""])[0].decode()
+            script = self.tokenizer.encode(
+                f"{guide_type[0].decode()}:{guide}", add_special_tokens=False
+            )
         prompt = get("input_ids")[: int(get("input_lengths")[0])].tolist()
         streaming = bool(get("streaming", [False])[0])
         exclude = bool(get("exclude_input_in_output", [False])[0])
@@ -894,7 +803,7 @@ class TritonPythonModel:
             )
             sender.send(response, flags=FINAL if final else 0)
 
-        for token in self.script[:limit]:
+        for token in script[:limit]:
             time.sleep(0.01)
             if request.request_id() in self.stopped:
                 (self.stop_dir / request.request_id()).write_text(str(len(out)))
@@ -1005,11 +914,27 @@ def test_the_gpu_repository_serves_the_facade_on_triton(
                 "prompt": triton.generation_inputs(
                     prompt, 100, stream=False, exclude_input_in_output=False
                 ),
+                "guided": [
+                    *triton.generation_inputs(prompt, 100),
+                    triton.text_tensor("guided_decoding_guide_type", ["json_schema"], [1, 1]),
+                    triton.text_tensor("guided_decoding_guide", ['{"type": "object"}'], [1, 1]),
+                ],
             }
             results: dict[str, Any] = {}
             for name, inputs in cases.items():
                 results[name] = await triton.stream_generation(client, inputs, model="ensemble")
             results["cancel"] = await cancelled_after_three(client)
+            try:
+                await triton.stream_generation(
+                    client,
+                    [
+                        *triton.generation_inputs(prompt, 100),
+                        triton.text_tensor("guided_decoding_guide_type", ["yaml"], [1, 1]),
+                    ],
+                    model="ensemble",
+                )
+            except Exception as error:  # the facade's in-band error
+                results["bad_guide"] = str(error)
             results["postprocessing"] = [
                 await postprocess(client, length, length - 1) for length in range(1, len(ids) + 1)
             ]
@@ -1043,6 +968,86 @@ def test_the_gpu_repository_serves_the_facade_on_triton(
     (stopped,) = list(standin_repository.stop_dir.iterdir())
     assert int(stopped.read_text()) < len(ids), "the client's cancel stopped tensorrt_llm"
     assert "".join(results["postprocessing"]) == expected
+    assert "".join(c.text for c in results["guided"]) == 'json_schema:{"type": "object"}'
+    assert "[FIELD_VIOLATION] guided_decoding_guide_type: must be one of" in results["bad_guide"]
+
+
+NOT_DECOUPLED_STANDIN = """
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    # tensorrt_llm not decoupled: all tokens at once, 25 ms per token; several instances stand
+    # for the executor's own concurrency.
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            n = int(
+                pb_utils.get_input_tensor_by_name(request, "request_output_len")
+                .as_numpy()
+                .reshape(-1)[0]
+            )
+            time.sleep(0.025 * n)
+            ids = np.full((1, 1, n), 28, dtype=np.int32)
+            length = np.array([[n]], dtype=np.int32)
+            responses.append(
+                pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor("output_ids", ids),
+                        pb_utils.Tensor("sequence_length", length),
+                    ]
+                )
+            )
+        return responses
+"""
+
+
+@pytest.mark.system
+def test_the_gpu_ensemble_not_decoupled_serves_requests_concurrently(tmp_path: Path) -> None:
+    """decoupled_mode=false: the Python backend runs a non-decoupled `execute` to its end
+    before the next, so without the ensemble's dynamic batcher 6 concurrent requests took 6x
+    one request (3.2 s against 0.54 s on Triton 2.51); with it, the ones queued meanwhile run
+    together (1.1 s)."""
+    triton = pytest.importorskip("tests.support.triton")
+    import tritonclient.grpc.aio as aioclient
+
+    from tests.support.smollm2 import smollm2_dir
+
+    repo = tmp_path / "repo"
+    fill_template.fill(
+        "inflight_batcher_llm",
+        repo,
+        {"tokenizer_dir": str(smollm2_dir()), "decoupled_mode": "false"},
+    )
+    config = repo / "tensorrt_llm" / "config.pbtxt"
+    text = config.read_text().replace('backend: "tensorrtllm"', 'backend: "python"')
+    config.write_text(text.replace("count: 1,", "count: 8,"))
+    (repo / "tensorrt_llm" / "1" / "model.py").write_text(NOT_DECOUPLED_STANDIN)
+    prompt = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+    async def run(address: str) -> tuple[float, float]:
+        client = aioclient.InferenceServerClient(address)
+
+        async def one() -> float:
+            started = time.monotonic()
+            await client.infer("ensemble", triton.generation_inputs(prompt, 20, stream=False))
+            return time.monotonic() - started
+
+        try:
+            single = min([await one() for _ in range(2)])
+            started = time.monotonic()
+            await asyncio.gather(*(one() for _ in range(6)))
+            return single, time.monotonic() - started
+        finally:
+            await client.close()
+
+    with triton.triton_server(tmp_path, None, repository=repo) as server:
+        single, six = asyncio.run(run(server.grpc_address))
+
+    assert six < 3.5 * single, f"6 requests took {six:.2f} s, one {single:.2f} s: serialised"
 
 
 # --------------------------------------------------------------------------------------------

@@ -154,27 +154,38 @@ def test_list_keys_prints_each_key_with_its_default(capsys: pytest.CaptureFixtur
 
     lines = capsys.readouterr().out.splitlines()
     assert status == 0
-    assert "hf_model_dir=/models/hf\t# tensorrt_llm/1/model.yaml" in lines
+    assert "hf_model_dir=/models/hf\t# ensemble/1/model.yaml" in lines
     assert [line.split("=")[0] for line in lines] == sorted(line.split("=")[0] for line in lines)
 
 
-def test_llmapi_takes_tensorrt_llm_python_model_from_a_directory(
+def test_llmapi_ships_its_own_python_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    release = tmp_path / "release"
-    release.mkdir()
-    (release / "model.py").write_text("# TensorRT-LLM's model\n")
-    (release / "helpers.py").write_text("# its helpers\n")
-    (release / "model.yaml").write_text("model: not-ours\n")
+    out = tmp_path / "repo"
 
-    without = fill_template.main(["--variant", "llmapi", "--out", str(tmp_path / "a")])
-    note = capsys.readouterr().err
-    with_dir = fill_template.main(
-        ["--variant", "llmapi", "--out", str(tmp_path / "b"), "--llmapi-model-dir", str(release)]
-    )
+    status = fill_template.main(["--variant", "llmapi", "--out", str(out)])
 
-    assert (without, with_dir) == (0, 0)
-    assert "has no model.py yet" in note
-    version = tmp_path / "b" / "tensorrt_llm" / "1"
-    assert sorted(p.name for p in version.iterdir()) == ["helpers.py", "model.py", "model.yaml"]
-    assert "model: /models/hf" in (version / "model.yaml").read_text(), "ours, filled"
+    assert status == 0
+    assert "note:" not in capsys.readouterr().err
+    version = out / "ensemble" / "1"
+    shipped = sorted(str(p.relative_to(version)) for p in version.rglob("*.py"))
+    assert shipped == [
+        "genai_triton/__init__.py",
+        "genai_triton/facade.py",
+        "genai_triton/guides.py",
+        "llm_facade.py",
+        "model.py",
+    ]
+    assert not any(p.is_symlink() for p in version.rglob("*")), "symlinks become copies"
+    model_yaml = (version / "model.yaml").read_text()
+    assert "model: /models/hf\n" in model_yaml
+    assert "enable_block_reuse: true\n" in model_yaml
+    assert "guided_decoding_backend: xgrammar\n" in model_yaml
+
+
+def test_llmapi_model_dir_option_is_gone(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        fill_template.main(["--variant", "llmapi", "--out", "x", "--llmapi-model-dir", "y"])
+
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --llmapi-model-dir" in capsys.readouterr().err

@@ -452,3 +452,129 @@ def test_serving_checks_the_stub_numpy() -> None:
 def test_engine_model_threads(models: dict[str, Any]) -> None:
     names = {thread.name for thread in threading.enumerate()}
     assert {"genai-engine", "cancellation-poller", "cancellation"} <= names
+
+
+# -- guided decoding and seeds ---------------------------------------------------------------
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 30},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "city": {"type": "string", "maxLength": 30},
+    },
+    "required": ["name", "age", "city"],
+}
+
+
+def guided(guide_type: str, guide: str | None = None) -> dict[str, NDArray[Any]]:
+    inputs = {"guided_decoding_guide_type": text_array(guide_type)}
+    if guide is not None:
+        inputs["guided_decoding_guide"] = text_array(guide)
+    return inputs
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_the_facade_passes_a_json_schema_guide_to_the_engine(
+    models: dict[str, Any], tokenizer: TextTokenizer, stream: bool
+) -> None:
+    import jsonschema
+
+    prompt = chat(tokenizer, "Describe a person who lives in Paris.")
+    request = facade_request(
+        prompt,
+        120,
+        stream=scalar(stream, np.bool_),
+        **guided("json_schema", json.dumps(PERSON)),
+    )
+    models["ensemble"].execute([request])
+    chunks = [outputs(r) for r in request.sender.stream()]
+
+    assert chunks[-1][3] == "stop"
+    assert len(chunks) > 1 if stream else len(chunks) == 1
+    jsonschema.validate(json.loads("".join(c[0] for c in chunks)), PERSON)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (
+            guided("json_schema", '{"type": "object", "properties": {"a": {"type": 7}}}'),
+            "[FIELD_VIOLATION] guided_decoding_guide: invalid json_schema: ",
+        ),
+        (
+            guided("regex", "[a-"),
+            "[FIELD_VIOLATION] guided_decoding_guide: invalid regex: ",
+        ),
+        (
+            guided("yaml", "a: 1"),
+            "[FIELD_VIOLATION] guided_decoding_guide_type: unknown guide type 'yaml'",
+        ),
+        (
+            guided("json_schema"),
+            "[FIELD_VIOLATION] guided_decoding_guide: is required for guide type json_schema",
+        ),
+        (
+            {"guided_decoding_guide": text_array("{}")},
+            "[FIELD_VIOLATION] guided_decoding_guide_type: is required when",
+        ),
+    ],
+)
+def test_bad_guides_are_tagged_field_violations(
+    models: dict[str, Any], inputs: dict[str, NDArray[Any]], message: str
+) -> None:
+    request = facade_request("Hi", 8, **inputs)
+    models["ensemble"].execute([request])
+    response, flags = request.sender.responses.get(timeout=30)
+
+    assert flags & FINAL
+    assert response is not None
+    assert response.has_error()
+    assert response.error().message().startswith(message)
+    assert response.error().code == TritonError.INVALID_ARG
+
+
+def test_the_engine_model_refuses_a_guide_that_does_not_compile(
+    models: dict[str, Any], tokenizer: TextTokenizer
+) -> None:
+    before = models["tensorrt_llm"].engine.active
+    prompt = tokenizer.encode("Hi")
+    request = Request(
+        {
+            "input_ids": np.array([prompt], dtype=np.int32),
+            "request_output_len": scalar(8, np.int32),
+            "streaming": scalar(True, np.bool_),
+            **guided("ebnf_grammar", "root ::= nothing"),
+        }
+    )
+    models["tensorrt_llm"].execute([request])
+    (response,) = list(request.sender.stream())
+
+    assert response.has_error()
+    assert (
+        response.error()
+        .message()
+        .startswith(
+            "[FIELD_VIOLATION] guided_decoding_guide: invalid ebnf_grammar: EBNF parser error"
+        )
+    )
+    assert models["tensorrt_llm"].engine.active == before
+
+
+def test_the_seed_reaches_the_engine(models: dict[str, Any], tokenizer: TextTokenizer) -> None:
+    """The facade's `seed` goes to tensorrt_llm's `seed` (TensorRT-LLM v1.0's name): with it
+    lost, each request would draw a random seed and the texts would differ."""
+    prompt = chat(tokenizer, "Tell me a short story.")
+
+    def sampled(seed: int) -> str:
+        request = facade_request(
+            prompt,
+            16,
+            temperature=scalar(1.0, np.float32),
+            seed=scalar(seed, np.uint64),
+        )
+        models["ensemble"].execute([request])
+        return "".join(outputs(r)[0] for r in request.sender.stream())
+
+    assert sampled(5) == sampled(5)
+    assert sampled(5) != sampled(6)

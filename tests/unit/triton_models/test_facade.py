@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 from genai_triton import facade
+from genai_triton.guides import Guide
 from hypothesis import given
 from hypothesis import strategies as st
 from numpy.typing import NDArray
@@ -229,6 +230,97 @@ def test_bad_inputs_are_field_violations_naming_the_field(
     error = violation(arrays)
 
     assert error.message.startswith(message)
+    assert str(error).startswith(f"[FIELD_VIOLATION] {message}")
+
+
+SCHEMA = '{"type": "object", "properties": {"name": {"type": "string"}}}'
+
+
+@pytest.mark.parametrize(
+    ("arrays", "guide"),
+    [
+        ({}, None),
+        ({"guided_decoding_guide_type": text("")}, None),
+        ({"guided_decoding_guide_type": text(""), "guided_decoding_guide": text("")}, None),
+        ({"guided_decoding_guide_type": text("json")}, Guide("json")),
+        (
+            {"guided_decoding_guide_type": text("json"), "guided_decoding_guide": text("x")},
+            Guide("json"),  # a json guide needs no guide text and ignores one
+        ),
+        (
+            {
+                "guided_decoding_guide_type": text("json_schema"),
+                "guided_decoding_guide": text(SCHEMA),
+            },
+            Guide("json_schema", SCHEMA),
+        ),
+        (
+            {
+                "guided_decoding_guide_type": text("regex"),
+                "guided_decoding_guide": text(r"\d{3}"),
+            },
+            Guide("regex", r"\d{3}"),
+        ),
+        (
+            {
+                "guided_decoding_guide_type": text("ebnf_grammar"),
+                "guided_decoding_guide": text('root ::= "yes" | "no"'),
+            },
+            Guide("ebnf_grammar", 'root ::= "yes" | "no"'),
+        ),
+    ],
+)
+def test_the_guided_decoding_inputs_become_a_guide(
+    arrays: dict[str, NDArray[Any]], guide: Guide | None
+) -> None:
+    generation = facade.read_generation_request(request(**arrays))
+
+    assert generation.guide == guide
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        (
+            {"guided_decoding_guide_type": text("xml")},
+            "guided_decoding_guide_type: unknown guide type 'xml', expected one of json, "
+            "json_schema, regex, ebnf_grammar",
+        ),
+        (
+            {"guided_decoding_guide_type": text("JSON")},
+            "guided_decoding_guide_type: unknown guide type 'JSON'",
+        ),
+        (
+            {"guided_decoding_guide_type": text("json_schema")},
+            "guided_decoding_guide: is required for guide type json_schema (a JSON Schema)",
+        ),
+        (
+            {"guided_decoding_guide_type": text("regex"), "guided_decoding_guide": text(" ")},
+            "guided_decoding_guide: is required for guide type regex (a regular expression)",
+        ),
+        (
+            {"guided_decoding_guide_type": text("ebnf_grammar")},
+            "guided_decoding_guide: is required for guide type ebnf_grammar (an EBNF grammar)",
+        ),
+        (
+            {"guided_decoding_guide": text(SCHEMA)},
+            "guided_decoding_guide_type: is required when guided_decoding_guide is set",
+        ),
+        (
+            {"guided_decoding_guide_type": text("json", "regex")},
+            "guided_decoding_guide_type must hold one element, got 2",
+        ),
+        (
+            {"guided_decoding_guide_type": text("regex"), "guided_decoding_guide": text(b"\xff")},
+            "guided_decoding_guide is not valid UTF-8",
+        ),
+    ],
+)
+def test_malformed_guides_are_field_violations_naming_the_input(
+    arrays: dict[str, NDArray[Any]], message: str
+) -> None:
+    error = violation(request(**arrays))
+
     assert str(error).startswith(f"[FIELD_VIOLATION] {message}")
 
 

@@ -29,6 +29,8 @@ GENERATION_INPUTS = {
     "stop_words": (DataType.TYPE_STRING, [-1], True),
     "bad_words": (DataType.TYPE_STRING, [-1], True),
     "exclude_input_in_output": (DataType.TYPE_BOOL, [1], True),
+    "guided_decoding_guide_type": (DataType.TYPE_STRING, [1], True),
+    "guided_decoding_guide": (DataType.TYPE_STRING, [1], True),
 }
 GENERATION_OUTPUTS = {
     "text_output": (DataType.TYPE_STRING, [-1]),
@@ -44,7 +46,7 @@ def load(model: str) -> model_config_pb2.ModelConfig:
     return config
 
 
-@pytest.mark.parametrize("model", ["zero_llm"])
+@pytest.mark.parametrize("model", ["ensemble", "zero_llm"])
 def test_generation_models_expose_exactly_the_generation_facade(model: str) -> None:
     config = load(model)
 
@@ -89,3 +91,14 @@ def test_minilm_exposes_the_embedding_facade_with_dynamic_batching() -> None:
         (facade.EMBEDDING, DataType.TYPE_FP32, [384]),
         ("num_input_tokens", DataType.TYPE_INT32, [1]),
     ]
+
+
+def test_tensorrt_llm_takes_the_guide_and_the_seed_under_tensorrt_llm_names() -> None:
+    """The stand-in declares TensorRT-LLM v1.0's tensors: the facade passes the guided
+    decoding pair on unchanged, and the seed is `seed` (formerly `random_seed`)."""
+    inputs = {i.name: (i.data_type, list(i.dims), i.optional) for i in load("tensorrt_llm").input}
+
+    assert inputs["guided_decoding_guide_type"] == (DataType.TYPE_STRING, [1], True)
+    assert inputs["guided_decoding_guide"] == (DataType.TYPE_STRING, [1], True)
+    assert inputs["seed"] == (DataType.TYPE_UINT64, [1], True)
+    assert "random_seed" not in inputs

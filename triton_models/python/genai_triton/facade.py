@@ -19,6 +19,9 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from genai_triton import guides
+from genai_triton.guides import Guide, GuideError
+
 T = TypeVar("T")
 D = TypeVar("D")
 
@@ -38,6 +41,8 @@ SEED = "seed"
 STOP_WORDS = "stop_words"
 BAD_WORDS = "bad_words"
 EXCLUDE_INPUT_IN_OUTPUT = "exclude_input_in_output"
+GUIDED_DECODING_GUIDE_TYPE = guides.GUIDE_TYPE
+GUIDED_DECODING_GUIDE = guides.GUIDE
 GENERATION_INPUTS = (
     TEXT_INPUT,
     MAX_TOKENS,
@@ -54,6 +59,8 @@ GENERATION_INPUTS = (
     STOP_WORDS,
     BAD_WORDS,
     EXCLUDE_INPUT_IN_OUTPUT,
+    GUIDED_DECODING_GUIDE_TYPE,
+    GUIDED_DECODING_GUIDE,
 )
 
 # Outputs.
@@ -155,6 +162,11 @@ def read_text(arrays: Mapping[str, NDArray[Any]], name: str = TEXT_INPUT) -> str
     return texts[0]
 
 
+def read_optional_text(arrays: Mapping[str, NDArray[Any]], name: str) -> str | None:
+    """An optional string input holding exactly one element; None when it is absent."""
+    return read_text(arrays, name) if name in arrays else None
+
+
 def read_words(arrays: Mapping[str, NDArray[Any]], name: str) -> tuple[str, ...]:
     """An optional word list (`[1, n]`); empty strings are dropped, absent gives ()."""
     if name not in arrays:
@@ -196,6 +208,9 @@ class GenerationRequest:
     exclude_input_in_output: bool = False
     """Absent means false, as in TensorRT-LLM: the prompt is prepended to a non-streamed
     output. InferenceService always sends true."""
+    guide: Guide | None = None
+    """What the output must match (`guided_decoding_guide_type` and `guided_decoding_guide`);
+    None: unconstrained."""
 
 
 def read_generation_request(arrays: Mapping[str, NDArray[Any]]) -> GenerationRequest:
@@ -223,9 +238,23 @@ def read_generation_request(arrays: Mapping[str, NDArray[Any]]) -> GenerationReq
         stop_words=read_words(arrays, STOP_WORDS),
         bad_words=read_words(arrays, BAD_WORDS),
         exclude_input_in_output=read_scalar(arrays, EXCLUDE_INPUT_IN_OUTPUT, bool, False),
+        guide=read_request_guide(arrays),
     )
     _check_sampling(request)
     return request
+
+
+def read_request_guide(arrays: Mapping[str, NDArray[Any]]) -> Guide | None:
+    """The guided decoding inputs as a `Guide` (None: unconstrained); a malformed pair is a
+    `FacadeError(FIELD_VIOLATION, "<input>: <why>")`. Whether the guide compiles is the
+    engine's to say."""
+    try:
+        return guides.read_guide(
+            read_optional_text(arrays, GUIDED_DECODING_GUIDE_TYPE),
+            read_optional_text(arrays, GUIDED_DECODING_GUIDE),
+        )
+    except GuideError as error:
+        raise FacadeError(FIELD_VIOLATION, str(error)) from None
 
 
 def _check_sampling(request: GenerationRequest) -> None:

@@ -8,10 +8,13 @@ imports Triton and is unit-tested with a stand-in.
 - `EngineModel` (`tensorrt_llm`, decoupled, one instance): the TensorRT-LLM stand-in.
   `execute` hands each request to the in-flight batcher and returns at once; the engine thread
   streams through each request's response sender (`output_ids` of the step, or all of them at
-  the end when `streaming` is false, `sequence_length`, `finish_reason`). A request with
-  `stop=true` and the `request_id` of a running one cancels it (TensorRT-LLM's way, which
-  BLS callers need); a poller checks `response_sender.is_cancelled()` of every running request
-  each `cancellation_check_period_ms`. Metrics: `genai_llm_requests_total`,
+  the end when `streaming` is false, `sequence_length`, `finish_reason`). Guided decoding
+  (`guided_decoding_guide_type`, `guided_decoding_guide`) compiles with xgrammar off the
+  engine thread; a guide that does not compile ends the request with a `[FIELD_VIOLATION]`
+  error. A request with `stop=true` and the `request_id` of a running one cancels it
+  (TensorRT-LLM's way, which BLS callers need); a poller checks
+  `response_sender.is_cancelled()` of every running request each
+  `cancellation_check_period_ms`. Metrics: `genai_llm_requests_total`,
   `genai_llm_requests_cancelled_total`, `genai_llm_output_tokens_total`,
   `genai_llm_requests_in_flight`, `genai_llm_active_sequences`, `genai_llm_waiting_requests`.
 - `PostprocessingModel` (`postprocessing`): `TOKENS_BATCH` + `SEQUENCE_LENGTH` -> `OUTPUT`,
@@ -38,7 +41,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from genai_triton import facade
+from genai_triton import facade, guides
 
 # Names of the models and of their tensors (TensorRT-LLM's, plus three extensions marked *).
 PREPROCESSING = "preprocessing"
@@ -71,7 +74,9 @@ TEMPERATURE = "temperature"
 REPETITION_PENALTY = "repetition_penalty"
 PRESENCE_PENALTY = "presence_penalty"
 FREQUENCY_PENALTY = "frequency_penalty"
-RANDOM_SEED = "random_seed"
+SEED = "seed"
+GUIDED_DECODING_GUIDE_TYPE = guides.GUIDE_TYPE
+GUIDED_DECODING_GUIDE = guides.GUIDE
 STOP_WORDS_LIST = "stop_words_list"
 BAD_WORDS_LIST = "bad_words_list"
 OUTPUT_IDS = "output_ids"
@@ -269,7 +274,9 @@ class EngineModel:
     steps, 0: all CPUs), `prefill_threads` (torch threads of prompts, 0: all CPUs),
     `kv_cache_reuse_tokens` (prompt tokens kept for reuse by prompts with the same start,
     default 4096, 0: off),
-    `linear_backend` (`onednn` or `mkl`), `model_dir` (default: the prepared SmolLM2)."""
+    `linear_backend` (`onednn` or `mkl`), `model_dir` (default: the prepared SmolLM2).
+    Guided decoding uses xgrammar over the model's `tokenizer.json`, with one compilation
+    thread and the last 64 compiled guides kept."""
 
     def __init__(self, pb_utils: Any) -> None:
         self.pb = pb_utils
@@ -277,6 +284,7 @@ class EngineModel:
     def initialize(self, args: dict[str, Any]) -> None:
         check_stub_environment()
         from genai_triton.engine import Engine, load_model
+        from genai_triton.engine.guided import Grammars
         from genai_triton.tokenization import TextTokenizer
 
         parameters = config_parameters(args)
@@ -290,6 +298,12 @@ class EngineModel:
         threads = _int_parameter(parameters, "threads", 0) or cpus
         prefill_threads = _int_parameter(parameters, "prefill_threads", 0) or cpus
         max_len = _int_parameter(parameters, "max_seq_len", 0) or None
+        eos = self.tokenizer.eos_id
+        self.grammars = Grammars.for_tokenizer(
+            directory / "tokenizer.json",
+            vocab_size=model.config.vocab_size,
+            stop_ids=[] if eos is None else [eos],
+        )
         self.engine = Engine(
             model,
             slots=_int_parameter(parameters, "max_num_sequences", 16),
@@ -299,6 +313,7 @@ class EngineModel:
             threads=threads,
             prefill_threads=prefill_threads,
             prefix_cache_tokens=_int_parameter(parameters, "kv_cache_reuse_tokens", 4096),
+            grammars=self.grammars,
         )
         self.period = _int_parameter(parameters, "cancellation_check_period_ms", 20) / 1000
         self._running: dict[str, _Running] = {}  # engine id -> request
@@ -361,6 +376,7 @@ class EngineModel:
     def _start(self, request: Any) -> None:
         from genai_triton.engine import (
             ContextLengthExceededError,
+            EngineError,
             EngineRequest,
             InvalidRequestError,
             SamplingParams,
@@ -385,6 +401,18 @@ class EngineModel:
         prompt = [int(t) for t in input_ids.reshape(-1).tolist()]
         length = _scalar(_optional(pb, request, INPUT_LENGTHS), int, len(prompt))
         prompt = prompt[: max(0, length)]
+        try:
+            guide = guides.read_guide(
+                _text(_optional(pb, request, GUIDED_DECODING_GUIDE_TYPE)),
+                _text(_optional(pb, request, GUIDED_DECODING_GUIDE)),
+            )
+        except guides.GuideError as error:
+            _send(pb, sender, _error(pb, facade.FIELD_VIOLATION, str(error)), True)
+            return
+        except UnicodeDecodeError:
+            message = "the guided decoding inputs are not valid UTF-8"
+            _send(pb, sender, _error(pb, facade.FIELD_VIOLATION, message), True)
+            return
         stop_lists = _optional(pb, request, STOP_WORDS_LIST)
         stop_sequences = parse_word_list(stop_lists) if stop_lists is not None else []
         bad_lists = _optional(pb, request, BAD_WORDS_LIST)
@@ -396,7 +424,7 @@ class EngineModel:
             repetition_penalty=_scalar(_optional(pb, request, REPETITION_PENALTY), float, 1.0),
             presence_penalty=_scalar(_optional(pb, request, PRESENCE_PENALTY), float, 0.0),
             frequency_penalty=_scalar(_optional(pb, request, FREQUENCY_PENALTY), float, 0.0),
-            seed=_scalar(_optional(pb, request, RANDOM_SEED), int, None),
+            seed=_scalar(_optional(pb, request, SEED), int, None),
         )
         engine_request = EngineRequest(
             prompt_ids=prompt,
@@ -406,6 +434,7 @@ class EngineModel:
             stop_sequences=stop_sequences,
             stop_strings=[self.tokenizer.decode(s) for s in stop_sequences],
             bad_words=parse_word_list(bad_lists) if bad_lists is not None else [],
+            guide=guide,
         )
         engine_id = f"{triton_id or 'request'}-{uuid.uuid4().hex[:12]}"
         running = _Running(
@@ -427,6 +456,9 @@ class EngineModel:
         except InvalidRequestError as error:
             self._forget(running)
             _send(pb, sender, _error(pb, facade.FIELD_VIOLATION, str(error)), True)
+        except EngineError as error:
+            self._forget(running)
+            _send(pb, sender, _error(pb, facade.INTERNAL_ERROR, str(error)), True)
         self._update_gauges()
 
     def _forget(self, running: _Running) -> None:
@@ -443,6 +475,11 @@ class EngineModel:
         if running is None:
             return
         finished = update.finish_reason is not None
+        if update.error is not None:
+            self._forget(running)
+            self._update_gauges()
+            _send(self.pb, running.sender, _engine_error(self.pb, update.error), True)
+            return
         if update.token_ids:
             self.m_tokens.increment(len(update.token_ids))
         if running.streaming:
@@ -493,6 +530,7 @@ class EngineModel:
     def finalize(self) -> None:
         self._stopping.set()
         self.engine.stop()
+        self.grammars.close()
         # Metrics go before their families (the Python backend requires that order).
         del self.m_requests, self.m_cancelled, self.m_tokens
         del self.m_in_flight, self.m_active, self.m_waiting
@@ -672,7 +710,12 @@ class FacadeModel:
             pb.Tensor(BAD_WORDS_LIST, bad_lists.astype(np.int32)),
         ]
         if generation.seed is not None:
-            inputs.append(scalar(RANDOM_SEED, generation.seed, np.uint64))
+            inputs.append(scalar(SEED, generation.seed, np.uint64))
+        if generation.guide is not None:
+            inputs.append(
+                pb.Tensor(GUIDED_DECODING_GUIDE_TYPE, _text_tensor(generation.guide.type))
+            )
+            inputs.append(pb.Tensor(GUIDED_DECODING_GUIDE, _text_tensor(generation.guide.text)))
         responses = pb.InferenceRequest(
             model_name=ENGINE,
             request_id=state.engine_request_id,
@@ -775,6 +818,29 @@ class FacadeModel:
             for state in active:
                 self._stop(state)
             time.sleep(0.05)
+
+
+def _text(array: NDArray[Any] | None) -> str | None:
+    """The first element of an optional string input; None when it is absent or empty."""
+    if array is None or array.size == 0:
+        return None
+    value = array.reshape(-1)[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _text_tensor(text: str) -> NDArray[Any]:
+    return np.array([[text.encode("utf-8")]], dtype=np.object_)
+
+
+def _engine_error(pb_utils: Any, error: Exception) -> Any:
+    """The error response of a request the engine failed after accepting it."""
+    from genai_triton.engine import ContextLengthExceededError, InvalidRequestError
+
+    if isinstance(error, InvalidRequestError):
+        return _error(pb_utils, facade.FIELD_VIOLATION, str(error))
+    if isinstance(error, ContextLengthExceededError):
+        return _error(pb_utils, facade.CONTEXT_LENGTH_EXCEEDED, str(error))
+    return _error(pb_utils, facade.INTERNAL_ERROR, str(error))
 
 
 def _first_text(array: NDArray[Any]) -> str:

@@ -14,7 +14,10 @@ Behaviour (deterministic, independent of sampling inputs):
   stop word, not the end token. Streamed text that might be the start of a stop word is held
   back until it is known not to be (that step's response then has empty text).
 - Sampling inputs (`temperature`, `top_k`, `top_p`, penalties, `seed`) are validated and
-  otherwise ignored; so are `pad_id` and `bad_words`.
+  otherwise ignored; so are `pad_id` and `bad_words`, and the guided decoding pair
+  (`guided_decoding_guide_type`, `guided_decoding_guide`): a malformed pair (unknown type,
+  missing guide, guide without a type) is refused like on the real models, but the guide is
+  neither compiled nor followed.
 - `exclude_input_in_output` false or absent (as TensorRT-LLM) and `stream=false`: the prompt is
   prepended to `text_output`.
 - Pace: `token_interval_us` microseconds before each token, from the request parameter of

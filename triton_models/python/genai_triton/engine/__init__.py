@@ -1,5 +1,6 @@
 """The CPU generation engine: a Llama forward in plain torch with a slot-based KV cache and an
-in-flight batcher (`Engine`). Importable without Triton."""
+in-flight batcher (`Engine`). Importable without Triton. Guided decoding lives in
+`genai_triton.engine.guided` (`Grammars`), imported only by who sets it up: it loads xgrammar."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from genai_triton.engine.prefix_cache import PrefixCache
 from genai_triton.engine.sampling import SamplingParams, SequenceSampler
 from genai_triton.engine.scheduler import (
     FINISH_CANCELLED,
+    FINISH_ERROR,
     FINISH_LENGTH,
     FINISH_STOP,
     FINISH_STOP_WORDS,
@@ -21,6 +23,7 @@ from genai_triton.engine.scheduler import (
 
 __all__ = [
     "FINISH_CANCELLED",
+    "FINISH_ERROR",
     "FINISH_LENGTH",
     "FINISH_STOP",
     "FINISH_STOP_WORDS",

@@ -7,14 +7,24 @@ One thread owns the model and the KV cache and loops:
 3. prefill: run at most `prefill_chunk` prompt tokens of the sequences that are being
    prefilled (a long prompt takes several turns, so running streams keep their pace); a
    sequence whose prompt is done samples its first token and joins the batch;
-4. decode: one batched forward for every sequence in the batch, then per sequence: penalties
-   and banned words, a greedy or seeded choice, the stop conditions (end id, stop token
-   sequences, stop strings on the decoded text, max tokens, the cache length), and an
-   `Update` delivered to the request's callback (from this thread: callbacks must be quick).
+4. decode: one batched forward for every sequence in the batch, then per sequence: the
+   grammar's mask (guided decoding), penalties and banned words, a greedy or seeded choice,
+   the stop conditions (end id, stop token sequences, stop strings on the decoded text, max
+   tokens, the cache length, a complete grammar), and an `Update` delivered to the request's
+   callback (from this thread: callbacks must be quick).
 
-Finish reasons: `stop` (the end id; it is not part of the output), `stop_words` (a stop token
-sequence or stop string appeared; the tokens that made it are part of the output, the text is
-cut by the detokenizer), `length` (max tokens) and `cancelled`.
+Finish reasons: `stop` (the end id, or a grammar that allows nothing more; the end id is not
+part of the output), `stop_words` (a stop token sequence or stop string appeared; the tokens
+that made it are part of the output, the text is cut by the detokenizer), `length` (max
+tokens), `cancelled`, and `error` (the request failed after `submit` returned, e.g. its guide
+does not compile; `Update.error` says why).
+
+Guided decoding (a request with a `guide`, an engine with `Grammars`): the guide is compiled
+and the sequence's `Constraint` made on the grammars' pool, off this thread; the sequence
+joins the waiting line when that is done. At each step the tokens that would leave the grammar
+get -inf before penalties, bans and the choice (when bans leave no token, the grammar wins);
+the chosen token advances the grammar, and once the grammar allows nothing but the end token
+the sequence ends with `stop`. Unconstrained sequences never touch any of it.
 
 `Engine.run_once()` is one pass of that loop, so tests can drive the batcher step by step
 without the thread.
@@ -32,16 +42,23 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from genai_triton.engine.model import KVCache, LlamaModel
 from genai_triton.engine.prefix_cache import PrefixCache
 from genai_triton.engine.sampling import SamplingParams, SequenceSampler
+from genai_triton.guides import GUIDE_TYPE, Guide, GuideError, read_guide
+
+if TYPE_CHECKING:
+    from genai_triton.engine.guided import Constraint, Grammars
 
 __all__ = [
     "FINISH_CANCELLED",
+    "FINISH_ERROR",
     "FINISH_LENGTH",
     "FINISH_STOP",
     "FINISH_STOP_WORDS",
@@ -57,6 +74,7 @@ FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
 FINISH_STOP_WORDS = "stop_words"
 FINISH_CANCELLED = "cancelled"
+FINISH_ERROR = "error"
 
 _log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -99,6 +117,8 @@ class EngineRequest:
     `decode`); they match across token boundaries."""
     bad_words: Sequence[Sequence[int]] = ()
     """Token sequences never generated."""
+    guide: Guide | None = None
+    """What the output must match (guided decoding); None: unconstrained."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +133,8 @@ class Update:
     num_input_tokens: int
     finish_reason: str | None = None
     """None while the request runs; set on its last update."""
+    error: EngineError | None = None
+    """Why the request failed (finish reason `error`)."""
 
     @property
     def finished(self) -> bool:
@@ -127,6 +149,7 @@ class _Sequence:
         "callback",
         "cancelled",
         "closed",
+        "constraint",
         "delivery",
         "generated",
         "length",
@@ -165,6 +188,8 @@ class _Sequence:
         self.max_stop_chars = max((len(s) for s in request.stop_strings), default=0)
         self.stop_search_from = 0
         self.submitted = time.monotonic()
+        self.constraint: Constraint | None = None
+        """The grammar state of a guided sequence, set before it joins the waiting line."""
 
 
 class Engine:
@@ -178,7 +203,9 @@ class Engine:
     short and bound by memory, so where other processes share the cores (Triton, its Python
     stubs, a client) one decoding thread avoids stalls at OpenMP barriers.
     `prefix_cache_tokens`: prompt tokens whose keys/values are kept for reuse by later prompts
-    that start the same way (`PrefixCache`; 0 turns reuse off).
+    that start the same way (`PrefixCache`; 0 turns reuse off). `grammars`: compiles the guides
+    of guided requests (`genai_triton.engine.guided.Grammars`, for the model's vocabulary);
+    None: guided requests are refused.
     """
 
     def __init__(
@@ -192,6 +219,7 @@ class Engine:
         threads: int | None = None,
         prefill_threads: int | None = None,
         prefix_cache_tokens: int = 4096,
+        grammars: Grammars | None = None,
     ) -> None:
         limit = model.config.max_position_embeddings
         max_len = limit if max_len is None else max_len
@@ -209,6 +237,11 @@ class Engine:
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self._decode_text = decode
         self._vocab = model.config.vocab_size
+        if grammars is not None and grammars.vocab_size != self._vocab:
+            raise ValueError(
+                f"the grammars are for {grammars.vocab_size} tokens, the model has {self._vocab}"
+            )
+        self._grammars = grammars
         self._inbox: queue.SimpleQueue[tuple[str, _Sequence | None]] = queue.SimpleQueue()
         self._wakeup = threading.Event()
         self._waiting: deque[_Sequence] = deque()
@@ -245,6 +278,15 @@ class Engine:
             raise InvalidRequestError(problem.split(" ", 1)[0], problem)
         if request.stop_strings and self._decode_text is None:
             raise InvalidRequestError("stop_words", "this engine cannot match stop strings")
+        if request.guide is not None:
+            if self._grammars is None:
+                raise InvalidRequestError(
+                    GUIDE_TYPE, f"{GUIDE_TYPE}: this engine has no guided decoding"
+                )
+            try:
+                read_guide(request.guide.type, request.guide.text)
+            except GuideError as error:
+                raise InvalidRequestError(error.field, str(error)) from None
         if prompt + request.max_tokens > self.max_len:
             raise ContextLengthExceededError(prompt, request.max_tokens, self.max_len)
 
@@ -261,9 +303,34 @@ class Engine:
             if request_id in self._known:
                 raise InvalidRequestError("request_id", f"request {request_id} is running")
             self._known[request_id] = sequence
+        if request.guide is not None and self._grammars is not None:
+            stop_ids = None if request.end_id is None else [request.end_id]
+            try:
+                prepared = self._grammars.prepare(request.guide, stop_ids)
+            except RuntimeError as error:  # the pool is shut down: the engine is stopping
+                with self._lock:
+                    self._known.pop(request_id, None)
+                raise EngineError(f"guided decoding is not available: {error}") from None
+            prepared.add_done_callback(lambda done: self._prepared(sequence, done))
+            return request_id
         self._inbox.put(("submit", sequence))
         self._wakeup.set()
         return request_id
+
+    def _prepared(self, sequence: _Sequence, prepared: Future[Constraint]) -> None:
+        """A guided sequence's constraint is ready (on the grammars' pool, or at once): the
+        sequence joins the waiting line, or fails with its guide's error."""
+        try:
+            sequence.constraint = prepared.result()
+        except GuideError as error:
+            self._close(sequence, FINISH_ERROR, (), InvalidRequestError(error.field, str(error)))
+            return
+        except BaseException as error:  # cancelled by a shutdown, or a bug in xgrammar
+            _log.error("guided decoding of %s failed: %r", sequence.request_id, error)
+            self._close(sequence, FINISH_ERROR, (), EngineError(f"guided decoding failed: {error}"))
+            return
+        self._inbox.put(("submit", sequence))
+        self._wakeup.set()
 
     def cancel(self, request_id: str) -> bool:
         """Stops a request: its last update (finish reason `cancelled`) is delivered now, from
@@ -361,7 +428,8 @@ class Engine:
                 self._prefill_turn()
             if self._decoding:
                 self._decode_step()
-        return bool(self._known) or bool(self._waiting) or self.active > 0
+        # Sequences whose guide is being compiled are not work yet: they arrive by the inbox.
+        return not self._inbox.empty() or bool(self._waiting) or self.active > 0
 
     def _intake(self) -> None:
         while True:
@@ -453,7 +521,9 @@ class Engine:
         simple = [
             slot
             for slot, s in sequences
-            if s.sampler.params.greedy and not s.sampler.needs_logits_processing
+            if s.sampler.params.greedy
+            and not s.sampler.needs_logits_processing
+            and s.constraint is None
         ]
         greedy: dict[int, int] = {}
         if simple:
@@ -471,7 +541,16 @@ class Engine:
 
     def _choose(self, sequence: _Sequence, logits: torch.Tensor) -> int:
         sampler = sequence.sampler
-        if sampler.needs_logits_processing:
+        constraint = sequence.constraint
+        if constraint is not None:
+            logits = logits.clone()
+            constraint.apply(logits)
+            if sampler.needs_logits_processing:
+                allowed = logits.clone()
+                sampler.process(logits)
+                if bool(torch.isneginf(logits).all()):  # bans forbid all the grammar allows
+                    logits = allowed
+        elif sampler.needs_logits_processing:
             logits = logits.clone()
             sampler.process(logits)
         if sampler.params.greedy:
@@ -481,9 +560,21 @@ class Engine:
     def _accept(self, sequence: _Sequence, token: int) -> None:
         """Adds the chosen token and applies the stop conditions."""
         request = sequence.request
-        if request.end_id is not None and token == request.end_id:
+        constraint = sequence.constraint
+        if (request.end_id is not None and token == request.end_id) or (
+            constraint is not None and token in constraint.stop_ids
+        ):
             self._release(sequence)
             self._finish(sequence, FINISH_STOP, ())
+            return
+        if constraint is not None and not constraint.advance(token):
+            # The mask allowed it, so the grammar and its mask disagree: end, do not go astray.
+            self._finish(
+                sequence,
+                FINISH_ERROR,
+                (),
+                EngineError(f"the grammar rejected token {token} that its mask allowed"),
+            )
             return
         sequence.generated.append(token)
         sequence.sampler.observe(token)
@@ -494,6 +585,8 @@ class Engine:
             reason = FINISH_STOP_WORDS
         elif len(sequence.generated) >= request.max_tokens or sequence.length + 1 > self.max_len:
             reason = FINISH_LENGTH
+        elif constraint is not None and constraint.complete:
+            reason = FINISH_STOP
         if reason is not None:
             self._release(sequence)
             self._finish(sequence, reason, (token,))
@@ -531,12 +624,24 @@ class Engine:
             heapq.heappush(self._free_slots, sequence.slot)
             sequence.slot = -1
 
-    def _finish(self, sequence: _Sequence, reason: str, tokens: tuple[int, ...]) -> None:
+    def _finish(
+        self,
+        sequence: _Sequence,
+        reason: str,
+        tokens: tuple[int, ...],
+        error: EngineError | None = None,
+    ) -> None:
         """Ends a sequence on the engine thread: frees its slot and sends its last update."""
         self._release(sequence)
-        self._close(sequence, reason, tokens)
+        self._close(sequence, reason, tokens, error)
 
-    def _close(self, sequence: _Sequence, reason: str, tokens: tuple[int, ...]) -> None:
+    def _close(
+        self,
+        sequence: _Sequence,
+        reason: str,
+        tokens: tuple[int, ...],
+        error: EngineError | None = None,
+    ) -> None:
         """Delivers the last update once (from any thread)."""
         with sequence.delivery:
             if sequence.closed:
@@ -551,6 +656,7 @@ class Engine:
                     len(sequence.generated),
                     len(sequence.request.prompt_ids),
                     reason,
+                    error,
                 ),
             )
             sequence.closed = True

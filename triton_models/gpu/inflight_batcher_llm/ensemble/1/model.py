@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from decoding import RequestDecoder, parse_word_list
+from decoding import RequestDecoder, guide_problem, parse_word_list
 from transformers import AutoTokenizer
 
 PREPROCESSING = "preprocessing"
@@ -70,6 +70,8 @@ TENSORRT_LLM_INPUTS = {
     "presence_penalty": ("request", "presence_penalty"),
     "frequency_penalty": ("request", "frequency_penalty"),
     "seed": ("request", "seed"),
+    "guided_decoding_guide_type": ("request", "guided_decoding_guide_type"),
+    "guided_decoding_guide": ("request", "guided_decoding_guide"),
 }
 """tensorrt_llm input -> (where from, tensor name): a preprocessing output, or a facade input
 passed as the client sent it (skipped when absent)."""
@@ -219,6 +221,12 @@ class TritonPythonModel:
             if "exclude_input_in_output" in facade
             else False
         )
+        problem = guide_problem(
+            _text(facade.get("guided_decoding_guide_type", np.array([b""])).reshape(-1)[0]),
+            _text(facade.get("guided_decoding_guide", np.array([b""])).reshape(-1)[0]),
+        )
+        if problem:
+            raise RequestError(FIELD_VIOLATION, problem)
         pre = await self._preprocess(facade)
         input_length = int(pre["REQUEST_INPUT_LEN"].item())
         prompt = [] if streaming or exclude else pre["INPUT_ID"][0, :input_length].tolist()
@@ -343,10 +351,11 @@ class _Stopper:
             return
         self._stopped = True
         cancel = getattr(self.responses.source, "cancel", None)
-        if cancel is not None:  # Python backend >= 24.11: cancels the BLS request
+        if cancel is not None:  # the Python backend of Triton 25.04 and later
             cancel()
             return
-        # Older: the tensorrtllm backend stops the running request with the same request id.
+        # Before 25.04 the BLS iterator has no cancel(): the tensorrtllm backend stops the
+        # running request with the same request id.
         stop = pb_utils.Tensor("stop", np.array([[True]], dtype=np.bool_))
         try:
             stopper = await pb_utils.InferenceRequest(
