@@ -15,6 +15,7 @@ BENCHMARKS: Final[dict[str, str]] = {
     "inference": "InferenceService vs direct Triton streams (zero_llm); SmolLM2 vs transformers",
     "replicas": "two replicas of each service over PostgreSQL and Redis, SIGKILLs under load",
     "router": "routing decision cost with a 20-model catalog, in process and over gRPC",
+    "structured": "extract-invoice on SmolLM2 with and without constrained decoding",
 }
 """Each benchmark's name (its module in this package) and what it measures, in one line."""
 

@@ -14,7 +14,10 @@
    length limit cancels the backend's generation at once;
 5. validate the output against the version's JSON schema, with one repair attempt when the
    version asks for it (such outputs are held back until they validate, since streamed text
-   cannot be taken back);
+   cannot be taken back). The schema also goes to InferenceService as the request's output
+   constraint, for the candidates whose model decodes under one (`GuidedDecodingBook`), so
+   that the output matches by construction; the check and the repair stay as the safety net
+   (for outputs cut short, and for models that cannot be constrained);
 6. store the request-log record (group-committed with other requests' records), settle the
    quota with the real usage, then send `final` with prompt version, model, backend, usage,
    cost at catalog prices, TTFT, total time, attempts and what processing did: a caller that
@@ -42,11 +45,12 @@ Without a `request_id` the gateway makes one up and touches no idempotency store
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -71,7 +75,7 @@ from services.common.errors import (
     ResourceExhausted,
     Unimplemented,
 )
-from services.common.status import STATUS_CODES, remote_error
+from services.common.status import remote_error, status_code_of
 from services.common.wire import decimal_amount, duration, money
 from services.evaluation.core.online import FeedbackRecord, OnlineEvaluator, OnlineRecord
 from services.gateway.core.idempotency import (
@@ -95,7 +99,7 @@ from services.gateway.core.quota import QuotaLimiter, Reservation, Usage
 from services.gateway.core.request_log import RequestLogRecord, RequestLogSink
 from services.gateway.core.tenants import TenantQuota
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.tenancy import PriceBook, TenantDirectory
+from services.gateway.tenancy import GuidedDecodingBook, PriceBook, TenantDirectory
 from services.prompt.client import RenderedPrompt
 from services.router.failover import RoutedGenerator, RoutedStream
 from services.router.preferences import merge_preferences
@@ -114,6 +118,9 @@ EXPERIMENT_CACHE_S: Final = 5.0
 RECENT_REQUESTS: Final = 10_000
 IDEMPOTENCY_SCOPE: Final = "completion"
 """The idempotency scope of Complete and StreamComplete (a retry of one may be the other)."""
+MAX_CONSTRAINT_SCHEMA_BYTES: Final = 64 * 1024
+"""The contract's limit on `OutputConstraint.json_schema` (compact JSON): a larger output
+schema is checked, but does not constrain decoding."""
 
 _PII_KINDS: Final = {
     prompt_pb2.PII_KIND_EMAIL: PiiKind.EMAIL,
@@ -180,6 +187,8 @@ class _Outcome:
     reservation: Reservation | None = None
     logged: bool = False
     """The request-log record was handed over already (before `final`)."""
+    schema_result: str = ""
+    """The output schema check: `valid`, `repaired` or `invalid`; empty: none ran."""
     claim: Claim | None = None
     """The request's idempotency claim, until its outcome is stored (None: there is none)."""
 
@@ -194,6 +203,11 @@ class _Outcome:
             total.input_tokens += routed.usage.input_tokens
             total.output_tokens += routed.usage.output_tokens
         return total
+
+    @property
+    def constrained(self) -> bool:
+        """Whether the first generation decoded under the output schema."""
+        return bool(self.routed) and self.routed[0].constrained
 
     @property
     def model(self) -> str:
@@ -229,10 +243,13 @@ class CompletionEngine:
         experiments: Any = None,
         online: OnlineEvaluator | None = None,
         idempotency: Idempotency | None = None,
+        guided_decoding: GuidedDecodingBook | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._generator = generator
+        self._guided = guided_decoding
+        """Which models decode under an output schema (None: the gateway never asks)."""
         self._directory = directory
         self._prices = prices
         self._quota = quota
@@ -367,6 +384,9 @@ class CompletionEngine:
                 parameters=parameters,
                 request_id=outcome.request_id,
             )
+            if self._guided is not None and _constrains(config):
+                assert rendered.output_schema is not None  # _constrains: there is a schema
+                generation.constraint.json_schema.CopyFrom(rendered.output_schema)
             with self._tracer.start_as_current_span(
                 f"chat {first.model}", kind=trace.SpanKind.CLIENT
             ) as span:
@@ -406,6 +426,9 @@ class CompletionEngine:
                     )  # fmt: skip
                     async for _held in held:  # emit=False: nothing comes out, text is kept
                         raise RuntimeError("a held-back generation emitted text") from None
+                if config.output_schema is not None:
+                    outcome.schema_result = "repaired" if summary.repaired else "valid"
+                summary.constrained_decoding = outcome.constrained
                 if hold:
                     outcome.first_token = outcome.first_token or self._clock()
                     yield Response(delta=gateway_pb2.TextDelta(text=result.text))
@@ -418,7 +441,10 @@ class CompletionEngine:
                 await self._store_outcome(outcome, outcome.claim, result.text, final)
             yield Response(final=final)
         except DomainError as error:
-            outcome.code = STATUS_CODES.get(type(error), grpc.StatusCode.INTERNAL)
+            # The nearest mapped class: OUTPUT_SCHEMA_VIOLATION is a FailedPrecondition.
+            outcome.code = status_code_of(error) or grpc.StatusCode.INTERNAL
+            if isinstance(error, OutputSchemaViolation):
+                outcome.schema_result = "invalid"
             raise
         except asyncio.CancelledError:
             outcome.code = grpc.StatusCode.CANCELLED
@@ -663,6 +689,7 @@ class CompletionEngine:
             time_left=_left(deadline, self._clock),
             decision=decision,
             metadata=caller.metadata,
+            constrains=self._constrainable(caller) if generation.HasField("constraint") else None,
         )
         try:
             async with contextlib.aclosing(messages):
@@ -705,6 +732,16 @@ class CompletionEngine:
         summary.schema_valid = config.output_schema is not None
         result.text = "".join(parts)
         result.finish = finish
+
+    def _constrainable(self, caller: Caller) -> Callable[[str], Awaitable[bool]]:
+        """Whether a candidate model decodes under the output schema."""
+        guided = self._guided
+        assert guided is not None  # only requests with a constraint ask
+
+        async def constrains(model: str) -> bool:
+            return await guided.supports(model, caller.metadata)
+
+        return constrains
 
     def _sent(self, outcome: _Outcome) -> None:
         now = self._clock()
@@ -838,6 +875,10 @@ class CompletionEngine:
         error_type = "" if outcome.code == grpc.StatusCode.OK else outcome.code.name
         self._metrics.operation_duration.labels("chat", model, error_type).observe(elapsed)
         self._metrics.requests.labels(caller.tenant_id, caller.method, outcome.code.name).inc()
+        if outcome.schema_result:
+            self._metrics.output_schema_checks.labels(
+                model, "true" if outcome.constrained else "false", outcome.schema_result
+            ).inc()
         if outcome.routed:
             self._metrics.token_usage.labels("chat", model, "input").observe(usage.input_tokens)
             self._metrics.token_usage.labels("chat", model, "output").observe(usage.output_tokens)
@@ -933,6 +974,7 @@ class CompletionEngine:
             usage=outcome.usage,
             cost=money(outcome.cost, outcome.currency),
             total_duration=duration(elapsed),
+            processing=gateway_pb2.ProcessingSummary(constrained_decoding=outcome.constrained),
         )
         usage = outcome.usage
         return RequestLogRecord(
@@ -1110,6 +1152,16 @@ def processing_config(
     )
 
 
+def _constrains(config: ProcessingConfig) -> bool:
+    """Whether the output schema can go to InferenceService as an output constraint (it is
+    within the contract's size limit)."""
+    schema = config.output_schema
+    if schema is None:
+        return False
+    size = len(json.dumps(schema, separators=(",", ":"), ensure_ascii=False).encode())
+    return size <= MAX_CONSTRAINT_SCHEMA_BYTES
+
+
 def _repairs(rendered: RenderedPrompt) -> bool:
     processing = rendered.processing
     return processing is not None and processing.repair_invalid_json
@@ -1166,5 +1218,6 @@ def _response_attributes(
             "genai.backend.id": final.backend_id,
             "genai.cost": float(outcome.cost),
             "genai.attempts": len(final.attempts),
+            "genai.constrained_decoding": final.processing.constrained_decoding,
         }
     )

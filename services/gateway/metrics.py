@@ -108,6 +108,15 @@ class GatewayMetrics:
             "failed, or the claim lapsed); a retry of one runs again.",
             registry=registry,
         )
+        self.output_schema_checks = Counter(
+            "genai_gateway_output_schema_checks",
+            "Outputs checked against their prompt version's output schema, by whether the "
+            "first generation decoded under the schema (constrained: true or false) and the "
+            "result: valid (at the first try), repaired (valid after the one repair) or invalid "
+            "(the request failed with OUTPUT_SCHEMA_VIOLATION).",
+            ("gen_ai_request_model", "constrained", "result"),
+            registry=registry,
+        )
         self.failovers = Counter(
             "genai_gateway_failovers",
             "Attempts that failed before the first token and moved to the next candidate.",

@@ -36,7 +36,7 @@ from services.gateway.core.tenant_changes import TenantChanges
 from services.gateway.core.tenants import TenantStore
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.servicer import SERVICE_NAME, GatewayServicer
-from services.gateway.tenancy import PriceBook, TenantDirectory
+from services.gateway.tenancy import GuidedDecodingBook, PriceBook, TenantDirectory
 from services.platform.auth import internal_metadata
 from services.prompt.client import PromptClient
 from services.router.failover import RoutedGenerator
@@ -224,6 +224,7 @@ def registration(
                 experiments=experiments,
                 online=online,
                 idempotency=idempotency,
+                guided_decoding=GuidedDecodingBook(inference),
                 tracer_provider=tracer_provider,
             )
         return state["engine"]

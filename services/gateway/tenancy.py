@@ -1,7 +1,9 @@
 """What the gateway keeps per tenant and per model: a `PromptClient` per tenant, tenants'
-limits (briefly cached), and catalog prices (from RouterService)."""
+limits (briefly cached), catalog prices (from RouterService) and which models decode under a
+constraint (from InferenceService)."""
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -10,6 +12,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 
 import grpc
+from genai.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from genai.router.v1 import router_service_pb2, router_service_pb2_grpc
 
 from services.common.errors import NotFound
@@ -20,9 +23,12 @@ from services.prompt.client import PromptClient
 
 if TYPE_CHECKING:
     RouterStub = router_service_pb2_grpc.RouterServiceAsyncStub
+    InferenceStub = inference_service_pb2_grpc.InferenceServiceAsyncStub
 else:
     RouterStub = router_service_pb2_grpc.RouterServiceStub
+    InferenceStub = inference_service_pb2_grpc.InferenceServiceStub
 
+_logger = logging.getLogger(__name__)
 MILLION: Final = Decimal(1_000_000)
 
 
@@ -150,3 +156,60 @@ class PriceBook:
         )
         self._prices[model] = (now + self._ttl, price)
         return price
+
+
+class GuidedDecodingBook:
+    """Which models can decode under an output constraint: `ServedModel.guided_decoding` from
+    InferenceService `GetModelStatus`, whose model settings are the one source of this fact
+    (the router catalog's `json_output` capability is a routing filter, not this). Answers
+    are kept for `ttl_seconds` per model; concurrent look-ups of one model share one call. A
+    look-up that fails (InferenceService down, the model unknown to it) answers False, kept
+    for `retry_seconds`: the gateway then relies on its output schema check alone."""
+
+    def __init__(
+        self,
+        inference: InferenceStub,
+        *,
+        ttl_seconds: float = 60.0,
+        retry_seconds: float = 5.0,
+        timeout_seconds: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._inference = inference
+        self._ttl = ttl_seconds
+        self._retry = retry_seconds
+        self._timeout = timeout_seconds
+        self._clock = clock
+        self._known: dict[str, tuple[float, bool]] = {}
+        self._pending: dict[str, asyncio.Future[bool]] = {}
+
+    async def supports(self, model: str, metadata: Sequence[tuple[str, str]]) -> bool:
+        """Whether InferenceService constrains the decoding of `model` (see the class)."""
+        known = self._known.get(model)
+        if known is not None and known[0] > self._clock():
+            return known[1]
+        pending = self._pending.get(model)
+        if pending is None:
+            pending = self._pending[model] = asyncio.ensure_future(self._look_up(model, metadata))
+            pending.add_done_callback(lambda _: self._pending.pop(model, None))
+        return await asyncio.shield(pending)
+
+    async def _look_up(self, model: str, metadata: Sequence[tuple[str, str]]) -> bool:
+        try:
+            response = await self._inference.GetModelStatus(
+                inference_service_pb2.GetModelStatusRequest(model=model),
+                timeout=self._timeout,
+                metadata=metadata or None,
+            )
+        except grpc.aio.AioRpcError as error:
+            _logger.warning(
+                "could not learn whether model %s supports guided decoding (%s); its outputs "
+                "are checked against their schemas without constrained decoding",
+                model,
+                error.code().name,
+            )
+            self._known[model] = (self._clock() + self._retry, False)
+            return False
+        guided = any(served.guided_decoding for served in response.models)
+        self._known[model] = (self._clock() + self._ttl, guided)
+        return guided

@@ -120,6 +120,14 @@ class ModelSettings(Settings):
         "empty: the model takes text only. Used by triton backends only: "
         "openai_compatible ones apply the provider's own template to chat input.",
     )
+    guided_decoding: bool = Field(
+        default=False,
+        description="Whether every backend of the model constrains decoding to a request's "
+        "OutputConstraint (triton: the facade's guided_decoding_* inputs, which the engine "
+        "must implement; openai_compatible: response_format, JSON and JSON Schema only). "
+        "false: requests with a constraint get FAILED_PRECONDITION. The gateway reads it to "
+        "decide whether to constrain prompts with an output schema.",
+    )
 
     @model_validator(mode="after")
     def _backends_fit_the_task(self) -> Self:
@@ -127,6 +135,10 @@ class ModelSettings(Settings):
         if self.task == "embedding" and "openai_compatible" in kinds:
             raise ValueError(
                 f"model {self.name}: openai_compatible backends serve generation models only"
+            )
+        if self.task == "embedding" and self.guided_decoding:
+            raise ValueError(
+                f"model {self.name}: guided_decoding applies to generation models only"
             )
         if self.chat_template and "triton" not in kinds:
             raise ValueError(
@@ -144,6 +156,7 @@ DEFAULT_MODELS = (
         max_output_tokens=1024,
         default_max_tokens=256,
         chat_template="prepared:smollm2",
+        guided_decoding=True,
     ),
     ModelSettings(
         name="zero",

@@ -132,6 +132,7 @@ def _model_spec(model: ModelSettings, local_triton: str | None) -> ModelSpec:
         max_context_tokens=model.max_context_tokens,
         max_output_tokens=model.max_output_tokens,
         default_max_tokens=model.default_max_tokens,
+        guided_decoding=model.guided_decoding,
     )
 
 

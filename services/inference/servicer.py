@@ -2,19 +2,30 @@
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from typing import Any
 
 from genai.common.v1 import chat_pb2, generation_pb2
 from genai.inference.v1 import inference_pb2, inference_service_pb2, inference_service_pb2_grpc
+from google.protobuf import json_format
 
 from services.common.errors import FieldViolation, InvalidArgument
 from services.common.grpc_types import ServicerContext
 from services.common.wire import duration, next_offset_token, offset_page
-from services.inference.core.engine import BackendStatus, Delta, Finished, InferenceEngine, Started
+from services.inference.core.engine import (
+    MAX_GUIDE_BYTES,
+    BackendStatus,
+    Delta,
+    Finished,
+    InferenceEngine,
+    Started,
+)
 from services.inference.core.model import (
     ChatTurn,
+    ConstraintKind,
     FinishReason,
     GenerationRequest,
     ModelState,
+    OutputConstraint,
     Sampling,
     Task,
 )
@@ -47,6 +58,11 @@ _TASKS = {
 GenerationMessage = (
     inference_service_pb2.GenerateRequest | inference_service_pb2.GenerateStreamRequest
 )
+_SCHEMA_WIRE_FACTOR = 8
+"""A `json_schema` Struct this many times `MAX_GUIDE_BYTES` on the wire is over the limit as
+compact JSON too (a Struct's encoding is at most about 5.5 times its JSON, for a list of
+zeros): it is refused before it is converted."""
+_MAX_EXACT_INT = 2**53
 
 
 class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
@@ -161,7 +177,48 @@ def _generation(request: GenerationMessage) -> GenerationRequest:
         ),
         backend_id=request.backend_id,
         request_id=request.request_id,
+        constraint=_constraint(request),
     )
+
+
+def _constraint(request: GenerationMessage) -> OutputConstraint | None:
+    if not request.HasField("constraint"):
+        return None
+    constraint = request.constraint
+    match constraint.WhichOneof("kind"):
+        case "json_object":
+            # json_object false names no language: the engine refuses it as "no kind".
+            return OutputConstraint(ConstraintKind.JSON if constraint.json_object else None)
+        case "json_schema":
+            if constraint.json_schema.ByteSize() > _SCHEMA_WIRE_FACTOR * MAX_GUIDE_BYTES:
+                raise InvalidArgument(
+                    violations=[
+                        FieldViolation(
+                            "constraint.json_schema",
+                            f"at most {MAX_GUIDE_BYTES:,} bytes as compact JSON; this one "
+                            f"is {constraint.json_schema.ByteSize():,} bytes on the wire",
+                        )
+                    ]
+                )
+            schema = _integral(json_format.MessageToDict(constraint.json_schema))
+            return OutputConstraint(ConstraintKind.JSON_SCHEMA, schema=schema)
+        case "regex":
+            return OutputConstraint(ConstraintKind.REGEX, text=constraint.regex)
+        case "ebnf_grammar":
+            return OutputConstraint(ConstraintKind.EBNF_GRAMMAR, text=constraint.ebnf_grammar)
+    return OutputConstraint(None)
+
+
+def _integral(value: Any) -> Any:
+    """A Struct's JSON with whole numbers as ints: a Struct holds every number as a double, and
+    engines and providers refuse `"minLength": 3.0` where the schema means 3."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _MAX_EXACT_INT:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral(item) for item in value]
+    return value
 
 
 def _final(event: Finished) -> inference_pb2.GenerationFinal:
@@ -176,6 +233,7 @@ def _final(event: Finished) -> inference_pb2.GenerationFinal:
         ),
         model=event.model,
         backend_id=event.backend_id,
+        constrained=event.constrained,
     )
 
 
@@ -191,4 +249,5 @@ def _served(status: BackendStatus) -> inference_pb2.ServedModel:
         streaming=status.model.streaming,
         in_flight=status.in_flight,
         max_in_flight=status.backend.max_in_flight,
+        guided_decoding=status.model.guided_decoding,
     )

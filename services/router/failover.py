@@ -8,13 +8,20 @@
   `RoutedStream.usage`.
 - A problem with the request itself (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ...) or
   the caller's own cancellation or deadline ends it at once: no other backend would do better.
+- An output constraint goes only to the candidates whose model can follow it (`constrains`);
+  one that a backend refuses before the first token (INVALID_ARGUMENT on `constraint`: the
+  engine cannot compile that schema; FAILED_PRECONDITION naming `constraint`: the model's
+  settings and its engine disagree) is dropped, and the same candidate is tried again without
+  it: the caller checks the output itself, so constraining is an optimisation, never a reason
+  to fail. The refused attempt is in `RoutedStream.attempts` and the log.
 - Every attempt is reported with `ReportOutcome` (best effort: a router that cannot take the
   report never fails the generation).
 """
 
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -68,6 +75,9 @@ class RoutedStream:
     usage: generation_pb2.TokenUsage = field(default_factory=generation_pb2.TokenUsage)
     metadata: tuple[tuple[str, str], ...] = ()
     """Metadata sent with every call of the generation (reports included)."""
+    constrained: bool = False
+    """Whether the attempt that streamed decoded under the request's constraint (from its
+    final message)."""
 
 
 class RoutedGenerator:
@@ -93,6 +103,7 @@ class RoutedGenerator:
         time_left: float | None = None,
         decision: router_pb2.RouteDecision | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        constrains: Callable[[str], Awaitable[bool]] | None = None,
     ) -> AsyncGenerator[inference_service_pb2.GenerateStreamResponse]:
         """Yields the messages of the attempt that streams (start, deltas, final), recording
         the decision, attempts and usage in `record`. Raises the router's errors (for
@@ -100,17 +111,28 @@ class RoutedGenerator:
         `Unavailable` when every candidate failed or the stream broke after its first token.
         `time_left` (seconds) bounds the whole generation, failovers included; `decision`, when
         the caller routed already (see `route`), skips the `Route` call; `metadata` goes with
-        every call. Closing the iterator early cancels the backend's generation."""
+        every call. Closing the iterator early cancels the backend's generation. When
+        `request` has a `constraint`, `constrains(model)` says which candidates get it (None:
+        every candidate); see the module docstring for a constraint a backend refuses."""
         deadline = None if time_left is None else self._clock() + time_left
         record.metadata = tuple(metadata)
         if decision is None:
             decision = await self.route(route, time_left=time_left, metadata=metadata)
         record.decision = decision
-        for candidate in decision.candidates:
+        constrained = request.HasField("constraint")
+        # (candidate, whether to send the constraint); a refused constraint puts its candidate
+        # back in front, without it.
+        plan = deque((candidate, constrained) for candidate in decision.candidates)
+        while plan:
+            candidate, constrain = plan.popleft()
+            if constrain and constrains is not None:
+                constrain = await constrains(candidate.model)
             attempt = inference_service_pb2.GenerateStreamRequest()
             attempt.CopyFrom(request)
             attempt.model = candidate.model
             attempt.backend_id = candidate.backend.id
+            if not constrain:
+                attempt.ClearField("constraint")
             started = self._clock()
             first_token: float | None = None
             output_tokens = 0
@@ -129,6 +151,7 @@ class RoutedGenerator:
                         record.usage.output_tokens = output_tokens
                     elif kind == "final":
                         record.usage.CopyFrom(message.final.usage)
+                        record.constrained = message.final.constrained
                     yield message
             except grpc.aio.AioRpcError as error:
                 code = error.code()
@@ -155,6 +178,24 @@ class RoutedGenerator:
                             "output_tokens": str(output_tokens),
                         },
                     ) from None
+                if constrain and _refuses_constraint(error):
+                    _logger.warning(
+                        "backend %s refused the output constraint (%s: %s); trying it again "
+                        "without",
+                        candidate.backend.id,
+                        code.name,
+                        error.details(),
+                    )
+                    record.attempts.append(
+                        Attempt(
+                            candidate.model,
+                            candidate.backend.id,
+                            rpb.ATTEMPT_RESULT_FAILED_BEFORE_FIRST_TOKEN,
+                            f"{code.name}: {error.details()}",
+                        )
+                    )
+                    plan.appendleft((candidate, False))
+                    continue
                 if code not in _RETRYABLE:
                     result = (
                         rpb.ATTEMPT_RESULT_CANCELLED
@@ -245,6 +286,19 @@ class RoutedGenerator:
             await self._router.ReportOutcome(report, timeout=2.0, metadata=record.metadata or None)
         except grpc.aio.AioRpcError as report_error:
             _logger.warning("could not report an outcome to the router: %s", report_error.code())
+
+
+def _refuses_constraint(error: grpc.aio.AioRpcError) -> bool:
+    """Whether InferenceService refused the request's constraint rather than the request."""
+    code = error.code()
+    if code not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+        return False
+    details = error_details(error)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return details.metadata.get("field", "").startswith("constraint")
+    return bool(details.field_violations) and all(
+        v.field.startswith("constraint") for v in details.field_violations
+    )
 
 
 def _left(deadline: float | None, clock: Callable[[], float]) -> float | None:

@@ -9,6 +9,12 @@ an HTTP error instead (with `Retry-After`), break the connection mid-stream, or 
 event mid-stream. It records every request (headers, JSON body) and whether the client closed
 the connection before the response was complete.
 
+Structured outputs: a `response_format` is checked as OpenAI checks it (type `text`,
+`json_object` or `json_schema`; a `json_schema` needs a `name` of 1 to 64 letters, digits, `_`
+and `-` and an object `schema`), else 400 with `param: response_format`. A request asking for
+JSON gets `Behaviour.json_tokens` when set, as a provider that decodes under the format does,
+or `Behaviour.response_format_error` (a provider that cannot compile the schema).
+
     async with OpenAICompatibleServer(Behaviour(tokens=counted(5))) as server:
         ...  # point a backend at server.base_url
         assert server.requests[0].body["stream"] is True
@@ -17,6 +23,7 @@ the connection before the response was complete.
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +77,12 @@ class Behaviour:
     comment lines in between (both are valid SSE)."""
     models: tuple[str, ...] = (MODEL,)
     """The models served: listed by `GET /models`; others get 404 `model_not_found`."""
+    json_tokens: Sequence[str] | None = None
+    """The tokens streamed to a request whose `response_format` asks for JSON (`json_object`
+    or `json_schema`); None: `replies` and `tokens`, as for any request."""
+    response_format_error: str | None = None
+    """Answer a request whose `response_format` asks for JSON with a 400 carrying this message
+    and `param: response_format` (a provider that cannot use the schema)."""
 
 
 @dataclass
@@ -221,6 +234,15 @@ class OpenAICompatibleServer:
             await _json(writer, 400, _error("this test server streams only", "invalid", None))
             request.completed = True
             return True
+        problem = _response_format_problem(body.get("response_format"))
+        if problem is None and _asks_for_json(body) and behaviour.response_format_error:
+            problem = behaviour.response_format_error
+        if problem is not None:
+            error = _error(problem, "invalid_request_error", "invalid_value")
+            error["error"]["param"] = "response_format"
+            await _json(writer, 400, error)
+            request.completed = True
+            return True
 
         head = [
             "HTTP/1.1 200 OK",
@@ -256,6 +278,8 @@ class OpenAICompatibleServer:
         replies = behaviour.replies
         index, self._replies_used = self._replies_used, self._replies_used + 1
         tokens = list(replies[index] if index < len(replies) else behaviour.tokens)
+        if behaviour.json_tokens is not None and _asks_for_json(body):
+            tokens = list(behaviour.json_tokens)
         finish = behaviour.finish_reason
         if isinstance(max_tokens, int) and max_tokens < len(tokens) and finish is not None:
             tokens, finish = tokens[:max_tokens], "length"
@@ -330,6 +354,39 @@ class OpenAICompatibleServer:
         if behaviour.done and not await send("[DONE]"):
             return False
         return await _end(writer, request)
+
+
+_SCHEMA_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def _response_format_problem(response_format: object) -> str | None:
+    """What OpenAI would refuse in a `response_format` (None: nothing, or none was sent)."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict):
+        return "Invalid type for 'response_format': expected an object."
+    kind = response_format.get("type")
+    if kind not in ("text", "json_object", "json_schema"):
+        return f"Invalid value for 'response_format.type': {kind!r}."
+    if kind != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict):
+        return "Missing required parameter: 'response_format.json_schema'."
+    name = spec.get("name")
+    if not isinstance(name, str) or not _SCHEMA_NAME.match(name):
+        return "Invalid 'response_format.json_schema.name': letters, digits, _ and -, 1 to 64."
+    if not isinstance(spec.get("schema"), dict):
+        return "Invalid type for 'response_format.json_schema.schema': expected an object."
+    return None
+
+
+def _asks_for_json(body: Mapping[str, Any]) -> bool:
+    response_format = body.get("response_format")
+    return isinstance(response_format, dict) and response_format.get("type") in (
+        "json_object",
+        "json_schema",
+    )
 
 
 async def _read_request(reader: asyncio.StreamReader, connection: int) -> RecordedRequest | None:

@@ -110,6 +110,12 @@ def _request(
     )
 
 
+def _constrained(**constraint: Any) -> inference_service_pb2.GenerateStreamRequest:
+    request = _request()
+    request.constraint.CopyFrom(generation_pb2.OutputConstraint(**constraint))
+    return request
+
+
 async def _collect(
     stub: Stub,
     request: inference_service_pb2.GenerateStreamRequest,
@@ -206,6 +212,24 @@ async def test_chat_input_is_rendered_with_the_models_template(
             reasons.FAILED_PRECONDITION,
             None,
         ),
+        (
+            _constrained(json_object=True),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            reasons.FAILED_PRECONDITION,
+            None,
+        ),
+        (
+            _constrained(),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            reasons.FIELD_VIOLATION,
+            "constraint",
+        ),
+        (
+            _constrained(regex="x" * 70_000),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            reasons.FIELD_VIOLATION,
+            "constraint.regex",
+        ),
     ],
     ids=[
         "unknown-model",
@@ -215,6 +239,9 @@ async def test_chat_input_is_rendered_with_the_models_template(
         "max-tokens-negative",
         "max-tokens-over-limit",
         "embedding-model",
+        "constraint-on-a-model-without-guided-decoding",
+        "constraint-without-a-kind",
+        "constraint-regex-over-64k",
     ],
 )
 async def test_bad_requests_get_precise_statuses(
@@ -340,6 +367,7 @@ async def test_list_models_and_status(
     assert all(m.state == inference_pb2.MODEL_STATE_READY for m in listed.models)
     assert by_name["minilm"].task == inference_pb2.MODEL_TASK_EMBEDDING
     assert by_name["zero-slow"].max_in_flight == 2
+    assert not any(m.guided_decoding for m in listed.models)  # none is configured for it
     first = await stub.ListModels(inference_service_pb2.ListModelsRequest(page_size=2), timeout=10)
     second = await stub.ListModels(
         inference_service_pb2.ListModelsRequest(page_size=2, page_token=first.next_page_token),

@@ -2,7 +2,8 @@
 
 One `POST {base}/chat/completions` with `"stream": true` per caller request (vLLM, TGI,
 trtllm-serve and hosted providers speak it). The provider applies the model's chat template
-itself, so chat input goes out as `messages`; text input goes out as one user message.
+itself, so chat input goes out as `messages`; text input goes out as one user message. A
+request's output constraint goes out as `response_format` (JSON and JSON Schema only).
 
 Each `choices[0].delta.content` becomes a chunk; the choice's `finish_reason` ends the
 generation, and the exact token counts come from the `usage` the provider sends at the end of
@@ -50,9 +51,11 @@ from services.inference.core.model import (
     BackendChunk,
     BackendRequest,
     BackendSpec,
+    ConstraintKind,
     Embeddings,
     FinishReason,
     ModelState,
+    OutputConstraint,
 )
 
 UNAVAILABLE_RETRY_AFTER = 1.0
@@ -101,8 +104,12 @@ _PARAMETER_FIELDS: Final = {
     "stop": "parameters.stop",
     "presence_penalty": "parameters.presence_penalty",
     "frequency_penalty": "parameters.frequency_penalty",
+    "response_format": "constraint",
 }
 """Request fields of the OpenAI API as the fields of InferenceService's request."""
+SCHEMA_NAME: Final = "output"
+"""`response_format.json_schema.name`: the OpenAI API requires one; the schema is the
+caller's, so one fixed name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,7 +476,8 @@ def chat_completion_body(spec: BackendSpec, request: BackendRequest) -> dict[str
     """The JSON body of the streamed chat completion for `request`.
 
     Raises `InvalidArgument` for sampling parameters the OpenAI API lacks (top_k,
-    repetition_penalty), rather than dropping them silently."""
+    repetition_penalty), rather than dropping them silently, and `FailedPrecondition` for a
+    constraint it cannot express (see `response_format`)."""
     s = request.sampling
     unsupported = [
         FieldViolation(name, f"is not supported by the OpenAI-compatible backend {spec.id}")
@@ -501,7 +509,30 @@ def chat_completion_body(spec: BackendSpec, request: BackendRequest) -> dict[str
         "stop": list(s.stop) or None,
     }
     body.update({name: value for name, value in optional.items() if value is not None})
+    if request.constraint is not None:
+        body["response_format"] = response_format(spec, request.constraint)
     return body
+
+
+def response_format(spec: BackendSpec, constraint: OutputConstraint) -> dict[str, Any]:
+    """The OpenAI `response_format` of a constraint: `json_object`, or `json_schema` in strict
+    mode (the provider decodes under the schema). Regular expressions and grammars have no
+    OpenAI form (vLLM's `guided_regex` and `guided_grammar` are its own extensions): they are
+    refused with FAILED_PRECONDITION rather than sent unconstrained."""
+    if constraint.kind is ConstraintKind.JSON:
+        return {"type": "json_object"}
+    if constraint.kind is ConstraintKind.JSON_SCHEMA:
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": SCHEMA_NAME, "schema": constraint.schema, "strict": True},
+        }
+    kind = constraint.kind.value if constraint.kind is not None else "none"
+    raise FailedPrecondition(
+        f"backend {spec.id} is OpenAI-compatible, whose API constrains output to JSON and JSON "
+        f"Schema only, not to {'a regular expression' if kind == 'regex' else 'a grammar'}; "
+        "send such constraints to a model served by Triton",
+        metadata={"backend_id": spec.id, "field": f"constraint.{kind}"},
+    )
 
 
 def http_error(

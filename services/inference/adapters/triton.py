@@ -45,6 +45,10 @@ UNAVAILABLE_RETRY_AFTER = 1.0
 EMBED_BATCH = 32
 """Texts per embedding request (the facade's max_batch_size is larger)."""
 EMBEDDING_DIMENSIONS_OUTPUT = "embedding"
+GUIDE_TYPE_INPUT: Final = "guided_decoding_guide_type"
+"""The facade's guided-decoding type: `json`, `json_schema`, `regex` or `ebnf_grammar`."""
+GUIDE_INPUT: Final = "guided_decoding_guide"
+"""The facade's guide: the schema as JSON, the expression or the grammar."""
 
 TRITON_CHANNEL_OPTIONS: Final = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -243,6 +247,12 @@ def generation_request(spec: BackendSpec, request: BackendRequest) -> service_pb
         _add_scalar(infer, "frequency_penalty", "FP32", "<f", s.frequency_penalty)
     if s.stop:
         _add_bytes(infer, "stop_words", [w.encode() for w in s.stop], [1, len(s.stop)])
+    constraint = request.constraint
+    if constraint is not None and constraint.kind is not None:
+        _add_bytes(infer, GUIDE_TYPE_INPUT, [constraint.kind.value.encode()], [1, 1])
+        guide = constraint.guide
+        if guide:  # the built-in JSON grammar takes no guide
+            _add_bytes(infer, GUIDE_INPUT, [guide.encode()], [1, 1])
     return infer
 
 
@@ -311,12 +321,22 @@ def backend_error(spec: BackendSpec, message: str) -> DomainError:
         reason, text = match.groups()
         if reason in (reasons.FIELD_VIOLATION, reasons.CONTEXT_LENGTH_EXCEEDED):
             field = "text" if reason == reasons.CONTEXT_LENGTH_EXCEEDED else "parameters"
+            if text.startswith((GUIDE_TYPE_INPUT, GUIDE_INPUT)):
+                field = "constraint"  # the engine could not compile the schema or grammar
             return InvalidArgument(
                 text, violations=[FieldViolation(field, text)], reason=reason, metadata=metadata
             )
         if reason == reasons.FAILED_PRECONDITION:
             return FailedPrecondition(text, metadata=metadata)
         return Internal(text, reason=reasons.BACKEND_ERROR, metadata=metadata)
+    if "unexpected inference input" in message and GUIDE_TYPE_INPUT in message:
+        # InferenceService's settings say guided_decoding, the model on Triton has no such
+        # input: a configuration mismatch, not a fault of the request or a passing outage.
+        return FailedPrecondition(
+            f"backend {spec.id}: {spec.backend_model!r} on Triton takes no guided-decoding "
+            "inputs, although the model's settings say guided_decoding: true",
+            metadata={**metadata, "field": "constraint"},
+        )
     if "unknown model" in message or "is not found" in message or "not ready" in message:
         return Unavailable(
             f"backend {spec.id} does not serve {spec.backend_model!r} now: {message}",

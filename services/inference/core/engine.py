@@ -2,12 +2,17 @@
 renders chat input (or passes it on to backends that apply their own template), and turns
 backend chunks into one start, deltas and one final."""
 
+import json
 import math
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 
 from services.common import reasons
 from services.common.errors import (
@@ -22,12 +27,14 @@ from services.inference.core.model import (
     BackendRequest,
     BackendSpec,
     ChatTurn,
+    ConstraintKind,
     Embeddings,
     FinishReason,
     GenerationBackend,
     GenerationRequest,
     ModelSpec,
     ModelState,
+    OutputConstraint,
     Task,
 )
 
@@ -36,6 +43,8 @@ MAX_STOP_BYTES = 256
 MAX_REQUEST_ID = 128
 MAX_EMBED_INPUTS = 256
 CHAT_ROLES = ("system", "user", "assistant")
+MAX_GUIDE_BYTES = 64 * 1024
+"""The largest JSON Schema (as compact JSON), regular expression or grammar of a constraint."""
 OVERLOADED_RETRY_AFTER = 0.5
 """Seconds a caller refused for load should wait before retrying."""
 
@@ -76,6 +85,8 @@ class Finished:
     output_tokens: int
     first_token_seconds: float
     total_seconds: float
+    constrained: bool = False
+    """Whether decoding followed the request's constraint."""
 
 
 Event = Started | Delta | Finished
@@ -119,9 +130,10 @@ class InferenceEngine:
     ) -> AsyncGenerator[Event, None]:
         """Validates, admits and runs `request`: one `Started`, `Delta`s, one `Finished`.
 
-        Raises `NotFound` for an unknown model, `InvalidArgument` for a bad request and
-        `ResourceExhausted` when the backend is at its in-flight bound; backend failures come
-        as the backend's domain errors.
+        Raises `NotFound` for an unknown model, `InvalidArgument` for a bad request,
+        `FailedPrecondition` for a constraint the model cannot apply and `ResourceExhausted`
+        when the backend is at its in-flight bound; backend failures come as the backend's
+        domain errors.
         """
         received = self._clock()
         model = self._model(request.model, Task.GENERATION)
@@ -152,6 +164,7 @@ class InferenceEngine:
                             output_tokens=chunk.output_tokens,
                             first_token_seconds=(first_token or now) - received,
                             total_seconds=now - received,
+                            constrained=backend_request.constraint is not None,
                         )
                         return
         finally:
@@ -256,6 +269,14 @@ class InferenceEngine:
         violations = validate_generation(model, request)
         if violations:
             raise InvalidArgument(violations=violations)
+        if request.constraint is not None and not model.guided_decoding:
+            raise FailedPrecondition(
+                f"model {model.name!r} does not support guided decoding, so it cannot follow "
+                "the request's constraint (its InferenceService settings have guided_decoding: "
+                "false); send the request without `constraint`, or to a model whose "
+                "ServedModel.guided_decoding is true",
+                metadata={"model": model.name, "field": "constraint"},
+            )
         messages: tuple[ChatTurn, ...] | None = None
         if request.messages is not None and backend.kind is BackendKind.OPENAI_COMPATIBLE:
             # The provider applies the model's chat template itself: pass the turns on.
@@ -274,6 +295,7 @@ class InferenceEngine:
             stream=True,
             timeout=time_left,
             messages=messages,
+            constraint=request.constraint,
         )
 
 
@@ -318,7 +340,57 @@ def validate_generation(model: ModelSpec, request: GenerationRequest) -> list[Fi
             )
     if len(request.request_id) > MAX_REQUEST_ID:
         add(FieldViolation("request_id", f"at most {MAX_REQUEST_ID} characters"))
+    if request.constraint is not None:
+        violations.extend(constraint_violations(request.constraint))
     return violations
+
+
+def constraint_violations(constraint: OutputConstraint) -> list[FieldViolation]:
+    """Every problem with a request's `constraint`, as field violations. What the engine
+    alone can tell (a regular expression or grammar that does not compile, schema keywords it
+    does not support) it reports itself, as INVALID_ARGUMENT too."""
+    kind = constraint.kind
+    if kind is None:
+        return [
+            FieldViolation(
+                "constraint",
+                "exactly one of json_object (true), json_schema, regex and ebnf_grammar is "
+                "required; leave constraint unset for unconstrained decoding",
+            )
+        ]
+    if kind is ConstraintKind.JSON:
+        return []
+    field = "constraint." + kind.value
+    size = len(constraint.guide.encode())
+    if kind is ConstraintKind.JSON_SCHEMA:
+        if size > MAX_GUIDE_BYTES:
+            return [
+                FieldViolation(
+                    field, f"at most {MAX_GUIDE_BYTES:,} bytes as compact JSON, not {size:,}"
+                )
+            ]
+        problem = _schema_problem(constraint.guide)
+        return [FieldViolation(field, problem)] if problem else []
+    if not constraint.text.strip():
+        return [FieldViolation(field, "must not be empty")]
+    if size > MAX_GUIDE_BYTES:
+        return [FieldViolation(field, f"at most {MAX_GUIDE_BYTES:,} bytes of UTF-8, not {size:,}")]
+    return []
+
+
+@lru_cache(maxsize=256)
+def _schema_problem(schema: str) -> str:
+    """Why `schema` (compact JSON) is not a valid JSON Schema (draft 2020-12); empty when it
+    is. Cached: callers such as the gateway send the same few schemas again and again."""
+    try:
+        Draft202012Validator.check_schema(json.loads(schema))
+    except SchemaError as error:
+        where = "/".join(str(part) for part in error.absolute_path)
+        return (
+            f"is not a valid JSON Schema (draft 2020-12){f' at {where}' if where else ''}: "
+            f"{error.message[:300]}"
+        )
+    return ""
 
 
 def _check_range(

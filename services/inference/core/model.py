@@ -1,9 +1,10 @@
 """What InferenceService serves: models, their backends, and the requests they take."""
 
-from collections.abc import AsyncGenerator, Sequence
+import json
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Task(StrEnum):
@@ -70,6 +71,9 @@ class ModelSpec:
     max_output_tokens: int
     default_max_tokens: int
     streaming: bool = True
+    guided_decoding: bool = False
+    """Whether its engines constrain decoding to an `OutputConstraint`; requests with one for
+    a model without are refused, never served unconstrained."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,37 @@ class Sampling:
     stop: tuple[str, ...] = ()
 
 
+class ConstraintKind(StrEnum):
+    """The language an output is constrained to; the values are the facade's
+    `guided_decoding_guide_type` strings."""
+
+    JSON = "json"
+    """Any JSON (the engine's built-in grammar); no guide."""
+    JSON_SCHEMA = "json_schema"
+    REGEX = "regex"
+    EBNF_GRAMMAR = "ebnf_grammar"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConstraint:
+    """What guided decoding keeps the output to. `kind` None is a constraint that names no
+    kind (refused by validation)."""
+
+    kind: ConstraintKind | None
+    schema: Mapping[str, Any] | None = None
+    """JSON_SCHEMA: the schema, integral numbers as ints."""
+    text: str = ""
+    """REGEX: the expression; EBNF_GRAMMAR: the grammar."""
+
+    @property
+    def guide(self) -> str:
+        """The engine's guide: the schema as compact JSON, the expression or the grammar;
+        empty for JSON."""
+        if self.kind is ConstraintKind.JSON_SCHEMA:
+            return json.dumps(self.schema, separators=(",", ":"), ensure_ascii=False)
+        return self.text
+
+
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """A caller's request, before validation. Exactly one of `text` and `messages` is set."""
@@ -106,6 +141,8 @@ class GenerationRequest:
     sampling: Sampling = field(default_factory=Sampling)
     backend_id: str = ""
     request_id: str = ""
+    constraint: OutputConstraint | None = None
+    """None: unconstrained decoding."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +161,8 @@ class BackendRequest:
     messages: tuple[ChatTurn, ...] | None = None
     """The conversation as the caller sent it, for backends that apply the chat template
     themselves (OpenAI-compatible ones); None for text input and for Triton backends."""
+    constraint: OutputConstraint | None = None
+    """The validated constraint decoding must follow; None: unconstrained."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,16 @@
-"""Request validation of InferenceService's core, one row per rule."""
+"""Request validation of InferenceService's core, one row per rule (output constraints
+included)."""
 
 import pytest
 
-from services.inference.core.engine import validate_generation
+from services.inference.core.engine import MAX_GUIDE_BYTES, validate_generation
 from services.inference.core.model import (
     BackendSpec,
     ChatTurn,
+    ConstraintKind,
     GenerationRequest,
     ModelSpec,
+    OutputConstraint,
     Sampling,
     Task,
 )
@@ -79,3 +82,81 @@ def test_validation_names_every_offending_field(
     request_: GenerationRequest, fields: list[str]
 ) -> None:
     assert _fields(request_) == fields
+
+
+LIMIT = MAX_GUIDE_BYTES
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+def _constrained(constraint: OutputConstraint) -> GenerationRequest:
+    return GenerationRequest("m", text="x", constraint=constraint)
+
+
+@pytest.mark.parametrize(
+    ("constraint", "fields"),
+    [
+        (OutputConstraint(ConstraintKind.JSON), []),
+        (OutputConstraint(ConstraintKind.JSON_SCHEMA, schema=SCHEMA), []),
+        (OutputConstraint(ConstraintKind.JSON_SCHEMA, schema={}), []),
+        (OutputConstraint(ConstraintKind.REGEX, text=r"\d{4}-\d{2}"), []),
+        (OutputConstraint(ConstraintKind.EBNF_GRAMMAR, text='root ::= "yes" | "no"'), []),
+        (OutputConstraint(None), ["constraint"]),  # no kind set, or json_object false
+        (
+            OutputConstraint(ConstraintKind.JSON_SCHEMA, schema={"type": "numbr"}),
+            ["constraint.json_schema"],
+        ),
+        (
+            OutputConstraint(ConstraintKind.JSON_SCHEMA, schema={"properties": {"a": 3}}),
+            ["constraint.json_schema"],
+        ),
+        (
+            OutputConstraint(ConstraintKind.JSON_SCHEMA, schema={"enum": ["é" * (LIMIT // 2)]}),
+            ["constraint.json_schema"],
+        ),
+        (OutputConstraint(ConstraintKind.REGEX, text=""), ["constraint.regex"]),
+        (OutputConstraint(ConstraintKind.REGEX, text="a" * LIMIT), []),
+        (OutputConstraint(ConstraintKind.REGEX, text="a" * (LIMIT + 1)), ["constraint.regex"]),
+        (OutputConstraint(ConstraintKind.EBNF_GRAMMAR, text="  "), ["constraint.ebnf_grammar"]),
+        (
+            OutputConstraint(ConstraintKind.EBNF_GRAMMAR, text="é" * (LIMIT // 2 + 1)),
+            ["constraint.ebnf_grammar"],
+        ),
+    ],
+    ids=[
+        "json",
+        "schema",
+        "empty-schema",
+        "regex",
+        "grammar",
+        "no-kind",
+        "unknown-type",
+        "property-not-a-schema",
+        "schema-over-64k-as-json",
+        "empty-regex",
+        "regex-at-the-limit",
+        "regex-over-the-limit",
+        "blank-grammar",
+        "grammar-over-the-limit-in-bytes",
+    ],
+)
+def test_constraint_validation_names_the_field(
+    constraint: OutputConstraint, fields: list[str]
+) -> None:
+    assert _fields(_constrained(constraint)) == fields
+
+
+def test_an_invalid_schema_says_where_and_why() -> None:
+    bad = OutputConstraint(ConstraintKind.JSON_SCHEMA, schema={"properties": {"total": 3}})
+
+    [violation] = validate_generation(MODEL, _constrained(bad))
+
+    assert violation.description.startswith(
+        "is not a valid JSON Schema (draft 2020-12) at properties/total:"
+    )
+
+
+def test_the_schema_guide_is_compact_json_that_keeps_unicode() -> None:
+    constraint = OutputConstraint(ConstraintKind.JSON_SCHEMA, schema={"enum": ["é", 3]})
+
+    assert constraint.guide == '{"enum":["é",3]}'
+    assert OutputConstraint(ConstraintKind.JSON).guide == ""

@@ -62,18 +62,20 @@ class Attempt(_message.Message):
     def __init__(self, model: _Optional[str] = ..., backend_id: _Optional[str] = ..., status: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ProcessingSummary(_message.Message):
-    __slots__ = ("redaction_count", "stop_sequence_matched", "truncated", "schema_valid", "repaired")
+    __slots__ = ("redaction_count", "stop_sequence_matched", "truncated", "schema_valid", "repaired", "constrained_decoding")
     REDACTION_COUNT_FIELD_NUMBER: _ClassVar[int]
     STOP_SEQUENCE_MATCHED_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VALID_FIELD_NUMBER: _ClassVar[int]
     REPAIRED_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINED_DECODING_FIELD_NUMBER: _ClassVar[int]
     redaction_count: int
     stop_sequence_matched: bool
     truncated: bool
     schema_valid: bool
     repaired: bool
-    def __init__(self, redaction_count: _Optional[int] = ..., stop_sequence_matched: _Optional[bool] = ..., truncated: _Optional[bool] = ..., schema_valid: _Optional[bool] = ..., repaired: _Optional[bool] = ...) -> None: ...
+    constrained_decoding: bool
+    def __init__(self, redaction_count: _Optional[int] = ..., stop_sequence_matched: _Optional[bool] = ..., truncated: _Optional[bool] = ..., schema_valid: _Optional[bool] = ..., repaired: _Optional[bool] = ..., constrained_decoding: _Optional[bool] = ...) -> None: ...
 
 class CompletionMetadata(_message.Message):
     __slots__ = ("request_id", "trace_id", "prompt", "prompt_version", "label", "experiment", "variant", "model", "backend_id", "finish_reason", "usage", "cost", "first_token_duration", "total_duration", "attempts", "processing", "output_json")

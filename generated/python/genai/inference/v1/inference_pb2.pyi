@@ -54,21 +54,23 @@ class TokenDelta(_message.Message):
     def __init__(self, text: _Optional[str] = ..., token_count: _Optional[int] = ...) -> None: ...
 
 class GenerationFinal(_message.Message):
-    __slots__ = ("finish_reason", "usage", "timings", "model", "backend_id")
+    __slots__ = ("finish_reason", "usage", "timings", "model", "backend_id", "constrained")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINED_FIELD_NUMBER: _ClassVar[int]
     finish_reason: _generation_pb2.FinishReason
     usage: _generation_pb2.TokenUsage
     timings: _generation_pb2.GenerationTimings
     model: str
     backend_id: str
-    def __init__(self, finish_reason: _Optional[_Union[_generation_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_generation_pb2.TokenUsage, _Mapping]] = ..., timings: _Optional[_Union[_generation_pb2.GenerationTimings, _Mapping]] = ..., model: _Optional[str] = ..., backend_id: _Optional[str] = ...) -> None: ...
+    constrained: bool
+    def __init__(self, finish_reason: _Optional[_Union[_generation_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_generation_pb2.TokenUsage, _Mapping]] = ..., timings: _Optional[_Union[_generation_pb2.GenerationTimings, _Mapping]] = ..., model: _Optional[str] = ..., backend_id: _Optional[str] = ..., constrained: _Optional[bool] = ...) -> None: ...
 
 class ServedModel(_message.Message):
-    __slots__ = ("name", "backend_id", "backend_model", "state", "task", "max_context_tokens", "max_output_tokens", "streaming", "in_flight", "max_in_flight")
+    __slots__ = ("name", "backend_id", "backend_model", "state", "task", "max_context_tokens", "max_output_tokens", "streaming", "in_flight", "max_in_flight", "guided_decoding")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BACKEND_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +81,7 @@ class ServedModel(_message.Message):
     STREAMING_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    GUIDED_DECODING_FIELD_NUMBER: _ClassVar[int]
     name: str
     backend_id: str
     backend_model: str
@@ -89,7 +92,8 @@ class ServedModel(_message.Message):
     streaming: bool
     in_flight: int
     max_in_flight: int
-    def __init__(self, name: _Optional[str] = ..., backend_id: _Optional[str] = ..., backend_model: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., task: _Optional[_Union[ModelTask, str]] = ..., max_context_tokens: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., streaming: _Optional[bool] = ..., in_flight: _Optional[int] = ..., max_in_flight: _Optional[int] = ...) -> None: ...
+    guided_decoding: bool
+    def __init__(self, name: _Optional[str] = ..., backend_id: _Optional[str] = ..., backend_model: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., task: _Optional[_Union[ModelTask, str]] = ..., max_context_tokens: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., streaming: _Optional[bool] = ..., in_flight: _Optional[int] = ..., max_in_flight: _Optional[int] = ..., guided_decoding: _Optional[bool] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values",)

@@ -26,7 +26,7 @@ from genai.common.v1 import generation_pb2 as genai_dot_common_dot_v1_dot_genera
 from genai.inference.v1 import inference_pb2 as genai_dot_inference_dot_v1_dot_inference__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*genai/inference/v1/inference_service.proto\x12\x12genai.inference.v1\x1a genai/common/v1/generation.proto\x1a\"genai/inference/v1/inference.proto\"\xfe\x01\n\x0fGenerateRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x1d\n\nbackend_id\x18\x02 \x01(\tR\tbackendId\x12\x14\n\x04text\x18\x03 \x01(\tH\x00R\x04text\x12\x33\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x1d.genai.inference.v1.ChatInputH\x00R\x04\x63hat\x12\x43\n\nparameters\x18\x05 \x01(\x0b\x32#.genai.common.v1.SamplingParametersR\nparameters\x12\x1d\n\nrequest_id\x18\x06 \x01(\tR\trequestIdB\x07\n\x05input\"a\n\x10GenerateResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x39\n\x05\x66inal\x18\x02 \x01(\x0b\x32#.genai.inference.v1.GenerationFinalR\x05\x66inal\"\x84\x02\n\x15GenerateStreamRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x1d\n\nbackend_id\x18\x02 \x01(\tR\tbackendId\x12\x14\n\x04text\x18\x03 \x01(\tH\x00R\x04text\x12\x33\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x1d.genai.inference.v1.ChatInputH\x00R\x04\x63hat\x12\x43\n\nparameters\x18\x05 \x01(\x0b\x32#.genai.common.v1.SamplingParametersR\nparameters\x12\x1d\n\nrequest_id\x18\x06 \x01(\tR\trequestIdB\x07\n\x05input\"\xd3\x01\n\x16GenerateStreamResponse\x12;\n\x05start\x18\x01 \x01(\x0b\x32#.genai.inference.v1.GenerationStartH\x00R\x05start\x12\x36\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1e.genai.inference.v1.TokenDeltaH\x00R\x05\x64\x65lta\x12;\n\x05\x66inal\x18\x03 \x01(\x0b\x32#.genai.inference.v1.GenerationFinalH\x00R\x05\x66inalB\x07\n\x05\x65vent\"<\n\x0c\x45mbedRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n\x06inputs\x18\x02 \x03(\tR\x06inputs\"\xb7\x01\n\rEmbedResponse\x12=\n\nembeddings\x18\x01 \x03(\x0b\x32\x1d.genai.inference.v1.EmbeddingR\nembeddings\x12\x1e\n\ndimensions\x18\x02 \x01(\x05R\ndimensions\x12\x31\n\x05usage\x18\x03 \x01(\x0b\x32\x1b.genai.common.v1.TokenUsageR\x05usage\x12\x14\n\x05model\x18\x04 \x01(\tR\x05model\"O\n\x11ListModelsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"u\n\x12ListModelsResponse\x12\x37\n\x06models\x18\x01 \x03(\x0b\x32\x1f.genai.inference.v1.ServedModelR\x06models\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"L\n\x15GetModelStatusRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x1d\n\nbackend_id\x18\x02 \x01(\tR\tbackendId\"Q\n\x16GetModelStatusResponse\x12\x37\n\x06models\x18\x01 \x03(\x0b\x32\x1f.genai.inference.v1.ServedModelR\x06models2\xe8\x03\n\x10InferenceService\x12U\n\x08Generate\x12#.genai.inference.v1.GenerateRequest\x1a$.genai.inference.v1.GenerateResponse\x12i\n\x0eGenerateStream\x12).genai.inference.v1.GenerateStreamRequest\x1a*.genai.inference.v1.GenerateStreamResponse0\x01\x12L\n\x05\x45mbed\x12 .genai.inference.v1.EmbedRequest\x1a!.genai.inference.v1.EmbedResponse\x12[\n\nListModels\x12%.genai.inference.v1.ListModelsRequest\x1a&.genai.inference.v1.ListModelsResponse\x12g\n\x0eGetModelStatus\x12).genai.inference.v1.GetModelStatusRequest\x1a*.genai.inference.v1.GetModelStatusResponseBMZKgithub.com/genai-platform/genai/generated/go/genai/inference/v1;inferencev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*genai/inference/v1/inference_service.proto\x12\x12genai.inference.v1\x1a genai/common/v1/generation.proto\x1a\"genai/inference/v1/inference.proto\"\xc1\x02\n\x0fGenerateRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x1d\n\nbackend_id\x18\x02 \x01(\tR\tbackendId\x12\x14\n\x04text\x18\x03 \x01(\tH\x00R\x04text\x12\x33\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x1d.genai.inference.v1.ChatInputH\x00R\x04\x63hat\x12\x43\n\nparameters\x18\x05 \x01(\x0b\x32#.genai.common.v1.SamplingParametersR\nparameters\x12\x1d\n\nrequest_id\x18\x06 \x01(\tR\trequestId\x12\x41\n\nconstraint\x18\x07 \x01(\x0b\x32!.genai.common.v1.OutputConstraintR\nconstraintB\x07\n\x05input\"a\n\x10GenerateResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x39\n\x05\x66inal\x18\x02 \x01(\x0b\x32#.genai.inference.v1.GenerationFinalR\x05\x66inal\"\xc7\x02\n\x15GenerateStreamRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x1d\n\nbackend_id\x18\x02 \x01(\tR\tbackendId\x12\x14\n\x04text\x18\x03 \x01(\tH\x00R\x04text\x12\x33\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x1d.genai.inference.v1.ChatInputH\x00R\x04\x63hat\x12\x43\n\nparameters\x18\x05 \x01(\x0b\x32#.genai.common.v1.SamplingParametersR\nparameters\x12\x1d\n\nrequest_id\x18\x06 \x01(\tR\trequestId\x12\x41\n\nconstraint\x18\x07 \x01(\x0b\x32!.genai.common.v1.OutputConstraintR\nconstraintB\x07\n\x05input\"\xd3\x01\n\x16GenerateStreamResponse\x12;\n\x05start\x18\x01 \x01(\x0b\x32#.genai.inference.v1.GenerationStartH\x00R\x05start\x12\x36\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1e.genai.inference.v1.TokenDeltaH\x00R\x05\x64\x65lta\x12;\n\x05\x66inal\x18\x03 \x01(\x0b\x32#.genai.inference.v1.GenerationFinalH\x00R\x05\x66inalB\x07\n\x05\x65vent\"<\n\x0c\x45mbedRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n\x06inputs\x18\x02 \x03(\tR\x06inputs\"\xb7\x01\n\rEmbedResponse\x12=\n\nembeddings\x18\x01 \x03(\x0b\x32\x1d.genai.inference.v1.EmbeddingR\nembeddings\x12\x1e\n\ndimensions\x18\x02 \x01(\x05R\ndimensions\x12\x31\n\x05usage\x18\x03 \x01(\x0b\x32\x1b.genai.common.v1.TokenUsageR\x05usage\x12\x14\n\x05model\x18\x04 \x01(\tR\x05model\"O\n\x11ListModelsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"u\n\x12ListModelsResponse\x12\x37\n\x06models\x18\x01 \x03(\x0b\x32\x1f.genai.inference.v1.ServedModelR\x06models\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"L\n\x15GetModelStatusRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x1d\n\nbackend_id\x18\x02 \x01(\tR\tbackendId\"Q\n\x16GetModelStatusResponse\x12\x37\n\x06models\x18\x01 \x03(\x0b\x32\x1f.genai.inference.v1.ServedModelR\x06models2\xe8\x03\n\x10InferenceService\x12U\n\x08Generate\x12#.genai.inference.v1.GenerateRequest\x1a$.genai.inference.v1.GenerateResponse\x12i\n\x0eGenerateStream\x12).genai.inference.v1.GenerateStreamRequest\x1a*.genai.inference.v1.GenerateStreamResponse0\x01\x12L\n\x05\x45mbed\x12 .genai.inference.v1.EmbedRequest\x1a!.genai.inference.v1.EmbedResponse\x12[\n\nListModels\x12%.genai.inference.v1.ListModelsRequest\x1a&.genai.inference.v1.ListModelsResponse\x12g\n\x0eGetModelStatus\x12).genai.inference.v1.GetModelStatusRequest\x1a*.genai.inference.v1.GetModelStatusResponseBMZKgithub.com/genai-platform/genai/generated/go/genai/inference/v1;inferencev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,25 +35,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZKgithub.com/genai-platform/genai/generated/go/genai/inference/v1;inferencev1'
   _globals['_GENERATEREQUEST']._serialized_start=137
-  _globals['_GENERATEREQUEST']._serialized_end=391
-  _globals['_GENERATERESPONSE']._serialized_start=393
-  _globals['_GENERATERESPONSE']._serialized_end=490
-  _globals['_GENERATESTREAMREQUEST']._serialized_start=493
-  _globals['_GENERATESTREAMREQUEST']._serialized_end=753
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=756
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=967
-  _globals['_EMBEDREQUEST']._serialized_start=969
-  _globals['_EMBEDREQUEST']._serialized_end=1029
-  _globals['_EMBEDRESPONSE']._serialized_start=1032
-  _globals['_EMBEDRESPONSE']._serialized_end=1215
-  _globals['_LISTMODELSREQUEST']._serialized_start=1217
-  _globals['_LISTMODELSREQUEST']._serialized_end=1296
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1298
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1415
-  _globals['_GETMODELSTATUSREQUEST']._serialized_start=1417
-  _globals['_GETMODELSTATUSREQUEST']._serialized_end=1493
-  _globals['_GETMODELSTATUSRESPONSE']._serialized_start=1495
-  _globals['_GETMODELSTATUSRESPONSE']._serialized_end=1576
-  _globals['_INFERENCESERVICE']._serialized_start=1579
-  _globals['_INFERENCESERVICE']._serialized_end=2067
+  _globals['_GENERATEREQUEST']._serialized_end=458
+  _globals['_GENERATERESPONSE']._serialized_start=460
+  _globals['_GENERATERESPONSE']._serialized_end=557
+  _globals['_GENERATESTREAMREQUEST']._serialized_start=560
+  _globals['_GENERATESTREAMREQUEST']._serialized_end=887
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=890
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1101
+  _globals['_EMBEDREQUEST']._serialized_start=1103
+  _globals['_EMBEDREQUEST']._serialized_end=1163
+  _globals['_EMBEDRESPONSE']._serialized_start=1166
+  _globals['_EMBEDRESPONSE']._serialized_end=1349
+  _globals['_LISTMODELSREQUEST']._serialized_start=1351
+  _globals['_LISTMODELSREQUEST']._serialized_end=1430
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1432
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1549
+  _globals['_GETMODELSTATUSREQUEST']._serialized_start=1551
+  _globals['_GETMODELSTATUSREQUEST']._serialized_end=1627
+  _globals['_GETMODELSTATUSRESPONSE']._serialized_start=1629
+  _globals['_GETMODELSTATUSRESPONSE']._serialized_end=1710
+  _globals['_INFERENCESERVICE']._serialized_start=1713
+  _globals['_INFERENCESERVICE']._serialized_end=2201
 # @@protoc_insertion_point(module_scope)

@@ -9,20 +9,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "backend_id", "text", "chat", "parameters", "request_id")
+    __slots__ = ("model", "backend_id", "text", "chat", "parameters", "request_id", "constraint")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINT_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend_id: str
     text: str
     chat: _inference_pb2.ChatInput
     parameters: _generation_pb2.SamplingParameters
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., backend_id: _Optional[str] = ..., text: _Optional[str] = ..., chat: _Optional[_Union[_inference_pb2.ChatInput, _Mapping]] = ..., parameters: _Optional[_Union[_generation_pb2.SamplingParameters, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    constraint: _generation_pb2.OutputConstraint
+    def __init__(self, model: _Optional[str] = ..., backend_id: _Optional[str] = ..., text: _Optional[str] = ..., chat: _Optional[_Union[_inference_pb2.ChatInput, _Mapping]] = ..., parameters: _Optional[_Union[_generation_pb2.SamplingParameters, _Mapping]] = ..., request_id: _Optional[str] = ..., constraint: _Optional[_Union[_generation_pb2.OutputConstraint, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text", "final")
@@ -33,20 +35,22 @@ class GenerateResponse(_message.Message):
     def __init__(self, text: _Optional[str] = ..., final: _Optional[_Union[_inference_pb2.GenerationFinal, _Mapping]] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
-    __slots__ = ("model", "backend_id", "text", "chat", "parameters", "request_id")
+    __slots__ = ("model", "backend_id", "text", "chat", "parameters", "request_id", "constraint")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINT_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend_id: str
     text: str
     chat: _inference_pb2.ChatInput
     parameters: _generation_pb2.SamplingParameters
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., backend_id: _Optional[str] = ..., text: _Optional[str] = ..., chat: _Optional[_Union[_inference_pb2.ChatInput, _Mapping]] = ..., parameters: _Optional[_Union[_generation_pb2.SamplingParameters, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    constraint: _generation_pb2.OutputConstraint
+    def __init__(self, model: _Optional[str] = ..., backend_id: _Optional[str] = ..., text: _Optional[str] = ..., chat: _Optional[_Union[_inference_pb2.ChatInput, _Mapping]] = ..., parameters: _Optional[_Union[_generation_pb2.SamplingParameters, _Mapping]] = ..., request_id: _Optional[str] = ..., constraint: _Optional[_Union[_generation_pb2.OutputConstraint, _Mapping]] = ...) -> None: ...
 
 class GenerateStreamResponse(_message.Message):
     __slots__ = ("start", "delta", "final")

@@ -5,14 +5,14 @@
 import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
-import type { Message } from "@bufbuild/protobuf";
+import { file_google_protobuf_duration, file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
+import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file genai/common/v1/generation.proto.
  */
 export const file_genai_common_v1_generation: GenFile = /*@__PURE__*/
-  fileDesc("CiBnZW5haS9jb21tb24vdjEvZ2VuZXJhdGlvbi5wcm90bxIPZ2VuYWkuY29tbW9uLnYxIu4CChJTYW1wbGluZ1BhcmFtZXRlcnMSGAoLdGVtcGVyYXR1cmUYASABKAJIAIgBARISCgV0b3BfcBgCIAEoAkgBiAEBEhIKBXRvcF9rGAMgASgFSAKIAQESFwoKbWF4X3Rva2VucxgEIAEoBUgDiAEBEgwKBHN0b3AYBSADKAkSEQoEc2VlZBgGIAEoBEgEiAEBEh8KEnJlcGV0aXRpb25fcGVuYWx0eRgHIAEoAkgFiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYCCABKAJIBogBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgJIAEoAkgHiAEBQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCCAoGX3RvcF9rQg0KC19tYXhfdG9rZW5zQgcKBV9zZWVkQhUKE19yZXBldGl0aW9uX3BlbmFsdHlCEwoRX3ByZXNlbmNlX3BlbmFsdHlCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5IjkKClRva2VuVXNhZ2USFAoMaW5wdXRfdG9rZW5zGAEgASgFEhUKDW91dHB1dF90b2tlbnMYAiABKAUisgEKEUdlbmVyYXRpb25UaW1pbmdzEjcKFGZpcnN0X3Rva2VuX2R1cmF0aW9uGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjEKDnRvdGFsX2R1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjEKDnF1ZXVlX2R1cmF0aW9uGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uKqIBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISHwobRklOSVNIX1JFQVNPTl9TVE9QX1NFUVVFTkNFEAMSIAocRklOSVNIX1JFQVNPTl9DT05URU5UX0ZJTFRFUhAEQkdaRWdpdGh1Yi5jb20vZ2VuYWktcGxhdGZvcm0vZ2VuYWkvZ2VuZXJhdGVkL2dvL2dlbmFpL2NvbW1vbi92MTtjb21tb252MWIGcHJvdG8z", [file_google_protobuf_duration]);
+  fileDesc("CiBnZW5haS9jb21tb24vdjEvZ2VuZXJhdGlvbi5wcm90bxIPZ2VuYWkuY29tbW9uLnYxIu4CChJTYW1wbGluZ1BhcmFtZXRlcnMSGAoLdGVtcGVyYXR1cmUYASABKAJIAIgBARISCgV0b3BfcBgCIAEoAkgBiAEBEhIKBXRvcF9rGAMgASgFSAKIAQESFwoKbWF4X3Rva2VucxgEIAEoBUgDiAEBEgwKBHN0b3AYBSADKAkSEQoEc2VlZBgGIAEoBEgEiAEBEh8KEnJlcGV0aXRpb25fcGVuYWx0eRgHIAEoAkgFiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYCCABKAJIBogBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgJIAEoAkgHiAEBQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCCAoGX3RvcF9rQg0KC19tYXhfdG9rZW5zQgcKBV9zZWVkQhUKE19yZXBldGl0aW9uX3BlbmFsdHlCEwoRX3ByZXNlbmNlX3BlbmFsdHlCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5IjkKClRva2VuVXNhZ2USFAoMaW5wdXRfdG9rZW5zGAEgASgFEhUKDW91dHB1dF90b2tlbnMYAiABKAUisgEKEUdlbmVyYXRpb25UaW1pbmdzEjcKFGZpcnN0X3Rva2VuX2R1cmF0aW9uGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjEKDnRvdGFsX2R1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjEKDnF1ZXVlX2R1cmF0aW9uGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIooBChBPdXRwdXRDb25zdHJhaW50EhUKC2pzb25fb2JqZWN0GAEgASgISAASLgoLanNvbl9zY2hlbWEYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0SAASDwoFcmVnZXgYAyABKAlIABIWCgxlYm5mX2dyYW1tYXIYBCABKAlIAEIGCgRraW5kKqIBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISHwobRklOSVNIX1JFQVNPTl9TVE9QX1NFUVVFTkNFEAMSIAocRklOSVNIX1JFQVNPTl9DT05URU5UX0ZJTFRFUhAEQkdaRWdpdGh1Yi5jb20vZ2VuYWktcGxhdGZvcm0vZ2VuYWkvZ2VuZXJhdGVkL2dvL2dlbmFpL2NvbW1vbi92MTtjb21tb252MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct]);
 
 /**
  * SamplingParameters control decoding. An unset field inherits, in order, the
@@ -161,6 +161,81 @@ export type GenerationTimings = Message<"genai.common.v1.GenerationTimings"> & {
  */
 export const GenerationTimingsSchema: GenMessage<GenerationTimings> = /*@__PURE__*/
   messageDesc(file_genai_common_v1_generation, 2);
+
+/**
+ * OutputConstraint restricts what a model may generate: the serving engine
+ * masks the tokens that would leave the given language at every decoding step
+ * (guided, or constrained, decoding), so the output follows it by
+ * construction rather than by instruction. On Triton the facade passes it to
+ * the engine's grammar backend (xgrammar); OpenAI-compatible backends get it
+ * as `response_format`. Only models whose InferenceService configuration says
+ * `guided_decoding: true` accept one (`ServedModel.guided_decoding`); any
+ * other answers FAILED_PRECONDITION, never an unconstrained output.
+ *
+ * A constrained output can still be cut short by `max_tokens` or a stop
+ * sequence (see the finish reason), and then does not parse.
+ *
+ * @generated from message genai.common.v1.OutputConstraint
+ */
+export type OutputConstraint = Message<"genai.common.v1.OutputConstraint"> & {
+  /**
+   * Required: exactly one kind.
+   *
+   * @generated from oneof genai.common.v1.OutputConstraint.kind
+   */
+  kind: {
+    /**
+     * The output is JSON: an object or array on Triton (the engine's built-in
+     * JSON grammar), an object on OpenAI-compatible backends
+     * (`response_format: {"type": "json_object"}`, which some providers
+     * accept only when the prompt mentions JSON). Must be true when set.
+     *
+     * @generated from field: bool json_object = 1;
+     */
+    value: boolean;
+    case: "jsonObject";
+  } | {
+    /**
+     * The output is one JSON value that validates against this JSON Schema
+     * (draft 2020-12). It must be a valid schema, and at most 65,536 bytes as
+     * compact JSON. Engines support a subset of JSON Schema: keywords they
+     * cannot compile are INVALID_ARGUMENT from the engine. OpenAI-compatible
+     * backends get `response_format: {"type": "json_schema", "json_schema":
+     * {"name": "output", "schema": ..., "strict": true}}`.
+     *
+     * @generated from field: google.protobuf.Struct json_schema = 2;
+     */
+    value: JsonObject;
+    case: "jsonSchema";
+  } | {
+    /**
+     * The whole output matches this regular expression, in the engine's
+     * dialect (xgrammar: ECMAScript-like, without lookaround or
+     * backreferences). 1 to 65,536 bytes of UTF-8. Triton backends only.
+     *
+     * @generated from field: string regex = 3;
+     */
+    value: string;
+    case: "regex";
+  } | {
+    /**
+     * The output is a sentence of this EBNF grammar (the GBNF dialect of
+     * llama.cpp and xgrammar, starting at the rule `root`). 1 to 65,536 bytes
+     * of UTF-8. Triton backends only.
+     *
+     * @generated from field: string ebnf_grammar = 4;
+     */
+    value: string;
+    case: "ebnfGrammar";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message genai.common.v1.OutputConstraint.
+ * Use `create(OutputConstraintSchema)` to create a new message.
+ */
+export const OutputConstraintSchema: GenMessage<OutputConstraint> = /*@__PURE__*/
+  messageDesc(file_genai_common_v1_generation, 3);
 
 /**
  * FinishReason says why generation ended.

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file genai/inference/v1/inference.proto.
  */
 export const file_genai_inference_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("CiJnZW5haS9pbmZlcmVuY2UvdjEvaW5mZXJlbmNlLnByb3RvEhJnZW5haS5pbmZlcmVuY2UudjEiOwoJQ2hhdElucHV0Ei4KCG1lc3NhZ2VzGAEgAygLMhwuZ2VuYWkuY29tbW9uLnYxLkNoYXRNZXNzYWdlIkoKD0dlbmVyYXRpb25TdGFydBINCgVtb2RlbBgBIAEoCRISCgpiYWNrZW5kX2lkGAIgASgJEhQKDGlucHV0X3Rva2VucxgDIAEoBSIvCgpUb2tlbkRlbHRhEgwKBHRleHQYASABKAkSEwoLdG9rZW5fY291bnQYAiABKAUiywEKD0dlbmVyYXRpb25GaW5hbBI0Cg1maW5pc2hfcmVhc29uGAEgASgOMh0uZ2VuYWkuY29tbW9uLnYxLkZpbmlzaFJlYXNvbhIqCgV1c2FnZRgCIAEoCzIbLmdlbmFpLmNvbW1vbi52MS5Ub2tlblVzYWdlEjMKB3RpbWluZ3MYAyABKAsyIi5nZW5haS5jb21tb24udjEuR2VuZXJhdGlvblRpbWluZ3MSDQoFbW9kZWwYBCABKAkSEgoKYmFja2VuZF9pZBgFIAEoCSKWAgoLU2VydmVkTW9kZWwSDAoEbmFtZRgBIAEoCRISCgpiYWNrZW5kX2lkGAIgASgJEhUKDWJhY2tlbmRfbW9kZWwYAyABKAkSLQoFc3RhdGUYBCABKA4yHi5nZW5haS5pbmZlcmVuY2UudjEuTW9kZWxTdGF0ZRIrCgR0YXNrGAUgASgOMh0uZ2VuYWkuaW5mZXJlbmNlLnYxLk1vZGVsVGFzaxIaChJtYXhfY29udGV4dF90b2tlbnMYBiABKAUSGQoRbWF4X291dHB1dF90b2tlbnMYByABKAUSEQoJc3RyZWFtaW5nGAggASgIEhEKCWluX2ZsaWdodBgJIAEoBRIVCg1tYXhfaW5fZmxpZ2h0GAogASgFIhsKCUVtYmVkZGluZxIOCgZ2YWx1ZXMYASADKAIqdgoKTW9kZWxTdGF0ZRIbChdNT0RFTF9TVEFURV9VTlNQRUNJRklFRBAAEhUKEU1PREVMX1NUQVRFX1JFQURZEAESFwoTTU9ERUxfU1RBVEVfTE9BRElORxACEhsKF01PREVMX1NUQVRFX1VOQVZBSUxBQkxFEAMqXAoJTW9kZWxUYXNrEhoKFk1PREVMX1RBU0tfVU5TUEVDSUZJRUQQABIZChVNT0RFTF9UQVNLX0dFTkVSQVRJT04QARIYChRNT0RFTF9UQVNLX0VNQkVERElORxACQk1aS2dpdGh1Yi5jb20vZ2VuYWktcGxhdGZvcm0vZ2VuYWkvZ2VuZXJhdGVkL2dvL2dlbmFpL2luZmVyZW5jZS92MTtpbmZlcmVuY2V2MWIGcHJvdG8z", [file_genai_common_v1_chat, file_genai_common_v1_generation]);
+  fileDesc("CiJnZW5haS9pbmZlcmVuY2UvdjEvaW5mZXJlbmNlLnByb3RvEhJnZW5haS5pbmZlcmVuY2UudjEiOwoJQ2hhdElucHV0Ei4KCG1lc3NhZ2VzGAEgAygLMhwuZ2VuYWkuY29tbW9uLnYxLkNoYXRNZXNzYWdlIkoKD0dlbmVyYXRpb25TdGFydBINCgVtb2RlbBgBIAEoCRISCgpiYWNrZW5kX2lkGAIgASgJEhQKDGlucHV0X3Rva2VucxgDIAEoBSIvCgpUb2tlbkRlbHRhEgwKBHRleHQYASABKAkSEwoLdG9rZW5fY291bnQYAiABKAUi4AEKD0dlbmVyYXRpb25GaW5hbBI0Cg1maW5pc2hfcmVhc29uGAEgASgOMh0uZ2VuYWkuY29tbW9uLnYxLkZpbmlzaFJlYXNvbhIqCgV1c2FnZRgCIAEoCzIbLmdlbmFpLmNvbW1vbi52MS5Ub2tlblVzYWdlEjMKB3RpbWluZ3MYAyABKAsyIi5nZW5haS5jb21tb24udjEuR2VuZXJhdGlvblRpbWluZ3MSDQoFbW9kZWwYBCABKAkSEgoKYmFja2VuZF9pZBgFIAEoCRITCgtjb25zdHJhaW5lZBgGIAEoCCKvAgoLU2VydmVkTW9kZWwSDAoEbmFtZRgBIAEoCRISCgpiYWNrZW5kX2lkGAIgASgJEhUKDWJhY2tlbmRfbW9kZWwYAyABKAkSLQoFc3RhdGUYBCABKA4yHi5nZW5haS5pbmZlcmVuY2UudjEuTW9kZWxTdGF0ZRIrCgR0YXNrGAUgASgOMh0uZ2VuYWkuaW5mZXJlbmNlLnYxLk1vZGVsVGFzaxIaChJtYXhfY29udGV4dF90b2tlbnMYBiABKAUSGQoRbWF4X291dHB1dF90b2tlbnMYByABKAUSEQoJc3RyZWFtaW5nGAggASgIEhEKCWluX2ZsaWdodBgJIAEoBRIVCg1tYXhfaW5fZmxpZ2h0GAogASgFEhcKD2d1aWRlZF9kZWNvZGluZxgLIAEoCCIbCglFbWJlZGRpbmcSDgoGdmFsdWVzGAEgAygCKnYKCk1vZGVsU3RhdGUSGwoXTU9ERUxfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFNT0RFTF9TVEFURV9SRUFEWRABEhcKE01PREVMX1NUQVRFX0xPQURJTkcQAhIbChdNT0RFTF9TVEFURV9VTkFWQUlMQUJMRRADKlwKCU1vZGVsVGFzaxIaChZNT0RFTF9UQVNLX1VOU1BFQ0lGSUVEEAASGQoVTU9ERUxfVEFTS19HRU5FUkFUSU9OEAESGAoUTU9ERUxfVEFTS19FTUJFRERJTkcQAkJNWktnaXRodWIuY29tL2dlbmFpLXBsYXRmb3JtL2dlbmFpL2dlbmVyYXRlZC9nby9nZW5haS9pbmZlcmVuY2UvdjE7aW5mZXJlbmNldjFiBnByb3RvMw", [file_genai_common_v1_chat, file_genai_common_v1_generation]);
 
 /**
  * ChatInput is a conversation to complete. On Triton, the serving model's own
@@ -148,6 +148,15 @@ export type GenerationFinal = Message<"genai.inference.v1.GenerationFinal"> & {
    * @generated from field: string backend_id = 5;
    */
   backendId: string;
+
+  /**
+   * Whether decoding followed the request's `constraint`: true exactly when
+   * the request had one (a constraint the model cannot apply fails the
+   * request instead).
+   *
+   * @generated from field: bool constrained = 6;
+   */
+  constrained: boolean;
 };
 
 /**
@@ -233,6 +242,16 @@ export type ServedModel = Message<"genai.inference.v1.ServedModel"> & {
    * @generated from field: int32 max_in_flight = 10;
    */
   maxInFlight: number;
+
+  /**
+   * Whether the model takes an `OutputConstraint` (guided decoding; the
+   * model's `guided_decoding` setting in InferenceService). Triton backends
+   * take every kind; OpenAI-compatible backends take `json_object` and
+   * `json_schema` only.
+   *
+   * @generated from field: bool guided_decoding = 11;
+   */
+  guidedDecoding: boolean;
 };
 
 /**
