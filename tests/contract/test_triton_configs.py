@@ -969,7 +969,10 @@ def test_the_gpu_repository_serves_the_facade_on_triton(
     assert int(stopped.read_text()) < len(ids), "the client's cancel stopped tensorrt_llm"
     assert "".join(results["postprocessing"]) == expected
     assert "".join(c.text for c in results["guided"]) == 'json_schema:{"type": "object"}'
-    assert "[FIELD_VIOLATION] guided_decoding_guide_type: must be one of" in results["bad_guide"]
+    assert (
+        "[FIELD_VIOLATION] guided_decoding_guide_type: unknown guide type 'yaml'"
+        in (results["bad_guide"])
+    )
 
 
 NOT_DECOUPLED_STANDIN = """

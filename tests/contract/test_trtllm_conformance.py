@@ -715,6 +715,14 @@ def test_the_pinned_release_is_named_where_users_install_it() -> None:
     assert extras["gpu"] == [f"tensorrt-llm=={PINNED.tensorrt_llm}"]
 
 
+def test_the_facades_guide_types_are_the_releases() -> None:
+    """Every engine reads its guide through genai_triton.guides (the GPU ensembles ship a copy)."""
+    from genai_triton import guides
+
+    assert guides.GUIDE_TYPES == GUIDE_TYPES
+    assert (guides.GUIDE_TYPE, guides.GUIDE) == GUIDED_INPUTS
+
+
 def test_the_cancellation_fallback_names_the_release_that_has_cancel() -> None:
     model_py = (
         ROOT / "triton_models" / "gpu" / VARIANT / "ensemble" / "1" / "model.py"

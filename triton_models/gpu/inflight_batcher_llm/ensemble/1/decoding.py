@@ -6,7 +6,6 @@ tokenizer arrives as a `decode(ids) -> str` callable).
 - postprocessing/1/model.py (through a symlink to this file) is stateless: `text_delta`.
 """
 
-import json
 from collections.abc import Callable, Collection, Sequence
 
 FINISH_STOP = "stop"
@@ -227,29 +226,3 @@ class RequestDecoder:
             self.finish_reason = FINISH_STOP_WORDS
             return text
         return text + self._stops.flush()
-
-
-GUIDE_TYPES = ("json", "json_schema", "regex", "ebnf_grammar")
-"""The guided-decoding types of TensorRT-LLM's `guided_decoding_guide_type` input."""
-
-
-def guide_problem(guide_type: str, guide: str) -> str:
-    """What is wrong with a request's guided-decoding inputs, as `field: why` (empty if
-    nothing is). The engine compiles the guide; this catches what it would report only as a
-    backend error: an unknown type, a missing guide, a schema that is not JSON."""
-    if not guide_type:
-        return "guided_decoding_guide: set without guided_decoding_guide_type" if guide else ""
-    if guide_type not in GUIDE_TYPES:
-        return f"guided_decoding_guide_type: must be one of {', '.join(GUIDE_TYPES)}, got {guide_type!r}"
-    if guide_type == "json":
-        return "guided_decoding_guide: must be empty for type json" if guide else ""
-    if not guide:
-        return f"guided_decoding_guide: required for type {guide_type}"
-    if guide_type == "json_schema":
-        try:
-            schema = json.loads(guide)
-        except ValueError as error:
-            return f"guided_decoding_guide: not JSON ({error})"
-        if not isinstance(schema, dict | bool):
-            return "guided_decoding_guide: a JSON Schema is an object or a boolean"
-    return ""

@@ -34,7 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from decoding import RequestDecoder, guide_problem, parse_word_list
+from decoding import RequestDecoder, parse_word_list
+from genai_triton.guides import GUIDE, JSON_SCHEMA, GuideError, read_guide
 from transformers import AutoTokenizer
 
 PREPROCESSING = "preprocessing"
@@ -221,12 +222,7 @@ class TritonPythonModel:
             if "exclude_input_in_output" in facade
             else False
         )
-        problem = guide_problem(
-            _text(facade.get("guided_decoding_guide_type", np.array([b""])).reshape(-1)[0]),
-            _text(facade.get("guided_decoding_guide", np.array([b""])).reshape(-1)[0]),
-        )
-        if problem:
-            raise RequestError(FIELD_VIOLATION, problem)
+        _check_guide(facade)
         pre = await self._preprocess(facade)
         input_length = int(pre["REQUEST_INPUT_LEN"].item())
         prompt = [] if streaming or exclude else pre["INPUT_ID"][0, :input_length].tolist()
@@ -402,6 +398,24 @@ class _Responses:
             self.done = True
             raise StopAsyncIteration
         return response
+
+
+def _check_guide(facade):
+    """Refuses malformed guided-decoding inputs (the CPU models' rules, genai_triton.guides)
+    and a JSON Schema that is not JSON, which tensorrt_llm would only report as a backend
+    error. Whether a guide compiles is for the executor to say."""
+
+    def text(name):
+        return _text(facade[name].reshape(-1)[0]) if name in facade else None
+
+    try:
+        guide = read_guide(text("guided_decoding_guide_type"), text(GUIDE))
+        if guide is not None and guide.type == JSON_SCHEMA:
+            json.loads(guide.text)
+    except GuideError as error:
+        raise RequestError(FIELD_VIOLATION, str(error)) from None
+    except ValueError as error:
+        raise RequestError(FIELD_VIOLATION, f"{GUIDE}: not JSON ({error})") from None
 
 
 def _tensor(name, value, dtype):

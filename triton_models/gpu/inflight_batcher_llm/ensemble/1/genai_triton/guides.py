@@ -1,0 +1,1 @@
+../../../../../python/genai_triton/guides.py
