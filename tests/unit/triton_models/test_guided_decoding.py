@@ -474,7 +474,11 @@ def test_a_request_cancelled_while_its_guide_compiles_ends_once(
         )
         assert engine.cancel(request_id)
         held.release.set()
-        time.sleep(0.3)  # the constraint arrives, the engine drops the cancelled sequence
+        collector.wait()
+        # The constraint arrives after the cancellation; the engine must drop the sequence.
+        deadline = time.monotonic() + 10
+        while (engine.active or engine.waiting) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert [u.finish_reason for u in collector.updates] == [FINISH_CANCELLED]
         assert engine.active == 0
         assert engine.waiting == 0
