@@ -34,6 +34,20 @@ SettingsT = TypeVar("SettingsT", bound=Settings)
 
 ENV_PREFIX = "GENAI_"
 _NESTING = "__"
+_FILE_SUFFIX = "_file"
+NOT_SETTINGS: frozenset[str] = frozenset(
+    {
+        "GENAI_API_KEY",  # the key the CLI's client commands send
+        "GENAI_TARGET",  # where they send it
+        "GENAI_LOG_LEVEL",  # the log level of `genai` commands
+        "GENAI_MODEL_CACHE",  # where `scripts/setup models` keeps prepared models
+        "GENAI_CACHE_DIR",  # Triton's run and cache files
+    }
+)
+"""`GENAI_*` variables that are not settings: read by the commands and tools named beside
+each, and ignored (not refused as unknown settings) by `load_settings`, so that a shell with
+`GENAI_API_KEY` exported can still run `genai serve`. Variables of the benchmarks start with
+`GENAI_BENCH_` and are ignored too."""
 _STRUCTURED = (list, tuple, set, frozenset, dict)
 
 
@@ -55,9 +69,12 @@ def load_settings(
     """Returns `model` filled from the YAML file at `path` (if any), then from `env`.
 
     An environment variable `<prefix>SECTION__FIELD` overrides `section.field`; values are
-    parsed like the field's type (JSON for lists, dicts and models). Raises `ConfigError`
-    naming every unknown key and invalid value, with where it came from; the values themselves
-    are never echoed, since they may be secrets.
+    parsed like the field's type (JSON for lists, dicts and models). `<prefix>SECTION__FIELD_FILE`
+    names a file holding the value instead (a mounted Secret: the value stays out of the
+    process environment); one trailing newline is dropped. A name that is itself a setting
+    (`router.catalog_file`) keeps its meaning. Raises `ConfigError` naming every unknown key and
+    invalid value, with where it came from; the values themselves are never echoed, since they
+    may be secrets.
     """
     data: dict[str, Any] = _read_yaml(path) if path is not None else {}
     sources: dict[tuple[str, ...], str] = {}
@@ -65,13 +82,31 @@ def load_settings(
     for variable in sorted(env):
         if not variable.startswith(prefix):
             continue
+        if prefix == ENV_PREFIX and (
+            variable in NOT_SETTINGS or variable.startswith("GENAI_BENCH_")
+        ):
+            continue
         keys = tuple(part.lower() for part in variable[len(prefix) :].split(_NESTING))
         annotation = _field_annotation(model, keys)
+        raw = env[variable]
+        if annotation is None and keys[-1].endswith(_FILE_SUFFIX):
+            stem = (*keys[:-1], keys[-1].removesuffix(_FILE_SUFFIX))
+            annotation = _field_annotation(model, stem)
+            if annotation is not None:
+                if variable.removesuffix(_FILE_SUFFIX.upper()) in env:
+                    problems.append(f"{variable}: set with {variable[:-5]}; set one of them")
+                    continue
+                try:
+                    raw = Path(raw).read_text().removesuffix("\n")
+                except OSError as error:
+                    problems.append(f"{variable}: cannot read {raw}: {error.strerror}")
+                    continue
+                keys = stem
         if annotation is None:
             problems.append(f"{variable}: no setting {'.'.join(keys)!r} exists")
             continue
         try:
-            value = _parse_env_value(annotation, env[variable])
+            value = _parse_env_value(annotation, raw)
         except ValueError:
             problems.append(f"{variable}: not valid JSON, which this setting needs")
             continue

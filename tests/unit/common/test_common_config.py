@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import Field, SecretStr
 
-from services.common.config import ConfigError, Settings, load_settings
+from services.common.config import NOT_SETTINGS, ConfigError, Settings, load_settings
 from services.common.testing import assert_settings_documented, undocumented_settings
 
 
@@ -100,6 +100,50 @@ def test_unknown_keys_are_rejected_from_file_and_environment(tmp_path: Path) -> 
         f"logging (from file {path}): unknown key",
         f"server.prot (from file {path}): unknown key",
     ]
+
+
+def test_the_variables_of_the_commands_are_not_mistaken_for_settings() -> None:
+    # A shell that exported GENAI_API_KEY for `genai chat` can still run `genai serve`.
+    env = dict.fromkeys(NOT_SETTINGS, "x") | {"GENAI_BENCH_POSTGRES_URL": "x"}
+    assert load_settings(AppSettings, path=None, env=env) == AppSettings()
+    with pytest.raises(ConfigError) as caught:
+        load_settings(AppSettings, path=None, env={"GENAI_API_KEYS": "x"})
+    assert caught.value.problems == ["GENAI_API_KEYS: no setting 'api_keys' exists"]
+
+
+def test_a_value_can_come_from_a_file_named_by_a_file_variable(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")  # as `kubectl create secret --from-file` often leaves it
+    port = tmp_path / "port"
+    port.write_text("6001")
+    env = {"GENAI_STORE__PASSWORD_FILE": str(secret), "GENAI_SERVER__PORT_FILE": str(port)}
+    settings = load_settings(AppSettings, path=None, env=env)
+    assert settings.store.password.get_secret_value() == "s3cret"
+    assert settings.server.port == 6001
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(AppSettings, path=None, env={"GENAI_STORE__PASSWORD_FILE": "/nonexistent"})
+    assert caught.value.problems == [
+        "GENAI_STORE__PASSWORD_FILE: cannot read /nonexistent: No such file or directory"
+    ]
+    with pytest.raises(ConfigError) as caught:
+        load_settings(AppSettings, path=None, env={**env, "GENAI_STORE__PASSWORD": "x"})
+    assert caught.value.problems == [
+        "GENAI_STORE__PASSWORD_FILE: set with GENAI_STORE__PASSWORD; set one of them"
+    ]
+    with pytest.raises(ConfigError) as caught:  # no setting `store.nothing`
+        load_settings(AppSettings, path=None, env={"GENAI_STORE__NOTHING_FILE": str(secret)})
+    assert caught.value.problems == [
+        "GENAI_STORE__NOTHING_FILE: no setting 'store.nothing_file' exists"
+    ]
+
+
+def test_a_setting_whose_name_ends_in_file_keeps_its_meaning() -> None:
+    from services.platform.settings import PlatformSettings
+
+    env = {"GENAI_ROUTER__CATALOG_FILE": "/etc/genai/catalog.yaml"}
+    settings = load_settings(PlatformSettings, path=None, env=env)
+    assert settings.router.catalog_file == "/etc/genai/catalog.yaml"
 
 
 def test_invalid_values_name_their_source_but_not_their_value(tmp_path: Path) -> None:
