@@ -9,6 +9,7 @@ genai prompts push|pull|diff|history|promote|rollback|list ... (`genai prompts -
 genai experiments create|start|stop|list|results ... (`genai experiments --help`)
 genai eval datasets create|add ... | run SPEC.yaml [--gate] | report ID (`genai eval --help`)
 genai logs [--prompt NAME] [--status CODE] [--since 10m] [--limit N] [--json]
+genai migrate [--config FILE] [--store SECTION ...] [--prompts DIR] [--bootstrap-admin-key]
 
 Commands that call the platform send `--api-key` (default: $GENAI_API_KEY) to `--target`
 (default: $GENAI_TARGET, else 127.0.0.1:50051): HOST:PORT, a comma-separated list of IP:PORT
@@ -44,6 +45,7 @@ from services.gateway.logs_cli import API_KEY_ENV, error_line
 from services.inference.adapters import tritonserver
 from services.platform.auth import internal_metadata
 from services.platform.bootstrap import dev_key_file, ensure_dev_credentials
+from services.platform.migrate import STORES, migrate_all
 from services.platform.runner import (
     REPOSITORY_ROOT,
     Platform,
@@ -115,6 +117,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     seeding.add_argument("--no-prompts", action="store_true", help="push no prompt files at start")
     serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply every store's database migrations and exit (a deployment's migration Job)",
+        description="Applies the migrations of every store the settings name (tenants and "
+        "keys, request log, idempotency, prompts, experiments, evaluations), then exits 0; "
+        "exits 2 naming the setting when a database cannot be reached or migrated.",
+    )
+    migrate.add_argument("--config", type=Path, help="YAML settings file (GENAI_* env overrides)")
+    migrate.add_argument(
+        "--prompts",
+        type=Path,
+        metavar="DIR",
+        help="then push these prompt files for the `default` tenant, as `genai serve` seeds "
+        "them (`production` is set only where it does not exist yet)",
+    )
+    migrate.add_argument(
+        "--store",
+        action="append",
+        choices=sorted({spec.setting for spec in STORES}),
+        help="migrate only the stores of this settings section (repeatable; default: all)",
+    )
+    migrate.add_argument(
+        "--bootstrap-admin-key",
+        action="store_true",
+        help="also make a platform-admin API key for the `default` tenant and print it once "
+        "(the first key of a deployment whose replicas run with auth.development_key off)",
+    )
+    migrate.set_defaults(run=_migrate)
 
     info = commands.add_parser("info", help="describe a running gateway and its dependencies")
     add_target_option(info, default=DEFAULT_TARGET, what="gateway")
@@ -289,7 +320,11 @@ async def _serve_until_signalled(
     if platform.metrics_port is not None:
         print(f"metrics: http://{settings.server.host}:{platform.metrics_port}/metrics", flush=True)
     credentials = None
-    if settings.auth.mode == "api_key" and platform.tenants is not None:
+    if (
+        settings.auth.mode == "api_key"
+        and settings.auth.development_key
+        and platform.tenants is not None
+    ):
         credentials = await ensure_dev_credentials(platform.tenants, dev_key_file())
         made = "created" if credentials.created else "kept"
         print(
@@ -327,6 +362,64 @@ async def _serve_until_signalled(
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    settings = load_settings(PlatformSettings, path=args.config, env=os.environ)
+    if args.prompts is not None and not args.prompts.is_dir():
+        raise ConfigError([f"--prompts: {args.prompts} is not a folder"])
+    if args.bootstrap_admin_key and args.store and "gateway" not in args.store:
+        raise ConfigError(["--bootstrap-admin-key: the key lives in the gateway's store"])
+    return asyncio.run(
+        _migrate_and_seed(settings, args.prompts, args.bootstrap_admin_key, args.store)
+    )
+
+
+async def _migrate_and_seed(
+    settings: PlatformSettings,
+    prompts: Path | None,
+    bootstrap_admin_key: bool,
+    stores: Sequence[str] | None = None,
+) -> int:
+    report = await migrate_all(
+        settings, bootstrap_admin_key=bootstrap_admin_key, sections=stores or None
+    )
+    for line in report.lines():
+        print(line, flush=True)
+    if prompts is not None:
+        # PromptService alone, on a loopback port of its own, for as long as the push takes.
+        local = PlatformSettings.model_validate(
+            {
+                **settings.model_dump(),
+                "services": ("prompt",),
+                "server": {
+                    **settings.server.model_dump(),
+                    "host": "127.0.0.1",
+                    "port": 0,
+                    "workers": 1,
+                    "metrics_port": None,
+                    "tls_certificate_file": "",
+                    "tls_private_key_file": "",
+                    "tls_client_ca_file": "",
+                },
+                "clients": {},
+            }
+        )
+        platform = await start_platform(local)
+        try:
+            failures = await _seed_prompts(platform, prompts, local)
+        finally:
+            await platform.stop()
+        if failures:
+            return 1
+    if report.bootstrap_secret:
+        print(
+            f"platform-admin API key of tenant '{DEFAULT_TENANT}' (shown once, only its hash "
+            "is stored; revoke it once you have made your own):",
+            flush=True,
+        )
+        print(f"  export {API_KEY_ENV}={report.bootstrap_secret}", flush=True)
+    return 0
+
+
 def _write_atomically(path: Path, text: str) -> None:
     """Writes `path` whole or not at all (readers never see half of it)."""
     partial = path.with_name(f".{path.name}.partial")
@@ -336,10 +429,10 @@ def _write_atomically(path: Path, text: str) -> None:
 
 async def _seed_prompts(
     platform: Platform | WorkerPool, folder: Path, settings: PlatformSettings
-) -> None:
+) -> int:
     """Pushes `folder`'s prompt files to the PromptService of `platform` for the `default`
     tenant, over a client channel of its own (TLS as configured); failures are logged, never
-    raised."""
+    raised. Returns how many files failed (1 when the registry was unreachable)."""
     channel = create_channel(
         platform.address,
         tls=client_tls(settings.clients),
@@ -349,7 +442,7 @@ async def _seed_prompts(
         report = await prompts_cli.seed_prompts(channel, folder)
     except Exception:  # seeding is a convenience: the platform serves without it
         _logger.exception("seeding prompts from %s failed", folder)
-        return
+        return 1
     finally:
         await channel.close(None)
     print(f"prompts from {folder}:", flush=True)
@@ -359,6 +452,7 @@ async def _seed_prompts(
         _logger.error(
             "%d of the prompt files in %s were not seeded (see above)", report.failures, folder
         )
+    return report.failures
 
 
 def _info(args: argparse.Namespace) -> int:

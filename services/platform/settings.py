@@ -127,6 +127,14 @@ class AuthSettings(Settings):
         description="How long a verified key is trusted without a database read: the bound "
         "on a revocation's delay should every push and poll of the tenant feed fail.",
     )
+    development_key: bool = Field(
+        default=True,
+        description="With api_key: `genai serve` makes sure the `default` tenant has a "
+        "platform-admin key saved in $XDG_DATA_HOME/genai-platform/dev-api-key, creating one "
+        "when the saved one is missing (a single machine's first start). Turn it off where "
+        "replicas come and go (Kubernetes): each fresh replica would create a key; the first "
+        "key there comes from `genai migrate --bootstrap-admin-key`.",
+    )
     change_poll_seconds: float = Field(
         default=0.5,
         gt=0,
