@@ -277,7 +277,19 @@ class CompletionEngine:
         self, request: Request, caller: Caller, *, time_left: float | None
     ) -> AsyncIterator[Response]:
         """Yields `start`, the processed deltas and `final`; raises `DomainError`s (the error
-        interceptor turns them into statuses) after which nothing more is sent."""
+        interceptor turns them into statuses) after which nothing more is sent. Counted in
+        `genai_gateway_in_flight` from the call to its end."""
+        in_flight = self._metrics.in_flight.labels(caller.method)
+        in_flight.inc()
+        try:
+            async for message in self._stream(request, caller, time_left=time_left):
+                yield message
+        finally:
+            in_flight.dec()
+
+    async def _stream(
+        self, request: Request, caller: Caller, *, time_left: float | None
+    ) -> AsyncIterator[Response]:
         started = self._clock()
         claim: Claim | None = None
         if request.request_id and self._idempotency is not None and _claimable(request):

@@ -7,7 +7,7 @@ Names follow the conventions with dots as underscores and the unit as suffix
 
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OPERATION_DURATION_BUCKETS: Final = (
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
@@ -56,6 +56,13 @@ class GatewayMetrics:
             "Time between output chunks after the first one.",
             _MODEL,
             buckets=TIME_PER_OUTPUT_CHUNK_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "genai_gateway_in_flight",
+            "Completions being served now (streamed or not), by method: what the gateway's "
+            "autoscaler scales on (sum over replicas / target per replica).",
+            ("method",),
             registry=registry,
         )
         self.cost = Counter(

@@ -287,6 +287,36 @@ async def test_a_backend_failing_before_the_first_token_fails_over_invisibly(
         assert (second.backend_id, second.status) == ("good-1", "OK")
 
 
+async def test_in_flight_completions_are_counted_while_they_stream(
+    running: Running, servers: tuple[OpenAICompatibleServer, Any]
+) -> None:
+    good, _ = servers
+    good.behaviour = Behaviour(tokens=["a"] * 40, pace=0.05)
+    port = running.platform.metrics_port
+    assert port is not None
+    series = 'genai_gateway_in_flight{method="/genai.gateway.v1.GatewayService/StreamComplete"}'
+
+    def in_flight() -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        (line,) = [ln for ln in text.splitlines() if ln.startswith(series)]
+        return float(line.split()[-1])
+
+    call = running.stub.StreamComplete(_request("contact"), timeout=30)
+    first = await call.read()
+    assert isinstance(first, gs.StreamCompleteResponse)
+    assert first.HasField("start")
+    assert await asyncio.to_thread(in_flight) == 1.0
+    call.cancel()
+    for _ in range(100):  # the cancelled stream ends within a loop turn or two
+        if await asyncio.to_thread(in_flight) == 0.0:
+            break
+        await asyncio.sleep(0.02)
+    assert await asyncio.to_thread(in_flight) == 0.0
+    await _stream(running.stub, _request("contact"))
+    assert await asyncio.to_thread(in_flight) == 0.0
+
+
 async def test_metrics_endpoint_has_the_genai_metrics_with_their_buckets(
     running: Running,
 ) -> None:
