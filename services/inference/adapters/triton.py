@@ -9,6 +9,7 @@ Triton carry no client interceptors (each costs extra tasks and loop turns per m
 adapter opens its own client span per request and hands Triton its W3C `traceparent`.
 """
 
+import json
 import re
 import struct
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -79,10 +80,20 @@ StreamInfer = grpc.aio.UnaryStreamMultiCallable[
 ]
 
 
+ROUND_ROBIN: Final = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+"""Service config of a target that names several Tritons (`dns:///triton-headless:8001` for
+every pod behind a headless Service, or an `ipv4:`/`ipv6:` list): each request goes to the
+next one, instead of every request to the first (gRPC's default, pick_first)."""
+
+
 def triton_channel(target: str) -> grpc.aio.Channel:
-    """A channel to the Triton server at `target` (`host:port`), with Triton-friendly
-    keepalive and no interceptors (see the module docstring)."""
-    return grpc.aio.insecure_channel(target, options=TRITON_CHANNEL_OPTIONS)
+    """A channel to the Triton server at `target` (`host:port`, or `dns:///name:port` and
+    `ipv4:a:p,b:p` for several, balanced round robin), with Triton-friendly keepalive and no
+    interceptors (see the module docstring)."""
+    options: tuple[tuple[str, int | str], ...] = TRITON_CHANNEL_OPTIONS
+    if target.startswith(("dns:", "ipv4:", "ipv6:")):
+        options = (*options, ("grpc.service_config", ROUND_ROBIN))
+    return grpc.aio.insecure_channel(target, options=options)
 
 
 class TritonBackend:
