@@ -11,19 +11,20 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
+import re
 import shutil
 import signal
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from benchmarks.cli import ROOT
 from benchmarks.inference import CPU_REPOSITORY
 from benchmarks.processes import terminate, wait_ready
+from scripts.lib import manifests
 from services.inference.adapters.tritonserver import pick_free_port, pick_free_ports
 
 if TYPE_CHECKING:
@@ -83,16 +84,33 @@ class Replica:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def ready_file(self) -> Path:
+        return self.log_file.with_suffix(".ready.json")
+
+    def args(self) -> list[str]:
+        """`genai serve`'s arguments: the services, no prompt seeding (as the manifests'
+        Deployments run it), and this process's port and ready file."""
+        args = ["serve", *(arg for service in self.services for arg in ("--service", service))]
+        return [
+            *args,
+            "--no-prompts",
+            "--port",
+            str(self.port),
+            "--ready-file",
+            str(self.ready_file),
+        ]
+
     async def start(self, patience_s: float = 90.0) -> None:
         """Starts it and returns once it serves (its ready file is written)."""
-        ready = self.log_file.with_suffix(".ready.json")
+        ready = self.ready_file
         ready.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "services.cli", "serve", "--port", str(self.port)]
-        command += [arg for service in self.services for arg in ("--service", service)]
-        command += ["--no-prompts", "--ready-file", str(ready)]
         with self.log_file.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                *command,
+                sys.executable,
+                "-m",
+                "services.cli",
+                *self.args(),
                 cwd=ROOT,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
@@ -218,36 +236,214 @@ class Shared:
             await client.aclose()
 
 
-def deployment_env(
-    shared: Shared, tritons: Tritons, catalog: Path, data: Path, *, lease_s: float
+OVERLAY: Final = "cpu"
+"""The overlay whose manifests the processes take their command lines and variables from."""
+GATEWAY_DEPLOYMENT: Final = "genai-gateway"
+PROMPT_DEPLOYMENT: Final = "genai-prompt"
+EXPERIMENT_DEPLOYMENT: Final = "genai-experiment"
+EVALUATION_DEPLOYMENT: Final = "genai-evaluation"
+MIGRATION_JOB: Final = "genai-migrate"
+"""The workloads of deploy/kubernetes this deployment runs as processes."""
+
+LOCAL_VALUES: Final[Mapping[str, str]] = {
+    "GENAI_SERVER__HOST": "every process listens on 127.0.0.1 (one machine, no network)",
+    "GENAI_SERVER__METRICS_PORT": "0 picks a free one: the processes share one machine",
+    "GENAI_SERVER__GRACE_SECONDS": "2 s: the run stops its processes at the end",
+    "GENAI_ROUTER__CATALOG_FILE": "the paced zero model's catalog, written by the run",
+    "GENAI_INFERENCE__MODELS": "the paced zero model on the run's two Tritons",
+}
+"""Manifest variables that the run sets to values of this machine, each with why. Secrets
+(`secretKeyRef`) take the run's PostgreSQL, Redis and a token of its own, and every
+`dns:///<deployment>-headless:PORT` target the addresses of that workload's processes."""
+BENCH_ONLY: Final[Mapping[str, str]] = {
+    "GENAI_ROUTER__HEALTH_CHECK_SECONDS": "1 s: the fault phase measures failover",
+    "GENAI_GATEWAY__QUOTA__KEY_PREFIX": "the run's own Redis keys",
+    "GENAI_GATEWAY__QUOTA__LEASE_SECONDS": "the lease the run sweeps",
+    "GENAI_GATEWAY__ONLINE_EVALUATION__SHARE": "0: no quality scoring of zero's tokens",
+    "GENAI_*__DATABASE_SCHEMA": "the run's own PostgreSQL schema, beside each DATABASE_URL(_FILE)",
+}
+"""Variables the run adds to the manifests' (and the manifests must not set), each with why."""
+
+
+def manifest_workload(workload: str) -> tuple[manifests.Document, dict[str, Any]]:
+    """`workload` (a Deployment or the migration Job) in the overlay's manifests, and its
+    platform container."""
+    docs = manifests.render(OVERLAY)
+    kind = "Job" if workload == MIGRATION_JOB else "Deployment"
+    doc = manifests.find(docs, kind, workload)
+    if kind == "Deployment":
+        return doc, manifests.serve_container(doc)
+    (container,) = manifests.containers(doc, init=False)
+    return doc, container
+
+
+def manifest_container(workload: str) -> dict[str, Any]:
+    """The platform container of `workload` in the overlay's manifests."""
+    return manifest_workload(workload)[1]
+
+
+def manifest_env(workload: str) -> dict[str, manifests.EnvValue]:
+    """The environment the manifests give `workload`'s platform container."""
+    doc, container = manifest_workload(workload)
+    return manifests.environment(manifests.render(OVERLAY), doc, container)
+
+
+def hosted(workload: str) -> tuple[str, ...]:
+    """The services `workload`'s `genai serve` hosts."""
+    return manifests.hosted_services(manifest_container(workload)["args"])
+
+
+@dataclass(frozen=True)
+class LocalValues:
+    """What this machine puts where the manifests name cluster things."""
+
+    shared: Shared
+    tritons: "Tritons"
+    catalog: Path
+    data: Path
+    lease_s: float
+    internal_token: str
+
+    def secret(self, value: manifests.SecretValue) -> str:
+        return {
+            ("genai-database", "url"): POSTGRES_URL,
+            ("genai-redis", "url"): REDIS_URL,
+            ("genai-internal-token", "token"): self.internal_token,
+        }[(value.secret, value.key)]
+
+    def secret_file(self, value: manifests.SecretValue) -> Path:
+        """A file holding the run's value of a Secret's key (mode 0600)."""
+        path = self.data / "secrets" / f"{value.secret}-{value.key}"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                file.write(self.secret(value) + "\n")
+        return path
+
+    def local(self, variable: str) -> str:
+        backends = [
+            {"id": f"triton-{i}", "endpoint": self.tritons.address(i), "triton_model": TRITON_MODEL}
+            for i in range(2)
+        ]
+        model = {
+            "name": MODEL,
+            "backends": backends,
+            "max_output_tokens": 100_000,
+            "chat_template": "builtin:chatml",
+        }
+        return {
+            "GENAI_SERVER__HOST": "127.0.0.1",
+            "GENAI_SERVER__METRICS_PORT": "0",
+            "GENAI_SERVER__GRACE_SECONDS": "2",
+            "GENAI_ROUTER__CATALOG_FILE": str(self.catalog),
+            "GENAI_INFERENCE__MODELS": json.dumps([model]),
+        }[variable]
+
+
+def process_env(
+    workload: str, local: LocalValues, addresses: Mapping[str, Sequence[str]]
 ) -> dict[str, str]:
-    """What every process of the deployment shares."""
-    backends = [
-        {"id": f"triton-{i}", "endpoint": tritons.address(i), "triton_model": TRITON_MODEL}
-        for i in range(2)
-    ]
-    model = {
-        "name": MODEL,
-        "backends": backends,
-        "max_output_tokens": 100_000,
-        "chat_template": "builtin:chatml",
-    }
-    env = {
-        "GENAI_AUTH__MODE": "api_key",
-        "GENAI_AUTH__INTERNAL_TOKEN": secrets.token_urlsafe(32),
-        "GENAI_SERVER__GRACE_SECONDS": "2",
-        "GENAI_ROUTER__CATALOG_FILE": str(catalog),
-        "GENAI_ROUTER__HEALTH_CHECK_SECONDS": "1",
-        "GENAI_INFERENCE__TRITON__LAUNCH": "false",
-        "GENAI_INFERENCE__MODELS": json.dumps([model]),
-        "GENAI_GATEWAY__QUOTA__BACKEND": "redis",
-        "GENAI_GATEWAY__QUOTA__REDIS_URL": REDIS_URL,
-        "GENAI_GATEWAY__QUOTA__KEY_PREFIX": shared.prefix,
-        "GENAI_GATEWAY__QUOTA__LEASE_SECONDS": str(lease_s),
-        "GENAI_GATEWAY__ONLINE_EVALUATION__SHARE": "0",
-        "XDG_DATA_HOME": str(data / "xdg"),
-    }
-    for service in ("PROMPT", "GATEWAY", "EXPERIMENT", "EVALUATION"):
-        env[f"GENAI_{service}__DATABASE_URL"] = POSTGRES_URL
-        env[f"GENAI_{service}__DATABASE_SCHEMA"] = shared.schema
+    """The variables of one process of `workload`: the manifests' (`manifest_env`), with
+    `LOCAL_VALUES`, Secrets and headless targets replaced by this machine's, plus `BENCH_ONLY`.
+    `addresses` has the processes' addresses of each workload."""
+    env: dict[str, str] = {}
+    for variable, value in manifest_env(workload).items():
+        if isinstance(value, manifests.SecretValue):
+            if variable.endswith("_FILE"):  # a mounted Secret: a file of the run's own
+                env[variable] = str(local.secret_file(value))
+            else:
+                env[variable] = local.secret(value)
+        elif variable in LOCAL_VALUES:
+            env[variable] = local.local(variable)
+        else:
+            env[variable] = _local_targets(value, addresses)
+    for variable in list(env):
+        if variable.endswith(("__DATABASE_URL", "__DATABASE_URL_FILE")):
+            section = variable[: variable.index("__DATABASE_URL")]
+            env[f"{section}__DATABASE_SCHEMA"] = local.shared.schema
+    if workload == GATEWAY_DEPLOYMENT:
+        env["GENAI_ROUTER__HEALTH_CHECK_SECONDS"] = "1"
+        env["GENAI_GATEWAY__QUOTA__KEY_PREFIX"] = local.shared.prefix
+        env["GENAI_GATEWAY__QUOTA__LEASE_SECONDS"] = str(local.lease_s)
+        env["GENAI_GATEWAY__ONLINE_EVALUATION__SHARE"] = "0"
+    env["XDG_DATA_HOME"] = str(local.data / "xdg")
     return env
+
+
+_HEADLESS = re.compile(r"dns:///([a-z0-9-]+)-headless:\d+")
+
+
+def _local_targets(value: str, addresses: Mapping[str, Sequence[str]]) -> str:
+    def local(match: re.Match[str]) -> str:
+        workload = match.group(1)
+        if workload not in addresses:
+            raise KeyError(f"{match.group(0)}: this deployment runs no {workload} process")
+        return ",".join(addresses[workload])
+
+    return _HEADLESS.sub(local, value)
+
+
+PROBES: Final = ("startupProbe", "readinessProbe", "livenessProbe")
+
+
+async def check_probes(workloads: Mapping[str, Sequence["Replica"]]) -> dict[str, list[str]]:
+    """Asks every process the `grpc.health.v1` questions its Deployment's probes ask (the
+    service each names) and raises unless each answers SERVING: the manifests' probes are
+    checked against running servers. Returns the services asked, per workload."""
+    import grpc.aio
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    asked: dict[str, list[str]] = {}
+    for workload, replicas in workloads.items():
+        container = manifest_container(workload)
+        names = sorted({container[p]["grpc"].get("service", "") for p in PROBES if p in container})
+        asked[workload] = names
+        for replica in replicas:
+            async with grpc.aio.insecure_channel(replica.address) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                for name in names:
+                    request = health_pb2.HealthCheckRequest(service=name)
+                    answer = await stub.Check(request, timeout=5)
+                    if answer.status != health_pb2.HealthCheckResponse.SERVING:
+                        raise RuntimeError(
+                            f"{replica.name}: health of {name!r} is {answer.status}, which "
+                            f"the {workload} probes would fail"
+                        )
+    return asked
+
+
+def migration_args() -> list[str]:
+    """The migration Job's command line, its prompts mount read from the repository."""
+    container = manifest_container(MIGRATION_JOB)
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+    args = list(container["args"])
+    for i, arg in enumerate(args):
+        if mounts.get(arg) == "prompts":
+            args[i] = str(ROOT / "prompts")
+    return args
+
+
+async def migrate(env: Mapping[str, str], run_dir: Path) -> str:
+    """Runs the migration Job's command (`genai migrate ...`) with `--bootstrap-admin-key` and
+    returns the platform-admin key it printed."""
+    log_file = run_dir / "migrate.log"
+    command = [sys.executable, "-m", "services.cli", *migration_args(), "--bootstrap-admin-key"]
+    with log_file.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            cwd=ROOT,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            env={**os.environ, **env},
+        )
+        out, _ = await process.communicate()
+    text = out.decode()
+    (run_dir / "migrate.out").write_text(re.sub(r"gk_\S+", "gk_…", text))
+    if process.returncode != 0:
+        raise RuntimeError(f"genai migrate failed ({process.returncode}); see {log_file}")
+    found = re.search(r"export GENAI_API_KEY=(\S+)", text)
+    if found is None:
+        raise RuntimeError("genai migrate printed no bootstrap key")
+    return found.group(1)

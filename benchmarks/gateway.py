@@ -1246,9 +1246,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"streams per path at concurrency 1 (default {DEFAULT.streams}; quick "
         f"{QUICK.streams})",
     )
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        help=f"tokens per stream (default {DEFAULT.tokens}); runs at two lengths give the CPU "
+        "per request and per token (deploy/README.md, Sizing)",
+    )
     args = parser.parse_args(argv)
     config = QUICK if args.quick else DEFAULT
     overrides = {
+        "tokens": args.tokens,
         "rounds": args.rounds,
         "load_rounds": args.load_rounds,
         "load_seconds": args.seconds,

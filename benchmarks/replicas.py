@@ -7,7 +7,13 @@ one internal token shared by the deployment):
   quotas in Redis, tenants and the request log in PostgreSQL;
 - two PromptService processes on one PostgreSQL schema (the gateways reach them as one
   `round_robin` target of both addresses);
-- one process with ExperimentService and EvaluationService (evaluation reaching the gateways);
+- one ExperimentService and one EvaluationService process (evaluation reaching the gateways);
+- migrated first by the migration Job's command (`genai migrate`), which also makes the run's
+  platform-admin key.
+
+The processes take their command lines and variables from the Kubernetes manifests
+(deploy/kubernetes/overlays/cpu), replacing only what names the cluster
+(`benchmarks.deployment.LOCAL_VALUES`), so the two cannot drift apart.
 - two Tritons serving `zero` paced like a GPU decoding (`tokens` tokens, `interval` apart).
 
 Phases:
@@ -31,6 +37,7 @@ import contextlib
 import math
 import os
 import random
+import secrets
 import sys
 import tempfile
 import time
@@ -49,14 +56,23 @@ from genai.prompt.v1 import prompt_pb2, prompt_service_pb2, prompt_service_pb2_g
 
 from benchmarks.cli import ROOT, benchmark_parser, shown, write_outputs
 from benchmarks.deployment import (
+    EVALUATION_DEPLOYMENT,
+    EXPERIMENT_DEPLOYMENT,
+    GATEWAY_DEPLOYMENT,
+    MIGRATION_JOB,
     MODEL,
     POSTGRES_URL,
+    PROMPT_DEPLOYMENT,
     REDIS_URL,
+    LocalValues,
     Replica,
     Shared,
     Tritons,
-    deployment_env,
+    check_probes,
+    hosted,
+    migrate,
     paced_repository,
+    process_env,
     zero_catalog,
 )
 from benchmarks.inference import (
@@ -89,7 +105,7 @@ else:
     PromptStub = prompt_service_pb2_grpc.PromptServiceStub
 
 DESCRIPTION: Final = (
-    "Two gateways, two PromptServices, experiments + evaluation and two Tritons over one "
+    "Two gateways, two PromptServices, an ExperimentService, an EvaluationService and two Tritons over one "
     "PostgreSQL and one Redis: propagation delays, then SIGKILLs under load, then 2 vs 1 "
     "gateway throughput."
 )
@@ -519,30 +535,34 @@ async def run_replicas(config: ReplicasConfig, progress: Progress | None = None)
             await tritons.start()
             catalog = data / "catalog.yaml"
             catalog.write_text(zero_catalog([tritons.address(0), tritons.address(1)]))
-            env = deployment_env(shared, tritons, catalog, data, lease_s=config.lease_s)
-            prompts = [Replica(f"prompt-{i}", ["prompt"], env, run_dir) for i in range(2)]
-            extras = Replica("experiment+evaluation", ["experiment", "evaluation"], env, run_dir)
-            gateways = [
-                Replica(f"gateway-{i}", ["gateway", "router", "inference"], env, run_dir)
-                for i in range(2)
+            # The topology and variables of deploy/kubernetes/overlays/cpu (benchmarks.deployment).
+            prompts = [
+                Replica(f"prompt-{i}", hosted(PROMPT_DEPLOYMENT), {}, run_dir) for i in range(2)
             ]
-            prompt_targets = ",".join(r.address for r in prompts)
-            gateway_targets = ",".join(r.address for r in gateways)
-            links = {
-                "GENAI_PROMPT__EVALUATION_TARGET": extras.address,
-                "GENAI_GATEWAY__TARGETS__PROMPT": prompt_targets,
-                "GENAI_GATEWAY__TARGETS__EXPERIMENT": extras.address,
-                "GENAI_GATEWAY__TARGETS__EVALUATION": extras.address,
-                "GENAI_EVALUATION__TARGETS__GATEWAY": gateway_targets,
-                "GENAI_EVALUATION__TARGETS__INFERENCE": gateway_targets,
-                "GENAI_EVALUATION__TARGETS__PROMPT": prompt_targets,
+            experiment = Replica("experiment", hosted(EXPERIMENT_DEPLOYMENT), {}, run_dir)
+            evaluation = Replica("evaluation", hosted(EVALUATION_DEPLOYMENT), {}, run_dir)
+            gateways = [
+                Replica(f"gateway-{i}", hosted(GATEWAY_DEPLOYMENT), {}, run_dir) for i in range(2)
+            ]
+            workloads = {
+                PROMPT_DEPLOYMENT: prompts,
+                EXPERIMENT_DEPLOYMENT: [experiment],
+                EVALUATION_DEPLOYMENT: [evaluation],
+                GATEWAY_DEPLOYMENT: gateways,
             }
-            env.update(links)
-            replicas = [*prompts, extras, *gateways]
-            progress.stage("starting 5 platform processes (genai serve)")
-            await prompts[0].start()  # migrates and makes the development key first
-            await asyncio.gather(*(r.start() for r in replicas[1:]))
-            admin_key = (data / "xdg" / "genai-platform" / "dev-api-key").read_text().strip()
+            addresses = {w: [r.address for r in rs] for w, rs in workloads.items()}
+            local = LocalValues(
+                shared, tritons, catalog, data, config.lease_s, secrets.token_urlsafe(32)
+            )
+            for workload, members in workloads.items():
+                for replica in members:
+                    replica.env = process_env(workload, local, addresses)
+            replicas = [*prompts, experiment, evaluation, *gateways]
+            progress.stage("migrating (the migration Job's genai migrate)")
+            admin_key = await migrate(process_env(MIGRATION_JOB, local, addresses), run_dir)
+            progress.stage(f"starting {len(replicas)} platform processes (genai serve)")
+            await asyncio.gather(*(r.start() for r in replicas))
+            await check_probes(workloads)  # what the manifests' probes ask, every process
             key, probe_key = await admin_setup(gateways[0].address, prompts[0].address, admin_key)
 
             progress.stage("phase 1: propagation (quiet)")

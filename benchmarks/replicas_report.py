@@ -506,7 +506,7 @@ def report(run: ReplicasRun) -> str:
     end = run.environment.get("load_average_at_end") or [math.nan]
     lines = [
         f"{NAME}: {run.config.concurrency} streams x {run.config.duration_s:g} s over 2 gateways, "
-        f"2 PromptServices, experiment+evaluation, 2 Tritons ({run.config.tokens} tokens, "
+        f"2 PromptServices, experiment, evaluation, 2 Tritons ({run.config.tokens} tokens, "
         f"{run.config.token_interval_us} us apart), PostgreSQL + Redis; load average {start[0]:.2f} at the start, {end[0]:.2f} at the end",
         "",
         "propagation (quiet platform), milliseconds:",

@@ -1,5 +1,7 @@
 """`scripts/bench replicas --quick` as CI runs it: the whole deployment (two gateways, two
-PromptServices, experiment+evaluation, two Tritons, PostgreSQL, Redis) with its three SIGKILLs.
+PromptServices, an ExperimentService, an EvaluationService, two Tritons, PostgreSQL, Redis: the
+Kubernetes manifests' topology and variables, migrated first by the migration Job's command)
+with its three SIGKILLs.
 Whatever the machine's speed, nothing may be lost, repeated, left undefined or unaccounted; the
 timing targets are the benchmark's to report, not this test's to judge."""
 

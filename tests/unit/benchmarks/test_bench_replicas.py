@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 
 from benchmarks import __main__ as registry
-from benchmarks.deployment import Shared, Tritons, deployment_env, paced_repository
+from benchmarks.deployment import (
+    EVALUATION_DEPLOYMENT,
+    EXPERIMENT_DEPLOYMENT,
+    GATEWAY_DEPLOYMENT,
+    PROMPT_DEPLOYMENT,
+    LocalValues,
+    Shared,
+    Tritons,
+    paced_repository,
+    process_env,
+)
 from benchmarks.replicas_report import (
     QUICK,
     Fault,
@@ -190,14 +200,22 @@ def test_the_paced_repository_sets_the_token_interval(tmp_path: Path) -> None:
 
 
 def test_the_deployment_settings_are_valid_platform_settings(tmp_path: Path) -> None:
-    env = deployment_env(
-        Shared.new(), Tritons(tmp_path, tmp_path), tmp_path / "catalog.yaml", tmp_path, lease_s=3
+    local = LocalValues(
+        Shared.new(), Tritons(tmp_path, tmp_path), tmp_path / "catalog.yaml", tmp_path, 3, "t" * 43
     )
+    addresses = {
+        GATEWAY_DEPLOYMENT: ["127.0.0.1:1", "127.0.0.1:2"],
+        PROMPT_DEPLOYMENT: ["127.0.0.1:3"],
+        EXPERIMENT_DEPLOYMENT: ["127.0.0.1:4"],
+        EVALUATION_DEPLOYMENT: ["127.0.0.1:5"],
+    }
+    env = process_env(GATEWAY_DEPLOYMENT, local, addresses)
     assert env["GENAI_GATEWAY__QUOTA__BACKEND"] == "redis"
-    assert env["GENAI_AUTH__INTERNAL_TOKEN"]
+    assert Path(env["GENAI_AUTH__INTERNAL_TOKEN_FILE"]).read_text() == "t" * 43 + "\n"
     from services.common.config import load_settings
 
     settings = load_settings(PlatformSettings, path=None, env=env)
     assert settings.gateway.quota.lease_seconds == 3
+    assert settings.auth.internal_token == "t" * 43
     assert len(settings.inference.models[0].backends) == 2
-    assert settings.prompt.database_schema.startswith("bench_replicas_")
+    assert settings.gateway.database_schema.startswith("bench_replicas_")
