@@ -46,52 +46,29 @@ class StoreSpec:
     open: Callable[[PlatformSettings], _Store]
 
 
-def _schema(value: str) -> str | None:
-    return value or None
+class _Openable(Protocol):
+    @classmethod
+    def from_url(cls, url: str, *, schema: str | None = None) -> _Store: ...
+
+
+def _opener(store: type[_Openable], section: str) -> Callable[[PlatformSettings], _Store]:
+    """Opens `store` on the database that the settings section `section` names."""
+
+    def open_store(settings: PlatformSettings) -> _Store:
+        config = getattr(settings, section)
+        return store.from_url(config.resolved_database_url(), schema=config.database_schema or None)
+
+    return open_store
 
 
 STORES: tuple[StoreSpec, ...] = (
+    StoreSpec("tenants, API keys and audit log", "gateway", _opener(SqlTenantStore, "gateway")),
+    StoreSpec("request log", "gateway", _opener(SqlRequestLogStore, "gateway")),
+    StoreSpec("idempotency records", "gateway", _opener(SqlIdempotencyStore, "gateway")),
+    StoreSpec("prompts", "prompt", _opener(SqlPromptStore, "prompt")),
+    StoreSpec("experiments", "experiment", _opener(SqlExperimentStore, "experiment")),
     StoreSpec(
-        "tenants, API keys and audit log",
-        "gateway",
-        lambda s: SqlTenantStore.from_url(
-            s.gateway.resolved_database_url(), schema=_schema(s.gateway.database_schema)
-        ),
-    ),
-    StoreSpec(
-        "request log",
-        "gateway",
-        lambda s: SqlRequestLogStore.from_url(
-            s.gateway.resolved_database_url(), schema=_schema(s.gateway.database_schema)
-        ),
-    ),
-    StoreSpec(
-        "idempotency records",
-        "gateway",
-        lambda s: SqlIdempotencyStore.from_url(
-            s.gateway.resolved_database_url(), schema=_schema(s.gateway.database_schema)
-        ),
-    ),
-    StoreSpec(
-        "prompts",
-        "prompt",
-        lambda s: SqlPromptStore.from_url(
-            s.prompt.resolved_database_url(), schema=_schema(s.prompt.database_schema)
-        ),
-    ),
-    StoreSpec(
-        "experiments",
-        "experiment",
-        lambda s: SqlExperimentStore.from_url(
-            s.experiment.resolved_database_url(), schema=_schema(s.experiment.database_schema)
-        ),
-    ),
-    StoreSpec(
-        "evaluations and quality alerts",
-        "evaluation",
-        lambda s: SqlEvaluationStore.from_url(
-            s.evaluation.resolved_database_url(), schema=_schema(s.evaluation.database_schema)
-        ),
+        "evaluations and quality alerts", "evaluation", _opener(SqlEvaluationStore, "evaluation")
     ),
 )
 """Every store of the platform, in the order `genai migrate` migrates them."""
