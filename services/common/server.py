@@ -29,6 +29,12 @@ SERVER_OPTIONS: Final[Sequence[tuple[str, int]]] = (
     # instead of closing the connection with "too many pings".
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    # Close each connection after about 5 minutes (GOAWAY; gRPC adds +-10 % jitter), letting
+    # its calls finish for up to 15 more: clients then reconnect and resolve `dns:///` targets
+    # again, so replicas added behind a headless Service (a scale-out) get their share of the
+    # calls instead of none until some connection breaks. Long-lived watch streams resume.
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 900_000),
 )
 
 

@@ -5,14 +5,16 @@ each other only through generated stubs over gRPC channels, also when they share
 so the same code runs embedded (one process) or split (a process or pod per service).
 """
 
+import asyncio
 import ipaddress
 import logging
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import grpc
 from genai.evaluation.v1 import evaluation_service_pb2, evaluation_service_pb2_grpc
@@ -87,7 +89,13 @@ def platform_version() -> str:
 
 class ChannelPool:
     """One client channel per target, shared by every service of the process; `factory`
-    makes each (default: `create_channel`, traced, with the platform's client TLS)."""
+    makes each (default: `create_channel`, traced, with the platform's client TLS).
+
+    With `refresh_seconds`, a `dns:` target's channel is replaced by a new one once it is that
+    old: gRPC resolves a name again only when a connection breaks, so a channel to a headless
+    Service would never reach pods added after it connected (Triton scaled out), and Triton has
+    no connection age limit to break connections for it. The old channel closes once its calls
+    end (`drain_seconds` at most); callers get the new one from `get`."""
 
     def __init__(
         self,
@@ -95,24 +103,57 @@ class ChannelPool:
         tls: ClientTlsConfig | None = None,
         factory: Callable[[str], grpc.aio.Channel] | None = None,
         tracer_provider: TracerProvider | None = None,
+        refresh_seconds: float | None = None,
+        drain_seconds: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._factory = factory or (
             lambda target: create_channel(target, tls=tls, tracer_provider=tracer_provider)
         )
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._opened: dict[str, float] = {}
+        self._refresh_s = refresh_seconds
+        self._drain_s = drain_seconds
+        self._clock = clock
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def get(self, target: str) -> grpc.aio.Channel:
-        """Returns the channel to `target`, creating it on first use."""
+        """Returns the channel to `target`, creating it on first use (and again once it is
+        `refresh_seconds` old, for a `dns:` target)."""
         channel = self._channels.get(target)
+        if channel is not None and self._stale(target):
+            self._retire(channel)
+            channel = None
         if channel is None:
             channel = self._channels[target] = self._factory(target)
+            self._opened[target] = self._clock()
         return channel
 
+    def _stale(self, target: str) -> bool:
+        return (
+            self._refresh_s is not None
+            and target.startswith("dns:")
+            and self._clock() - self._opened[target] >= self._refresh_s
+        )
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        task = asyncio.get_running_loop().create_task(channel.close(self._drain_s))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     async def close(self) -> None:
-        """Closes every channel."""
+        """Closes every channel (retired ones too, at once)."""
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             await channel.close(None)
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+TRITON_CHANNEL_REFRESH_S: Final = 60.0
+"""How old a channel to a `dns:` Triton target gets before calls move to a new one, which
+resolves the name again (Triton pods added by an autoscaler get calls within this)."""
 
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
@@ -204,7 +245,7 @@ async def start_platform(
             raise ConfigError(problems)
     tracer_provider = configure_tracing("genai-platform")
     channels = ChannelPool(tls=client_tls(settings.clients), tracer_provider=tracer_provider)
-    triton_channels = ChannelPool(factory=triton_channel)
+    triton_channels = ChannelPool(factory=triton_channel, refresh_seconds=TRITON_CHANNEL_REFRESH_S)
     _check_targets(settings)
     api_keys = settings.auth.mode == "api_key"
     check_transport(settings)

@@ -108,30 +108,34 @@ class TritonBackend:
     ) -> None:
         self._channel_for = channel_for
         self._tracer = tracer or trace.get_tracer(__name__)
-        self._stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}
-        self._stream_infer: dict[str, StreamInfer] = {}
+        # Per endpoint: the channel they were made on (the pool may replace it) and the callable.
+        self._stubs: dict[str, tuple[grpc.aio.Channel, service_pb2_grpc.GRPCInferenceServiceStub]]
+        self._stubs = {}
+        self._stream_infer: dict[str, tuple[grpc.aio.Channel, StreamInfer]] = {}
 
     def _stub(self, spec: BackendSpec) -> service_pb2_grpc.GRPCInferenceServiceStub:
-        stub = self._stubs.get(spec.endpoint)
-        if stub is None:
-            stub = self._stubs[spec.endpoint] = service_pb2_grpc.GRPCInferenceServiceStub(
-                self._channel_for(spec.endpoint)
-            )
+        channel = self._channel_for(spec.endpoint)
+        cached = self._stubs.get(spec.endpoint)
+        if cached is not None and cached[0] is channel:
+            return cached[1]
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        self._stubs[spec.endpoint] = (channel, stub)
         return stub
 
     def _streamer(self, spec: BackendSpec) -> StreamInfer:
         # ModelStreamInfer is bidirectional; a request of ours is one message and a half-close,
         # which a unary-stream call sends in one batch with the call's start. On the wire it
         # is the same stream, and cancelling the call cancels the request in Triton.
-        streamer = self._stream_infer.get(spec.endpoint)
-        if streamer is None:
-            streamer = self._stream_infer[spec.endpoint] = self._channel_for(
-                spec.endpoint
-            ).unary_stream(
-                STREAM_INFER_METHOD,
-                request_serializer=service_pb2.ModelInferRequest.SerializeToString,
-                response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
-            )
+        channel = self._channel_for(spec.endpoint)
+        cached = self._stream_infer.get(spec.endpoint)
+        if cached is not None and cached[0] is channel:
+            return cached[1]
+        streamer = channel.unary_stream(
+            STREAM_INFER_METHOD,
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+        )
+        self._stream_infer[spec.endpoint] = (channel, streamer)
         return streamer
 
     async def generate(

@@ -1,7 +1,10 @@
 """InferenceService's channels to Triton: one `host:port` goes to that server; a target naming
 several (a headless Service as `dns:///name:port`, an `ipv4:` list) spreads requests round
-robin over all of them, as the Kubernetes deployment relies on (deploy/README.md)."""
+robin over all of them, and a `dns:` channel is renewed after a while so that the name is
+resolved again (Triton pods added by an autoscaler get calls), as the Kubernetes deployment
+relies on (deploy/README.md)."""
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -9,7 +12,9 @@ import grpc
 import grpc.aio
 import pytest
 
-from services.inference.adapters.triton import triton_channel
+from services.inference.adapters.triton import TritonBackend, triton_channel
+from services.inference.core.model import BackendSpec
+from services.platform.runner import ChannelPool
 
 METHOD = "/inference.GRPCInferenceService/ServerLive"
 
@@ -81,3 +86,51 @@ async def test_one_host_and_port_is_that_server(servers: tuple[list[int], Counte
     ports, served = servers
     await _call(f"127.0.0.1:{ports[1]}", 5)
     assert served == Counter({"b": 5})
+
+
+async def test_a_dns_channel_is_renewed_and_the_old_one_drains(
+    servers: tuple[list[int], Counter[str]],
+) -> None:
+    ports, served = servers
+    now = [0.0]
+    pool = ChannelPool(
+        factory=triton_channel, refresh_seconds=60, drain_seconds=5, clock=lambda: now[0]
+    )
+    target = f"dns:///localhost:{ports[0]}"
+    fixed = f"127.0.0.1:{ports[1]}"
+    try:
+        first, first_fixed = pool.get(target), pool.get(fixed)
+        assert pool.get(target) is first
+        live = first.unary_unary(METHOD, None, None)
+        await live(b"", timeout=5, wait_for_ready=True)
+        now[0] = 61.0
+        second = pool.get(target)
+        assert second is not first  # resolved again: pods added since are reachable
+        assert pool.get(fixed) is first_fixed  # a fixed address has nothing to resolve
+        assert pool.get(target) is second
+        await second.unary_unary(METHOD, None, None)(b"", timeout=5, wait_for_ready=True)
+        for _ in range(100):  # the retired channel closes once its calls are done
+            if first.get_state() == grpc.ChannelConnectivity.SHUTDOWN:
+                break
+            await asyncio.sleep(0.02)
+        assert first.get_state() == grpc.ChannelConnectivity.SHUTDOWN
+        assert served["a"] == 2
+    finally:
+        await pool.close()
+
+
+async def test_the_triton_backend_follows_a_renewed_channel() -> None:
+    channels = [grpc.aio.insecure_channel("127.0.0.1:1"), grpc.aio.insecure_channel("127.0.0.1:2")]
+    current = [channels[0]]
+    backend = TritonBackend(channel_for=lambda endpoint: current[0])
+    spec = BackendSpec(
+        id="t", endpoint="dns:///triton-headless:8001", backend_model="ensemble", max_in_flight=8
+    )
+    stub, streamer = backend._stub(spec), backend._streamer(spec)
+    assert backend._stub(spec) is stub
+    assert backend._streamer(spec) is streamer
+    current[0] = channels[1]
+    assert backend._stub(spec) is not stub
+    assert backend._streamer(spec) is not streamer
+    for channel in channels:
+        await channel.close(None)
