@@ -30,7 +30,6 @@ imports Triton and is unit-tested with a stand-in.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
@@ -283,6 +282,7 @@ class EngineModel:
 
     def initialize(self, args: dict[str, Any]) -> None:
         check_stub_environment()
+        from genai_triton.cpus import available_cpus
         from genai_triton.engine import Engine, load_model
         from genai_triton.engine.guided import Grammars
         from genai_triton.tokenization import TextTokenizer
@@ -294,7 +294,7 @@ class EngineModel:
         if backend is not None and backend.startswith("${"):
             backend = None
         model = load_model(directory, backend)
-        cpus = os.cpu_count() or 1
+        cpus = available_cpus()  # the container's, not the node's
         threads = _int_parameter(parameters, "threads", 0) or cpus
         prefill_threads = _int_parameter(parameters, "prefill_threads", 0) or cpus
         max_len = _int_parameter(parameters, "max_seq_len", 0) or None

@@ -36,7 +36,6 @@ import contextlib
 import heapq
 import itertools
 import logging
-import os
 import queue
 import threading
 import time
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from genai_triton.cpus import available_cpus
 from genai_triton.engine.model import KVCache, LlamaModel
 from genai_triton.engine.prefix_cache import PrefixCache
 from genai_triton.engine.sampling import SamplingParams, SequenceSampler
@@ -232,7 +232,7 @@ class Engine:
         self.slots = slots
         self.max_len = max_len
         self.prefill_chunk = prefill_chunk
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or available_cpus()
         self.prefill_threads = prefill_threads or self.threads
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self._decode_text = decode
