@@ -18,6 +18,9 @@ from scripts.lib import kustomize
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 OVERLAYS: tuple[str, ...] = ("cpu", "gpu")
+"""The overlays that deploy the whole platform."""
+ENGINE_BUILD = "gpu-engine-build"
+"""The kustomization of the TensorRT-LLM engine build, applied on its own."""
 PLATFORM_IMAGE = "ghcr.io/genai-platform/genai-platform"
 """The platform image's name (its tag is the project's version)."""
 

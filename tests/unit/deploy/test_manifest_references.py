@@ -509,10 +509,13 @@ def test_gpu_triton_gets_a_gpu_and_the_engine_repository() -> None:
     (server,) = spec["containers"]
     assert server["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
+    assert triton["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
     repository = next(a for a in server["args"] if a.startswith("--model-repository="))
-    job = manifests.find(docs, "Job", "triton-engine-build")
+    build_docs = manifests.render(manifests.ENGINE_BUILD)
+    job = manifests.find(build_docs, "Job", "triton-engine-build")
     (build,) = manifests.containers(job, init=False)
-    assert f"--out {repository.split('=', 1)[1]}" in " ".join(build["args"])
+    script = " ".join(build["args"])
+    assert f"mv -T /engines/repository.next {repository.split('=', 1)[1]}" in script
     claims = {
         v["persistentVolumeClaim"]["claimName"]
         for d in (triton, job)
@@ -521,3 +524,30 @@ def test_gpu_triton_gets_a_gpu_and_the_engine_repository() -> None:
     }
     assert claims == {"triton-engines"}
     manifests.find(docs, "PersistentVolumeClaim", "triton-engines")
+    assert not manifests.of_kind(docs, "Job", "CronJob") or all(
+        j["metadata"]["name"] != "triton-engine-build" for j in manifests.of_kind(docs, "Job")
+    ), "the engine build is applied on its own, never with every rollout"
+
+
+def test_the_engine_build_is_pinned_hardened_and_uses_the_gpu_overlays_images() -> None:
+    build_docs = manifests.render(manifests.ENGINE_BUILD)
+    gpu = manifests.render("gpu")
+    (job,) = build_docs
+    images = {c["image"] for c in manifests.containers(job)}
+    gpu_images = {c["image"] for d in _workloads(gpu) for c in manifests.containers(d)}
+    assert images <= gpu_images, images - gpu_images
+    assert images >= {PINNED.container}
+    spec = manifests.pod_spec(job)
+    assert spec is not None
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    for container in manifests.containers(job):
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_autoscaled_deployments_leave_their_replica_count_to_the_autoscaler(
+    docs: list[Document],
+) -> None:
+    for scaler in manifests.of_kind(docs, "HorizontalPodAutoscaler", "ScaledObject"):
+        target = manifests.find(docs, "Deployment", scaler["spec"]["scaleTargetRef"]["name"])
+        assert "replicas" not in target["spec"], target["metadata"]["name"]
