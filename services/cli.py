@@ -34,8 +34,13 @@ from genai.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_p
 from genai.inference.v1 import inference_pb2, inference_service_pb2, inference_service_pb2_grpc
 from google.protobuf import json_format
 
-from services.common.auth import DEFAULT_TENANT
-from services.common.clients import add_target_option, api_key_metadata, create_channel
+from services.common.auth import DEFAULT_TENANT, internal_metadata
+from services.common.clients import (
+    DEFAULT_TARGET,
+    add_target_option,
+    api_key_metadata,
+    create_channel,
+)
 from services.common.config import ConfigError, load_settings
 from services.common.status import error_details
 from services.evaluation import cli as eval_cli
@@ -43,7 +48,6 @@ from services.experiment import cli as experiments_cli
 from services.gateway import audit_cli, logs_cli
 from services.gateway.logs_cli import API_KEY_ENV, error_line
 from services.inference.adapters import tritonserver
-from services.platform.auth import internal_metadata
 from services.platform.bootstrap import dev_key_file, ensure_dev_credentials
 from services.platform.migrate import STORES, migrate_all
 from services.platform.runner import (
@@ -59,7 +63,6 @@ from services.prompt import cli as prompts_cli
 
 _logger = logging.getLogger("genai")
 
-DEFAULT_TARGET = "127.0.0.1:50051"
 SAMPLE_PROMPTS = REPOSITORY_ROOT / "prompts"
 """The sample prompts `genai serve` seeds PromptService with (when the folder exists)."""
 

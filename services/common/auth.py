@@ -2,19 +2,24 @@
 
 The auth interceptor authenticates every RPC (except health checks and reflection) and stores
 the principal in a context variable that handlers read with `current_principal()`. This module
-imports no grpc, so core code may read the principal too.
+imports no grpc, so core code may read the principal too. `internal_metadata` is the metadata the
+platform's services send when they call each other on a tenant's behalf.
 """
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from services.common.errors import Unauthenticated
 
 DEFAULT_TENANT = "default"
 """The tenant of every request in the embedded, single-tenant default setup."""
+INTERNAL_TOKEN_HEADER: Final = "x-genai-internal-token"
+"""The metadata key of the platform's internal token (see `internal_metadata`)."""
+TENANT_HEADER: Final = "x-genai-tenant"
+"""The metadata key naming the tenant an internal call is made for."""
 
 
 @dataclass(frozen=True)
@@ -91,3 +96,12 @@ def principal_scope(principal: Principal) -> Iterator[Principal]:
         yield principal
     finally:
         _current_principal.reset(token)
+
+
+def internal_metadata(internal_token: str, tenant_id: str) -> Sequence[tuple[str, str]]:
+    """Metadata for a call the platform's services make to each other on `tenant_id`'s behalf
+    (`services.platform.auth.PlatformAuthenticator` checks it); empty without a token (auth
+    `none`, where every call is the default tenant's anyway)."""
+    if not internal_token:
+        return ()
+    return ((INTERNAL_TOKEN_HEADER, internal_token), (TENANT_HEADER, tenant_id))

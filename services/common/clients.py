@@ -69,6 +69,9 @@ CHANNEL_OPTIONS: Final[ChannelOptions] = (
     ("grpc.max_reconnect_backoff_ms", 5_000),
 )
 
+DEFAULT_TARGET: Final = "127.0.0.1:50051"
+"""Where the command line's commands find the platform unless told otherwise (`--target`,
+$GENAI_TARGET): the gateway of `genai serve` on this machine."""
 TARGET_ENV: Final = "GENAI_TARGET"
 """The environment variable the command line's `--target` defaults to."""
 

@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from services.common.config import ENV_PREFIX, ConfigError
+from services.common.errors import NotFound
 
 _SCHEMA_LOCK = zlib.crc32(b"genai-platform: create schema")
 """Advisory lock key under which stores create a missing PostgreSQL schema (one at a time)."""
@@ -64,6 +65,16 @@ def now_us() -> int:
 def time_from_us(us: int) -> datetime:
     """A stored microsecond time as an aware UTC datetime."""
     return datetime.fromtimestamp(us / 1e6, tz=UTC)
+
+
+async def row_or_not_found(
+    conn: AsyncConnection, query: sa.Executable, not_found: Callable[[], NotFound]
+) -> sa.RowMapping:
+    """The first row of `query`, as a mapping; raises `not_found()` when there is none."""
+    row = (await conn.execute(query)).mappings().first()
+    if row is None:
+        raise not_found()
+    return row
 
 
 def database_url(configured: str, filename: str) -> str:

@@ -26,7 +26,6 @@ import itertools
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -79,7 +78,7 @@ from services.evaluation.core.scorers import (
     failed_generation,
     score_output,
 )
-from services.prompt.client import PromptClient, ResolvedVersion
+from services.prompt.client import PromptClient, PromptClients, ResolvedVersion
 from services.prompt.core.registry import parse_content
 
 if TYPE_CHECKING:
@@ -110,43 +109,6 @@ RunEvent: TypeAlias = EvaluationRun | RunProgress | ExampleResult | EvaluationRe
 """What a run's stream carries: the run (first), progress, results, the report (last)."""
 MetadataFor: TypeAlias = Callable[[str], Sequence[tuple[str, str]]]
 """The call metadata (credentials) of calls made on a tenant's behalf."""
-
-
-# ------------------------------------------------------------------------------ prompt clients
-
-
-class PromptClients:
-    """A started `PromptClient` per tenant, made on first use by `factory(tenant)`; at most
-    `max_clients` are kept, the least recently used closed first."""
-
-    def __init__(self, factory: Callable[[str], PromptClient], *, max_clients: int = 256) -> None:
-        self._factory = factory
-        self._max_clients = max_clients
-        self._clients: OrderedDict[str, PromptClient] = OrderedDict()
-        self._closing: set[asyncio.Task[None]] = set()
-
-    async def get(self, tenant_id: str) -> PromptClient:
-        """The tenant's client."""
-        client = self._clients.get(tenant_id)
-        if client is not None:
-            self._clients.move_to_end(tenant_id)
-            return client
-        client = self._clients[tenant_id] = self._factory(tenant_id)
-        await client.start()
-        while len(self._clients) > self._max_clients:
-            _, evicted = self._clients.popitem(last=False)
-            task = asyncio.create_task(evicted.close())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-        return client
-
-    async def close(self) -> None:
-        """Closes every client."""
-        clients, self._clients = list(self._clients.values()), OrderedDict()
-        for client in clients:
-            await client.close()
-        for task in list(self._closing):
-            await task
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,10 @@ from services.evaluation.runs import (
     GatewayStub,
     InferenceStub,
     MetadataFor,
-    PromptClients,
     PromptStub,
 )
 from services.evaluation.servicer import SERVICE_NAME, EvaluationServicer
-from services.prompt.client import PromptClient
+from services.prompt.client import PromptClient, PromptClients
 
 
 def registration(

@@ -1,17 +1,25 @@
 """Composition of one completion: prompt -> route -> quota -> stream -> process -> account.
 
-`CompletionEngine.stream` is the whole of `StreamComplete` (and, collected, of `Complete`):
+`CompletionEngine.stream` is the whole of `StreamComplete` (and, collected, of `Complete`). The
+engine is the pipeline; two parts of their own, which it builds, do the rest: `Experiments`
+(`services.gateway.experiments`: assignment, exposures, outcomes) and `Accounting`
+(`services.gateway.accounting`: quota, cost, request log, metrics, online evaluation). What
+they share, the `Caller` and the `Outcome` the pipeline fills in as it goes, is in
+`services.gateway.outcome`.
 
-1. validate the request; resolve the prompt version (label, number) through the tenant's
-   `PromptClient` (a push-invalidated cache: no RPC on the hot path) and render it locally;
+1. validate the request; resolve the prompt version (label, number, or the variant that
+   `Experiments` assigns the request's unit) through the tenant's `PromptClient` (a
+   push-invalidated cache: no RPC on the hot path) and render it locally;
 2. merge the version's sampling parameters and routing preferences with the request's (the
-   request wins field by field), and ask the router for a ranked decision;
-3. reserve the tenant's quota (one request, input plus maximum output tokens, the first
-   candidate's estimated cost), refusing with RESOURCE_EXHAUSTED before anything streams;
+   request wins field by field: `services.router.preferences`), and ask the router for a
+   ranked decision;
+3. reserve the tenant's quota (`Accounting.reserve`: one request, input plus maximum output
+   tokens, the first candidate's estimated cost), refusing with RESOURCE_EXHAUSTED before
+   anything streams; a variant's exposure is recorded in the background;
 4. send `start`, then stream from InferenceService through `RoutedGenerator` (failover before
    the first token, STREAM_INTERRUPTED after it), running every chunk through the version's
-   `ResponseProcessor` (stop sequences, length limit, PII redaction); a stop sequence or the
-   length limit cancels the backend's generation at once;
+   `ResponseProcessor` (stop sequences, length limit, PII redaction; one `Generation` per
+   generation); a stop sequence or the length limit cancels the backend's generation at once;
 5. validate the output against the version's JSON schema, with one repair attempt when the
    version asks for it (such outputs are held back until they validate, since streamed text
    cannot be taken back). The schema also goes to InferenceService as the request's output
@@ -19,15 +27,16 @@
    that the output matches by construction; the check and the repair stay as the safety net
    (for outputs cut short, and for models that cannot be constrained);
 6. store the request-log record (group-committed with other requests' records), settle the
-   quota with the real usage, then send `final` with prompt version, model, backend, usage,
-   cost at catalog prices, TTFT, total time, attempts and what processing did: a caller that
-   saw `final` is logged and accounted, even if this process dies the next moment;
+   quota with the real usage (`Accounting.commit`), then send `final` with prompt version,
+   model, backend, usage, cost at catalog prices, TTFT, total time, attempts and what
+   processing did: a caller that saw `final` is logged and accounted, even if this process
+   dies the next moment;
 7. whatever else happened (an error, the client cancelling), log and settle the same way
-   before the status goes out; in every case record the GenAI metrics and span attributes.
-   A shared quota store reads the tokens used so far in the background
-   (`QuotaLimiter.track`; nothing is done per token) to settle the reservation should this
-   process die mid-stream (at the logged usage when the record made it, else at the last
-   count).
+   before the status goes out; in every case record the GenAI metrics and span attributes
+   (`Accounting.account`). A shared quota store reads the tokens used so far in the
+   background (`QuotaLimiter.track`; nothing is done per token) to settle the reservation
+   should this process die mid-stream (at the logged usage when the record made it, else at
+   the last count).
 
 Deadlines propagate: every downstream call gets the time the caller has left. A cancelled
 client stream cancels the generation on the backend (`RoutedGenerator` cancels its call).
@@ -41,6 +50,9 @@ generated, charged or logged again; a retry while the first still runs fails wit
 FAILED_PRECONDITION (REQUEST_ID_REUSED). The outcome is stored after step 6, before `final`
 goes out; a request that fails in any way releases its claim, so that a retry runs again.
 Without a `request_id` the gateway makes one up and touches no idempotency store.
+
+Feedback on a served request (`record_feedback`) goes to its experiment as an outcome
+(`Experiments`) and, yes or no, to online evaluation (`Accounting`).
 """
 
 import asyncio
@@ -49,35 +61,33 @@ import json
 import logging
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, Final
 
 import grpc
 from genai.common.v1 import chat_pb2, generation_pb2, routing_pb2
-from genai.experiment.v1 import experiment_pb2, experiment_service_pb2
+from genai.experiment.v1 import experiment_pb2
 from genai.gateway.v1 import gateway_pb2, gateway_service_pb2
 from genai.inference.v1 import inference_pb2, inference_service_pb2
 from genai.prompt.v1 import prompt_pb2
-from genai.router.v1 import router_service_pb2
+from genai.router.v1 import router_pb2, router_service_pb2
 from google.protobuf import json_format, struct_pb2
 from opentelemetry import trace
 
 from services.common import reasons
+from services.common.deadlines import time_until
 from services.common.errors import (
     DomainError,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
-    ResourceExhausted,
-    Unimplemented,
 )
 from services.common.status import remote_error, status_code_of
 from services.common.wire import decimal_amount, duration, money
-from services.evaluation.core.online import FeedbackRecord, OnlineEvaluator, OnlineRecord
+from services.evaluation.core.online import OnlineEvaluator
+from services.gateway.accounting import Accounting, micros
 from services.gateway.core.idempotency import (
     Claim,
     Idempotency,
@@ -88,34 +98,63 @@ from services.gateway.core.idempotency import (
 from services.gateway.core.processing import (
     FinishOverride,
     OutputSchemaViolation,
+    ResponseProcessor,
+    repair_instruction,
+)
+from services.gateway.core.quota import QuotaLimiter, Usage
+from services.gateway.core.request_log import RequestLogSink
+from services.gateway.experiments import Experiments
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.outcome import (
+    FEEDBACK_METHOD,
+    STREAM_METHOD,
+    UNARY_METHOD,
+    Caller,
+    Outcome,
+    Request,
+    Response,
+    ServedRequest,
+)
+from services.gateway.tenancy import GuidedDecodingBook, PriceBook, TenantDirectory
+from services.prompt.client import RenderedPrompt
+from services.prompt.core.processing_config import (
     PiiKind,
     PiiRedaction,
     ProcessingConfig,
     RedactionPattern,
-    ResponseProcessor,
-    repair_instruction,
 )
-from services.gateway.core.quota import QuotaLimiter, Reservation, Usage
-from services.gateway.core.request_log import RequestLogRecord, RequestLogSink
-from services.gateway.core.tenants import TenantQuota
-from services.gateway.metrics import GatewayMetrics
-from services.gateway.tenancy import GuidedDecodingBook, PriceBook, TenantDirectory
-from services.prompt.client import RenderedPrompt
 from services.router.failover import RoutedGenerator, RoutedStream
-from services.router.preferences import merge_preferences
+from services.router.preferences import merge_parameters, merge_preferences
+
+__all__ = [
+    "FEEDBACK_METHOD",
+    "IDEMPOTENCY_SCOPE",
+    "MAX_CONSTRAINT_SCHEMA_BYTES",
+    "MAX_EXTRA_MESSAGES",
+    "MAX_REQUEST_ID_CHARS",
+    "MAX_TAGS",
+    "MAX_TAG_CHARS",
+    "MAX_UNIT_ID_CHARS",
+    "STREAM_METHOD",
+    "UNARY_METHOD",
+    "Caller",
+    "CompletionEngine",
+    "Generation",
+    "Request",
+    "Response",
+    "ServedRequest",
+    "estimate_tokens",
+    "processing_config",
+    "replayed",
+]
 
 _logger = logging.getLogger(__name__)
 
-STREAM_METHOD: Final = "/genai.gateway.v1.GatewayService/StreamComplete"
-UNARY_METHOD: Final = "/genai.gateway.v1.GatewayService/Complete"
-FEEDBACK_METHOD: Final = "/genai.gateway.v1.GatewayService/RecordFeedback"
 MAX_UNIT_ID_CHARS: Final = 256
 MAX_REQUEST_ID_CHARS: Final = 128
 MAX_TAGS: Final = 16
 MAX_TAG_CHARS: Final = 128
 MAX_EXTRA_MESSAGES: Final = 64
-EXPERIMENT_CACHE_S: Final = 5.0
-RECENT_REQUESTS: Final = 10_000
 IDEMPOTENCY_SCOPE: Final = "completion"
 """The idempotency scope of Complete and StreamComplete (a retry of one may be the other)."""
 MAX_CONSTRAINT_SCHEMA_BYTES: Final = 64 * 1024
@@ -131,102 +170,137 @@ _FINISH: Final = {
     FinishOverride.LENGTH: generation_pb2.FINISH_REASON_LENGTH,
     FinishOverride.STOP_SEQUENCE: generation_pb2.FINISH_REASON_STOP_SEQUENCE,
 }
-_LOG_REDACTION: Final = ProcessingConfig(pii_redaction=PiiRedaction(kinds=tuple(PiiKind)))
-"""What the `redacted` request-log policy removes from inputs and outputs."""
-
-Request = gateway_service_pb2.StreamCompleteRequest
-Response = gateway_service_pb2.StreamCompleteResponse
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who asks, and how the engine calls the platform on their behalf."""
-
-    tenant_id: str
-    metadata: Sequence[tuple[str, str]]
-    """Metadata for every downstream call (the internal token and tenant)."""
-    method: str = STREAM_METHOD
 
 
 @dataclass(frozen=True, slots=True)
-class ServedRequest:
-    """What feedback on a served request needs: its prompt version and model (online
-    evaluation), and its experiment, variant and unit (experiment outcomes)."""
+class _Plan:
+    """What steps 1 to 3 decided: the rendered version, the effective sampling parameters, and
+    the route with the router's decision."""
 
-    prompt: str
-    prompt_version: int
-    model: str
-    experiment: str = ""
-    variant: str = ""
-    unit_id: str = ""
+    rendered: RenderedPrompt
+    parameters: generation_pb2.SamplingParameters
+    route: router_service_pb2.RouteRequest
+    decision: router_pb2.RouteDecision
 
 
-@dataclass
-class _Outcome:
-    """What one completion did, filled in as it goes; logged and accounted at the end."""
+class Generation:
+    """One generation streamed through a fresh `ResponseProcessor` (see
+    `CompletionEngine._generate`). Iterate `texts()` once; after it ends, `text` is the whole
+    processed output, `finish` its finish reason, and `summary` says what processing did."""
 
-    started: float
-    request_id: str
-    trace_id: str
-    request: Request
-    arrived: datetime
-    rendered: RenderedPrompt | None = None
-    label: str = ""
-    experiment: str = ""
-    variant: str = ""
-    unit_id: str = ""
-    input_messages: list[chat_pb2.ChatMessage] = field(default_factory=list)
-    routed: list[RoutedStream] = field(default_factory=list)
-    output: list[str] = field(default_factory=list)
-    first_token: float | None = None
-    last_chunk: float | None = None
-    final: gateway_pb2.CompletionMetadata | None = None
-    cost: Decimal = Decimal(0)
-    currency: str = ""
-    code: grpc.StatusCode = grpc.StatusCode.OK
-    reservation: Reservation | None = None
-    logged: bool = False
-    """The request-log record was handed over already (before `final`)."""
-    schema_result: str = ""
-    """The output schema check: `valid`, `repaired` or `invalid`; empty: none ran."""
-    claim: Claim | None = None
-    """The request's idempotency claim, until its outcome is stored (None: there is none)."""
+    __slots__ = (
+        "_checks_schema",
+        "_clock",
+        "_emit",
+        "_messages",
+        "_metrics",
+        "_outcome",
+        "_processor",
+        "_record",
+        "finish",
+        "text",
+    )
 
-    def tokens_used(self) -> int:
-        """Input plus output tokens of every attempt so far."""
-        return sum(r.usage.input_tokens + r.usage.output_tokens for r in self.routed)
+    def __init__(
+        self,
+        messages: AsyncGenerator[inference_service_pb2.GenerateStreamResponse],
+        processor: ResponseProcessor,
+        outcome: Outcome,
+        record: RoutedStream,
+        *,
+        checks_schema: bool,
+        emit: bool,
+        metrics: GatewayMetrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self._messages = messages
+        self._processor = processor
+        self._outcome = outcome
+        self._record = record
+        self._checks_schema = checks_schema
+        self._emit = emit
+        self._metrics = metrics
+        self._clock = clock
+        self.text = ""
+        """The whole processed output (once `texts()` ended)."""
+        self.finish: int = generation_pb2.FINISH_REASON_UNSPECIFIED
+        """The finish reason: the backend's, or the processor's override (once `texts()`
+        ended)."""
 
-    @property
-    def usage(self) -> generation_pb2.TokenUsage:
-        total = generation_pb2.TokenUsage()
-        for routed in self.routed:
-            total.input_tokens += routed.usage.input_tokens
-            total.output_tokens += routed.usage.output_tokens
-        return total
+    async def texts(self) -> AsyncIterator[str]:
+        """Streams the generation. With `emit`, yields each processed chunk for the caller and
+        marks the outcome's first and last chunk times; without, yields nothing (the text is
+        held back). Every chunk goes to `outcome.output` as it comes. Raises
+        `OutputSchemaViolation` when the output fails the schema."""
+        processor = self._processor
+        outcome = self._outcome
+        output = outcome.output
+        start = len(output)
+        emit = self._emit
+        clock = self._clock
+        finish: int = generation_pb2.FINISH_REASON_UNSPECIFIED
+        messages = self._messages
+        try:
+            async with contextlib.aclosing(messages):
+                async for message in messages:
+                    kind = message.WhichOneof("event")
+                    if kind == "delta":
+                        text = processor.feed(message.delta.text)
+                        if text:
+                            output.append(text)
+                            if emit:
+                                now = clock()
+                                if outcome.first_token is None:
+                                    outcome.first_token = now
+                                outcome.last_chunk = now
+                                yield text
+                        if processor.done:
+                            break  # aclosing cancels the backend's generation
+                    elif kind == "final":
+                        finish = message.final.finish_reason
+        except grpc.aio.AioRpcError as error:
+            raise remote_error(
+                error, service="genai.inference.v1.InferenceService", what="inference"
+            ) from None
+        finally:
+            self._metrics.failovers.labels(outcome.model or "unknown").inc(
+                max(len(self._record.attempts) - 1, 0)
+            )
+        rest = processor.finish()  # raises OutputSchemaViolation
+        if rest:
+            output.append(rest)
+            if emit:
+                now = clock()
+                if outcome.first_token is None:
+                    outcome.first_token = now
+                outcome.last_chunk = now
+                yield rest
+        override = processor.finish_reason
+        if override is not None:
+            finish = _FINISH[override]
+        self.finish = finish
+        self.text = "".join(output[start:])
 
-    @property
-    def constrained(self) -> bool:
-        """Whether the first generation decoded under the output schema."""
-        return bool(self.routed) and self.routed[0].constrained
-
-    @property
-    def model(self) -> str:
-        for routed in reversed(self.routed):
-            if routed.attempts:
-                return routed.attempts[-1].model
-        return ""
-
-
-@dataclass
-class _Generated:
-    """The result of one generation: its processed text and finish reason."""
-
-    text: str = ""
-    finish: int = generation_pb2.FINISH_REASON_UNSPECIFIED
+    def summary(
+        self, *, repaired: bool, constrained_decoding: bool
+    ) -> gateway_pb2.ProcessingSummary:
+        """What processing did (once `texts()` ended), with what the caller knows: whether
+        this generation repaired an invalid output, and whether the request decoded under the
+        output schema."""
+        return gateway_pb2.ProcessingSummary(
+            redaction_count=sum(self._processor.redactions.values()),
+            truncated=self._processor.finish_reason is FinishOverride.LENGTH,
+            # The backend honours stop sequences itself; the gateway's stage catches the rest.
+            stop_sequence_matched=self.finish == generation_pb2.FINISH_REASON_STOP_SEQUENCE,
+            schema_valid=self._checks_schema,
+            repaired=repaired,
+            constrained_decoding=constrained_decoding,
+        )
 
 
 class CompletionEngine:
-    """Runs completions (see the module docstring). One per gateway."""
+    """Runs completions (see the module docstring): the pipeline, with its `Experiments` and
+    `Accounting`, built from the same arguments. One per gateway."""
 
     def __init__(
         self,
@@ -251,25 +325,23 @@ class CompletionEngine:
         self._guided = guided_decoding
         """Which models decode under an output schema (None: the gateway never asks)."""
         self._directory = directory
-        self._prices = prices
-        self._quota = quota
-        self._log = log
-        self._log_content = log_content
-        self._log_confirm_seconds = log_confirm_seconds
-        """How long `final` waits for its request-log record to be stored (None: it does
-        not wait)."""
         self._metrics = metrics
         self._default_max_output_tokens = default_max_output_tokens
-        self._experiments = experiments
-        self._online = online
         self._idempotency = idempotency
         """Claims and outcomes of requests with a `request_id` (None: every request runs)."""
-        self._experiment_units: dict[tuple[str, str], tuple[float, int]] = {}
-        """(tenant, experiment) -> (expiry, the experiment's assignment unit), briefly cached."""
-        self._served: OrderedDict[tuple[str, str], ServedRequest] = OrderedDict()
-        """(tenant, request id) -> the recent requests of this gateway, for feedback that
-        arrives before the request log has the row."""
-        self._background: set[asyncio.Task[None]] = set()
+        self._experiments = Experiments(experiments, clock=clock)
+        """Assignment, exposures and outcomes (`experiments`: the ExperimentService stub, or
+        None when this gateway reaches none)."""
+        self._accounting = Accounting(
+            prices=prices,
+            quota=quota,
+            log=log,
+            log_content=log_content,
+            log_confirm_seconds=log_confirm_seconds,
+            metrics=metrics,
+            online=online,
+            clock=clock,
+        )
         self._clock = clock
         self._tracer = trace.get_tracer("genai.gateway", tracer_provider=tracer_provider)
 
@@ -282,468 +354,241 @@ class CompletionEngine:
         in_flight = self._metrics.in_flight.labels(caller.method)
         in_flight.inc()
         try:
-            async for message in self._stream(request, caller, time_left=time_left):
-                yield message
+            started = self._clock()
+            claim: Claim | None = None
+            if request.request_id and self._idempotency is not None and _claimable(request):
+                begun = await self._begin(self._idempotency, request, caller)
+                if isinstance(begun, Replay):
+                    self._metrics.idempotent_replays.labels(caller.tenant_id, caller.method).inc()
+                    for message in replayed(begun.outcome):
+                        yield message
+                    return
+                claim = begun
+            span_context = trace.get_current_span().get_span_context()
+            outcome = Outcome(
+                started=started,
+                request_id=request.request_id or uuid.uuid4().hex,
+                trace_id=f"{span_context.trace_id:032x}" if span_context.is_valid else "",
+                request=request,
+                arrived=datetime.now(UTC),
+                claim=claim,
+            )
+            deadline = None if time_left is None else started + time_left
+            try:
+                plan = await self._plan(request, caller, outcome, deadline)
+                rendered, parameters = plan.rendered, plan.parameters
+                if outcome.variant:
+                    self._experiments.record_exposure(outcome, caller)
+                yield Response(
+                    start=gateway_pb2.CompletionStart(
+                        request_id=outcome.request_id,
+                        trace_id=outcome.trace_id,
+                        prompt=rendered.prompt,
+                        prompt_version=rendered.version,
+                        experiment=outcome.experiment,
+                        variant=outcome.variant,
+                    )
+                )
+                config = processing_config(rendered, parameters)
+                hold = config.output_schema is not None and _repairs(rendered)
+                inference_request = inference_service_pb2.GenerateStreamRequest(
+                    chat=inference_pb2.ChatInput(messages=outcome.input_messages),
+                    parameters=parameters,
+                    request_id=outcome.request_id,
+                )
+                if self._guided is not None and _constrains(config):
+                    assert rendered.output_schema is not None  # _constrains: there is a schema
+                    inference_request.constraint.json_schema.CopyFrom(rendered.output_schema)
+                model = plan.decision.candidates[0].model
+                with self._tracer.start_as_current_span(
+                    f"chat {model}", kind=trace.SpanKind.CLIENT
+                ) as span:
+                    _request_attributes(span, rendered, parameters, model)
+                    repaired = False
+                    generation = self._generate(
+                        inference_request,
+                        plan.route,
+                        plan.decision,
+                        config,
+                        outcome,
+                        caller,
+                        deadline,
+                        emit=not hold,
+                    )
+                    try:
+                        async for text in generation.texts():
+                            # Built in place: one message per chunk, no TextDelta to copy in.
+                            delta = Response()
+                            delta.delta.text = text
+                            yield delta
+                    except OutputSchemaViolation as violation:
+                        if not _repairs(rendered) or config.output_schema is None:
+                            raise
+                        repaired = True
+                        repair = _repair_request(
+                            inference_request,
+                            "".join(outcome.output),
+                            violation,
+                            config.output_schema,
+                        )
+                        outcome.output.clear()
+                        generation = self._generate(
+                            repair, plan.route, None, config, outcome, caller, deadline, emit=False
+                        )
+                        async for _held in generation.texts():  # emit=False: nothing comes out
+                            raise RuntimeError("a held-back generation emitted text") from None
+                    if config.output_schema is not None:
+                        outcome.schema_result = "repaired" if repaired else "valid"
+                    summary = generation.summary(
+                        repaired=repaired, constrained_decoding=outcome.constrained
+                    )
+                    if hold:
+                        outcome.first_token = outcome.first_token or self._clock()
+                        yield Response(delta=gateway_pb2.TextDelta(text=generation.text))
+                    outcome.cost, outcome.currency = await self._accounting.cost(outcome, caller)
+                    final = self._final(
+                        outcome, rendered, generation.finish, summary, generation.text
+                    )
+                    _response_attributes(span, outcome, final)
+                outcome.final = final
+                await self._accounting.commit(outcome, caller)
+                if outcome.claim is not None:
+                    await self._store_outcome(outcome, outcome.claim, generation.text, final)
+                yield Response(final=final)
+            except DomainError as error:
+                # The nearest mapped class: OUTPUT_SCHEMA_VIOLATION is a FailedPrecondition.
+                outcome.code = status_code_of(error) or grpc.StatusCode.INTERNAL
+                if isinstance(error, OutputSchemaViolation):
+                    outcome.schema_result = "invalid"
+                raise
+            except asyncio.CancelledError:
+                outcome.code = grpc.StatusCode.CANCELLED
+                raise
+            except GeneratorExit:
+                outcome.code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                await asyncio.shield(self._end(outcome, caller))
         finally:
             in_flight.dec()
 
-    async def _stream(
-        self, request: Request, caller: Caller, *, time_left: float | None
-    ) -> AsyncIterator[Response]:
-        started = self._clock()
-        claim: Claim | None = None
-        if request.request_id and self._idempotency is not None and _claimable(request):
-            begun = await self._begin(self._idempotency, request, caller)
-            if isinstance(begun, Replay):
-                self._metrics.idempotent_replays.labels(caller.tenant_id, caller.method).inc()
-                for message in replayed(begun.outcome):
-                    yield message
-                return
-            claim = begun
-        span_context = trace.get_current_span().get_span_context()
-        outcome = _Outcome(
-            started=started,
-            request_id=request.request_id or uuid.uuid4().hex,
-            trace_id=f"{span_context.trace_id:032x}" if span_context.is_valid else "",
-            request=request,
-            arrived=datetime.now(UTC),
-            claim=claim,
+    # ------------------------------------------------------------------------------ steps 1-3
+
+    async def _plan(
+        self, request: Request, caller: Caller, outcome: Outcome, deadline: float | None
+    ) -> _Plan:
+        """Validates the request, resolves and renders its prompt version, merges parameters
+        and preferences, routes, and reserves the quota (steps 1 to 3 of the module
+        docstring), noting in `outcome` what it learns."""
+        _validate(request)
+        client = await self._directory.prompts(caller.tenant_id)
+        selector = request.WhichOneof("selector")
+        outcome.label = request.label if selector == "label" else ""
+        version = request.version if selector == "version" else None
+        assigned: experiment_pb2.Assignment | None = None
+        if selector == "experiment":
+            assigned, unit_id = await self._experiments.assign(request, caller, deadline)
+            outcome.experiment, outcome.variant = request.experiment, assigned.variant
+            outcome.unit_id = unit_id
+            if assigned.variant and assigned.prompt_version:
+                version = assigned.prompt_version
+        if version is None and not outcome.label:
+            outcome.label = "production"
+        try:
+            rendered = await client.render(
+                request.prompt,
+                json_format.MessageToDict(request.variables),
+                label=outcome.label or None,
+                version=version,
+            )
+        except InvalidArgument as error:
+            raise _prefixed(error, "variables") from None
+        outcome.rendered = rendered
+        outcome.input_messages = [*rendered.chat_messages(), *request.messages]
+        base_parameters = rendered.parameters
+        routing = _routing_or_none(request)
+        if assigned is not None and assigned.variant:
+            # The variant's settings sit between the version's and the request's.
+            base_parameters = merge_parameters(base_parameters, assigned.parameters)
+            if assigned.model and not (routing is not None and routing.model):
+                pinned = routing_pb2.RoutingPreferences(model=assigned.model)
+                routing = merge_preferences(routing, pinned)
+        parameters = merge_parameters(base_parameters, request.parameters)
+        max_output = (
+            parameters.max_tokens
+            if parameters.HasField("max_tokens")
+            else self._default_max_output_tokens
         )
-        deadline = None if time_left is None else started + time_left
+        input_estimate = estimate_tokens(outcome.input_messages)
+        route = router_service_pb2.RouteRequest(
+            preferences=merge_preferences(rendered.routing, routing),
+            input_tokens=input_estimate,
+            max_output_tokens=max_output,
+            prompt=request.prompt,
+            unit_id=request.user_id or request.session_id,
+        )
         try:
-            _validate(request)
-            client = await self._directory.prompts(caller.tenant_id)
-            selector = request.WhichOneof("selector")
-            outcome.label = request.label if selector == "label" else ""
-            version = request.version if selector == "version" else None
-            assigned: experiment_pb2.Assignment | None = None
-            if selector == "experiment":
-                assigned = await self._assign(request, caller, outcome, deadline)
-                if assigned.variant and assigned.prompt_version:
-                    version = assigned.prompt_version
-            if version is None and not outcome.label:
-                outcome.label = "production"
-            try:
-                rendered = await client.render(
-                    request.prompt,
-                    json_format.MessageToDict(request.variables),
-                    label=outcome.label or None,
-                    version=version,
-                )
-            except InvalidArgument as error:
-                raise _prefixed(error, "variables") from None
-            outcome.rendered = rendered
-            outcome.input_messages = [*rendered.chat_messages(), *request.messages]
-            base_parameters = rendered.parameters
-            routing = _routing_or_none(request)
-            if assigned is not None and assigned.variant:
-                # The variant's settings sit between the version's and the request's.
-                base_parameters = merge_parameters(base_parameters, assigned.parameters)
-                if assigned.model and not (routing is not None and routing.model):
-                    pinned = routing_pb2.RoutingPreferences(model=assigned.model)
-                    routing = merge_preferences(routing, pinned)
-            parameters = merge_parameters(base_parameters, request.parameters)
-            max_output = (
-                parameters.max_tokens
-                if parameters.HasField("max_tokens")
-                else self._default_max_output_tokens
+            decision = await self._generator.route(
+                route, time_left=time_until(deadline, self._clock), metadata=caller.metadata
             )
-            input_estimate = estimate_tokens(outcome.input_messages)
-            route = router_service_pb2.RouteRequest(
-                preferences=merge_preferences(rendered.routing, routing),
-                input_tokens=input_estimate,
-                max_output_tokens=max_output,
-                prompt=request.prompt,
-                unit_id=request.user_id or request.session_id,
-            )
-            decision = await self._call(
-                self._generator.route(
-                    route, time_left=_left(deadline, self._clock), metadata=caller.metadata
-                ),
-                "the router",
-                "genai.router.v1.RouterService",
-            )
-            first = decision.candidates[0]
-            outcome.currency = first.estimated_cost.currency_code
-            limits = await self._directory.quota(caller.tenant_id)
-            outcome.reservation = await self._reserve(
-                caller.tenant_id,
-                outcome.request_id,
-                limits,
-                Usage(
-                    requests=1,
-                    tokens=input_estimate + max_output,
-                    cost_micros=_micros(decimal_amount(first.estimated_cost)),
-                ),
-            )
-            self._quota.track(outcome.reservation, outcome.tokens_used)
-            if outcome.variant:
-                self._record_exposure(outcome, caller)
-            yield Response(
-                start=gateway_pb2.CompletionStart(
-                    request_id=outcome.request_id,
-                    trace_id=outcome.trace_id,
-                    prompt=rendered.prompt,
-                    prompt_version=rendered.version,
-                    experiment=outcome.experiment,
-                    variant=outcome.variant,
-                )
-            )
-            config = processing_config(rendered, parameters)
-            hold = config.output_schema is not None and _repairs(rendered)
-            generation = inference_service_pb2.GenerateStreamRequest(
-                chat=inference_pb2.ChatInput(messages=outcome.input_messages),
-                parameters=parameters,
-                request_id=outcome.request_id,
-            )
-            if self._guided is not None and _constrains(config):
-                assert rendered.output_schema is not None  # _constrains: there is a schema
-                generation.constraint.json_schema.CopyFrom(rendered.output_schema)
-            with self._tracer.start_as_current_span(
-                f"chat {first.model}", kind=trace.SpanKind.CLIENT
-            ) as span:
-                _request_attributes(span, rendered, parameters, first.model)
-                summary = gateway_pb2.ProcessingSummary()
-                result = _Generated()
-                try:
-                    async for text in self._generate(
-                        generation, route, decision, config, outcome, caller, deadline, summary,
-                        result, emit=not hold,
-                    ):  # fmt: skip
-                        yield Response(delta=gateway_pb2.TextDelta(text=text))
-                except OutputSchemaViolation as violation:
-                    if not _repairs(rendered) or config.output_schema is None:
-                        raise
-                    summary.repaired = True
-                    repair = inference_service_pb2.GenerateStreamRequest()
-                    repair.CopyFrom(generation)
-                    repair.chat.messages.extend(
-                        [
-                            chat_pb2.ChatMessage(
-                                role=chat_pb2.CHAT_ROLE_ASSISTANT, content="".join(outcome.output)
-                            ),
-                            chat_pb2.ChatMessage(
-                                role=chat_pb2.CHAT_ROLE_USER,
-                                content=repair_instruction(
-                                    violation.violation, config.output_schema
-                                ),
-                            ),
-                        ]
-                    )
-                    outcome.output.clear()
-                    result = _Generated()
-                    held = self._generate(
-                        repair, route, None, config, outcome, caller, deadline, summary,
-                        result, emit=False,
-                    )  # fmt: skip
-                    async for _held in held:  # emit=False: nothing comes out, text is kept
-                        raise RuntimeError("a held-back generation emitted text") from None
-                if config.output_schema is not None:
-                    outcome.schema_result = "repaired" if summary.repaired else "valid"
-                summary.constrained_decoding = outcome.constrained
-                if hold:
-                    outcome.first_token = outcome.first_token or self._clock()
-                    yield Response(delta=gateway_pb2.TextDelta(text=result.text))
-                outcome.cost, outcome.currency = await self._cost(outcome, caller)
-                final = self._final(outcome, rendered, result.finish, summary, result.text)
-                _response_attributes(span, outcome, final)
-            outcome.final = final
-            await self._commit(outcome, caller)
-            if outcome.claim is not None:
-                await self._store_outcome(outcome, outcome.claim, result.text, final)
-            yield Response(final=final)
-        except DomainError as error:
-            # The nearest mapped class: OUTPUT_SCHEMA_VIOLATION is a FailedPrecondition.
-            outcome.code = status_code_of(error) or grpc.StatusCode.INTERNAL
-            if isinstance(error, OutputSchemaViolation):
-                outcome.schema_result = "invalid"
-            raise
-        except asyncio.CancelledError:
-            outcome.code = grpc.StatusCode.CANCELLED
-            raise
-        except GeneratorExit:
-            outcome.code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            await asyncio.shield(self._end(outcome, caller))
-
-    # ------------------------------------------------------------------------------ idempotency
-
-    async def _begin(
-        self, idempotency: Idempotency, request: Request, caller: Caller
-    ) -> Claim | Replay:
-        """Claims the request's id (see the module docstring)."""
-        without_id = Request()
-        without_id.CopyFrom(request)
-        without_id.ClearField("request_id")
-        try:
-            return await idempotency.begin(
-                caller.tenant_id,
-                IDEMPOTENCY_SCOPE,
-                request.request_id,
-                fingerprint(without_id.SerializeToString(deterministic=True)),
-            )
-        except RequestInProgress:
-            self._metrics.idempotent_in_progress.labels(caller.tenant_id, caller.method).inc()
-            raise
-
-    async def _store_outcome(
-        self, outcome: _Outcome, claim: Claim, text: str, final: gateway_pb2.CompletionMetadata
-    ) -> None:
-        """Stores a successful request's outcome for its retries; a store that fails leaves
-        the claim to be released (a retry then runs again), never failing the request."""
-        assert self._idempotency is not None
-        stored = gateway_service_pb2.CompleteResponse(text=text, metadata=final)
-        try:
-            kept = await self._idempotency.complete(
-                claim, stored.SerializeToString(deterministic=True)
-            )
-        except Exception:
-            _logger.exception("storing the outcome of request %s failed", outcome.request_id)
-            kept = False
-        else:
-            outcome.claim = None
-        if not kept:
-            self._metrics.idempotent_unstored.inc()
-
-    async def _end(self, outcome: _Outcome, caller: Caller) -> None:
-        """Accounts the request, then releases its claim if its outcome was not stored (it
-        failed, or was cancelled), so that a retry runs again."""
-        await self._account(outcome, caller)
-        if outcome.claim is not None and self._idempotency is not None:
-            await self._idempotency.release(outcome.claim)
-            outcome.claim = None
-
-    # ------------------------------------------------------------------------------ experiments
-
-    async def _assign(
-        self, request: Request, caller: Caller, outcome: _Outcome, deadline: float | None
-    ) -> experiment_pb2.Assignment:
-        """The unit's variant of `request.experiment` (ExperimentService: sticky, deterministic);
-        the unit is the user or the session, as the experiment says."""
-        if self._experiments is None:
-            raise Unimplemented(
-                "this gateway reaches no ExperimentService",
-                method=caller.method,
-                missing="an ExperimentService (gateway.targets.experiment)",
-            )
-        name = request.experiment
-        unit = await self._experiment_unit(name, caller, deadline)
-        if unit == experiment_pb2.ASSIGNMENT_UNIT_SESSION:
-            unit_id, field = request.session_id, "session_id"
-        else:
-            unit_id, field = request.user_id, "user_id"
-        if not unit_id:
-            raise InvalidArgument(
-                violations=[FieldViolation(field, f"experiment {name!r} assigns by {field}")]
-            )
-        response = await self._call(
-            self._experiments.AssignVariant(
-                experiment_service_pb2.AssignVariantRequest(experiment=name, unit_id=unit_id),
-                timeout=_left(deadline, self._clock),
-                metadata=caller.metadata,
+        except grpc.aio.AioRpcError as error:
+            raise remote_error(
+                error, service="genai.router.v1.RouterService", what="the router"
+            ) from None
+        first = decision.candidates[0]
+        outcome.currency = first.estimated_cost.currency_code
+        limits = await self._directory.quota(caller.tenant_id)
+        await self._accounting.reserve(
+            outcome,
+            caller,
+            limits,
+            Usage(
+                requests=1,
+                tokens=input_estimate + max_output,
+                cost_micros=micros(decimal_amount(first.estimated_cost)),
             ),
-            "the experiment service",
-            "genai.experiment.v1.ExperimentService",
         )
-        assigned: experiment_pb2.Assignment = response.assignment
-        outcome.experiment, outcome.variant, outcome.unit_id = name, assigned.variant, unit_id
-        return assigned
+        return _Plan(rendered, parameters, route, decision)
 
-    async def _experiment_unit(self, name: str, caller: Caller, deadline: float | None) -> int:
-        key = (caller.tenant_id, name)
-        cached = self._experiment_units.get(key)
-        now = self._clock()
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        response = await self._call(
-            self._experiments.GetExperiment(
-                experiment_service_pb2.GetExperimentRequest(name=name),
-                timeout=_left(deadline, self._clock),
-                metadata=caller.metadata,
-            ),
-            "the experiment service",
-            "genai.experiment.v1.ExperimentService",
-        )
-        unit: int = response.experiment.unit
-        self._experiment_units[key] = (now + EXPERIMENT_CACHE_S, unit)
-        return unit
+    # ------------------------------------------------------------------------------ steps 4-5
 
-    def _record_exposure(self, outcome: _Outcome, caller: Caller) -> None:
-        """Records, in the background, that the unit was served its variant."""
-        request = experiment_service_pb2.RecordExposureRequest(
-            experiment=outcome.experiment,
-            unit_id=outcome.unit_id,
-            variant=outcome.variant,
-            request_id=outcome.request_id,
-        )
-
-        async def record() -> None:
-            try:
-                await self._experiments.RecordExposure(
-                    request, timeout=5.0, metadata=caller.metadata
-                )
-            except grpc.aio.AioRpcError as error:
-                _logger.warning(
-                    "recording the exposure of request %s failed: %s",
-                    outcome.request_id,
-                    error.code().name,
-                )
-
-        task = asyncio.create_task(record())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def served(self, tenant_id: str, request_id: str) -> ServedRequest | None:
-        """A recent request of this gateway (None when it is not remembered)."""
-        return self._served.get((tenant_id, request_id))
-
-    def _remember(self, outcome: _Outcome, caller: Caller) -> None:
-        if outcome.rendered is None:
-            return
-        self._served[(caller.tenant_id, outcome.request_id)] = ServedRequest(
-            prompt=outcome.rendered.prompt,
-            prompt_version=outcome.rendered.version,
-            model=outcome.model,
-            experiment=outcome.experiment,
-            variant=outcome.variant,
-            unit_id=outcome.unit_id,
-        )
-        while len(self._served) > RECENT_REQUESTS:
-            self._served.popitem(last=False)
-
-    async def record_feedback(
+    def _generate(
         self,
-        caller: Caller,
-        request_id: str,
-        metric: str,
-        value: float | bool,
-        served: ServedRequest,
-    ) -> None:
-        """Records feedback on a served request: as an outcome of its experiment (if it took
-        part in one), and as a score of online evaluation (thumbs up or down). Raises
-        FailedPrecondition when neither applies."""
-        if isinstance(value, bool):
-            self.submit_feedback(caller, request_id, served, value)
-        if not served.experiment or not served.variant:
-            if isinstance(value, bool) and self._online is not None:
-                return
-            raise FailedPrecondition(
-                f"request {request_id!r} took part in no experiment variant"
-                + ("" if self._online is None else ", and only yes/no feedback is scored online"),
-                reason=reasons.FAILED_PRECONDITION,
-                metadata={"request_id": request_id},
-            )
-        experiment, unit_id = served.experiment, served.unit_id
-        if self._experiments is None:
-            raise Unimplemented(
-                "this gateway reaches no ExperimentService",
-                method=caller.method,
-                missing="an ExperimentService (gateway.targets.experiment)",
-            )
-        request = experiment_service_pb2.RecordOutcomeRequest(
-            experiment=experiment, unit_id=unit_id, metric=metric, request_id=request_id
-        )
-        if isinstance(value, bool):
-            request.boolean_value = value
-        else:
-            request.numeric_value = value
-        await self._call(
-            self._experiments.RecordOutcome(request, timeout=5.0, metadata=caller.metadata),
-            "the experiment service",
-            "genai.experiment.v1.ExperimentService",
-        )
-
-    async def unit_of(self, caller: Caller, experiment: str, user_id: str, session_id: str) -> str:
-        """The unit id a request of `experiment` was assigned by (its user or its session)."""
-        if self._experiments is None:
-            raise Unimplemented(
-                "this gateway reaches no ExperimentService",
-                method=caller.method,
-                missing="an ExperimentService (gateway.targets.experiment)",
-            )
-        unit = await self._experiment_unit(experiment, caller, None)
-        return session_id if unit == experiment_pb2.ASSIGNMENT_UNIT_SESSION else user_id
-
-    async def drain(self) -> None:
-        """Waits for background exposure records (at shutdown)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-
-    # ------------------------------------------------------------------------------ stages
-
-    async def _generate(
-        self,
-        generation: inference_service_pb2.GenerateStreamRequest,
+        request: inference_service_pb2.GenerateStreamRequest,
         route: router_service_pb2.RouteRequest,
-        decision: Any,
+        decision: router_pb2.RouteDecision | None,
         config: ProcessingConfig,
-        outcome: _Outcome,
+        outcome: Outcome,
         caller: Caller,
         deadline: float | None,
-        summary: gateway_pb2.ProcessingSummary,
-        result: "_Generated",
         *,
         emit: bool,
-    ) -> AsyncIterator[str]:
-        """Streams one generation through a fresh processor. With `emit`, yields each
-        processed chunk for the caller; the whole text and the finish reason end up in
-        `result`. Raises `OutputSchemaViolation` when the output fails the schema."""
+    ) -> Generation:
+        """One generation of `request` through a fresh processor, recorded in
+        `outcome.routed`; `decision` is the router's (None: route again). With `emit`, its
+        `texts()` yields each processed chunk for the caller."""
         processor = ResponseProcessor(config)
         record = RoutedStream()
         outcome.routed.append(record)
-        finish: int = generation_pb2.FINISH_REASON_UNSPECIFIED
-        parts: list[str] = []
         messages = self._generator.stream(
-            generation,
+            request,
             route,
             record,
-            time_left=_left(deadline, self._clock),
+            time_left=time_until(deadline, self._clock),
             decision=decision,
             metadata=caller.metadata,
-            constrains=self._constrainable(caller) if generation.HasField("constraint") else None,
+            constrains=self._constrainable(caller) if request.HasField("constraint") else None,
         )
-        try:
-            async with contextlib.aclosing(messages):
-                async for message in messages:
-                    kind = message.WhichOneof("event")
-                    if kind == "delta":
-                        text = processor.feed(message.delta.text)
-                        if text:
-                            parts.append(text)
-                            outcome.output.append(text)
-                            if emit:
-                                self._sent(outcome)
-                                yield text
-                        if processor.done:
-                            break  # aclosing cancels the backend's generation
-                    elif kind == "final":
-                        finish = message.final.finish_reason
-        except grpc.aio.AioRpcError as error:
-            raise remote_error(
-                error, service="genai.inference.v1.InferenceService", what="inference"
-            ) from None
-        finally:
-            self._metrics.failovers.labels(outcome.model or "unknown").inc(
-                max(len(record.attempts) - 1, 0)
-            )
-        rest = processor.finish()  # raises OutputSchemaViolation
-        if rest:
-            parts.append(rest)
-            outcome.output.append(rest)
-            if emit:
-                self._sent(outcome)
-                yield rest
-        summary.redaction_count += sum(processor.redactions.values())
-        override = processor.finish_reason
-        if override is not None:
-            finish = _FINISH[override]
-            summary.truncated = override is FinishOverride.LENGTH
-        # The backend honours stop sequences itself; the gateway's stage catches the rest.
-        summary.stop_sequence_matched = finish == generation_pb2.FINISH_REASON_STOP_SEQUENCE
-        summary.schema_valid = config.output_schema is not None
-        result.text = "".join(parts)
-        result.finish = finish
+        return Generation(
+            messages,
+            processor,
+            outcome,
+            record,
+            checks_schema=config.output_schema is not None,
+            emit=emit,
+            metrics=self._metrics,
+            clock=self._clock,
+        )
 
     def _constrainable(self, caller: Caller) -> Callable[[str], Awaitable[bool]]:
         """Whether a candidate model decodes under the output schema."""
@@ -755,35 +600,11 @@ class CompletionEngine:
 
         return constrains
 
-    def _sent(self, outcome: _Outcome) -> None:
-        now = self._clock()
-        if outcome.first_token is None:
-            outcome.first_token = now
-        outcome.last_chunk = now
-
-    async def _reserve(
-        self, tenant_id: str, request_id: str, limits: TenantQuota, usage: Usage
-    ) -> Reservation:
-        try:
-            return await self._quota.reserve(tenant_id, limits, usage, request_id=request_id)
-        except ResourceExhausted:
-            self._metrics.quota_rejections.labels(tenant_id).inc()
-            raise
-
-    async def _cost(self, outcome: _Outcome, caller: Caller) -> tuple[Decimal, str]:
-        """Cost at catalog prices of every attempt that consumed tokens."""
-        total, currency = Decimal(0), outcome.currency
-        for routed in outcome.routed:
-            if not routed.attempts or not (routed.usage.input_tokens or routed.usage.output_tokens):
-                continue
-            price = await self._prices.price(routed.attempts[-1].model, caller.metadata)
-            currency = price.currency
-            total += price.cost(routed.usage.input_tokens, routed.usage.output_tokens)
-        return total, currency
+    # ------------------------------------------------------------------------------ step 6
 
     def _final(
         self,
-        outcome: _Outcome,
+        outcome: Outcome,
         rendered: RenderedPrompt,
         finish: int,
         summary: gateway_pb2.ProcessingSummary,
@@ -823,202 +644,91 @@ class CompletionEngine:
             final.output_json.CopyFrom(json_format.Parse(text, struct_pb2.Value()))
         return final
 
-    # ------------------------------------------------------------------------------ accounting
+    # ------------------------------------------------------------------------------ idempotency
 
-    async def _commit(self, outcome: _Outcome, caller: Caller) -> None:
-        """Logs the request, then settles its quota (before a successful request's `final`;
-        at the end of any other). The record goes first: should this process die between the
-        two, the sweep that settles its reservation finds the record and settles at its usage
-        (see `RedisQuotaLimiter`), so the quota always agrees with the log. With
-        `log_confirm_seconds`, the record is stored before the settlement (waiting at most that
-        long; a record not confirmed by then is still written, later, and counted); without,
-        it is queued. Never raises but for cancellation."""
-        if self._log is not None and not outcome.logged:
-            record = self._log_record(outcome, caller, self._clock() - outcome.started)
-            outcome.logged = True
-            if self._log_confirm_seconds is None:
-                self._log.submit(record)
-            else:
-                await self._confirm(self._log.submit_confirmed(record), outcome.request_id)
-        if outcome.reservation is not None:
-            await self._settle(outcome, caller, outcome.reservation)
-
-    async def _confirm(self, confirmed: "asyncio.Future[bool]", request_id: str) -> None:
-        assert self._log_confirm_seconds is not None
+    async def _begin(
+        self, idempotency: Idempotency, request: Request, caller: Caller
+    ) -> Claim | Replay:
+        """Claims the request's id (see the module docstring)."""
+        without_id = Request()
+        without_id.CopyFrom(request)
+        without_id.ClearField("request_id")
         try:
-            stored = await asyncio.wait_for(asyncio.shield(confirmed), self._log_confirm_seconds)
-        except TimeoutError:
-            stored = False
-        if not stored:
-            self._metrics.log_unconfirmed.inc()
-            _logger.warning(
-                "request %s: its request-log record was not confirmed within %.1f s; going on",
-                request_id,
-                self._log_confirm_seconds,
+            return await idempotency.begin(
+                caller.tenant_id,
+                IDEMPOTENCY_SCOPE,
+                request.request_id,
+                fingerprint(without_id.SerializeToString(deterministic=True)),
             )
+        except RequestInProgress:
+            self._metrics.idempotent_in_progress.labels(caller.tenant_id, caller.method).inc()
+            raise
 
-    async def _settle(self, outcome: _Outcome, caller: Caller, reservation: Reservation) -> None:
-        """Replaces the reservation's estimate with the real usage (once); never raises but
-        for cancellation."""
-        if reservation.settled:
-            return
-        usage = outcome.usage
-        tokens = usage.input_tokens + usage.output_tokens
+    async def _store_outcome(
+        self, outcome: Outcome, claim: Claim, text: str, final: gateway_pb2.CompletionMetadata
+    ) -> None:
+        """Stores a successful request's outcome for its retries; a store that fails leaves
+        the claim to be released (a retry then runs again), never failing the request."""
+        assert self._idempotency is not None
+        stored = gateway_service_pb2.CompleteResponse(text=text, metadata=final)
         try:
-            await self._quota.settle(
-                reservation, Usage(requests=1, tokens=tokens, cost_micros=_micros(outcome.cost))
+            kept = await self._idempotency.complete(
+                claim, stored.SerializeToString(deterministic=True)
             )
-            self._metrics.settled_tokens.labels(caller.tenant_id).inc(tokens)
         except Exception:
-            _logger.exception("settling the quota of request %s failed", outcome.request_id)
+            _logger.exception("storing the outcome of request %s failed", outcome.request_id)
+            kept = False
+        else:
+            outcome.claim = None
+        if not kept:
+            self._metrics.idempotent_unstored.inc()
 
-    async def _account(self, outcome: _Outcome, caller: Caller) -> None:
-        """Logs the request and settles the quota where `_commit` did not already, and
-        records metrics; never raises."""
-        usage = outcome.usage
-        model = outcome.model or "unknown"
-        try:
-            if outcome.cost == 0 and outcome.code != grpc.StatusCode.OK:
-                outcome.cost, outcome.currency = await self._cost(outcome, caller)
-        except Exception:  # accounting must not hide the request's own outcome
-            _logger.exception("pricing request %s failed", outcome.request_id)
-        await self._commit(outcome, caller)
-        elapsed = self._clock() - outcome.started
-        error_type = "" if outcome.code == grpc.StatusCode.OK else outcome.code.name
-        self._metrics.operation_duration.labels("chat", model, error_type).observe(elapsed)
-        self._metrics.requests.labels(caller.tenant_id, caller.method, outcome.code.name).inc()
-        if outcome.schema_result:
-            self._metrics.output_schema_checks.labels(
-                model, "true" if outcome.constrained else "false", outcome.schema_result
-            ).inc()
-        if outcome.routed:
-            self._metrics.token_usage.labels("chat", model, "input").observe(usage.input_tokens)
-            self._metrics.token_usage.labels("chat", model, "output").observe(usage.output_tokens)
-            self._metrics.cost.labels(caller.tenant_id, model).inc(float(outcome.cost))
-        if outcome.first_token is not None:
-            self._metrics.time_to_first_chunk.labels("chat", model).observe(
-                outcome.first_token - outcome.started
-            )
-            chunks = max(len(outcome.output) - 1, 0)
-            if chunks and outcome.last_chunk is not None:
-                self._metrics.time_per_output_chunk.labels("chat", model).observe(
-                    (outcome.last_chunk - outcome.first_token) / chunks
-                )
-        self._remember(outcome, caller)
-        if self._online is not None and outcome.rendered is not None:
-            self._submit_online(self._online, outcome, outcome.rendered, caller, elapsed)
+    async def _end(self, outcome: Outcome, caller: Caller) -> None:
+        """Accounts the request, then releases its claim if its outcome was not stored (it
+        failed, or was cancelled), so that a retry runs again."""
+        await self._accounting.account(outcome, caller)
+        if outcome.claim is not None and self._idempotency is not None:
+            await self._idempotency.release(outcome.claim)
+            outcome.claim = None
 
-    def _submit_online(
+    # ------------------------------------------------------------------------------ feedback
+
+    def served(self, tenant_id: str, request_id: str) -> ServedRequest | None:
+        """A recent request of this gateway (None when it is not remembered)."""
+        return self._accounting.served(tenant_id, request_id)
+
+    async def record_feedback(
         self,
-        online: OnlineEvaluator,
-        outcome: _Outcome,
-        rendered: RenderedPrompt,
         caller: Caller,
-        elapsed: float,
+        request_id: str,
+        metric: str,
+        value: float | bool,
+        served: ServedRequest,
     ) -> None:
-        final = outcome.final
-        schema: bool | None = None
-        if rendered.output_schema is not None:
-            schema = final is not None and final.processing.schema_valid
-        span = trace.get_current_span().get_span_context()
-        online.submit(
-            OnlineRecord(
-                tenant_id=caller.tenant_id,
-                request_id=outcome.request_id,
-                trace_id=outcome.trace_id,
-                span_id=f"{span.span_id:016x}" if span.is_valid else "",
-                prompt=rendered.prompt,
-                prompt_version=rendered.version,
-                model=outcome.model,
-                status=outcome.code.name,
-                output="".join(outcome.output),
-                schema_valid=schema,
-                truncated=final is not None and final.processing.truncated,
-                total_ms=elapsed * 1e3,
-                first_token_ms=None
-                if outcome.first_token is None
-                else (outcome.first_token - outcome.started) * 1e3,
+        """Records feedback on a served request: as an outcome of its experiment (if it took
+        part in one), and as a score of online evaluation (thumbs up or down). Raises
+        FailedPrecondition when neither applies."""
+        if isinstance(value, bool):
+            self._accounting.submit_feedback(caller, request_id, served, value)
+        if not served.experiment or not served.variant:
+            online = self._accounting.scores_online
+            if isinstance(value, bool) and online:
+                return
+            raise FailedPrecondition(
+                f"request {request_id!r} took part in no experiment variant"
+                + (", and only yes/no feedback is scored online" if online else ""),
+                reason=reasons.FAILED_PRECONDITION,
+                metadata={"request_id": request_id},
             )
-        )
+        await self._experiments.record_outcome(caller, request_id, metric, value, served)
 
-    def submit_feedback(
-        self, caller: Caller, request_id: str, served: ServedRequest, up: bool
-    ) -> None:
-        """Hands a thumbs up or down to online evaluation (never sampled out)."""
-        if self._online is not None:
-            self._online.submit(
-                FeedbackRecord(
-                    tenant_id=caller.tenant_id,
-                    request_id=request_id,
-                    prompt=served.prompt,
-                    prompt_version=served.prompt_version,
-                    model=served.model,
-                    thumbs_up=up,
-                )
-            )
+    async def unit_of(self, caller: Caller, experiment: str, user_id: str, session_id: str) -> str:
+        """The unit id a request of `experiment` was assigned by (its user or its session)."""
+        return await self._experiments.unit_of(caller, experiment, user_id, session_id)
 
-    def _log_record(self, outcome: _Outcome, caller: Caller, elapsed: float) -> RequestLogRecord:
-        """The request's record, redacted by the log's content policy."""
-        rendered = outcome.rendered
-        content = self._log_content
-        messages: list[dict[str, str]] = []
-        output = ""
-        if content != "metadata":
-            messages = [
-                {
-                    "role": chat_pb2.ChatRole.Name(m.role).removeprefix("CHAT_ROLE_").lower(),
-                    "content": _redact(m.content) if content == "redacted" else m.content,
-                }
-                for m in outcome.input_messages
-            ]
-            output = "".join(outcome.output)
-            if content == "redacted":
-                output = _redact(output)
-        metadata = outcome.final or gateway_pb2.CompletionMetadata(
-            request_id=outcome.request_id,
-            trace_id=outcome.trace_id,
-            prompt=rendered.prompt if rendered else "",
-            prompt_version=rendered.version if rendered else 0,
-            label=outcome.label,
-            experiment=outcome.experiment,
-            variant=outcome.variant,
-            model=outcome.model,
-            usage=outcome.usage,
-            cost=money(outcome.cost, outcome.currency),
-            total_duration=duration(elapsed),
-            processing=gateway_pb2.ProcessingSummary(constrained_decoding=outcome.constrained),
-        )
-        usage = outcome.usage
-        return RequestLogRecord(
-            request_id=outcome.request_id,
-            trace_id=outcome.trace_id,
-            tenant_id=caller.tenant_id,
-            method=caller.method.lstrip("/"),
-            status=outcome.code.name,
-            prompt=metadata.prompt,
-            prompt_version=metadata.prompt_version,
-            model=metadata.model,
-            input=messages,
-            output=output,
-            metadata=json_format.MessageToDict(metadata),
-            user_id=outcome.request.user_id,
-            session_id=outcome.request.session_id,
-            tags=dict(outcome.request.tags),
-            create_time=outcome.arrived,
-            cost_micros=_micros(outcome.cost),
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            first_token_ms=None
-            if outcome.first_token is None
-            else (outcome.first_token - outcome.started) * 1e3,
-            total_ms=elapsed * 1e3,
-        )
-
-    async def _call(self, awaitable: Any, what: str, service: str) -> Any:
-        try:
-            return await awaitable
-        except grpc.aio.AioRpcError as error:
-            raise remote_error(error, service=service, what=what) from None
+    async def drain(self) -> None:
+        """Waits for background exposure records (at shutdown)."""
+        await self._experiments.drain()
 
 
 # ------------------------------------------------------------------------------------------
@@ -1110,24 +820,6 @@ def _prefixed(error: InvalidArgument, prefix: str) -> InvalidArgument:
     )
 
 
-def merge_parameters(
-    version: generation_pb2.SamplingParameters | None,
-    request: generation_pb2.SamplingParameters,
-) -> generation_pb2.SamplingParameters:
-    """The version's sampling parameters with the request's set fields on top (a non-empty
-    `stop` list replaces the version's); neither argument is modified."""
-    merged = generation_pb2.SamplingParameters()
-    if version is not None:
-        merged.CopyFrom(version)
-    for descriptor, value in request.ListFields():
-        if descriptor.name == "stop":
-            del merged.stop[:]
-            merged.stop.extend(value)
-        else:
-            setattr(merged, descriptor.name, value)
-    return merged
-
-
 def _routing_or_none(request: Request) -> routing_pb2.RoutingPreferences | None:
     return request.routing if request.HasField("routing") else None
 
@@ -1164,6 +856,27 @@ def processing_config(
     )
 
 
+def _repair_request(
+    request: inference_service_pb2.GenerateStreamRequest,
+    output: str,
+    violation: OutputSchemaViolation,
+    schema: Mapping[str, Any],
+) -> inference_service_pb2.GenerateStreamRequest:
+    """`request` again, with the invalid `output` and the instruction to repair it."""
+    repair = inference_service_pb2.GenerateStreamRequest()
+    repair.CopyFrom(request)
+    repair.chat.messages.extend(
+        [
+            chat_pb2.ChatMessage(role=chat_pb2.CHAT_ROLE_ASSISTANT, content=output),
+            chat_pb2.ChatMessage(
+                role=chat_pb2.CHAT_ROLE_USER,
+                content=repair_instruction(violation.violation, schema),
+            ),
+        ]
+    )
+    return repair
+
+
 def _constrains(config: ProcessingConfig) -> bool:
     """Whether the output schema can go to InferenceService as an output constraint (it is
     within the contract's size limit)."""
@@ -1177,19 +890,6 @@ def _constrains(config: ProcessingConfig) -> bool:
 def _repairs(rendered: RenderedPrompt) -> bool:
     processing = rendered.processing
     return processing is not None and processing.repair_invalid_json
-
-
-def _redact(text: str) -> str:
-    processor = ResponseProcessor(_LOG_REDACTION)
-    return processor.feed(text) + processor.finish()
-
-
-def _micros(amount: Decimal) -> int:
-    return int((amount * 1_000_000).to_integral_value())
-
-
-def _left(deadline: float | None, clock: Callable[[], float]) -> float | None:
-    return None if deadline is None else max(deadline - clock(), 0.0)
 
 
 def _request_attributes(
@@ -1214,7 +914,7 @@ def _request_attributes(
 
 
 def _response_attributes(
-    span: trace.Span, outcome: _Outcome, final: gateway_pb2.CompletionMetadata
+    span: trace.Span, outcome: Outcome, final: gateway_pb2.CompletionMetadata
 ) -> None:
     span.set_attributes(
         {

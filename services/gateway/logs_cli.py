@@ -26,7 +26,7 @@ import grpc.aio
 from genai.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from google.protobuf import json_format
 
-from services.common.clients import add_target_option, create_channel
+from services.common.clients import DEFAULT_TARGET, add_target_option, create_channel
 from services.common.status import ParsedError, error_details
 from services.common.wire import MAX_PAGE_SIZE, seconds, timestamp
 
@@ -135,8 +135,6 @@ async def run_async(args: argparse.Namespace) -> int:
 async def main_async(argv: Sequence[str]) -> int:
     """`genai logs ARGV` from code that already runs an event loop (tests); usage errors raise
     `SystemExit(2)` as on the command line."""
-    from services.cli import DEFAULT_TARGET  # services.cli may import this module
-
     parser = argparse.ArgumentParser(prog="genai logs")
     add_commands(parser, default_target=DEFAULT_TARGET)
     return await run_async(parser.parse_args(list(argv)))

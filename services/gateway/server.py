@@ -13,6 +13,7 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
+from services.common.auth import internal_metadata
 from services.common.contract import contract_digest
 from services.common.local import local_stub
 from services.common.server import ServiceRegistration
@@ -37,7 +38,6 @@ from services.gateway.core.tenants import TenantStore
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.servicer import SERVICE_NAME, GatewayServicer
 from services.gateway.tenancy import GuidedDecodingBook, PriceBook, TenantDirectory
-from services.platform.auth import internal_metadata
 from services.prompt.client import PromptClient
 from services.router.failover import RoutedGenerator
 

@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common import reasons
 from services.common.audit import AuditQuery, AuditRecord
-from services.common.auth import current_principal
+from services.common.auth import current_principal, internal_metadata
 from services.common.errors import (
     FieldViolation,
     InvalidArgument,
@@ -58,7 +58,6 @@ from services.gateway.core.tenants import (
     key_role,
 )
 from services.gateway.tenancy import TenantDirectory
-from services.platform.auth import internal_metadata
 
 SERVICE_NAME = "genai.gateway.v1.GatewayService"
 

@@ -5,7 +5,6 @@ constraint (from InferenceService)."""
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -19,7 +18,7 @@ from services.common.errors import NotFound
 from services.common.status import remote_error
 from services.common.wire import decimal_amount
 from services.gateway.core.tenants import UNLIMITED, Tenant, TenantQuota
-from services.prompt.client import PromptClient
+from services.prompt.client import PromptClient, PromptClients
 
 if TYPE_CHECKING:
     RouterStub = router_service_pb2_grpc.RouterServiceAsyncStub
@@ -36,7 +35,8 @@ class TenantDirectory:
     """Per-tenant state of the gateway.
 
     - `prompts(tenant)`: a started `PromptClient` whose calls carry that tenant's internal
-      credentials; at most `max_clients` are kept (least recently used closed first).
+      credentials (`PromptClients`: at most `max_clients` are kept, least recently used closed
+      first).
     - `quota(tenant)`: the tenant's limits, read at most every `cache_seconds`; a tenant the
       store does not know (the `default` tenant of auth `none`) has no limits.
     """
@@ -50,29 +50,15 @@ class TenantDirectory:
         max_clients: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._client_for = client_for
+        self._clients = PromptClients(client_for, max_clients=max_clients)
         self._lookup = tenant_lookup
         self._cache_seconds = cache_seconds
-        self._max_clients = max_clients
         self._clock = clock
-        self._clients: OrderedDict[str, PromptClient] = OrderedDict()
         self._quotas: dict[str, tuple[float, TenantQuota]] = {}
-        self._closing: set[asyncio.Task[None]] = set()
 
     async def prompts(self, tenant_id: str) -> PromptClient:
         """The tenant's prompt client, created and started on first use."""
-        client = self._clients.get(tenant_id)
-        if client is not None:
-            self._clients.move_to_end(tenant_id)
-            return client
-        client = self._clients[tenant_id] = self._client_for(tenant_id)
-        await client.start()
-        while len(self._clients) > self._max_clients:
-            _, evicted = self._clients.popitem(last=False)
-            task = asyncio.create_task(evicted.close())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-        return client
+        return await self._clients.get(tenant_id)
 
     async def quota(self, tenant_id: str) -> TenantQuota:
         """The tenant's limits (see the class docstring)."""
@@ -95,11 +81,7 @@ class TenantDirectory:
 
     async def close(self) -> None:
         """Closes every prompt client."""
-        clients, self._clients = list(self._clients.values()), OrderedDict()
-        for client in clients:
-            await client.close()
-        for task in list(self._closing):
-            await task
+        await self._clients.close()
 
 
 @dataclass(frozen=True, slots=True)

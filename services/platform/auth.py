@@ -5,18 +5,17 @@ own services with an internal token.
 - `api_key`: callers send `authorization: Bearer <secret>`; the key's tenant scopes the call.
   The platform's services call each other on a tenant's behalf with the process's internal
   token (`x-genai-internal-token`) and the tenant (`x-genai-tenant`); a call with a wrong
-  internal token is refused, never downgraded to an API-key check.
+  internal token is refused, never downgraded to an API-key check. The callers' side of it,
+  `internal_metadata`, is in `services.common.auth`.
 """
 
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Final
 
-from services.common.auth import Authenticator, Principal
+from services.common.auth import INTERNAL_TOKEN_HEADER, TENANT_HEADER, Authenticator, Principal
 from services.common.errors import Unauthenticated
 
-INTERNAL_TOKEN_HEADER: Final = "x-genai-internal-token"
-TENANT_HEADER: Final = "x-genai-tenant"
 PUBLIC_METHODS: Final = frozenset({"/genai.gateway.v1.GatewayService/GetServerInfo"})
 """Methods any caller may use without credentials (they reveal no tenant's data)."""
 ANONYMOUS: Final = Principal(tenant_id="", subject="anonymous")
@@ -45,11 +44,3 @@ class PlatformAuthenticator:
         return Principal(
             tenant_id=tenant, subject="platform:internal", attributes={"internal": "true"}
         )
-
-
-def internal_metadata(internal_token: str, tenant_id: str) -> Sequence[tuple[str, str]]:
-    """Metadata for a call made on `tenant_id`'s behalf; empty without a token (auth `none`,
-    where every call is the default tenant's anyway)."""
-    if not internal_token:
-        return ()
-    return ((INTERNAL_TOKEN_HEADER, internal_token), (TENANT_HEADER, tenant_id))

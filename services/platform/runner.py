@@ -25,7 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry, start_http_server
 
-from services.common.auth import AnonymousAuthenticator, Authenticator
+from services.common.auth import AnonymousAuthenticator, Authenticator, internal_metadata
 from services.common.clients import (
     ClientTlsConfig,
     InvalidTargetError,
@@ -52,7 +52,7 @@ from services.gateway.core.tenant_changes import TenantChanges
 from services.inference import server as inference_server
 from services.inference.adapters.triton import triton_channel
 from services.inference.adapters.tritonserver import TritonServer
-from services.platform.auth import PlatformAuthenticator, internal_metadata
+from services.platform.auth import PlatformAuthenticator
 from services.platform.consistency import catalog_problems
 from services.platform.settings import (
     ClientSettings,

@@ -34,7 +34,12 @@ import grpc.aio
 from genai.prompt.v1 import prompt_pb2, prompt_service_pb2, prompt_service_pb2_grpc
 from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
 
-from services.common.clients import add_target_option, api_key_metadata, create_channel
+from services.common.clients import (
+    DEFAULT_TARGET,
+    add_target_option,
+    api_key_metadata,
+    create_channel,
+)
 from services.common.errors import FieldViolation
 from services.common.status import ParsedError, error_details
 from services.prompt.core.registry import (
@@ -52,7 +57,7 @@ from services.prompt.files import (
     version_hash,
     write_prompt_file,
 )
-from services.prompt.servicer import version_content
+from services.prompt.wire import version_content
 
 if TYPE_CHECKING:
     Stub = prompt_service_pb2_grpc.PromptServiceAsyncStub
@@ -175,8 +180,6 @@ async def run_async(args: argparse.Namespace) -> int:
 async def main_async(argv: Sequence[str]) -> int:
     """`genai prompts ARGV` from code that already runs an event loop (tests); usage errors
     raise `SystemExit(2)` as on the command line."""
-    from services.cli import DEFAULT_TARGET  # services.cli imports this module
-
     parser = argparse.ArgumentParser(prog="genai prompts")
     add_commands(parser, default_target=DEFAULT_TARGET)
     args = parser.parse_args(list(argv))

@@ -50,7 +50,7 @@ from services.common.errors import (
 from services.common.status import UNREACHABLE_CODES, remote_error
 from services.prompt.core.registry import DEFAULT_LABEL, render_version
 from services.prompt.core.templates import RenderedMessage
-from services.prompt.servicer import SERVICE_NAME, version_content
+from services.prompt.wire import SERVICE_NAME, version_content
 
 if TYPE_CHECKING:
     _Stub = prompt_service_pb2_grpc.PromptServiceAsyncStub
@@ -614,6 +614,44 @@ class PromptClient:
     async def _wait_until(self, condition: Callable[[], bool]) -> None:
         while not condition():
             await self._changed.wait()
+
+
+# -------------------------------------------------------------------------- clients per tenant
+
+
+class PromptClients:
+    """A started `PromptClient` per tenant, made on first use by `factory(tenant)` (whose calls
+    carry that tenant's credentials); at most `max_clients` are kept, the least recently used
+    closed first. The gateway and the evaluation runs keep their tenants' clients here."""
+
+    def __init__(self, factory: Callable[[str], PromptClient], *, max_clients: int = 256) -> None:
+        self._factory = factory
+        self._max_clients = max_clients
+        self._clients: OrderedDict[str, PromptClient] = OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def get(self, tenant_id: str) -> PromptClient:
+        """The tenant's client."""
+        client = self._clients.get(tenant_id)
+        if client is not None:
+            self._clients.move_to_end(tenant_id)
+            return client
+        client = self._clients[tenant_id] = self._factory(tenant_id)
+        await client.start()
+        while len(self._clients) > self._max_clients:
+            _, evicted = self._clients.popitem(last=False)
+            task = asyncio.create_task(evicted.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return client
+
+    async def close(self) -> None:
+        """Closes every client."""
+        clients, self._clients = list(self._clients.values()), OrderedDict()
+        for client in clients:
+            await client.close()
+        for task in list(self._closing):
+            await task
 
 
 # ---------------------------------------------------------------------------------- errors

@@ -46,7 +46,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 
 from services.prompt.core.model import content_hash
 from services.prompt.core.registry import CONTENT_FIELDS, NAME_PATTERN
-from services.prompt.servicer import version_content
+from services.prompt.wire import version_content
 
 SUFFIXES: Final = (".yaml", ".yml")
 """File name endings of prompt files; other files in a prompt folder are ignored."""

@@ -11,7 +11,8 @@ from services.prompt.adapters.sql_store import (
 )
 from services.prompt.config import PromptSettings
 from services.prompt.core.registry import EvaluationGate, PromptRegistry
-from services.prompt.servicer import SERVICE_NAME, PromptServicer
+from services.prompt.servicer import PromptServicer
+from services.prompt.wire import SERVICE_NAME
 
 
 def registration(

@@ -18,7 +18,6 @@ from services.common.grpc_types import ServicerContext
 from services.common.policy import elevate
 from services.common.validation import refuse_oversized
 from services.common.wire import timestamp
-from services.gateway.core.processing import MAX_REDACTION_PATTERNS
 from services.prompt.core.model import (
     UNSET,
     Label,
@@ -31,16 +30,16 @@ from services.prompt.core.model import (
     PromptChanges,
     PromptVersion,
 )
+from services.prompt.core.processing_config import MAX_REDACTION_PATTERNS
 from services.prompt.core.registry import (
-    CONTENT_FIELDS,
     MAX_VARIABLES,
     Change,
     PromptRegistry,
     Snapshot,
 )
 from services.prompt.core.templates import MAX_MESSAGES
+from services.prompt.wire import version_content
 
-SERVICE_NAME = "genai.prompt.v1.PromptService"
 UPDATABLE_FIELDS = ("description", "protected_labels", "evaluation_gate")
 
 _ROLES = {
@@ -291,20 +290,6 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
 
 
 # ------------------------------------------------------------------------------ conversions
-
-
-def version_content(version: prompt_pb2.PromptVersion) -> dict[str, Any]:
-    """The behaviour-defining fields of a version as its JSON content document.
-
-    Raises `InvalidArgument` when a JSON value in it (a default value, the output schema) is
-    a number JSON cannot hold (NaN or an infinity)."""
-    try:
-        document = json_format.MessageToDict(version, preserving_proto_field_name=True)
-    except (ValueError, json_format.Error) as error:
-        raise InvalidArgument(
-            violations=[FieldViolation("version", f"is not representable as JSON: {error}")]
-        ) from None
-    return {field: document[field] for field in CONTENT_FIELDS if field in document}
 
 
 def struct_values(struct: struct_pb2.Struct) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from genai.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from genai.router.v1 import router_pb2, router_service_pb2, router_service_pb2_grpc
 
 from services.common import reasons
+from services.common.deadlines import time_until
 from services.common.errors import Unavailable
 from services.common.status import error_details
 from services.common.wire import duration
@@ -137,7 +138,7 @@ class RoutedGenerator:
             first_token: float | None = None
             output_tokens = 0
             call = self._inference.GenerateStream(
-                attempt, timeout=_left(deadline, self._clock), metadata=metadata or None
+                attempt, timeout=time_until(deadline, self._clock), metadata=metadata or None
             )
             try:
                 async for message in call:
@@ -299,7 +300,3 @@ def _refuses_constraint(error: grpc.aio.AioRpcError) -> bool:
     return bool(details.field_violations) and all(
         v.field.startswith("constraint") for v in details.field_violations
     )
-
-
-def _left(deadline: float | None, clock: Callable[[], float]) -> float | None:
-    return None if deadline is None else max(deadline - clock(), 0.0)

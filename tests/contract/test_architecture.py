@@ -1,6 +1,7 @@
 """Structural rules of the code base, checked on every run."""
 
 import ast
+import fnmatch
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ FORBIDDEN_IMPORTS = ("grpc", "grpc_status", "grpc_health", "grpc_reflection", "g
 
 
 def _imports(path: Path) -> set[str]:
+    """Every module `path` imports, and for `from M import N` also `M.N` (N may be a module)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -31,6 +33,7 @@ def _imports(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -38,6 +41,41 @@ def _imports(path: Path) -> set[str]:
 def test_domain_code_imports_neither_grpc_nor_generated_code(path: Path) -> None:
     offending = sorted(name for name in _imports(path) if name.split(".")[0] in FORBIDDEN_IMPORTS)
     assert not offending, f"{path.relative_to(ROOT)} imports {offending}"
+
+
+LAYER_RULES = [
+    ("services/prompt/**/*.py", "services.gateway"),
+    *(
+        (f"services/{package}/**/*.py", higher)
+        for package in (
+            "common",
+            "prompt",
+            "experiment",
+            "evaluation",
+            "router",
+            "inference",
+            "gateway",
+        )
+        for higher in ("services.platform", "services.cli")
+    ),
+    ("services/*/client.py", "services.*.servicer"),
+]
+"""(files, module pattern): the files must not import a module the pattern matches (or one
+inside it). The prompt service does not depend on the gateway; only the platform and the
+command line compose the services; clients do not import servicers."""
+
+
+@pytest.mark.parametrize(("files", "forbidden"), LAYER_RULES, ids=str)
+def test_lower_layers_do_not_import_higher_ones(files: str, forbidden: str) -> None:
+    paths = sorted(ROOT.glob(files))
+    assert paths, f"no file matches {files}"
+    offending = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in paths
+        for name in sorted(_imports(path))
+        if fnmatch.fnmatchcase(name, forbidden) or fnmatch.fnmatchcase(name, f"{forbidden}.*")
+    ]
+    assert not offending, offending
 
 
 def test_every_reason_the_code_uses_is_in_the_contract() -> None:

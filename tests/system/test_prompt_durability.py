@@ -14,7 +14,7 @@ from genai.prompt.v1 import prompt_pb2, prompt_service_pb2, prompt_service_pb2_g
 
 from services.common.clients import api_key_metadata, create_channel
 from services.prompt.core.model import content_hash
-from services.prompt.servicer import version_content
+from services.prompt.wire import version_content
 from tests.support.databases import BACKENDS, Database, database
 from tests.support.serve import genai_serve
 

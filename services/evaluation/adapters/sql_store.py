@@ -43,7 +43,14 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
 )
-from services.common.sql import Migration, SqlStore, create_engine, now_us, time_from_us
+from services.common.sql import (
+    Migration,
+    SqlStore,
+    create_engine,
+    now_us,
+    row_or_not_found,
+    time_from_us,
+)
 from services.common.wire import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from services.evaluation.core.datasets import example_id
 from services.evaluation.core.model import (
@@ -297,13 +304,11 @@ class SqlEvaluationStore(SqlStore):
     async def get_dataset(self, tenant_id: str, name: str) -> Dataset:
         """One dataset with its example count; NotFound (DATASET_NOT_FOUND)."""
         async with self._read() as conn:
-            row = (
-                (await conn.execute(_datasets_query().where(*_dataset_key(tenant_id, name))))
-                .mappings()
-                .first()
+            row = await row_or_not_found(
+                conn,
+                _datasets_query().where(*_dataset_key(tenant_id, name)),
+                lambda: _no_dataset(name),
             )
-        if row is None:
-            raise _no_dataset(name)
         return _dataset(row)
 
     async def list_datasets(
@@ -636,23 +641,17 @@ class SqlEvaluationStore(SqlStore):
         (EVALUATION_RUN_NOT_FOUND) for an unknown run."""
         async with self._read() as conn:
             await self._run_row(conn, tenant_id, run_id)
-            row = (
-                (
-                    await conn.execute(
-                        sa.select(reports).where(
-                            reports.c.tenant_id == tenant_id, reports.c.run_id == run_id
-                        )
-                    )
-                )
-                .mappings()
-                .first()
-            )
-            if row is None:
-                raise NotFound(
+            row = await row_or_not_found(
+                conn,
+                sa.select(reports).where(
+                    reports.c.tenant_id == tenant_id, reports.c.run_id == run_id
+                ),
+                lambda: NotFound(
                     f"run {run_id} has no report",
                     reason=reasons.EVALUATION_REPORT_NOT_FOUND,
                     metadata={"run_id": run_id},
-                )
+                ),
+            )
             return _report(row, await _results(conn, run_id))
 
     async def gate(
@@ -802,10 +801,7 @@ class SqlEvaluationStore(SqlStore):
         query = sa.select(datasets).where(*_dataset_key(tenant_id, name))
         if lock and self._postgres:
             query = query.with_for_update(read=True)
-        row = (await conn.execute(query)).mappings().first()
-        if row is None:
-            raise _no_dataset(name)
-        return row
+        return await row_or_not_found(conn, query, lambda: _no_dataset(name))
 
     async def _run_row(
         self, conn: AsyncConnection, tenant_id: str, run_id: str, *, lock: bool = False
@@ -814,14 +810,15 @@ class SqlEvaluationStore(SqlStore):
         query = sa.select(runs).where(runs.c.tenant_id == tenant_id, runs.c.id == run_id)
         if lock and self._postgres:
             query = query.with_for_update()
-        row = (await conn.execute(query)).mappings().first()
-        if row is None:
-            raise NotFound(
+        return await row_or_not_found(
+            conn,
+            query,
+            lambda: NotFound(
                 f"no evaluation run {run_id!r}",
                 reason=reasons.EVALUATION_RUN_NOT_FOUND,
                 metadata={"run_id": run_id[:128]},
-            )
-        return row
+            ),
+        )
 
     async def _locked_run(
         self, conn: AsyncConnection, tenant_id: str, run_id: str, *states: RunState
@@ -851,46 +848,28 @@ class SqlEvaluationStore(SqlStore):
     async def _report_row(
         self, conn: AsyncConnection, tenant_id: str, report_id: str
     ) -> Mapping[Any, Any]:
-        row = (
-            (
-                await conn.execute(
-                    sa.select(reports).where(
-                        reports.c.tenant_id == tenant_id, reports.c.id == report_id
-                    )
-                )
-            )
-            .mappings()
-            .first()
-        )
-        if row is None:
-            raise NotFound(
+        return await row_or_not_found(
+            conn,
+            sa.select(reports).where(reports.c.tenant_id == tenant_id, reports.c.id == report_id),
+            lambda: NotFound(
                 f"no evaluation report {report_id!r}",
                 reason=reasons.EVALUATION_REPORT_NOT_FOUND,
                 metadata={"report_id": report_id[:128]},
-            )
-        return row
+            ),
+        )
 
     async def _alert_row(
         self, conn: AsyncConnection, tenant_id: str, alert_id: str
     ) -> Mapping[Any, Any]:
-        row = (
-            (
-                await conn.execute(
-                    sa.select(alerts).where(
-                        alerts.c.tenant_id == tenant_id, alerts.c.id == alert_id
-                    )
-                )
-            )
-            .mappings()
-            .first()
-        )
-        if row is None:
-            raise NotFound(
+        return await row_or_not_found(
+            conn,
+            sa.select(alerts).where(alerts.c.tenant_id == tenant_id, alerts.c.id == alert_id),
+            lambda: NotFound(
                 f"no quality alert {alert_id!r}",
                 reason=reasons.RESOURCE_NOT_FOUND,
                 metadata={"alert_id": alert_id[:128]},
-            )
-        return row
+            ),
+        )
 
     async def _insert_results(
         self, conn: AsyncConnection, run_id: str, new: Sequence[ExampleResult]

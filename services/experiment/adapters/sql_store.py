@@ -46,7 +46,14 @@ from services.common.errors import (
     FieldViolation,
     NotFound,
 )
-from services.common.sql import Migration, SqlStore, create_engine, now_us, time_from_us
+from services.common.sql import (
+    Migration,
+    SqlStore,
+    create_engine,
+    now_us,
+    row_or_not_found,
+    time_from_us,
+)
 from services.common.wire import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from services.experiment.core.assignment import Assignment, assign, variant_shares
 from services.experiment.core.model import (
@@ -719,10 +726,7 @@ class SqlExperimentStore(SqlStore):
         )
         if lock and self._postgres:
             query = query.with_for_update(read=lock == "share")
-        row = (await conn.execute(query)).mappings().first()
-        if row is None:
-            raise _no_experiment(name)
-        return row
+        return await row_or_not_found(conn, query, lambda: _no_experiment(name))
 
     async def _known_assignment(
         self, tenant_id: str, experiment: str, unit_id: str
@@ -758,9 +762,7 @@ class SqlExperimentStore(SqlStore):
             .where(experiments.c.tenant_id == tenant_id, experiments.c.name == experiment)
         )
         async with self._read() as conn:
-            row = (await conn.execute(query)).mappings().first()
-        if row is None:
-            raise _no_experiment(experiment)
+            row = await row_or_not_found(conn, query, lambda: _no_experiment(experiment))
         require_running(experiment, ExperimentState(row["state"]))
         if row["bucket"] is None:
             return None

@@ -38,7 +38,14 @@ from services.common.errors import (
 )
 from services.common.feeds import lock_feed, notify
 from services.common.policy import Role
-from services.common.sql import Migration, SqlStore, create_engine, now_us, time_from_us
+from services.common.sql import (
+    Migration,
+    SqlStore,
+    create_engine,
+    now_us,
+    row_or_not_found,
+    time_from_us,
+)
 from services.common.wire import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from services.gateway.core.tenants import (
     UNLIMITED,
@@ -341,10 +348,9 @@ class SqlTenantStore(SqlStore):
         _, secret, hashed = new_api_key_secret(key_id)
         now = now_us()
         async with self._write() as conn:
-            row = await conn.execute(sa.select(api_keys).where(_key_in(key_id, tenant_id)))
-            found = row.mappings().first()
-            if found is None:
-                raise _no_key(key_id)
+            found = await row_or_not_found(
+                conn, sa.select(api_keys).where(_key_in(key_id, tenant_id)), lambda: _no_key(key_id)
+            )
             key = _api_key(found)
             if key.revoked or key.expired(time_from_us(now)):
                 raise FailedPrecondition(
@@ -525,14 +531,9 @@ class SqlTenantStore(SqlStore):
         return key, secret
 
     async def _tenant_row(self, conn: AsyncConnection, tenant_id: str) -> Mapping[Any, Any]:
-        row = (
-            (await conn.execute(sa.select(tenants).where(tenants.c.id == tenant_id)))
-            .mappings()
-            .first()
+        return await row_or_not_found(
+            conn, sa.select(tenants).where(tenants.c.id == tenant_id), lambda: _no_tenant(tenant_id)
         )
-        if row is None:
-            raise _no_tenant(tenant_id)
-        return row
 
 
 def _no_tenant(tenant_id: str) -> NotFound:

@@ -30,7 +30,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.common import reasons
 from services.common.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
 from services.common.feeds import lock_feed, notify
-from services.common.sql import Migration, SqlStore, create_engine, now_us, time_from_us
+from services.common.sql import (
+    Migration,
+    SqlStore,
+    create_engine,
+    now_us,
+    row_or_not_found,
+    time_from_us,
+)
 from services.prompt.core.model import (
     UNSET,
     Label,
@@ -437,14 +444,15 @@ class SqlPromptStore(SqlStore):
         query = sa.select(prompts).where(prompts.c.tenant_id == tenant_id, prompts.c.name == name)
         if lock and self._postgres:
             query = query.with_for_update()
-        row = (await conn.execute(query)).mappings().first()
-        if row is None:
-            raise NotFound(
+        return await row_or_not_found(
+            conn,
+            query,
+            lambda: NotFound(
                 f"no prompt named {name!r}",
                 reason=reasons.PROMPT_NOT_FOUND,
                 metadata={"prompt": name},
-            )
-        return row
+            ),
+        )
 
     async def _prompt(self, conn: AsyncConnection, row: Mapping[Any, Any]) -> Prompt:
         pairs = (
@@ -468,24 +476,17 @@ class SqlPromptStore(SqlStore):
     async def _version_row(
         self, conn: AsyncConnection, prompt_id: int, version: int
     ) -> Mapping[Any, Any]:
-        row = (
-            (
-                await conn.execute(
-                    sa.select(versions).where(
-                        versions.c.prompt_id == prompt_id, versions.c.version == version
-                    )
-                )
-            )
-            .mappings()
-            .first()
-        )
-        if row is None:
-            raise NotFound(
+        return await row_or_not_found(
+            conn,
+            sa.select(versions).where(
+                versions.c.prompt_id == prompt_id, versions.c.version == version
+            ),
+            lambda: NotFound(
                 f"the prompt has no version {version}",
                 reason=reasons.PROMPT_VERSION_NOT_FOUND,
                 metadata={"version": str(version)},
-            )
-        return row
+            ),
+        )
 
     async def _label_version(self, conn: AsyncConnection, prompt_id: int, label: str) -> int | None:
         version = (

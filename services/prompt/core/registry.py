@@ -20,13 +20,6 @@ from jsonschema.exceptions import SchemaError
 from services.common import reasons
 from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from services.common.feeds import Wakeup
-from services.gateway.core.processing import (
-    PiiKind,
-    PiiRedaction,
-    ProcessingConfig,
-    RedactionPattern,
-    config_violations,
-)
 from services.prompt.core.model import (
     UNSET,
     JsonObject,
@@ -38,6 +31,13 @@ from services.prompt.core.model import (
     Prompt,
     PromptChanges,
     PromptVersion,
+)
+from services.prompt.core.processing_config import (
+    PiiKind,
+    PiiRedaction,
+    ProcessingConfig,
+    RedactionPattern,
+    config_violations,
 )
 from services.prompt.core.templates import (
     MessageTemplate,

@@ -10,6 +10,7 @@ import pytest
 
 from services import cli
 from services.common.clients import (
+    DEFAULT_TARGET,
     IDEMPOTENT_RPCS,
     NON_IDEMPOTENT_RPCS,
     RETRY_POLICY,
@@ -162,7 +163,7 @@ def test_every_command_takes_every_target_form_and_defaults_to_the_environment(
     monkeypatch.setenv(TARGET_ENV, "10.0.0.7:50051,10.0.0.8:50051")
     parser = cli._parser()
     logs = argparse.ArgumentParser(prog="genai logs")
-    logs_cli.add_commands(logs, default_target=cli.DEFAULT_TARGET)
+    logs_cli.add_commands(logs, default_target=DEFAULT_TARGET)
     options = [*_target_options(parser), *_target_options(logs)]
 
     commands = {command.removeprefix("genai ") for command, _ in options}
@@ -180,7 +181,7 @@ def test_the_command_line_accepts_a_list_and_refuses_a_bad_target(
     monkeypatch.delenv(TARGET_ENV, raising=False)
     parser = cli._parser()
 
-    assert parser.parse_args(["info"]).target == cli.DEFAULT_TARGET
+    assert parser.parse_args(["info"]).target == DEFAULT_TARGET
     listed = parser.parse_args(["info", "--target", "127.0.0.1:1,127.0.0.1:2"])
     assert listed.target == "127.0.0.1:1,127.0.0.1:2"
     with pytest.raises(SystemExit) as exited:

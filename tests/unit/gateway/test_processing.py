@@ -17,14 +17,16 @@ from services.gateway.core.processing import (
     BUILTIN_HOLDBACK,
     FinishOverride,
     OutputSchemaViolation,
-    PiiKind,
-    PiiRedaction,
-    ProcessingConfig,
-    RedactionPattern,
     ResponseProcessor,
     SchemaViolation,
     check_output,
     repair_instruction,
+)
+from services.prompt.core.processing_config import (
+    PiiKind,
+    PiiRedaction,
+    ProcessingConfig,
+    RedactionPattern,
 )
 
 ALL_PII = PiiRedaction(kinds=tuple(PiiKind))

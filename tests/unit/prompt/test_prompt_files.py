@@ -21,7 +21,7 @@ from services.prompt.files import (
     parse_prompt_file,
     version_hash,
 )
-from services.prompt.servicer import version_content
+from services.prompt.wire import version_content
 
 ROOT = Path(__file__).resolve().parents[3]
 SAMPLES = ROOT / "prompts"

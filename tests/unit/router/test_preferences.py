@@ -1,10 +1,11 @@
-"""Table-driven tests of merging a prompt version's routing preferences with a request's."""
+"""Table-driven tests of merging a prompt version's routing preferences and sampling parameters
+with a request's."""
 
 import pytest
-from genai.common.v1 import money_pb2, routing_pb2
+from genai.common.v1 import generation_pb2, money_pb2, routing_pb2
 from google.protobuf.duration_pb2 import Duration
 
-from services.router.preferences import merge_preferences
+from services.router.preferences import merge_parameters, merge_preferences
 
 P = routing_pb2.RoutingPreferences
 CHAT, JSON, STREAMING = (
@@ -71,3 +72,43 @@ def test_merge(version: P | None, request_: P | None, expected: P) -> None:
 
     assert merge_preferences(version, request_) == expected
     assert [version or P(), request_ or P()] == before  # inputs untouched
+
+
+S = generation_pb2.SamplingParameters
+
+PARAMETER_CASES = [
+    ("neither", None, S(), S()),
+    ("version only", S(temperature=0.5, stop=["\n"]), S(), S(temperature=0.5, stop=["\n"])),
+    ("request only", None, S(max_tokens=8), S(max_tokens=8)),
+    (
+        "set request fields win, unset ones inherit",
+        S(temperature=0.5, top_p=0.9, max_tokens=64),
+        S(temperature=0.0, seed=7),
+        S(temperature=0.0, top_p=0.9, max_tokens=64, seed=7),
+    ),
+    (
+        "a request stop list replaces the version's",
+        S(stop=["a", "b"]),
+        S(stop=["c"]),
+        S(stop=["c"]),
+    ),
+    (
+        "an empty request stop list keeps the version's",
+        S(stop=["a"]),
+        S(top_k=5),
+        S(stop=["a"], top_k=5),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("version", "request_", "expected"),
+    [case[1:] for case in PARAMETER_CASES],
+    ids=[case[0] for case in PARAMETER_CASES],
+)
+def test_merge_parameters(version: S | None, request_: S, expected: S) -> None:
+    originals = [
+        S() if m is None else S.FromString(m.SerializeToString()) for m in (version, request_)
+    ]
+    assert merge_parameters(version, request_) == expected
+    assert [S() if m is None else m for m in (version, request_)] == originals  # unmodified

@@ -274,6 +274,8 @@ def _check_sampling(request: GenerationRequest) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+# gpu/inflight_batcher_llm/ensemble/1/decoding.py has a copy of this class and _overlap;
+# tests/unit/triton_models/test_stop_word_filter_copies.py keeps them equal.
 class StopWordFilter:
     """Text-level stop words for streamed text: `push` returns the part of the new text that can
     no longer become the start of a stop word, holding back a possible partial match, and says

@@ -55,17 +55,19 @@ class IncrementalDetokenizer:
         return text[len(shown) :]
 
 
+# A copy of genai_triton.facade.StopWordFilter and _overlap (this model cannot import the
+# facade at run time); tests/unit/triton_models/test_stop_word_filter_copies.py keeps them equal.
 class StopWordFilter:
-    """Text-level stop words: `push` returns the part of the new text that can no longer become
-    the start of a stop word and says when a stop word appeared; the stop word and whatever
-    follows it are never returned."""
+    """Text-level stop words for streamed text: `push` returns the part of the new text that can
+    no longer become the start of a stop word, holding back a possible partial match, and says
+    when a stop word appeared (the stop word and what follows are never returned)."""
 
     def __init__(self, stop_words: Sequence[str]) -> None:
         self._words = tuple(word for word in stop_words if word)
         self._held = ""
 
     def push(self, delta: str) -> tuple[str, bool]:
-        """Adds text; returns (text to emit now, whether a stop word was reached)."""
+        """Adds generated text; returns (text to emit now, whether a stop word was reached)."""
         if not self._words:
             return delta, False
         text = self._held + delta
@@ -73,7 +75,7 @@ class StopWordFilter:
         if hits:
             self._held = ""
             return text[: min(hits)], True
-        keep = max(_overlap(text, word) for word in self._words)
+        keep = max((_overlap(text, word) for word in self._words), default=0)
         self._held = text[len(text) - keep :] if keep else ""
         return text[: len(text) - keep], False
 

@@ -1,0 +1,106 @@
+"""What the parts of a completion share (`services.gateway.completion`): who calls (`Caller`),
+what one completion did (`Outcome`, filled in by the pipeline as it goes, then logged and
+accounted by `services.gateway.accounting`), and what feedback on it needs later
+(`ServedRequest`)."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Final
+
+import grpc
+from genai.common.v1 import chat_pb2, generation_pb2
+from genai.gateway.v1 import gateway_pb2, gateway_service_pb2
+
+from services.gateway.core.idempotency import Claim
+from services.gateway.core.quota import Reservation
+from services.prompt.client import RenderedPrompt
+from services.router.failover import RoutedStream
+
+STREAM_METHOD: Final = "/genai.gateway.v1.GatewayService/StreamComplete"
+UNARY_METHOD: Final = "/genai.gateway.v1.GatewayService/Complete"
+FEEDBACK_METHOD: Final = "/genai.gateway.v1.GatewayService/RecordFeedback"
+
+Request = gateway_service_pb2.StreamCompleteRequest
+Response = gateway_service_pb2.StreamCompleteResponse
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks, and how the engine calls the platform on their behalf."""
+
+    tenant_id: str
+    metadata: Sequence[tuple[str, str]]
+    """Metadata for every downstream call (the internal token and tenant)."""
+    method: str = STREAM_METHOD
+
+
+@dataclass(frozen=True, slots=True)
+class ServedRequest:
+    """What feedback on a served request needs: its prompt version and model (online
+    evaluation), and its experiment, variant and unit (experiment outcomes)."""
+
+    prompt: str
+    prompt_version: int
+    model: str
+    experiment: str = ""
+    variant: str = ""
+    unit_id: str = ""
+
+
+@dataclass
+class Outcome:
+    """What one completion did, filled in as it goes; logged and accounted at the end."""
+
+    started: float
+    request_id: str
+    trace_id: str
+    request: Request
+    arrived: datetime
+    rendered: RenderedPrompt | None = None
+    label: str = ""
+    experiment: str = ""
+    variant: str = ""
+    unit_id: str = ""
+    input_messages: list[chat_pb2.ChatMessage] = field(default_factory=list)
+    routed: list[RoutedStream] = field(default_factory=list)
+    output: list[str] = field(default_factory=list)
+    """The processed chunks of the current generation (a repair starts it again)."""
+    first_token: float | None = None
+    last_chunk: float | None = None
+    final: gateway_pb2.CompletionMetadata | None = None
+    cost: Decimal = Decimal(0)
+    currency: str = ""
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    reservation: Reservation | None = None
+    logged: bool = False
+    """The request-log record was handed over already (before `final`)."""
+    schema_result: str = ""
+    """The output schema check: `valid`, `repaired` or `invalid`; empty: none ran."""
+    claim: Claim | None = None
+    """The request's idempotency claim, until its outcome is stored (None: there is none)."""
+
+    def tokens_used(self) -> int:
+        """Input plus output tokens of every attempt so far."""
+        return sum(r.usage.input_tokens + r.usage.output_tokens for r in self.routed)
+
+    @property
+    def usage(self) -> generation_pb2.TokenUsage:
+        total = generation_pb2.TokenUsage()
+        for routed in self.routed:
+            total.input_tokens += routed.usage.input_tokens
+            total.output_tokens += routed.usage.output_tokens
+        return total
+
+    @property
+    def constrained(self) -> bool:
+        """Whether the first generation decoded under the output schema."""
+        return bool(self.routed) and self.routed[0].constrained
+
+    @property
+    def model(self) -> str:
+        for routed in reversed(self.routed):
+            if routed.attempts:
+                return routed.attempts[-1].model
+        return ""
