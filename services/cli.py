@@ -43,6 +43,7 @@ from services.common.clients import (
 )
 from services.common.config import ConfigError, load_settings
 from services.common.status import error_details
+from services.common.telemetry import quiet_cross_context_detach
 from services.evaluation import cli as eval_cli
 from services.experiment import cli as experiments_cli
 from services.gateway import audit_cli, logs_cli
@@ -78,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=os.environ.get("GENAI_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_cross_context_detach()
     try:
         result: int = args.run(args)
     except ConfigError as error:

@@ -120,7 +120,19 @@ def _is_traced(details: grpc.HandlerCallDetails) -> bool:
 
 
 class BehaviourInterceptor(ServerInterceptor, abc.ABC):
-    """An interceptor that wraps the behaviour of the method handler it intercepts."""
+    """An interceptor that wraps the behaviour of the method handler it intercepts.
+
+    A method's handler is the same object call after call (the servicer's, or the next
+    layer's wrapping of it), so each layer wraps it once and keeps the result: no closures
+    and handler objects are built per RPC."""
+
+    def _wrapped(self) -> dict[str, tuple[Handler, Handler]]:
+        # Created on first use: subclasses need not call a base initializer.
+        cache: dict[str, tuple[Handler, Handler]] | None = getattr(self, "_wrap_cache", None)
+        if cache is None:
+            cache = {}
+            self._wrap_cache = cache
+        return cache
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -130,7 +142,14 @@ class BehaviourInterceptor(ServerInterceptor, abc.ABC):
         handler = cast("Handler | None", await continuation(handler_call_details))
         if handler is None:
             return cast(Handler, None)
-        return self._wrap(handler, handler_call_details.method)
+        method = handler_call_details.method
+        cache = self._wrapped()
+        cached = cache.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        cache[method] = (handler, wrapped)
+        return wrapped
 
     @abc.abstractmethod
     def _wrap(self, handler: Handler, method: str) -> Handler:

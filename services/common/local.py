@@ -95,7 +95,27 @@ class LocalUnary(Generic[RequestT, ResponseT]):
 
 class LocalStreamCall(Generic[ResponseT]):
     """A running server-streaming call of a local servicer: iterate it once; `cancel()` ends
-    it (closing the servicer's generator)."""
+    it (closing the servicer's generator).
+
+    This sits on the path of every token a local InferenceService streams, so the per-message
+    work is one call into the servicer's generator: the span is made current only while the
+    servicer starts (its downstream spans, e.g. the Triton call's, open then), and the deadline
+    is one timer for the whole call, which cancels the iterating task only while it waits in
+    `__anext__` (as `asyncio.timeout` would, without a timer per message)."""
+
+    __slots__ = (
+        "_closing",
+        "_deadline",
+        "_done",
+        "_expired",
+        "_name",
+        "_responses",
+        "_span",
+        "_task",
+        "_timer",
+        "_tracer",
+        "_waiting",
+    )
 
     def __init__(
         self,
@@ -111,6 +131,11 @@ class LocalStreamCall(Generic[ResponseT]):
         self._span: trace.Span | None = None
         self._done = False
         self._closing: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting: asyncio.Task[Any] | None = None
+        """The task inside `__anext__` now (None: none is)."""
+        self._task: asyncio.Task[Any] | None = None
+        self._expired = False
 
     def __aiter__(self) -> "LocalStreamCall[ResponseT]":
         return self
@@ -118,29 +143,68 @@ class LocalStreamCall(Generic[ResponseT]):
     async def __anext__(self) -> ResponseT:
         if self._done:
             raise StopAsyncIteration
-        if self._span is None:
-            self._span = self._tracer.start_span(self._name, kind=trace.SpanKind.INTERNAL)
-        left = None if self._deadline is None else self._deadline - time.monotonic()
+        if self._expired:
+            raise self._deadline_exceeded()
+        task = self._task
+        if task is None:  # the caller's task, which iterates the call to its end
+            task = self._task = asyncio.current_task()
+        self._waiting = task
         try:
-            with trace.use_span(self._span, end_on_exit=False):
-                async with asyncio.timeout(left):
+            if self._span is None:
+                self._start()
+                with trace.use_span(self._span, end_on_exit=False):  # type: ignore[arg-type]
                     return await anext(self._responses)
+            return await anext(self._responses)
         except StopAsyncIteration:
             self._finish()
             raise
         except DomainError as error:
             self._finish(error)
             raise rpc_error(error) from None
-        except TimeoutError:
-            expired = DeadlineExceeded(f"{self._name}: deadline exceeded")
-            self._finish(expired)
-            raise rpc_error(expired) from None
-        except BaseException as error:  # cancellation, or a bug below: end the span, re-raise
+        except asyncio.CancelledError as error:
+            if self._ours(task):
+                raise self._deadline_exceeded() from None
             self._finish(error)
             raise
+        except BaseException as error:  # a bug below: end the span, re-raise
+            self._finish(error)
+            raise
+        finally:
+            self._waiting = None
+
+    def _start(self) -> None:
+        self._span = self._tracer.start_span(self._name, kind=trace.SpanKind.INTERNAL)
+        if self._deadline is not None:
+            loop = asyncio.get_running_loop()
+            left = self._deadline - time.monotonic()
+            self._timer = loop.call_at(loop.time() + max(left, 0.0), self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._done:
+            return
+        self._expired = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def _ours(self, task: "asyncio.Task[Any] | None") -> bool:
+        """Whether the cancellation `task` got came from the deadline's timer (and only from
+        it), which then turns into DEADLINE_EXCEEDED."""
+        return self._expired and task is not None and task.uncancel() == 0
+
+    def _deadline_exceeded(self) -> grpc.aio.AioRpcError:
+        expired = DeadlineExceeded(f"{self._name}: deadline exceeded")
+        self._finish(expired)
+        self._close_now()
+        return rpc_error(expired)
 
     def _finish(self, error: BaseException | None = None) -> None:
+        if self._done:
+            return
         self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._span is not None:
             if error is not None:
                 self._span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)[:200]))
@@ -152,8 +216,12 @@ class LocalStreamCall(Generic[ResponseT]):
         if self._done:
             return False
         self._finish()
-        self._closing = asyncio.ensure_future(self._close())
+        self._close_now()
         return True
+
+    def _close_now(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
 
     async def _close(self) -> None:
         with contextlib.suppress(Exception):

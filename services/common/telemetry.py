@@ -2,10 +2,16 @@
 
 The standard OpenTelemetry variables decide: `OTEL_TRACES_EXPORTER=otlp`, or an
 `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, turns on a batching OTLP
-gRPC exporter; otherwise spans are recorded but not exported, which costs little.
-`OTEL_TRACES_EXPORTER=none` turns export off whatever else is set.
+gRPC exporter, and every span is recorded (parent-based: a caller's unsampled trace stays
+unsampled). `OTEL_TRACES_EXPORTER=none` turns export off whatever else is set.
+
+Without an exporter nothing would read a recorded span, so none is recorded: every span still
+has its trace and span ids (the request log, the `start` message and Triton's `traceparent`
+carry them, and logs correlate by them), but no attributes, events or timings are kept. Recording
+a span costs tens of microseconds; a request crosses half a dozen.
 """
 
+import logging
 import os
 from collections.abc import Mapping
 
@@ -14,6 +20,7 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, DEFAULT_ON
 
 
 def configure_tracing(service_name: str, *, env: Mapping[str, str] | None = None) -> TracerProvider:
@@ -23,8 +30,12 @@ def configure_tracing(service_name: str, *, env: Mapping[str, str] | None = None
     flush. `env` defaults to the process environment.
     """
     env = os.environ if env is None else env
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
-    if otlp_export_requested(env):
+    exporting = otlp_export_requested(env)
+    provider = TracerProvider(
+        resource=Resource.create({SERVICE_NAME: service_name}),
+        sampler=DEFAULT_ON if exporting else ALWAYS_OFF,
+    )
+    if exporting:
         # Imported only when used: the exporter pulls in its own gRPC channel machinery.
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter,
@@ -76,3 +87,28 @@ def otlp_export_requested(env: Mapping[str, str]) -> bool:
     return bool(
         env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     )
+
+
+class CrossContextDetach(logging.Filter):
+    """Drops OpenTelemetry's "Failed to detach context" error when its cause is a token reset in
+    another context (ValueError "... was created in a different Context").
+
+    A server-streaming RPC whose client goes away while a response is being written leaves its
+    handler's async generators suspended at a `yield`; grpc.aio drops them, and asyncio closes
+    them later from a task of its own. The tracing interceptor's `with` blocks then end their span
+    as usual, but cannot reset the context variable they set in the RPC's task, which is gone
+    already: nothing is left to clean up, yet the SDK logs a traceback each time, for every
+    cancelled stream. Any other failure to detach is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() != "Failed to detach context" or not record.exc_info:
+            return True
+        error = record.exc_info[1]
+        return not (isinstance(error, ValueError) and "different Context" in str(error))
+
+
+def quiet_cross_context_detach() -> None:
+    """Installs `CrossContextDetach` on OpenTelemetry's context logger (once)."""
+    logger = logging.getLogger("opentelemetry.context")
+    if not any(isinstance(f, CrossContextDetach) for f in logger.filters):
+        logger.addFilter(CrossContextDetach())

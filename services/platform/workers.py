@@ -52,6 +52,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from services.common.config import ConfigError
+from services.common.telemetry import quiet_cross_context_detach
 from services.gateway.adapters.tenant_store import SqlTenantStore
 from services.inference.adapters.tritonserver import TritonServer
 from services.platform.runner import check_transport, launch_triton, start_platform
@@ -603,6 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=os.environ.get("GENAI_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_cross_context_detach()
     spec = json.loads(sys.stdin.readline())
     _die_with(int(spec["supervisor_pid"]))
     settings = PlatformSettings.model_validate(spec["settings"])

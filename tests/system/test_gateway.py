@@ -15,7 +15,8 @@ import grpc
 import pytest
 from genai.common.v1 import generation_pb2, money_pb2
 from genai.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
-from genai.inference.v1 import inference_service_pb2_grpc
+from genai.inference.v1 import inference_pb2, inference_service_pb2, inference_service_pb2_grpc
+from genai.prompt.v1 import prompt_service_pb2, prompt_service_pb2_grpc
 
 from services.common import reasons
 from services.common.clients import ClientTlsConfig, api_key_metadata, create_channel
@@ -593,3 +594,73 @@ async def test_tls_from_the_caller_through_every_internal_hop(
     assert "".join(m.delta.text for m in messages if m.HasField("delta")) == "tok0 tok1 tok2 "
     assert messages[-1].final.model == "zero"
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_coalesced_deltas_keep_the_text_usage_and_cost(
+    platform: Platform, tenants: Tenants
+) -> None:
+    """A delta carries every token waiting when the relay gets to it (InferenceService's
+    Triton reader coalesces them; tests/unit/inference/test_triton_coalescing.py shows it
+    happen): however the deltas fall, concurrent streams read at any pace have the same text,
+    usage and cost. Greedy SmolLM2 through the gateway is InferenceService's own greedy
+    output, token for token."""
+    key = await tenants.create("coalesce")
+    stub = tenants.stub(key)
+    tokens = 300
+    expected = "".join(f"tok{i} " for i in range(tokens))
+
+    async def slow_reader() -> tuple[str, int, gateway_pb2.CompletionMetadata]:
+        parts: list[str] = []
+        final = gateway_pb2.CompletionMetadata()
+        request = _chat("go", routing={"model": "zero"}, parameters={"max_tokens": tokens})
+        async for message in stub.StreamComplete(request, timeout=120):
+            if message.HasField("delta"):
+                parts.append(message.delta.text)
+                await asyncio.sleep(0.002)  # a reader busy with each delta
+            elif message.HasField("final"):
+                final = message.final
+        return "".join(parts), len(parts), final
+
+    quick = await _stream(
+        stub, _chat("go", routing={"model": "zero"}, parameters={"max_tokens": tokens})
+    )
+    slow = await asyncio.gather(*(slow_reader() for _ in range(16)))
+
+    reference = quick[-1].final
+    assert "".join(m.delta.text for m in quick if m.HasField("delta")) == expected
+    for text, _deltas, final in slow:
+        assert text == expected
+        assert final.usage == reference.usage
+        assert final.cost == reference.cost
+        assert final.finish_reason == generation_pb2.FINISH_REASON_LENGTH
+    assert reference.usage.output_tokens == tokens
+    expected_cost = (reference.usage.input_tokens * 1 + tokens * 2) / 1e6
+    assert _dollars(reference.cost) == pytest.approx(expected_cost, rel=1e-9)
+    assert all(1 <= deltas <= tokens + 1 for _, deltas, _ in slow)
+
+    # Greedy SmolLM2: the gateway's text is InferenceService's, for the same rendered chat.
+    request = _chat(routing={"model": SMOLLM2}, parameters={"temperature": 0, "max_tokens": 24})
+    streamed = await _stream(stub, request)
+    gateway_text = "".join(m.delta.text for m in streamed if m.HasField("delta"))
+    prompts = prompt_service_pb2_grpc.PromptServiceStub(
+        create_channel(platform.address, metadata=api_key_metadata(key))
+    )
+    render = prompt_service_pb2.RenderPromptRequest(prompt="chat")
+    render.variables.update({"message": "What is the capital of France?"})
+    rendered = await prompts.RenderPrompt(render, timeout=30)
+    inference = inference_service_pb2_grpc.InferenceServiceStub(
+        create_channel(platform.address, metadata=api_key_metadata(key))
+    )
+    parameters = generation_pb2.SamplingParameters()
+    parameters.CopyFrom(rendered.parameters)
+    parameters.temperature = 0
+    parameters.max_tokens = 24
+    direct = await inference.Generate(
+        inference_service_pb2.GenerateRequest(
+            model=SMOLLM2, chat=inference_pb2.ChatInput(messages=rendered.messages),
+            parameters=parameters,
+        ),
+        timeout=120,
+    )  # fmt: skip
+    assert gateway_text == direct.text
+    assert streamed[-1].final.usage == direct.final.usage

@@ -1,7 +1,9 @@
 """The Triton backend: KServe v2 gRPC (`ModelStreamInfer`) against the generation facade.
 
 One `ModelStreamInfer` call per caller request, so cancelling it cancels exactly that request
-in Triton. Requests are built as protobufs with raw tensor contents (no numpy on the hot path);
+in Triton. The call is read in a task of its own (`ResponseReader`): each chunk handed on
+carries every response that arrived since the last one (`coalesce`), so that a caller that
+falls behind under load gets fewer, larger chunks rather than a queue of one-token ones. Requests are built as protobufs with raw tensor contents (no numpy on the hot path);
 channels are shared per endpoint. The facade is described in `triton_models/README.md`.
 
 This is InferenceService's hot path, so it takes the short way through grpc.aio: channels to
@@ -9,11 +11,12 @@ Triton carry no client interceptors (each costs extra tasks and loop turns per m
 adapter opens its own client span per request and hands Triton its W3C `traceparent`.
 """
 
+import asyncio
 import json
 import re
 import struct
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import grpc
 from opentelemetry import trace
@@ -162,29 +165,24 @@ class TritonBackend:
             timeout=request.timeout,
             metadata=tuple(carrier.items()),
         )
+        responses = ResponseReader(call)
         finished = False
         try:
-            async for response in call:
-                if response.error_message:
-                    raise backend_error(spec, response.error_message)
-                chunk = parse_generation_response(response.infer_response)
-                if chunk.finish_reason is None and _is_final(response.infer_response):
-                    # A final response without a finish reason: the facade broke its contract.
-                    raise Internal(
-                        f"backend {spec.id} ended a stream without a finish reason",
-                        reason=reasons.BACKEND_ERROR,
-                        metadata={"backend_id": spec.id},
-                    )
-                if chunk.finish_reason is not None:
-                    # Read the stream to its end before handing over the last chunk: cancelling
-                    # (or dropping) a call right after Triton's final response races the end of
-                    # the stream in Triton 2.51 and can leave the model unable to unload.
-                    async for _ in call:
-                        pass
+            while batch := await responses.batch():
+                chunk, error = coalesce(spec, batch)
+                if chunk is not None and chunk.finish_reason is not None:
+                    # Read the stream to its end before handing over the last chunk:
+                    # cancelling (or dropping) a call right after Triton's final response
+                    # races the end of the stream in Triton 2.51 and can leave the model
+                    # unable to unload.
+                    await responses.drain()
                     finished = True
                     yield chunk
                     return
-                yield chunk
+                if chunk is not None:
+                    yield chunk
+                if error is not None:
+                    raise error
             raise Unavailable(
                 f"backend {spec.id} closed the stream before the final response",
                 reason=reasons.BACKEND_ERROR,
@@ -198,8 +196,7 @@ class TritonBackend:
             span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             raise
         finally:
-            if not finished:
-                call.cancel()
+            responses.close(cancel=not finished)
             span.end()
 
     async def embed(self, spec: BackendSpec, texts: Sequence[str]) -> Embeddings:
@@ -297,16 +294,13 @@ def _first_bytes(raw: bytes) -> bytes:
     return raw[4 : 4 + length]
 
 
-def _is_final(response: service_pb2.ModelInferResponse) -> bool:
-    parameter = response.parameters.get("triton_final_response")
-    return parameter is not None and parameter.bool_param
-
-
 def parse_generation_response(response: service_pb2.ModelInferResponse) -> BackendChunk:
     """One facade response as a chunk (see the output table of triton_models/README.md).
 
     One pass over the outputs, reading only the first element of each: this runs for every
-    token of every stream."""
+    response of every stream. `final` is Triton's own flag (`triton_final_response`), which
+    a decoupled model sets on its last response; the facade sets a finish reason on the same
+    one."""
     text = finish = ""
     input_tokens = output_tokens = 0
     for output, raw in zip(response.outputs, response.raw_output_contents, strict=True):
@@ -325,6 +319,117 @@ def parse_generation_response(response: service_pb2.ModelInferResponse) -> Backe
         output_tokens=output_tokens,
         finish_reason=_FINISH_REASONS.get(finish) if finish else None,
     )
+
+
+def _is_final(response: service_pb2.ModelInferResponse) -> bool:
+    parameter = response.parameters.get("triton_final_response")
+    return parameter is not None and parameter.bool_param
+
+
+def coalesce(
+    spec: BackendSpec, batch: Sequence[service_pb2.ModelStreamInferResponse]
+) -> tuple[BackendChunk | None, DomainError | None]:
+    """The responses of `batch` (in arrival order) as one chunk: their texts joined, the last
+    counts (the facade counts cumulatively) and the finish reason, if one came. A response that
+    is an error ends the batch: the chunk then holds what came before it (None if nothing did)
+    and the error is returned beside it, for the caller to raise after handing the chunk on."""
+    texts: list[str] = []
+    last: BackendChunk | None = None
+    for response in batch:
+        if response.error_message:
+            return _joined(last, texts), backend_error(spec, response.error_message)
+        infer = response.infer_response
+        chunk = parse_generation_response(infer)
+        if chunk.finish_reason is None and _is_final(infer):
+            # A final response without a finish reason: the facade broke its contract.
+            broken = Internal(
+                f"backend {spec.id} ended a stream without a finish reason",
+                reason=reasons.BACKEND_ERROR,
+                metadata={"backend_id": spec.id},
+            )
+            return _joined(last, texts), broken
+        if chunk.text:
+            texts.append(chunk.text)
+        last = chunk
+        if chunk.finish_reason is not None:
+            break  # nothing follows a final response
+    return _joined(last, texts), None
+
+
+def _joined(last: BackendChunk | None, texts: list[str]) -> BackendChunk | None:
+    if last is None:
+        return None
+    if len(texts) == 1 and texts[0] is last.text:
+        return last
+    return BackendChunk("".join(texts), last.input_tokens, last.output_tokens, last.finish_reason)
+
+
+class ResponseReader:
+    """Reads a streaming call in a task of its own, so that its consumer takes, at each turn,
+    every response that arrived meanwhile (`batch`), and never waits for one more.
+
+    This is how a delta carries every token already waiting: while the layers above relay one
+    chunk (to InferenceService's caller, through the gateway, onto the wire), the tokens that
+    Triton sends in the meantime pile up here and go on as the next chunk. A relay that keeps
+    up sends one chunk per token; one that falls behind sends fewer, larger chunks instead of
+    queueing messages, so its CPU per token falls as load rises."""
+
+    __slots__ = ("_buffer", "_call", "_done", "_error", "_task", "_waiter")
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
+        self._call = call
+        self._buffer: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = False
+        self._error: BaseException | None = None
+        self._task = asyncio.get_running_loop().create_task(self._pump())
+
+    async def _pump(self) -> None:
+        try:
+            async for response in self._call:
+                self._buffer.append(response)
+                self._wake()
+        except asyncio.CancelledError:
+            pass  # closed by the consumer
+        except BaseException as error:  # handed to the consumer, after what came before it
+            self._error = error
+        finally:
+            self._done = True
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def batch(self) -> list[Any]:
+        """Every response received and not yet taken, waiting only when there is none; empty
+        when the call has ended. Raises the call's error once the responses before it are
+        taken."""
+        while not self._buffer and not self._done:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            return batch
+        if self._error is not None:
+            raise self._error
+        return []
+
+    async def drain(self) -> None:
+        """Waits for the end of the call, dropping what else comes (nothing, after a final
+        response)."""
+        while await self.batch():
+            pass
+
+    def close(self, *, cancel: bool) -> None:
+        """Stops reading; with `cancel`, cancels the call too (the Triton request)."""
+        if cancel:
+            self._call.cancel()
+        self._task.cancel()
 
 
 def backend_error(spec: BackendSpec, message: str) -> DomainError:

@@ -159,3 +159,43 @@ async def test_cancel_closes_the_servicers_generator(
     assert call.cancel() is True
     await asyncio.wait_for(servicer.closed.wait(), 1)
     assert call.cancel() is False
+
+
+async def test_a_deadline_passing_between_messages_ends_the_stream_at_the_next_read(
+    spans: tuple[trace.Tracer, InMemorySpanExporter],
+) -> None:
+    servicer = FakeInference(tokens=100)
+    call = local_stub(servicer, INFERENCE, spans[0]).GenerateStream(
+        inference_service_pb2.GenerateStreamRequest(), timeout=0.1
+    )
+    first = await anext(call)
+    await asyncio.sleep(0.2)  # the caller is busy (not reading) when the deadline passes
+
+    with pytest.raises(grpc.aio.AioRpcError) as expired:
+        await anext(call)
+
+    assert first.HasField("start")
+    assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await asyncio.wait_for(servicer.closed.wait(), 1)
+    assert [s.status.status_code for s in spans[1].get_finished_spans()] == [trace.StatusCode.ERROR]
+
+
+async def test_the_callers_own_cancellation_stays_a_cancellation(
+    spans: tuple[trace.Tracer, InMemorySpanExporter],
+) -> None:
+    servicer = FakeInference(tokens=100, pause=10)
+    call = local_stub(servicer, INFERENCE, spans[0]).GenerateStream(
+        inference_service_pb2.GenerateStreamRequest(), timeout=30
+    )
+
+    async def read_all() -> None:
+        async for _ in call:
+            continue
+
+    task = asyncio.create_task(read_all())
+    await asyncio.sleep(0.05)
+    task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(servicer.closed.wait(), 1)
