@@ -171,6 +171,7 @@ class TritonBackend:
             while batch := await responses.batch():
                 chunk, error = coalesce(spec, batch)
                 if chunk is not None and chunk.finish_reason is not None:
+                    responses.final_taken = True
                     # Read the stream to its end before handing over the last chunk:
                     # cancelling (or dropping) a call right after Triton's final response
                     # races the end of the stream in Triton 2.51 and can leave the model
@@ -179,6 +180,8 @@ class TritonBackend:
                     finished = True
                     yield chunk
                     return
+                if error is not None:
+                    responses.final_taken = True  # an error response ends its stream
                 if chunk is not None:
                     yield chunk
                 if error is not None:
@@ -374,21 +377,34 @@ class ResponseReader:
     up sends one chunk per token; one that falls behind sends fewer, larger chunks instead of
     queueing messages, so its CPU per token falls as load rises."""
 
-    __slots__ = ("_buffer", "_call", "_done", "_error", "_task", "_waiter")
+    __slots__ = (
+        "_buffer",
+        "_call",
+        "_discard",
+        "_done",
+        "_error",
+        "_task",
+        "_waiter",
+        "final_taken",
+    )
 
     def __init__(self, call: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
         self._call = call
         self._buffer: list[Any] = []
         self._waiter: asyncio.Future[None] | None = None
         self._done = False
+        self._discard = False
         self._error: BaseException | None = None
+        self.final_taken = False
+        """Set by the consumer once it took the final response (see `close`)."""
         self._task = asyncio.get_running_loop().create_task(self._pump())
 
     async def _pump(self) -> None:
         try:
             async for response in self._call:
-                self._buffer.append(response)
-                self._wake()
+                if not self._discard:
+                    self._buffer.append(response)
+                    self._wake()
         except asyncio.CancelledError:
             pass  # closed by the consumer
         except BaseException as error:  # handed to the consumer, after what came before it
@@ -426,10 +442,31 @@ class ResponseReader:
             pass
 
     def close(self, *, cancel: bool) -> None:
-        """Stops reading; with `cancel`, cancels the call too (the Triton request)."""
-        if cancel:
-            self._call.cancel()
+        """Stops reading; with `cancel`, cancels the call too (the Triton request). A call whose
+        final response arrived already (taken or not, see `final_taken`) is never cancelled,
+        whatever `cancel` says, but read to its end in the background: Triton 2.51's gRPC
+        server can crash when a cancellation meets a stream it is closing
+        (triton-inference-server/server#7368). Cancelling the reading task would cancel the
+        call too (grpc.aio cancels a call whose read is cancelled), so it is left running."""
+        if self._done:
+            return
+        if not cancel or self.final_taken or any(_ends_stream(r) for r in self._buffer):
+            self._buffer = []
+            self._discard = True
+            _DRAINING.add(self._task)  # asyncio keeps only weak references to tasks
+            self._task.add_done_callback(_DRAINING.discard)
+            return
+        self._call.cancel()
         self._task.cancel()
+
+
+_DRAINING: set["asyncio.Task[None]"] = set()
+"""Readers left to read their call to its end after their consumer went away."""
+
+
+def _ends_stream(response: service_pb2.ModelStreamInferResponse) -> bool:
+    """Whether `response` is the last of its stream (an error, or Triton's final flag)."""
+    return bool(response.error_message) or _is_final(response.infer_response)
 
 
 def backend_error(spec: BackendSpec, message: str) -> DomainError:

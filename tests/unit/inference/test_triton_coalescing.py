@@ -211,3 +211,32 @@ async def test_closing_generate_early_cancels_the_triton_request() -> None:
 
     assert first.text.startswith("tok0 ")
     assert call.cancelled
+
+
+async def test_a_call_whose_final_response_arrived_is_read_to_its_end_not_cancelled() -> None:
+    """Triton 2.51 can crash when a cancellation meets a stream it is closing
+    (triton-inference-server/server#7368): once the final response is in, closing the reader
+    lets it read the call to its end instead."""
+    call = FakeCall()
+    reader = ResponseReader(call)  # type: ignore[arg-type]
+    call.send(*_length(2))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+    reader.close(cancel=True)  # the consumer went away with the final response unread
+    call.send(None)
+    await asyncio.sleep(0.01)
+
+    assert not call.cancelled
+    assert await reader.batch() == []  # ended, what was unread discarded
+
+
+async def test_a_call_without_its_final_response_is_cancelled_on_close() -> None:
+    call = FakeCall()
+    reader = ResponseReader(call)  # type: ignore[arg-type]
+    call.send(response(0))
+    await asyncio.sleep(0)
+
+    reader.close(cancel=True)
+
+    assert call.cancelled
