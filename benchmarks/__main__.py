@@ -1,7 +1,10 @@
 """`python -m benchmarks NAME [options]` (what `scripts/bench` runs); `--list` names them.
 
 To add a benchmark: write `benchmarks/<name>.py` with a `main(argv) -> int` (build its parser
-with `benchmarks.cli.benchmark_parser`) and add one line to `BENCHMARKS`.
+with `benchmarks.cli.benchmark_parser`), add one line to `BENCHMARKS`, and one to `QUICK_RUNS`
+in tests/system/test_bench_quick_runs.py: CI runs every benchmark's `--quick` form, and a test
+there fails while one is missing. Its report prints the load average at its start and end
+(`benchmarks.stats.run_subtitle`, `with_load_at_end`) and, under it, `starved_lines`.
 """
 
 import importlib

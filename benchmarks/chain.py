@@ -53,6 +53,9 @@ from benchmarks.stats import (
     percentile,
     plot_results,
     round_ratios,
+    run_subtitle,
+    starved_lines,
+    with_load_at_end,
 )
 from services.common.grpc_types import UnaryStreamMultiCallable, UnaryUnaryMultiCallable
 
@@ -192,7 +195,7 @@ async def run_chain(config: ChainConfig = DEFAULT, progress: Progress | None = N
         baseline=Variant.DIRECT.value,
         candidate=Variant.PLATFORM.value,
         config=asdict(config),
-        environment=env,
+        environment=with_load_at_end(env),
         measurements=measurements,
         comparisons=[c for scenario in scenarios for c in _comparisons(scenario)],
         notes=[
@@ -575,10 +578,8 @@ def _panels(scenarios: Sequence[_Scenario]) -> tuple[list[LatencyPanel], list[Ra
 
 
 def _subtitle(result: BenchmarkResult) -> str:
-    env = result.environment
     return (
-        f"{result.started_at:%Y-%m-%d %H:%M} UTC, {env.get('cpu_count')} CPUs, "
-        f"Python {env.get('python')}, grpcio {env.get('grpcio')}, "
+        f"{run_subtitle(result.started_at, result.environment)}, "
         f"{result.config.get('rounds')} interleaved rounds"
     )
 
@@ -638,6 +639,7 @@ def report(result: BenchmarkResult) -> str:
             comparison_table(result),
             "",
             *(f"- {note}" for note in result.notes),
+            *starved_lines(result.environment),
         ]
     )
 

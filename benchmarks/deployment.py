@@ -43,6 +43,8 @@ TRITON_MODEL: Final = "zero_llm"
 _CATALOG: Final = """\
 currency: USD
 models:
+{models}"""
+_CATALOG_MODEL: Final = """\
   - name: {model}
     capabilities: [chat, streaming]
     max_context_tokens: 1000000
@@ -55,16 +57,21 @@ models:
 """
 
 
-def zero_catalog(endpoints: Sequence[str]) -> str:
-    """The router's catalog of the zero-compute model: priced (so that the gateway prices
-    every request), reachable only when pinned, with a backend `triton-<i>` at each of
-    `endpoints`."""
-    backends = "\n".join(
-        f'      - {{id: triton-{i}, kind: triton, endpoint: "{endpoint}", '
-        f"backend_model: {TRITON_MODEL}}}"
-        for i, endpoint in enumerate(endpoints)
-    )
-    return _CATALOG.format(model=MODEL, backends=backends)
+def zero_catalog(
+    endpoints: Sequence[str], models: Sequence[tuple[str, str]] = ((MODEL, TRITON_MODEL),)
+) -> str:
+    """The router's catalog of zero-compute models (catalog name, Triton model): priced (so
+    that the gateway prices every request), reachable only when pinned, each with a backend
+    `triton-<i>` at each of `endpoints`."""
+    entries = []
+    for model, triton_model in models:
+        backends = "\n".join(
+            f'      - {{id: triton-{i}, kind: triton, endpoint: "{endpoint}", '
+            f"backend_model: {triton_model}}}"
+            for i, endpoint in enumerate(endpoints)
+        )
+        entries.append(_CATALOG_MODEL.format(model=model, backends=backends))
+    return _CATALOG.format(models="".join(entries))
 
 
 class Replica:

@@ -1,9 +1,13 @@
 """Benchmark `gateway`: what GatewayService adds to a completion stream, against InferenceService
 alone and against Triton itself.
 
-Triton, launched here with just `zero_llm` (the generation facade with zero compute: `tokens`
-tokens per stream, no pause between them), is called three ways in one run:
+Triton, launched here with `zero_llm` (the generation facade with zero compute: `tokens`
+tokens per stream, no pause between them) and `zero_llm_paced` (the same, its tokens 10 ms
+apart, as a GPU decodes), is called four ways in one run:
 - `direct`: `tritonclient.grpc.aio` `stream_infer` of the chat prompt as ChatML text;
+- `hop`: the same client through a bare grpc.aio relay in a process of its own
+  (`benchmarks.passthrough`: bytes in, bytes out), the floor of any Python gRPC hop (at
+  concurrency 1 only);
 - `inference`: InferenceService `GenerateStream` of the same chat messages;
 - `gateway`: GatewayService `StreamComplete` of the sample `chat` prompt (label `production`),
   pinned to model `zero` (`routing.model`), `max_tokens` = `tokens`: prompt rendering,
@@ -21,10 +25,15 @@ measured window count. Each stream gives its time to first token (TTFT: from the
 first message carrying text), its stream latency (to the final message) and its tokens;
 rounds give streams/s and tokens/s, and the CPU time each process spent, from /proc.
 
-The report ends with a PASS/FAIL line per target of the issue: the gateway adds at most 1 ms
-to TTFT p50 and 3 ms to TTFT p99 over direct Triton at concurrency 1, and keeps >= 60% of
-direct streams/s at concurrency 64; beside them, what the gateway adds beyond InferenceService
-alone (its own cost).
+The paced part (`benchmarks.paced`) then runs the paced model at several stream lengths and
+concurrencies, and fits the platform's CPU per request and per relayed token, the inter-token
+latency each path shows, and the tokens relayed per platform core.
+
+The report ends with a PASS/FAIL line per target: on the gateway path, platform CPU <= 100 µs
+per relayed token and <= 2 ms per request (the fit at concurrency 64), inter-token latency added
+over direct <= 1 ms p99 (paced, concurrency 64); TTFT p50 at concurrency 1 at most 0.5 ms above
+the bare relay's; at concurrency 64 unpaced, streams/s >= 1.2x direct tritonclient's and >= 0.8x
+InferenceService alone's.
 """
 
 import asyncio
@@ -35,7 +44,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,8 +80,22 @@ from benchmarks.inference import (
     served_model,
     while_alive,
 )
+from benchmarks.paced import (
+    PACE_US,
+    PACED_MODEL,
+    PACED_TRITON_MODEL,
+    Messages,
+    PacedConfig,
+    PacedRun,
+    Profiler,
+    cells_table,
+    fit_table,
+    ramp_s,
+    run_cell,
+    zero_repository,
+)
 from benchmarks.processes import genai_serve, group_cpu_seconds
-from benchmarks.serving import ServerProcess
+from benchmarks.serving import ServerProcess, server_process
 from benchmarks.stats import (
     BenchmarkResult,
     Comparison,
@@ -88,6 +111,7 @@ from benchmarks.stats import (
     format_table,
     percentile,
     round_ratios,
+    starved_lines,
     with_load_at_end,
 )
 
@@ -106,15 +130,26 @@ DESCRIPTION: Final = (
     "against InferenceService GenerateStream and direct tritonclient calls to Triton."
 )
 DIRECT: Final = "direct"
+HOP: Final = "hop"
 INFERENCE: Final = "inference"
 GATEWAY: Final = "gateway"
-PATHS: Final = (DIRECT, INFERENCE, GATEWAY)
+PATHS: Final = (DIRECT, HOP, INFERENCE, GATEWAY)
 """The measured paths, baseline first."""
-PAIRS: Final = ((DIRECT, GATEWAY), (INFERENCE, GATEWAY), (DIRECT, INFERENCE))
-"""(baseline, candidate) of each comparison: the gateway over Triton, the gateway's own cost
-(over InferenceService alone), InferenceService over Triton."""
-PROCESSES: Final = ("client", "platform", "triton")
-"""Whose CPU time is measured: this client, the `genai serve` process, Triton's group."""
+PAIRS: Final = (
+    (DIRECT, GATEWAY),
+    (HOP, GATEWAY),
+    (INFERENCE, GATEWAY),
+    (DIRECT, INFERENCE),
+    (DIRECT, HOP),
+)
+"""(baseline, candidate) of each comparison: the gateway over Triton, over the floor of one
+Python hop, the gateway's own cost (over InferenceService alone), InferenceService over
+Triton, and the floor itself."""
+PROCESSES: Final = ("client", "platform", "hop", "triton")
+"""Whose CPU time is measured: this client, the `genai serve` process, the bare relay and
+Triton's group."""
+PACED_PATHS: Final = (DIRECT, HOP, INFERENCE, GATEWAY)
+"""The paced part's paths: the bare relay's CPU per token is the floor of any Python hop."""
 
 PROMPT: Final = "chat"
 PROMPTS_FOLDER: Final = ROOT / "prompts"
@@ -128,9 +163,16 @@ TENANT_QUOTA: Final = gateway_pb2.TenantQuota(
 )
 """Limits the run never reaches, yet every request is checked and counted against them."""
 
-TTFT_P50_TARGET_MS: Final = 1.0
-TTFT_P99_TARGET_MS: Final = 3.0
-THROUGHPUT_TARGET: Final = 0.60
+TOKEN_CPU_TARGET_US: Final = 100.0
+"""Gateway path, platform CPU per relayed token (paced, the fit at `TARGET_CONCURRENCY`)."""
+REQUEST_CPU_TARGET_US: Final = 2000.0
+"""Gateway path, platform CPU per request (the same fit)."""
+ITL_ADDED_TARGET_MS: Final = 1.0
+"""Inter-token latency p99 the gateway path adds over direct (paced)."""
+HOP_TTFT_TARGET_MS: Final = 0.5
+"""TTFT p50 at concurrency 1 above the bare relay's."""
+DIRECT_THROUGHPUT_TARGET: Final = 1.2
+INFERENCE_THROUGHPUT_TARGET: Final = 0.8
 TARGET_CONCURRENCY: Final = 64
 
 
@@ -156,6 +198,8 @@ class GatewayConfig:
     """Interleaved rounds of each throughput scenario. Fewer and longer than `rounds`: at
     concurrency 64 a gateway stream lasts about half a second here, and a round's window must
     hold many of them, or the streams ending in waves make its count jump."""
+    paced: PacedConfig | None = field(default_factory=PacedConfig)
+    """The paced part (None: left out)."""
 
     def __post_init__(self) -> None:
         if self.tokens < 1 or self.rounds < 1 or self.streams < self.rounds:
@@ -166,7 +210,13 @@ class GatewayConfig:
 
 DEFAULT = GatewayConfig()
 """About three minutes on a busy 2-core machine, start-up included (a few seconds)."""
-QUICK = GatewayConfig(streams=90, rounds=3, load_seconds=2.0, load_rounds=1)
+QUICK = GatewayConfig(
+    streams=90,
+    rounds=3,
+    load_seconds=2.0,
+    load_rounds=1,
+    paced=PacedConfig(lengths=(4, 12), concurrencies=(1, 8), seconds=1.0),
+)
 """About half a minute: to check that the benchmark works, not to quote its figures."""
 
 
@@ -254,17 +304,24 @@ class InferencePath:
     async def close(self) -> None:
         await self._channel.close(None)
 
+    def call(self) -> AsyncIterator[inference_service_pb2.GenerateStreamResponse]:
+        """One stream of the request, its messages as they come."""
+        return self._stub.GenerateStream(  # type: ignore[return-value]
+            self._request, timeout=STREAM_DEADLINE_S, metadata=self._metadata
+        )
+
     async def stream(self) -> StreamTiming:
         """One stream of the request, timed (its text is not kept)."""
         sent = time.perf_counter_ns()
         first = final = 0
-        tokens = 0
+        tokens = deltas = 0
         call = self._stub.GenerateStream(
             self._request, timeout=STREAM_DEADLINE_S, metadata=self._metadata
         )
         async for response in call:
             event = response.WhichOneof("event")
             if event == "delta":
+                deltas += 1
                 if not first:
                     first = time.perf_counter_ns()
             elif event == "final":
@@ -272,7 +329,7 @@ class InferencePath:
                 tokens = response.final.usage.output_tokens
         if not final:
             raise RuntimeError("InferenceService ended a stream without a final message")
-        return StreamTiming((first - sent) / 1000, (final - sent) / 1000, tokens)
+        return StreamTiming((first - sent) / 1000, (final - sent) / 1000, tokens, deltas)
 
     async def check(self) -> tuple[str, inference_pb2.GenerationFinal]:
         """One stream, parsed in full: its text and its final message."""
@@ -307,18 +364,25 @@ class GatewayPath:
     async def close(self) -> None:
         await self._channel.close(None)
 
+    def call(self) -> AsyncIterator[gateway_service_pb2.StreamCompleteResponse]:
+        """One completion, its messages as they come."""
+        return self._stub.StreamComplete(  # type: ignore[return-value]
+            self._request, timeout=STREAM_DEADLINE_S, metadata=self._metadata
+        )
+
     async def stream(self) -> StreamTiming:
         """One completion, timed: TTFT at the first delta (not at `start`, which the gateway
         sends before it calls InferenceService)."""
         sent = time.perf_counter_ns()
         first = final = 0
-        tokens = 0
+        tokens = deltas = 0
         call = self._stub.StreamComplete(
             self._request, timeout=STREAM_DEADLINE_S, metadata=self._metadata
         )
         async for response in call:
             event = response.WhichOneof("event")
             if event == "delta":
+                deltas += 1
                 if not first:
                     first = time.perf_counter_ns()
             elif event == "final":
@@ -326,7 +390,7 @@ class GatewayPath:
                 tokens = response.final.usage.output_tokens
         if not final:
             raise RuntimeError("GatewayService ended a stream without a final message")
-        return StreamTiming((first - sent) / 1000, (final - sent) / 1000, tokens)
+        return StreamTiming((first - sent) / 1000, (final - sent) / 1000, tokens, deltas)
 
     async def check(self) -> tuple[str, int, gateway_pb2.CompletionMetadata]:
         """One completion, parsed in full: its text, its number of deltas, its final message."""
@@ -348,9 +412,11 @@ class GatewayPath:
 
 
 def catalog_text(endpoint: str) -> str:
-    """The router's catalog (`benchmarks.deployment.zero_catalog`) for a Triton at
-    `endpoint`."""
-    return zero_catalog([endpoint])
+    """The router's catalog (`benchmarks.deployment.zero_catalog`) of the unpaced and the
+    paced zero model, for a Triton at `endpoint`."""
+    return zero_catalog(
+        [endpoint], [(ZERO_MODEL, ZERO_TRITON_MODEL), (PACED_MODEL, PACED_TRITON_MODEL)]
+    )
 
 
 def platform_env(triton_address: str, catalog_file: Path, data: Path) -> dict[str, str]:
@@ -358,13 +424,20 @@ def platform_env(triton_address: str, catalog_file: Path, data: Path) -> dict[st
     the prompt registry in SQLite under `data`, in-memory quotas, the router's catalog from
     `catalog_file`, InferenceService serving `zero` from the Triton at `triton_address` (which
     it does not launch). XDG_DATA_HOME keeps its development key under `data` too."""
-    model = served_model(
-        ZERO_MODEL,
-        triton_address,
-        ZERO_TRITON_MODEL,
-        max_output_tokens=100_000,
-        chat_template="builtin:chatml",
-    )
+    models = [
+        served_model(
+            name,
+            triton_address,
+            triton_model,
+            max_output_tokens=100_000,
+            chat_template="builtin:chatml",
+            max_in_flight=1024,
+        )
+        for name, triton_model in (
+            (ZERO_MODEL, ZERO_TRITON_MODEL),
+            (PACED_MODEL, PACED_TRITON_MODEL),
+        )
+    ]
     return {
         "GENAI_AUTH__MODE": "api_key",
         "GENAI_SERVER__GRACE_SECONDS": "1",
@@ -374,16 +447,18 @@ def platform_env(triton_address: str, catalog_file: Path, data: Path) -> dict[st
         "GENAI_GATEWAY__REQUEST_LOG__ENABLED": "true",
         "GENAI_ROUTER__CATALOG_FILE": str(catalog_file),
         "GENAI_INFERENCE__TRITON__LAUNCH": "false",
-        "GENAI_INFERENCE__MODELS": json.dumps([model]),
+        "GENAI_INFERENCE__MODELS": json.dumps(models),
         "XDG_DATA_HOME": str(data / "xdg"),
     }
 
 
-def completion_request(tokens: int) -> gateway_service_pb2.StreamCompleteRequest:
-    """The gateway path's request: the `chat` prompt at `production`, pinned to `zero`."""
+def completion_request(
+    tokens: int, model: str = ZERO_MODEL
+) -> gateway_service_pb2.StreamCompleteRequest:
+    """The gateway path's request: the `chat` prompt at `production`, pinned to `model`."""
     request = gateway_service_pb2.StreamCompleteRequest(
         prompt=PROMPT,
-        routing=routing_pb2.RoutingPreferences(model=ZERO_MODEL),
+        routing=routing_pb2.RoutingPreferences(model=model),
         parameters=generation_pb2.SamplingParameters(max_tokens=tokens),
     )
     request.variables.update({"message": MESSAGE})
@@ -439,7 +514,7 @@ async def rendered_chat(
 
 
 def generation_request(
-    rendered: prompt_service_pb2.RenderPromptResponse, tokens: int
+    rendered: prompt_service_pb2.RenderPromptResponse, tokens: int, model: str = ZERO_MODEL
 ) -> inference_service_pb2.GenerateStreamRequest:
     """The inference path's request: what the gateway sends for `completion_request(tokens)`
     (the rendered messages, the version's sampling parameters with max_tokens = `tokens`)."""
@@ -447,7 +522,7 @@ def generation_request(
     parameters.CopyFrom(rendered.parameters)
     parameters.max_tokens = tokens
     return inference_service_pb2.GenerateStreamRequest(
-        model=ZERO_MODEL,
+        model=model,
         chat=inference_pb2.ChatInput(messages=rendered.messages),
         parameters=parameters,
     )
@@ -505,6 +580,8 @@ class GatewayRun:
     run_dir: Path
     """Where Triton's and the platform's logs are."""
     scenarios: list[PathScenario]
+    paced: PacedRun | None = None
+    """The paced part (None: left out)."""
     counters: Mapping[str, float] = field(default_factory=dict)
     """The gateway's Prometheus counters after the run (see `scrape`)."""
     checks: list[str] = field(default_factory=list)
@@ -512,7 +589,7 @@ class GatewayRun:
 
     @property
     def targets(self) -> list[TargetCheck]:
-        return gateway_targets(self.scenarios)
+        return gateway_targets(self.scenarios, self.paced)
 
     @property
     def result(self) -> "GatewayResult":
@@ -529,9 +606,13 @@ class GatewayRun:
         )
 
 
-async def run_gateway(config: GatewayConfig, progress: Progress | None = None) -> GatewayRun:
-    """Starts Triton (zero_llm) and the platform, sets up a tenant, measures the three paths,
-    reads the gateway's counters, and stops both."""
+async def run_gateway(
+    config: GatewayConfig, progress: Progress | None = None, *, profile: Path | None = None
+) -> GatewayRun:
+    """Starts Triton (zero_llm, zero_llm_paced), the platform and the bare relay, sets up a
+    tenant, measures the paths, reads the gateway's counters, and stops them all. With
+    `profile` (a folder), py-spy records a flame graph of the platform during the paced
+    gateway cell at `TARGET_CONCURRENCY` (or the nearest below) and the longest streams."""
     from services.inference.adapters.tritonserver import TritonServer
 
     progress = progress or Progress(NAME)
@@ -540,11 +621,12 @@ async def run_gateway(config: GatewayConfig, progress: Progress | None = None) -
     run_dir = RUN_ROOT / f"bench-{NAME}-{started_at:%Y%m%dT%H%M%SZ}-{os.getpid()}"
     env_before = environment()
     try:
-        progress.stage("starting Triton (zero_llm)")
+        progress.stage("starting Triton (zero_llm, zero_llm_paced)")
         triton = TritonServer()
+        models = tempfile.TemporaryDirectory(prefix="bench-gateway-models-")
         await triton.start(
-            CPU_REPOSITORY,
-            models=[ZERO_TRITON_MODEL],
+            zero_repository(Path(models.name), CPU_REPOSITORY),
+            models=[ZERO_TRITON_MODEL, PACED_TRITON_MODEL],
             http_port=None,
             log_file=run_dir / "triton.log",
         )
@@ -555,18 +637,31 @@ async def run_gateway(config: GatewayConfig, progress: Progress | None = None) -
                 catalog.write_text(catalog_text(triton.grpc_address))
                 progress.stage("starting the platform (genai serve, every service)")
                 env = platform_env(triton.grpc_address, catalog, data)
-                async with genai_serve([], env, log_file=run_dir / "genai.log") as platform:
+                async with (
+                    genai_serve([], env, log_file=run_dir / "genai.log") as platform,
+                    server_process(
+                        "benchmarks.passthrough", ["--target", triton.grpc_address]
+                    ) as hop,
+                ):
                     pid = triton.pid
                     assert pid is not None
                     probes: dict[str, CpuProbe] = {
                         "platform": platform.cpu_seconds,
+                        "hop": hop.cpu_seconds,
                         "triton": lambda: group_cpu_seconds(pid),
                     }
                     checks: list[str] = []
-                    scenarios = await while_alive(
+                    addresses = {DIRECT: triton.grpc_address, HOP: hop.address}
+                    profiler = None
+                    if profile is not None and platform.process.pid is not None:
+                        stem = f"{NAME}-{started_at:%Y%m%dT%H%M%SZ}"
+                        profiler = Profiler(platform.process.pid, profile, stem)
+                    scenarios, paced = await while_alive(
                         triton,
-                        _measure(config, triton.grpc_address, platform, progress, probes, checks),
+                        _measure(config, addresses, platform, progress, probes, checks, profiler),
                     )
+                    if profiler is not None:
+                        checks += [f"flame graph: {shown(path)}" for path in profiler.written]
                     counters: dict[str, float] = {}
                     metrics_port = platform.ready.get("metrics_port")
                     if metrics_port:
@@ -577,6 +672,7 @@ async def run_gateway(config: GatewayConfig, progress: Progress | None = None) -
                             progress.note(f"reading the platform's metrics failed: {error}")
         finally:
             await triton.stop()
+            models.cleanup()
     finally:
         progress.close()
     env_after = with_load_at_end(env_before)
@@ -587,6 +683,7 @@ async def run_gateway(config: GatewayConfig, progress: Progress | None = None) -
         environment=env_after,
         run_dir=run_dir,
         scenarios=scenarios,
+        paced=paced,
         counters=counters,
         checks=checks,
     )
@@ -594,12 +691,13 @@ async def run_gateway(config: GatewayConfig, progress: Progress | None = None) -
 
 async def _measure(
     config: GatewayConfig,
-    triton_address: str,
+    addresses: Mapping[str, str],
     platform: ServerProcess,
     progress: Progress,
     probes: Mapping[str, CpuProbe],
     checks: list[str],
-) -> list[PathScenario]:
+    profiler: Profiler | None = None,
+) -> tuple[list[PathScenario], PacedRun | None]:
     from services.common.clients import api_key_metadata
 
     progress.stage(f"creating tenant {TENANT!r} and pushing the sample prompts")
@@ -610,17 +708,23 @@ async def _measure(
         raise RuntimeError("genai serve reported no development key (is auth mode api_key?)")
     metadata = api_key_metadata(await create_tenant(platform.address, admin_key))
     rendered = await rendered_chat(platform.address, metadata)
+    prompt = chatml(rendered.messages)
     generation = generation_request(rendered, config.tokens)
-    direct = DirectPath(triton_address, ZERO_TRITON_MODEL, chatml(rendered.messages), config.tokens)
+    direct = DirectPath(addresses[DIRECT], ZERO_TRITON_MODEL, prompt, config.tokens)
+    hop = DirectPath(addresses[HOP], ZERO_TRITON_MODEL, prompt, config.tokens)
     inference = InferencePath(platform.address, generation, metadata)
     gateway = GatewayPath(platform.address, completion_request(config.tokens), metadata)
     try:
         checks += await check_paths(direct, inference, gateway, config.tokens)
+        if await hop.check() != await direct.check():
+            raise RuntimeError("the bare relay streamed another text than Triton itself")
         paths: dict[str, StreamFn] = {
             DIRECT: direct.stream,
+            HOP: hop.stream,
             INFERENCE: inference.stream,
             GATEWAY: gateway.stream,
         }
+        loaded = {name: stream for name, stream in paths.items() if name != HOP}
         per_round = config.streams // config.rounds
         load_s = config.load_seconds / config.load_rounds
 
@@ -643,7 +747,7 @@ async def _measure(
             scenarios.append(
                 await interleave(
                     PathScenario(concurrency),
-                    paths,
+                    loaded,
                     config.load_rounds,
                     progress,
                     probes,
@@ -651,15 +755,149 @@ async def _measure(
                     warm=_loader(concurrency, min(load_s, 1.0) / 2),
                 )
             )
-        return scenarios
     finally:
         await direct.close()
+        await hop.close()
         await inference.close()
         await gateway.close()
+    paced = None
+    if config.paced is not None:
+        paced = await measure_paced(
+            config.paced,
+            addresses,
+            platform.address,
+            rendered,
+            metadata,
+            progress,
+            probes,
+            profiler,
+        )
+        checks.append(
+            f"paced: every path streamed the paced model's {max(config.paced.lengths)} tokens "
+            "with the same text (checked before measuring)"
+        )
+    return scenarios, paced
+
+
+# ------------------------------------------------------------------------------------ paced
+
+
+def direct_messages(path: DirectPath) -> Messages:
+    """Direct Triton: one token per response (zero_llm's contract, checked before)."""
+
+    async def messages() -> AsyncIterator[int]:
+        async for _arrived, _result in path._responses():
+            yield 1
+
+    return messages
+
+
+def inference_messages(path: "InferencePath") -> Messages:
+    """InferenceService: each delta's `token_count`."""
+
+    async def messages() -> AsyncIterator[int]:
+        async for response in path.call():
+            if response.WhichOneof("event") == "delta":
+                yield response.delta.token_count
+
+    return messages
+
+
+def gateway_messages(path: "GatewayPath") -> Messages:
+    """The gateway: each delta's tokens, counted in its text (zero_llm's tokens are `tokN `,
+    one space each; the check before measuring holds the count to the final's usage)."""
+
+    async def messages() -> AsyncIterator[int]:
+        async for response in path.call():
+            if response.WhichOneof("event") == "delta":
+                yield response.delta.text.count(" ")
+
+    return messages
+
+
+async def measure_paced(
+    config: PacedConfig,
+    addresses: Mapping[str, str],
+    platform_address: str,
+    rendered: prompt_service_pb2.RenderPromptResponse,
+    metadata: Sequence[tuple[str, str]],
+    progress: Progress,
+    probes: Mapping[str, CpuProbe],
+    profiler: Profiler | None = None,
+) -> PacedRun:
+    """Every (length, concurrency) of `config` on each paced path (see `benchmarks.paced`);
+    `profiler` records the gateway cell of `profiled(config)`."""
+    run = PacedRun(config)
+    profiled_cell = profiled(config)
+    prompt = chatml(rendered.messages)
+    cells = len(config.lengths) * len(config.concurrencies)
+    progress.stage(
+        f"paced: {cells} (length, concurrency) cells x {len(PACED_PATHS)} paths, "
+        f"{config.seconds:g} s each"
+    )
+    for length in config.lengths:
+        direct = DirectPath(addresses[DIRECT], PACED_TRITON_MODEL, prompt, length)
+        hop = DirectPath(addresses[HOP], PACED_TRITON_MODEL, prompt, length)
+        inference = InferencePath(
+            platform_address, generation_request(rendered, length, PACED_MODEL), metadata
+        )
+        gateway = GatewayPath(platform_address, completion_request(length, PACED_MODEL), metadata)
+        try:
+            await check_paths(direct, inference, gateway, length, model=PACED_MODEL)
+            streams: dict[str, Messages] = {
+                DIRECT: direct_messages(direct),
+                HOP: direct_messages(hop),
+                INFERENCE: inference_messages(inference),
+                GATEWAY: gateway_messages(gateway),
+            }
+            for turn, concurrency in enumerate(config.concurrencies):
+                # Alternate which path goes first, as the unpaced rounds do.
+                order = PACED_PATHS if (turn + len(run.cells)) % 2 == 0 else PACED_PATHS[::-1]
+                for name in order:
+                    progress.step(f"paced {length} tokens c={concurrency} {name}")
+                    recording = None
+                    if profiler is not None and (name, length, concurrency) == profiled_cell:
+                        recording = profiler.record(
+                            f"paced-c{concurrency}-{length}", config.seconds + ramp_s(length)
+                        )
+                    cell = await run_cell(
+                        name, streams[name], length, concurrency, config.seconds, probes
+                    )
+                    if recording is not None:
+                        await recording
+                    run.cells.append(cell)
+        finally:
+            await direct.close()
+            await hop.close()
+            await inference.close()
+            await gateway.close()
+    progress.note(paced_headline(run))
+    return run
+
+
+def profiled(config: PacedConfig) -> tuple[str, int, int]:
+    """The paced cell a profile records: the gateway, the longest streams, at
+    `TARGET_CONCURRENCY` or the highest concurrency below it (the lowest if none is)."""
+    below = [c for c in config.concurrencies if c <= TARGET_CONCURRENCY]
+    concurrency = max(below) if below else min(config.concurrencies)
+    return GATEWAY, max(config.lengths), concurrency
+
+
+def paced_headline(run: PacedRun) -> str:
+    fits = [f for f in run.fits("platform") if f.path == GATEWAY]
+    return "paced, gateway path, platform CPU: " + "; ".join(
+        f"c={f.concurrency} {f.per_request_us:,.0f} µs/request + {f.per_token_us:,.1f} µs/token"
+        for f in fits
+    )
 
 
 async def check_paths(
-    direct: DirectPath, inference: InferencePath, gateway: GatewayPath, tokens: int
+    direct: DirectPath,
+    inference: InferencePath,
+    gateway: GatewayPath,
+    tokens: int,
+    *,
+    model: str = ZERO_MODEL,
 ) -> list[str]:
     """One stream on each path, parsed in full: the same text and token count everywhere, the
     gateway's stream served by `zero`; returns what they showed. Raises when a path is wrong."""
@@ -670,8 +908,10 @@ async def check_paths(
     relayed, deltas, metadata = await gateway.check()
     if relayed != expected or metadata.usage.output_tokens != tokens:
         raise RuntimeError(f"gateway streamed {relayed!r}, direct {expected!r}")
-    if metadata.model != ZERO_MODEL:
-        raise RuntimeError(f"the gateway routed to {metadata.model!r}, not {ZERO_MODEL!r}")
+    if metadata.model != model:
+        raise RuntimeError(f"the gateway routed to {metadata.model!r}, not {model!r}")
+    if relayed.count(" ") != tokens:
+        raise RuntimeError(f"the gateway's text has {relayed.count(' ')} tokens, not {tokens}")
     same_input = metadata.usage.input_tokens == final.usage.input_tokens
     return [
         f"every path streamed the same {tokens} tokens ({expected[:24]!r}...); the gateway sent "
@@ -739,37 +979,102 @@ def headline(scenario: Scenario) -> str:
 # ------------------------------------------------------------------------------------ results
 
 
-def gateway_targets(scenarios: Sequence[Scenario]) -> list[TargetCheck]:
-    """The issue's targets: TTFT p50 and p99 the gateway adds over direct Triton at
-    concurrency 1, and the share of direct streams/s it keeps at concurrency 64."""
+def gateway_targets(
+    scenarios: Sequence[Scenario], paced: PacedRun | None = None
+) -> list[TargetCheck]:
+    """The targets (see the module docstring); a target the run did not measure is left out."""
     checks = []
+    if paced is not None:
+        checks += paced_targets(paced)
     single = next((s for s in scenarios if s.concurrency == 1), None)
-    if single is not None and {DIRECT, GATEWAY} <= set(single.rounds):
-        for p, limit in ((50.0, TTFT_P50_TARGET_MS), (99.0, TTFT_P99_TARGET_MS)):
-            base, cand, differences = added(single, DIRECT, GATEWAY, "ttft", p)
-            checks.append(
-                check_at_most(
-                    f"c=1: TTFT p{p:.0f} added by the gateway over direct Triton",
-                    (cand - base) / 1000,
-                    limit,
-                    "ms",
-                    detail=f"direct {base / 1000:.2f} -> gateway {cand / 1000:.2f} ms; rounds "
-                    f"{spread([d / 1000 for d in differences])} ms",
-                )
-            )
-    loaded = next((s for s in scenarios if s.concurrency == TARGET_CONCURRENCY), None)
-    if loaded is not None and {DIRECT, GATEWAY} <= set(loaded.rounds):
-        base, cand = (loaded.streams_per_s(p) for p in (DIRECT, GATEWAY))
+    if single is not None and {HOP, GATEWAY} <= set(single.rounds):
+        base, cand, differences = added(single, HOP, GATEWAY, "ttft", 50.0)
         checks.append(
-            check_at_least(
-                f"c={TARGET_CONCURRENCY}: streams/s through the gateway / direct",
-                _ratio(cand, base),
-                THROUGHPUT_TARGET,
-                "x",
-                detail=f"{base:,.0f} vs {cand:,.0f} streams/s; rounds "
-                f"{format_rounds(rate_ratios(loaded, DIRECT, GATEWAY))}",
+            check_at_most(
+                "c=1: TTFT p50 of the gateway above the bare relay's",
+                (cand - base) / 1000,
+                HOP_TTFT_TARGET_MS,
+                "ms",
+                detail=f"bare relay {base / 1000:.2f} -> gateway {cand / 1000:.2f} ms; rounds "
+                f"{spread([d / 1000 for d in differences])} ms",
             )
         )
+    loaded = next((s for s in scenarios if s.concurrency == TARGET_CONCURRENCY), None)
+    if loaded is not None:
+        for baseline, limit in (
+            (DIRECT, DIRECT_THROUGHPUT_TARGET),
+            (INFERENCE, INFERENCE_THROUGHPUT_TARGET),
+        ):
+            if not {baseline, GATEWAY} <= set(loaded.rounds):
+                continue
+            base, cand = (loaded.streams_per_s(p) for p in (baseline, GATEWAY))
+            checks.append(
+                check_at_least(
+                    f"c={TARGET_CONCURRENCY}: streams/s through the gateway / {baseline}",
+                    _ratio(cand, base),
+                    limit,
+                    "x",
+                    detail=f"{base:,.0f} vs {cand:,.0f} streams/s; rounds "
+                    f"{format_rounds(rate_ratios(loaded, baseline, GATEWAY))}",
+                )
+            )
+    return checks
+
+
+def paced_targets(paced: PacedRun) -> list[TargetCheck]:
+    """Gateway path, paced, at `TARGET_CONCURRENCY`: platform CPU per token and per request
+    (the fit), and the inter-token latency p99 added over direct."""
+    fits = {f.path: f for f in paced.fits("platform") if f.concurrency == TARGET_CONCURRENCY}
+    gateway = fits.get(GATEWAY)
+    if gateway is None:
+        return []
+    inference = fits.get(INFERENCE)
+    beside = (
+        f"; InferenceService alone {inference.per_token_us:,.1f} µs/token, "
+        f"{inference.per_request_us:,.0f} µs/request"
+        if inference is not None
+        else ""
+    )
+    lengths = "/".join(str(n) for n in paced.config.lengths)
+    floor = next(
+        (f for f in paced.fits("hop") if f.path == HOP and f.concurrency == TARGET_CONCURRENCY),
+        None,
+    )
+    if floor is not None:
+        beside += (
+            f"; the floor, a bare relay: {floor.per_token_us:,.1f} µs/token, "
+            f"{floor.per_request_us:,.0f} µs/request"
+        )
+    checks = [
+        check_at_most(
+            f"paced c={TARGET_CONCURRENCY}: gateway path, platform CPU per relayed token",
+            gateway.per_token_us,
+            TOKEN_CPU_TARGET_US,
+            "µs",
+            detail=f"fit over {lengths}-token streams{beside}",
+        ),
+        check_at_most(
+            f"paced c={TARGET_CONCURRENCY}: gateway path, platform CPU per request",
+            gateway.per_request_us,
+            REQUEST_CPU_TARGET_US,
+            "µs",
+            detail=f"the same fit; {paced.tokens_per_core_s(GATEWAY, TARGET_CONCURRENCY, 'platform'):,.0f} "
+            "tokens/s per platform core",
+        ),
+    ]
+    base = paced.gap_us(DIRECT, TARGET_CONCURRENCY, 99.0)
+    cand = paced.gap_us(GATEWAY, TARGET_CONCURRENCY, 99.0)
+    checks.append(
+        check_at_most(
+            f"paced c={TARGET_CONCURRENCY}: inter-token latency p99 added by the gateway path",
+            (cand - base) / 1000,
+            ITL_ADDED_TARGET_MS,
+            "ms",
+            detail=f"direct {base / 1000:.2f} -> gateway {cand / 1000:.2f} ms (p50 "
+            f"{paced.gap_us(DIRECT, TARGET_CONCURRENCY, 50.0) / 1000:.2f} -> "
+            f"{paced.gap_us(GATEWAY, TARGET_CONCURRENCY, 50.0) / 1000:.2f} ms)",
+        )
+    )
     return checks
 
 
@@ -908,6 +1213,8 @@ class GatewayResult(BenchmarkResult):
     counters: Mapping[str, float] = field(default_factory=dict)
     checks: Sequence[str] = ()
     logs: str = ""
+    paced: Mapping[str, Any] = field(default_factory=dict)
+    """The paced part: each cell's figures and each fit (µs per request and per token)."""
 
 
 def gateway_result(run: GatewayRun) -> GatewayResult:
@@ -929,7 +1236,24 @@ def gateway_result(run: GatewayRun) -> GatewayResult:
         counters=dict(run.counters),
         checks=list(run.checks),
         logs=shown(run.run_dir),
+        paced=paced_figures(run.paced),
     )
+
+
+def paced_figures(paced: PacedRun | None) -> dict[str, Any]:
+    """The paced part for the JSON file."""
+    if paced is None:
+        return {}
+    return {
+        "config": asdict(paced.config),
+        "cells": [c.figures() for c in paced.cells],
+        "fits": [asdict(f) for process in PROCESSES for f in paced.fits(process)],
+        "tokens_per_platform_core_s": {
+            f"{path} c={c}": paced.tokens_per_core_s(path, c, "platform")
+            for path in PACED_PATHS
+            for c in paced.config.concurrencies
+        },
+    }
 
 
 def notes(config: GatewayConfig) -> list[str]:
@@ -984,6 +1308,7 @@ def figures_table(scenarios: Sequence[Scenario]) -> str:
         "stream p99 ms",
         "streams/s",
         "tokens/s",
+        "tokens/msg",
         "x direct (rounds)",
     ]
     rows = []
@@ -1006,10 +1331,18 @@ def figures_table(scenarios: Sequence[Scenario]) -> str:
                     ),
                     format_number(s.streams_per_s(path)),
                     format_number(s.tokens_per_s(path)),
+                    tokens_per_message(timings),
                     ratio,
                 ]
             )
     return format_table(headers, rows)
+
+
+def tokens_per_message(timings: Sequence[StreamTiming]) -> str:
+    """Tokens per message carrying text, over `timings` ("-" where messages were not counted:
+    the direct paths, one response per token by zero_llm's contract)."""
+    messages = sum(t.messages for t in timings)
+    return f"{sum(t.tokens for t in timings) / messages:.2f}" if messages else "-"
 
 
 def overhead_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -1134,6 +1467,7 @@ def report(run: GatewayRun) -> str:
             "the gateway's own cost (gateway - InferenceService alone, same process, same Triton):",
             *(f"  {line}" for line in own_cost(rows)),
             "",
+            *paced_lines(run.paced),
             "checks:",
             *(f"  {line}" for line in run.checks),
             *(f"  {line}" for line in counter_lines(run.counters)),
@@ -1142,8 +1476,28 @@ def report(run: GatewayRun) -> str:
             "",
             "targets:",
             *(f"  {check.line()}" for check in run.targets),
+            *starved_lines(run.environment),
         ]
     )
+
+
+def paced_lines(paced: PacedRun | None) -> list[str]:
+    """The paced part of the report: each cell, then the fit per path and concurrency."""
+    if paced is None:
+        return []
+    return [
+        f"paced model ({PACE_US / 1000:g} ms between tokens), windows of "
+        f"{paced.config.seconds:g} s; CPU per token of each process over each window:",
+        cells_table(paced, PROCESSES),
+        "",
+        "per request and per token (least squares over the lengths; gaps: every inter-message "
+        "gap inside the windows):",
+        fit_table(paced, (INFERENCE, GATEWAY), "platform"),
+        "the floor, a bare grpc.aio relay in front of Triton (the same two gRPC legs per token "
+        "as the platform, no work):",
+        fit_table(paced, (HOP,), "hop"),
+        "",
+    ]
 
 
 def panels(run: GatewayRun) -> list[Any]:
@@ -1189,6 +1543,33 @@ def panels(run: GatewayRun) -> list[Any]:
     def tokens(s: Scenario, p: str) -> float:
         return s.tokens_per_s(p)
 
+    paced = run.paced
+    if paced is not None:
+        loaded_c = max(paced.config.concurrencies)
+        shown_c = (
+            TARGET_CONCURRENCY if TARGET_CONCURRENCY in paced.config.concurrencies else loaded_c
+        )
+        found.append(
+            LatencyPanel(
+                f"paced, concurrency {shown_c}: gap between two messages of a stream",
+                {p: [g for c in paced.of(p, shown_c) for g in c.gaps_us] for p in PACED_PATHS},
+                xlabel="inter-token latency",
+            )
+        )
+        found.append(
+            RatePanel(
+                "paced: platform CPU per relayed token (fit)",
+                "µs/token",
+                {
+                    f"c={f.concurrency}": {
+                        g.path: g.per_token_us
+                        for g in paced.fits("platform")
+                        if g.concurrency == f.concurrency and g.path != DIRECT
+                    }
+                    for f in paced.fits("platform")
+                },
+            )
+        )
     found += [
         RatePanel(
             f"streams/s (gateway/direct: {ratios(streams)})",
@@ -1252,8 +1633,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"tokens per stream (default {DEFAULT.tokens}); runs at two lengths give the CPU "
         "per request and per token (deploy/README.md, Sizing)",
     )
+    parser.add_argument(
+        "--paced-seconds",
+        type=float,
+        help="measured seconds of each paced (length, concurrency, path) cell (default "
+        f"{PacedConfig().seconds:g})",
+    )
+    parser.add_argument(
+        "--paced-concurrency",
+        type=int,
+        nargs="+",
+        help=f"concurrencies of the paced part (default {' '.join(map(str, PacedConfig().concurrencies))})",
+    )
+    parser.add_argument("--no-paced", action="store_true", help="leave the paced part out")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record a flame graph (py-spy) of the platform during the paced gateway cell at "
+        f"c={TARGET_CONCURRENCY} with the longest streams, beside the JSON",
+    )
     args = parser.parse_args(argv)
     config = QUICK if args.quick else DEFAULT
+    if args.no_paced:
+        config = replace(config, paced=None)
+    elif config.paced is not None and (args.paced_seconds or args.paced_concurrency):
+        try:
+            paced = replace(config.paced, seconds=args.paced_seconds or config.paced.seconds)
+            if args.paced_concurrency:
+                paced = replace(paced, concurrencies=tuple(args.paced_concurrency))
+        except ValueError as error:
+            parser.error(str(error))
+        config = replace(config, paced=paced)
     overrides = {
         "tokens": args.tokens,
         "rounds": args.rounds,
@@ -1265,7 +1675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as error:
         parser.error(str(error))
-    run = asyncio.run(run_gateway(config))
+    run = asyncio.run(run_gateway(config, profile=args.out if args.profile else None))
     json_path, png_path = write_outputs(run.result, args.out, run.plot, run.started_at)
     print(report(run))
     print(f"\nwrote {shown(json_path)}\n      {shown(png_path)}\nlogs  {shown(run.run_dir)}")

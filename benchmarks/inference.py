@@ -9,7 +9,9 @@ called three ways in one run:
   (`benchmarks.passthrough`: bytes in, bytes out, no work at all), the floor of any Python gRPC
   hop in front of Triton;
 - `platform`: InferenceService `GenerateStream`, with InferenceService in a process of its own
-  (`genai serve --service inference`) calling the same Triton.
+  (`genai serve --service inference`, API keys on as by default: every call carries the
+  development key that `genai serve` creates, and the server verifies it) calling the same
+  Triton.
 Rounds alternate the paths (and their order). At concurrency 1 streams run one after
 another; at 16 and 64 that many are kept in flight (closed loop: each finished stream starts the
 next) and only the streams that end within a measured window count. Each stream gives its time
@@ -39,6 +41,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -52,7 +55,7 @@ from genai.common.v1 import chat_pb2, generation_pb2
 from genai.inference.v1 import inference_pb2, inference_service_pb2, inference_service_pb2_grpc
 
 from benchmarks.cli import ROOT, benchmark_parser, shown
-from benchmarks.processes import genai_serve, group_cpu_seconds
+from benchmarks.processes import development_key, genai_serve, group_cpu_seconds
 from benchmarks.serving import ServerProcess, server_process
 from benchmarks.stats import (
     BenchmarkResult,
@@ -70,6 +73,8 @@ from benchmarks.stats import (
     output_paths,
     percentile,
     round_ratios,
+    run_subtitle,
+    starved_lines,
     with_load_at_end,
 )
 from benchmarks.transformers_generate import GenerateRequest, GenerateResult
@@ -221,6 +226,9 @@ class StreamTiming:
     total_us: float
     """From the call to the final message."""
     tokens: int
+    messages: int = 0
+    """Messages carrying text (tokens / messages: how many tokens a relay coalesced into one);
+    0 where not counted."""
 
 
 @dataclass
@@ -381,14 +389,21 @@ def _per_s(count: float, seconds: float) -> float:
     return count / seconds if seconds > 0 else math.nan
 
 
-def inference_env(models: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+def inference_env(models: Sequence[Mapping[str, Any]], data: Path | None = None) -> dict[str, str]:
     """The environment of a `genai serve --service inference` that launches no Triton and
-    serves `models` (InferenceService model settings, as in its YAML)."""
-    return {
+    serves `models` (InferenceService model settings, as in its YAML), with API keys on (the
+    platform's default, set here so that a caller's environment cannot turn it off). With
+    `data`, XDG_DATA_HOME points there: the tenant store (SQLite) and the development key
+    `genai serve` creates stay in that folder, out of the user's own."""
+    env = {
+        "GENAI_AUTH__MODE": "api_key",
         "GENAI_INFERENCE__TRITON__LAUNCH": "false",
         "GENAI_INFERENCE__MODELS": json.dumps(list(map(dict, models))),
         "GENAI_SERVER__GRACE_SECONDS": "1",
     }
+    if data is not None:
+        env["XDG_DATA_HOME"] = str(data)
+    return env
 
 
 def served_model(name: str, endpoint: str, triton_model: str, **settings: Any) -> dict[str, Any]:
@@ -512,12 +527,19 @@ class DirectPath:
 
 
 class PlatformPath:
-    """Streams through InferenceService `GenerateStream` (the candidate)."""
+    """Streams through InferenceService `GenerateStream` (the candidate), every call with
+    `metadata` (the API key: `services.common.clients.api_key_metadata`)."""
 
-    def __init__(self, address: str, request: inference_service_pb2.GenerateStreamRequest) -> None:
+    def __init__(
+        self,
+        address: str,
+        request: inference_service_pb2.GenerateStreamRequest,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self._channel = grpc.aio.insecure_channel(address)
         self._stub = inference_service_pb2_grpc.InferenceServiceStub(self._channel)
         self._request = request
+        self._metadata = tuple(metadata)
 
     async def ready(self, patience_s: float = 10.0) -> None:
         await asyncio.wait_for(self._channel.channel_ready(), patience_s)
@@ -530,7 +552,9 @@ class PlatformPath:
         sent = time.perf_counter_ns()
         first = final = 0
         tokens = 0
-        call = self._stub.GenerateStream(self._request, timeout=STREAM_DEADLINE_S)
+        call = self._stub.GenerateStream(
+            self._request, timeout=STREAM_DEADLINE_S, metadata=self._metadata
+        )
         async for response in call:
             event = response.WhichOneof("event")
             if event == "delta":
@@ -555,7 +579,10 @@ class PlatformPath:
         parts: list[str] = []
         final = inference_pb2.GenerationFinal()
         input_tokens = 0
-        async for response in self._stub.GenerateStream(request, timeout=STREAM_DEADLINE_S):
+        call = self._stub.GenerateStream(
+            request, timeout=STREAM_DEADLINE_S, metadata=self._metadata
+        )
+        async for response in call:
             event = response.WhichOneof("event")
             if event == "start":
                 input_tokens = response.start.input_tokens
@@ -697,28 +724,33 @@ async def run_zero(config: ZeroConfig, progress: Progress, run_dir: Path) -> Zer
         log_file=run_dir / "triton-zero.log",
     )
     try:
-        env = inference_env(
-            [
-                served_model(
-                    ZERO_MODEL, triton.grpc_address, ZERO_TRITON_MODEL, max_output_tokens=100_000
-                )
-            ]
-        )
-        async with (
-            genai_serve(["inference"], env, log_file=run_dir / "genai-zero.log") as service,
-            server_process("benchmarks.passthrough", ["--target", triton.grpc_address]) as hop,
-        ):
-            pid = triton.pid
-            assert pid is not None
-            probes: dict[str, CpuProbe] = {
-                "inference": service.cpu_seconds,
-                "hop": hop.cpu_seconds,
-                "triton": lambda: group_cpu_seconds(pid),
-            }
-            addresses = {DIRECT: triton.grpc_address, HOP: hop.address}
-            scenarios = await while_alive(
-                triton, _measure_zero(config, addresses, service, progress, probes)
+        with tempfile.TemporaryDirectory(prefix="bench-inference-") as data:
+            env = inference_env(
+                [
+                    served_model(
+                        ZERO_MODEL,
+                        triton.grpc_address,
+                        ZERO_TRITON_MODEL,
+                        max_output_tokens=100_000,
+                    )
+                ],
+                Path(data),
             )
+            async with (
+                genai_serve(["inference"], env, log_file=run_dir / "genai-zero.log") as service,
+                server_process("benchmarks.passthrough", ["--target", triton.grpc_address]) as hop,
+            ):
+                pid = triton.pid
+                assert pid is not None
+                probes: dict[str, CpuProbe] = {
+                    "inference": service.cpu_seconds,
+                    "hop": hop.cpu_seconds,
+                    "triton": lambda: group_cpu_seconds(pid),
+                }
+                addresses = {DIRECT: triton.grpc_address, HOP: hop.address}
+                scenarios = await while_alive(
+                    triton, _measure_zero(config, addresses, service, progress, probes)
+                )
     finally:
         await triton.stop()
     return zero_run(config, scenarios, started_at, time.monotonic() - started)
@@ -749,9 +781,9 @@ def zero_run(
         notes=[
             f"zero_llm in Triton, {config.tokens} tokens per stream, no pause between tokens. "
             "direct: tritonclient.grpc.aio stream_infer; platform: InferenceService "
-            "GenerateStream (genai serve, own process) -> the same Triton; hop: the direct "
-            "client through a bare grpc.aio relay (own process) -> the same Triton, the floor "
-            "of any Python gRPC hop (scenario 'zero hop': hop vs direct).",
+            "GenerateStream (genai serve, own process, API key auth) -> the same Triton; hop: "
+            "the direct client through a bare grpc.aio relay (own process) -> the same Triton, "
+            "the floor of any Python gRPC hop (scenario 'zero hop': hop vs direct).",
             "TTFT: call to first message with text; total: call to final message. Rounds "
             "alternate the paths; rounds column: each round's ratio, median (min-max).",
             "overhead: platform - direct; for a rate, the time added per item.",
@@ -776,7 +808,10 @@ async def _measure_zero(
         DirectPath(addresses[p], ZERO_TRITON_MODEL, ZERO_PROMPT, config.tokens)
         for p in (DIRECT, HOP)
     )
-    platform = PlatformPath(service.address, request)
+    from services.common.clients import api_key_metadata
+
+    metadata = api_key_metadata(await development_key(service))
+    platform = PlatformPath(service.address, request, metadata)
     try:
         await platform.ready()
         expected = await direct.check()
@@ -1104,6 +1139,7 @@ async def run_smollm2(config: SmolConfig, progress: Progress, run_dir: Path) -> 
     from genai_triton.prepare import PrepareError, prepared_model_dir
 
     from benchmarks.transformers_generate import transformers_worker
+    from services.common.clients import api_key_metadata
     from services.inference.adapters.tritonserver import TritonServer
 
     missing = smollm2_missing()
@@ -1136,6 +1172,7 @@ async def run_smollm2(config: SmolConfig, progress: Progress, run_dir: Path) -> 
                 )
             )
         worker = starting_worker.result()
+        data = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-inference-"))
         env = inference_env(
             [
                 served_model(
@@ -1145,12 +1182,17 @@ async def run_smollm2(config: SmolConfig, progress: Progress, run_dir: Path) -> 
                     max_in_flight=64,
                     chat_template="prepared:smollm2",
                 )
-            ]
+            ],
+            Path(data),
         )
         service = await stack.enter_async_context(
             genai_serve(["inference"], env, log_file=run_dir / "genai-smollm2.log")
         )
-        platform = PlatformPath(service.address, _smollm2_request(SMOLLM2_PROMPTS[0], 1))
+        platform = PlatformPath(
+            service.address,
+            _smollm2_request(SMOLLM2_PROMPTS[0], 1),
+            api_key_metadata(await development_key(service)),
+        )
         stack.push_async_callback(platform.close)
         await platform.ready()
         waves: list[Wave] = []
@@ -1497,14 +1539,7 @@ async def run_inference(
 
 
 def _subtitle(run: InferenceRun) -> str:
-    env = run.environment
-    start, end = env.get("load_average_at_start") or [], env.get("load_average_at_end") or []
-    load_text = f", load average {start[0]:.1f}" if start else ""
-    load_text += f" -> {end[0]:.1f}" if start and end else ""
-    return (
-        f"{run.started_at:%Y-%m-%d %H:%M} UTC, {env.get('cpu_count')} CPUs{load_text}, "
-        f"Python {env.get('python')}, grpcio {env.get('grpcio')}"
-    )
+    return run_subtitle(run.started_at, run.environment)
 
 
 def cpu_table(scenarios: Sequence[Scenario]) -> str:
@@ -1620,6 +1655,7 @@ def report(run: InferenceRun) -> str:
     lines += [f"- skipped {reason}" for reason in run.skipped]
     lines += [f"- FAILED {reason}" for reason in run.failed]
     lines += ["", "targets:", *(f"  {check.line()}" for check in run.targets)]
+    lines += starved_lines(run.environment)
     return "\n".join(lines)
 
 

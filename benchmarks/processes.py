@@ -100,6 +100,18 @@ async def terminate(process: asyncio.subprocess.Process, patience_s: float = 10.
         await process.wait()
 
 
+async def development_key(server: ServerProcess) -> str:
+    """The development key (the `default` tenant's platform-admin key) of a `genai serve`
+    with API keys on: its ready file names the file that holds it (the secret is only there).
+    Raises RuntimeError when the ready file names none (auth mode `none`, or the development
+    key turned off)."""
+    key_file = str(server.ready.get("api_key_file") or "")
+    key = (await asyncio.to_thread(Path(key_file).read_text)).strip() if key_file else ""
+    if not key:
+        raise RuntimeError("genai serve reported no development key (is auth mode api_key?)")
+    return key
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -19,6 +19,8 @@ from benchmarks.stats import (
     format_number,
     format_table,
     percentile,
+    run_subtitle,
+    starved_lines,
 )
 
 NAME: Final = "replicas"
@@ -502,12 +504,11 @@ def plot_run(run: ReplicasRun, path: Path) -> None:
 
 def report(run: ReplicasRun) -> str:
     phase = run.phase
-    start = run.environment.get("load_average_at_start") or [math.nan]
-    end = run.environment.get("load_average_at_end") or [math.nan]
     lines = [
         f"{NAME}: {run.config.concurrency} streams x {run.config.duration_s:g} s over 2 gateways, "
         f"2 PromptServices, experiment, evaluation, 2 Tritons ({run.config.tokens} tokens, "
-        f"{run.config.token_interval_us} us apart), PostgreSQL + Redis; load average {start[0]:.2f} at the start, {end[0]:.2f} at the end",
+        f"{run.config.token_interval_us} us apart), PostgreSQL + Redis; "
+        f"{run_subtitle(run.started_at, run.environment)}, {run.duration_s:.0f} s",
         "",
         "propagation (quiet platform), milliseconds:",
     ]
@@ -552,5 +553,6 @@ def report(run: ReplicasRun) -> str:
         "",
         "targets:",
         *(f"  {check.line()}" for check in run.checks),
+        *starved_lines(run.environment),
     ]
     return "\n".join(lines)

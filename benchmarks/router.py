@@ -40,6 +40,9 @@ from benchmarks.stats import (
     percentile,
     plot_results,
     round_ratios,
+    run_subtitle,
+    starved_lines,
+    with_load_at_end,
 )
 from services.common.server import ServiceRegistration, start_server
 from services.router.core.catalog import BackendEntry, BackendKind, Capability, Catalog, ModelEntry
@@ -184,6 +187,7 @@ async def run_router(
     """Measures every path; returns the result and the raw latencies by path (µs)."""
     started_at = datetime.now(UTC)
     started = time.monotonic()
+    env = environment()
     entries = catalog(config.models)
     router = warmed_router(entries)
     samples: dict[str, list[list[float]]] = {"decision": [], "rpc-get-model": [], "rpc-route": []}
@@ -274,7 +278,7 @@ async def run_router(
         baseline="rpc-get-model",
         candidate="rpc-route",
         config=asdict(config),
-        environment=environment(),
+        environment=with_load_at_end(env),
         measurements=measurements,
         comparisons=comparisons,
         notes=[
@@ -305,7 +309,7 @@ def report(result: BenchmarkResult) -> str:
     verdict = "PASS" if p99 < TARGET_P99_US else "FAIL"
     return "\n".join(
         [
-            f"benchmark {NAME}: {result.duration_s:.0f} s",
+            f"benchmark {NAME}: {_subtitle(result)}, {result.duration_s:.0f} s",
             "",
             latency_table(result.measurements),
             "",
@@ -316,7 +320,15 @@ def report(result: BenchmarkResult) -> str:
             "targets:",
             f"  {verdict}  decision p99: {p99:,.1f} µs (target < {TARGET_P99_US:.0f} µs); "
             f"p50 {decision.latency_us.p50:,.1f} µs",
+            *starved_lines(result.environment),
         ]
+    )
+
+
+def _subtitle(result: BenchmarkResult) -> str:
+    return (
+        f"{run_subtitle(result.started_at, result.environment)}, "
+        f"{result.config.get('rounds')} interleaved rounds"
     )
 
 
@@ -346,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     xlabel="call",
                 ),
             ],
+            subtitle=_subtitle(result),
         )
 
     json_path, png_path = write_outputs(result, args.out, plot)

@@ -227,11 +227,62 @@ def environment() -> dict[str, Any]:
 
 
 def with_load_at_end(environment: Mapping[str, Any]) -> dict[str, Any]:
-    """`environment` (see `environment()`) with the load average as the run ended."""
+    """`environment` (see `environment()`) with the load average as the run ended, and
+    `baseline_starved`: the warning of `starved` (None when the start was quiet enough)."""
     ended = dict(environment)
     with contextlib.suppress(OSError):
         ended["load_average_at_end"] = list(os.getloadavg())
+    ended["baseline_starved"] = starved(ended)
     return ended
+
+
+STARVED_MARGIN = 0.5
+"""A run whose 1-minute load average at its start exceeds the machine's cores less this was
+started beside other work: that work takes CPU from the baseline and the candidate unevenly."""
+
+
+def load_average_text(environment: Mapping[str, Any]) -> str:
+    """The 1-minute load average at the start and the end of a run, as a report prints it:
+    "load average 0.4 -> 1.9" ("load average 0.4" without the end, "" without the start)."""
+    start = environment.get("load_average_at_start") or []
+    end = environment.get("load_average_at_end") or []
+    if not start:
+        return ""
+    return f"load average {start[0]:.1f}" + (f" -> {end[0]:.1f}" if end else "")
+
+
+def run_subtitle(started_at: datetime, environment: Mapping[str, Any]) -> str:
+    """When and where a run ran, for a report's first line and a plot's subtitle:
+    "2026-01-02 03:04 UTC, 2 CPUs, load average 0.4 -> 1.9, Python 3.11.7, grpcio 1.81.0"."""
+    load = load_average_text(environment)
+    return (
+        f"{started_at:%Y-%m-%d %H:%M} UTC, {environment.get('cpu_count')} CPUs"
+        f"{', ' + load if load else ''}, Python {environment.get('python')}, "
+        f"grpcio {environment.get('grpcio')}"
+    )
+
+
+def starved(environment: Mapping[str, Any]) -> str | None:
+    """A warning when the run started on a loaded machine (its 1-minute load average above
+    the cores less `STARVED_MARGIN`): other processes may have starved the baseline, so its
+    ratios are not to be quoted. A run's PASS/FAIL lines stand; this line goes beside them.
+    None when the load was lower, or when the environment does not say."""
+    start = environment.get("load_average_at_start") or []
+    cores = environment.get("cpu_count")
+    if not start or not cores:
+        return None
+    if start[0] <= cores - STARVED_MARGIN:
+        return None
+    return (
+        f"baseline may be starved: load average {start[0]:.2f} at start on {cores} cores; "
+        "ratios not reportable"
+    )
+
+
+def starved_lines(environment: Mapping[str, Any]) -> list[str]:
+    """The lines a report ends with for `starved` (a blank line and the warning), or none."""
+    warning = starved(environment)
+    return ["", warning] if warning else []
 
 
 def output_paths(out_dir: Path, benchmark: str, started_at: datetime) -> tuple[Path, Path]:

@@ -52,6 +52,8 @@ from benchmarks.stats import (
     Progress,
     environment,
     format_table,
+    run_subtitle,
+    starved_lines,
     with_load_at_end,
 )
 from services.gateway.core.processing import check_output
@@ -414,9 +416,8 @@ def report(run: Run, result: BenchmarkResult) -> str:
         for variant, f in figures.items()
     ]
     lines = [
-        f"{NAME}: extract-invoice on SmolLM2 (CPU), one stream, greedy",
-        f"load average at start {result.environment.get('load_average_at_start')}, "
-        f"at end {result.environment.get('load_average_at_end')}",
+        f"{NAME}: extract-invoice on SmolLM2 (CPU), one stream, greedy; "
+        f"{run_subtitle(result.started_at, result.environment)}",
         "",
         format_table(
             ["variant", "schema-valid", "repairs", "finish", "tokens/s", "TTFT p50 ms"], rows
@@ -434,6 +435,7 @@ def report(run: Run, result: BenchmarkResult) -> str:
         ]
     lines.append("")
     lines += [f"{'PASS' if ok else 'FAIL'}  {text}" for ok, text in targets(figures)]
+    lines += starved_lines(result.environment)
     return "\n".join(lines)
 
 

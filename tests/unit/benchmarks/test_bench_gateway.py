@@ -18,6 +18,7 @@ from benchmarks.gateway import (
     DEFAULT,
     DIRECT,
     GATEWAY,
+    HOP,
     INFERENCE,
     MESSAGE,
     QUICK,
@@ -40,6 +41,7 @@ from benchmarks.gateway import (
     spread,
 )
 from benchmarks.inference import StreamRound, StreamTiming
+from benchmarks.paced import Cell, PacedConfig, PacedRun
 from services.common.config import load_settings
 from services.inference.adapters.chat_templates import JinjaChatTemplates, load_chat_template
 from services.inference.core.model import ChatTurn
@@ -63,24 +65,51 @@ def _round(
 
 def _scenarios() -> list[PathScenario]:
     """Concurrency 1: the gateway adds 0.5 ms at p50 over direct Triton in both rounds (p99:
-    1.2 ms in round 2); concurrency 64: the gateway keeps 65% of direct streams/s."""
+    1.2 ms in round 2), 0.3 ms over the bare relay; concurrency 64: the gateway makes 1.3x
+    direct's streams/s and 0.9x InferenceService's."""
     single = PathScenario(1)
     single.rounds = {
         DIRECT: [_round(1000, 100, 1.0, 0.0), _round(1100, 100, 1.0, 0.0)],
+        HOP: [_round(1200, 100, 1.0, 0.0), _round(1300, 100, 1.0, 0.0)],
         INFERENCE: [_round(1200, 100, 1.1), _round(1300, 100, 1.1)],
         GATEWAY: [_round(1500, 100, 1.2, 1.0), _round(1600, 100, 1.3, 1.0)],
     }
     single.rounds[GATEWAY][1].streams[-1] = StreamTiming(5000.0, 9000.0, 16)
     loaded = PathScenario(64)
     loaded.rounds = {
-        DIRECT: [_round(9000, 200, 2.0, 0.0), _round(9000, 200, 2.0, 0.0)],
-        INFERENCE: [_round(10000, 180, 2.0), _round(10000, 180, 2.0)],
+        DIRECT: [_round(9000, 100, 2.0, 0.0), _round(9000, 100, 2.0, 0.0)],
+        INFERENCE: [_round(10000, 145, 2.0), _round(10000, 145, 2.0)],
         GATEWAY: [_round(15000, 130, 2.0, 1.0), _round(15000, 130, 2.0, 1.0)],
     }
     return [single, loaded]
 
 
-def _run(tmp_path: Path, scenarios: list[PathScenario] | None = None) -> GatewayRun:
+def _cell(path: str, length: int, requests: int, per_request: float, per_token: float) -> Cell:
+    """A paced cell whose platform CPU is exactly `per_request` s x requests + `per_token` s x
+    tokens (so the fit must find both)."""
+    tokens = requests * length
+    cell = Cell(path, length, 64, 5.0, requests=requests, tokens=tokens)
+    cell.cpu_s = {"platform": per_request * requests + per_token * tokens, "client": 1.0}
+    cell.gaps_us = [10_000.0 + (500.0 if path == GATEWAY else 0.0)] * 100
+    return cell
+
+
+def _paced() -> PacedRun:
+    """Gateway: 1.5 ms per request + 80 µs per token, 0.5 ms added to every gap;
+    InferenceService alone: 1 ms + 60 µs."""
+    run = PacedRun(PacedConfig(lengths=(16, 64), concurrencies=(64,), seconds=5.0))
+    for length, requests in ((16, 400), (64, 100)):
+        run.cells += [
+            _cell(DIRECT, length, requests, 0.0, 0.0),
+            _cell(INFERENCE, length, requests, 1e-3, 60e-6),
+            _cell(GATEWAY, length, requests, 1.5e-3, 80e-6),
+        ]
+    return run
+
+
+def _run(
+    tmp_path: Path, scenarios: list[PathScenario] | None = None, paced: PacedRun | None = None
+) -> GatewayRun:
     return GatewayRun(
         config=GatewayConfig(concurrencies=(64,)),
         started_at=STARTED,
@@ -94,6 +123,7 @@ def _run(tmp_path: Path, scenarios: list[PathScenario] | None = None) -> Gateway
         },
         run_dir=tmp_path / "logs",
         scenarios=_scenarios() if scenarios is None else scenarios,
+        paced=paced,
         counters={
             "genai_gateway_requests_total{code=OK}": 460.0,
             "genai_request_log_records_total{outcome=written}": 460.0,
@@ -124,7 +154,7 @@ def test_platform_env_and_catalog_are_accepted_by_the_platform(tmp_path: Path):
 
     env = platform_env("127.0.0.1:1234", catalog, tmp_path)
     settings = load_settings(PlatformSettings, path=None, env=env)
-    (entry,) = load_catalog(catalog).models
+    zero, paced = load_catalog(catalog).models
 
     assert settings.auth.mode == "api_key"
     assert settings.gateway.quota.backend == "memory"
@@ -133,14 +163,16 @@ def test_platform_env_and_catalog_are_accepted_by_the_platform(tmp_path: Path):
     assert settings.prompt.database_url.endswith(f"{tmp_path}/prompts.db")
     assert settings.router.catalog_file == str(catalog)
     assert settings.inference.triton.launch is False
-    (model,) = settings.inference.models
-    assert (model.name, model.chat_template) == ("zero", "builtin:chatml")
-    assert model.backends[0].endpoint == "127.0.0.1:1234"
-    assert (entry.name, entry.pinned_only, entry.backends[0].backend_model) == (
-        "zero",
-        True,
-        "zero_llm",
-    )
+    models = settings.inference.models
+    assert [(m.name, m.chat_template) for m in models] == [
+        ("zero", "builtin:chatml"),
+        ("zero-paced", "builtin:chatml"),
+    ]
+    assert models[0].backends[0].endpoint == "127.0.0.1:1234"
+    assert [(e.name, e.pinned_only, e.backends[0].backend_model) for e in (zero, paced)] == [
+        ("zero", True, "zero_llm"),
+        ("zero-paced", True, "zero_llm_paced"),
+    ]
     assert env["XDG_DATA_HOME"].startswith(str(tmp_path))  # the dev key stays in the run
 
 
@@ -189,17 +221,24 @@ def test_added_pools_rounds_and_keeps_each_rounds_difference():
     assert spread([math.nan]) == "-"
 
 
-def test_targets_are_ttft_p50_and_p99_added_and_the_share_of_direct_streams():
-    p50, p99, throughput = gateway_targets(_scenarios())
+def test_targets_are_the_paced_fit_the_added_gap_ttft_over_the_relay_and_throughput():
+    token, request, gap, ttft, direct, inference = gateway_targets(_scenarios(), _paced())
 
-    assert p50.measured == pytest.approx(0.5)
-    assert p50.unit == "ms"
-    assert p50.passed is True
-    assert p99.passed is True
-    assert p99.measured < 3.0
-    assert throughput.measured == pytest.approx(0.65)
-    assert throughput.passed is True
-    assert "rounds 0.65 (0.65-0.65)" in throughput.line()
+    assert token.measured == pytest.approx(80.0)
+    assert token.passed is True
+    assert "InferenceService alone 60.0 µs/token, 1,000 µs/request" in token.detail
+    assert request.measured == pytest.approx(1500.0)
+    assert request.passed is True
+    assert gap.measured == pytest.approx(0.5)
+    assert gap.passed is True
+    assert ttft.measured == pytest.approx(0.3)
+    assert ttft.unit == "ms"
+    assert ttft.passed is True
+    assert direct.measured == pytest.approx(1.3)
+    assert direct.passed is True
+    assert "rounds 1.30 (1.30-1.30)" in direct.line()
+    assert inference.measured == pytest.approx(130 / 145)
+    assert inference.passed is True
 
 
 def test_targets_fail_honestly_and_are_left_out_when_not_measured():
@@ -208,12 +247,32 @@ def test_targets_fail_honestly_and_are_left_out_when_not_measured():
     slow.rounds = {**single.rounds, GATEWAY: [_round(5000, 100, 2.0), _round(5000, 100, 2.0)]}
     starved = PathScenario(64)
     starved.rounds = {**loaded.rounds, GATEWAY: [_round(15000, 100, 2.0), _round(15000, 100, 2.0)]}
+    costly = _paced()
+    for cell in costly.cells:
+        if cell.path == GATEWAY:
+            cell.cpu_s["platform"] *= 3
+            cell.gaps_us = [50_000.0] * 100
 
-    checks = gateway_targets([slow, starved])
+    checks = gateway_targets([slow, starved], costly)
 
-    assert [c.passed for c in checks] == [False, False, False]
+    assert [c.passed for c in checks] == [False, False, False, False, False, False]
     assert all(c.line().startswith("FAIL") for c in checks)
     assert gateway_targets([PathScenario(16)]) == []
+
+
+def test_the_paced_fit_separates_per_request_from_per_token_cpu():
+    run = _paced()
+
+    fits = {(f.path, f.concurrency): f for f in run.fits("platform")}
+
+    assert fits[GATEWAY, 64].per_request_us == pytest.approx(1500.0)
+    assert fits[GATEWAY, 64].per_token_us == pytest.approx(80.0)
+    assert fits[INFERENCE, 64].per_token_us == pytest.approx(60.0)
+    assert run.gap_us(GATEWAY, 64, 50) == pytest.approx(10_500.0)
+    # 2,000 gateway tokens per window over (0.6 + 0.16 + 0.15 + 0.512) CPU seconds
+    assert run.tokens_per_core_s(GATEWAY, 64, "platform") == pytest.approx(
+        12_800 / (1.5e-3 * 500 + 80e-6 * 12_800)
+    )
 
 
 def test_overheads_name_each_pair_and_the_gateways_own_cost():
@@ -222,18 +281,20 @@ def test_overheads_name_each_pair_and_the_gateways_own_cost():
     pairs = [(r["concurrency"], r["candidate"], r["baseline"]) for r in rows]
     assert pairs == [
         (1, GATEWAY, DIRECT),
+        (1, GATEWAY, HOP),
         (1, GATEWAY, INFERENCE),
         (1, INFERENCE, DIRECT),
+        (1, HOP, DIRECT),
         (64, GATEWAY, DIRECT),
         (64, GATEWAY, INFERENCE),
         (64, INFERENCE, DIRECT),
     ]
-    own = rows[1]
+    own = rows[2]
     assert own["ttft_p50_added_ms"] == pytest.approx(0.3)
     assert own["ttft_p50_rounds_added_ms"] == pytest.approx([0.3, 0.3])
     # 2 CPU seconds over 200 gateway streams against 1 over 200 inference streams.
     assert own["platform_cpu_us_per_stream_added"] == pytest.approx(5000.0)
-    assert rows[3]["streams_per_s_ratio"] == pytest.approx(0.65)
+    assert rows[5]["streams_per_s_ratio"] == pytest.approx(1.3)
     lines = own_cost(rows)
     assert len(lines) == 2
     assert lines[0].startswith("c=1: TTFT p50 +0.30 ms")
@@ -269,35 +330,47 @@ def test_counters_are_read_from_the_prometheus_text(tmp_path: Path):
 
 
 def test_report_and_json_of_a_synthetic_run(tmp_path: Path):
-    run = _run(tmp_path)
+    run = _run(tmp_path, paced=_paced())
 
     text = report(run)
     json_path, png_path = write_outputs(run.result, tmp_path / "out", _fake_plot, run.started_at)
     document = json.loads(json_path.read_text())
 
     assert text.startswith("benchmark gateway: 2026-01-02 03:04 UTC, 2 CPUs, load average 1.0")
-    for section in ("overhead (all rounds", "the gateway's own cost", "checks:", "targets:"):
+    for section in (
+        "overhead (all rounds",
+        "the gateway's own cost",
+        "paced model (10 ms between tokens)",
+        "per request and per token",
+        "checks:",
+        "targets:",
+    ):
         assert section in text
     verdicts = [line.split()[0] for line in text.split("targets:")[1].splitlines() if line]
-    assert verdicts == ["PASS", "PASS", "PASS"]
+    assert verdicts == ["PASS"] * 6
     assert "request log records: dropped 0, written 460" in text
     assert json_path.name == "gateway-20260102T030405Z.json"
     assert png_path.read_bytes() == b"png"
     assert document["benchmark"] == "gateway"
     assert (document["baseline"], document["candidate"]) == (DIRECT, GATEWAY)
-    assert [t["passed"] for t in document["targets"]] == [True, True, True]
-    assert [t["unit"] for t in document["targets"]] == ["ms", "ms", "x"]
-    assert len(document["overheads"]) == 6
+    assert [t["passed"] for t in document["targets"]] == [True] * 6
+    assert [t["unit"] for t in document["targets"]] == ["µs", "µs", "ms", "ms", "x", "x"]
+    assert len(document["overheads"]) == 8
+    fits = {(f["path"], f["process"]): f for f in document["paced"]["fits"]}
+    assert fits[GATEWAY, "platform"]["per_token_us"] == pytest.approx(80.0)
+    assert len(document["paced"]["cells"]) == 6
     assert {c["scenario"] for c in document["comparisons"]} == {
         "gateway/direct",
+        "gateway/hop",
         "gateway/inference",
         "inference/direct",
+        "hop/direct",
     }
     variants = {
         (m["variant"], m["concurrency"], m["latency_metric"]) for m in document["measurements"]
     }
     assert (GATEWAY, 64, "stream") in variants
-    assert len(variants) == 12
+    assert len(variants) == 14
     gateway_ttft = next(
         m
         for m in document["measurements"]
@@ -319,7 +392,7 @@ def test_nan_figures_are_null_in_the_json(tmp_path: Path):
 
     document = json.loads(json.dumps(_run(tmp_path, [single]).result.to_json_dict()))
 
-    assert [t["name"] for t in document["targets"]][-1].startswith("c=1: TTFT p99")
+    assert [t["name"] for t in document["targets"]][-1].startswith("c=1: TTFT p50")
     assert document["overheads"][0]["platform_cpu_us_per_stream_added"] is None
 
 

@@ -7,10 +7,15 @@ import asyncio
 import json
 import math
 import os
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
+import grpc.aio
 import pytest
+from genai.common.v1 import generation_pb2
+from genai.inference.v1 import inference_pb2, inference_service_pb2, inference_service_pb2_grpc
 
 from benchmarks.inference import (
     DIRECT,
@@ -19,6 +24,7 @@ from benchmarks.inference import (
     TRANSFORMERS,
     InferenceConfig,
     InferenceRun,
+    PlatformPath,
     Scenario,
     SmolConfig,
     StreamRound,
@@ -43,9 +49,11 @@ from benchmarks.inference import (
     zero_run,
     zero_targets,
 )
-from benchmarks.processes import group_cpu_seconds, parse_stat
+from benchmarks.processes import development_key, group_cpu_seconds, parse_stat
+from benchmarks.serving import ServerProcess
 from benchmarks.transformers_generate import GenerateRequest, GenerateResult
 from services.common.config import load_settings
+from services.common.grpc_types import ServicerContext
 from services.platform.settings import PlatformSettings
 
 STARTED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -175,6 +183,86 @@ def test_inference_env_is_accepted_by_the_platform_settings():
     )
 
 
+def test_inference_env_turns_api_keys_on_and_keeps_their_data_apart(tmp_path: Path):
+    models = [served_model("zero", "127.0.0.1:1234", "zero_llm")]
+
+    env = inference_env(models, tmp_path)
+    settings = load_settings(PlatformSettings, path=None, env=env)
+
+    assert settings.auth.mode == "api_key"
+    assert settings.auth.development_key is True
+    assert env["XDG_DATA_HOME"] == str(tmp_path)
+    assert "XDG_DATA_HOME" not in inference_env(models)
+
+
+async def test_the_development_key_is_read_from_the_file_the_ready_file_names(tmp_path: Path):
+    key_file = tmp_path / "dev-api-key"
+    key_file.write_text("gk_secret\n")
+
+    def server(ready: Mapping[str, object]) -> ServerProcess:
+        return ServerProcess(process=None, port=1, ready=dict(ready))  # type: ignore[arg-type]
+
+    assert await development_key(server({"port": 1, "api_key_file": str(key_file)})) == (
+        "gk_secret"
+    )
+    for ready in ({"port": 1, "api_key_file": ""}, {"port": 1}):
+        with pytest.raises(RuntimeError, match="no development key"):
+            await development_key(server(ready))
+
+
+class _KeyedInference(inference_service_pb2_grpc.InferenceServiceServicer):
+    """Streams two tokens to a caller with the right API key, refuses any other."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def GenerateStream(
+        self, request: inference_service_pb2.GenerateStreamRequest, context: ServicerContext
+    ) -> AsyncIterator[inference_service_pb2.GenerateStreamResponse]:
+        metadata = tuple(context.invocation_metadata() or ())
+        if ("authorization", f"Bearer {self.key}") not in metadata:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid API key")
+        usage = generation_pb2.TokenUsage(input_tokens=3, output_tokens=2)
+        yield inference_service_pb2.GenerateStreamResponse(
+            start=inference_pb2.GenerationStart(input_tokens=3)
+        )
+        for text in ("tok0 ", "tok1"):
+            yield inference_service_pb2.GenerateStreamResponse(
+                delta=inference_pb2.TokenDelta(text=text, token_count=1)
+            )
+        yield inference_service_pb2.GenerateStreamResponse(
+            final=inference_pb2.GenerationFinal(usage=usage)
+        )
+
+
+async def test_the_platform_path_calls_with_its_api_key():
+    from services.common.clients import api_key_metadata
+
+    server = grpc.aio.server()
+    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
+        _KeyedInference("gk_right"),  # type: ignore[abstract]  # the other RPCs are not called
+        server,
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    request = inference_service_pb2.GenerateStreamRequest(model="zero", text="hi")
+    keyed = PlatformPath(f"127.0.0.1:{port}", request, api_key_metadata("gk_right"))
+    keyless = PlatformPath(f"127.0.0.1:{port}", request)
+    try:
+        timing = await keyed.stream()
+        _, text, final, input_tokens = await keyed.generate(request)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await keyless.stream()
+    finally:
+        await keyed.close()
+        await keyless.close()
+        await server.stop(None)
+
+    assert timing.tokens == 2
+    assert (text, final.usage.output_tokens, input_tokens) == ("tok0 tok1", 2, 3)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_worker_protocol_round_trips_and_reports_errors():
     request = GenerateRequest([[{"role": "user", "content": "hi"}]], 8, 8)
     assert GenerateRequest.from_line(request.to_line()) == request
@@ -249,6 +337,38 @@ def test_report_and_json_of_a_synthetic_run(tmp_path: Path):
     assert "the bare hop adds +" in text
     zero_scenarios = {c["scenario"] for c in document["parts"]["zero"]["comparisons"]}
     assert zero_scenarios == {"zero", "zero hop"}
+    assert "load average 1.0" in text.splitlines()[0]
+    assert "starved" not in text
+
+
+def test_the_report_warns_under_the_targets_when_the_run_started_loaded(tmp_path: Path):
+    config = InferenceConfig(zero=ZeroConfig(concurrencies=(64,)), smollm2=SmolConfig())
+    environment = {
+        "cpu_count": 2,
+        "python": "3.11",
+        "grpcio": "1.81",
+        "load_average_at_start": [4.5, 2.0, 1.0],
+        "load_average_at_end": [3.0, 2.5, 1.2],
+    }
+    run = InferenceRun(
+        STARTED,
+        42.0,
+        config,
+        environment,
+        tmp_path / "logs",
+        zero=zero_run(config.zero, _scenarios(), STARTED, 20.0),
+    )
+
+    lines = report(run).splitlines()
+
+    assert "load average 4.5 -> 3.0" in lines[0]
+    assert lines[-1] == (
+        "baseline may be starved: load average 4.50 at start on 2 cores; ratios not reportable"
+    )
+    assert [line.split()[0] for line in lines[lines.index("targets:") + 1 : -2]] == [
+        "PASS",
+        "FAIL",
+    ]  # the verdicts stand
 
 
 class _Triton:

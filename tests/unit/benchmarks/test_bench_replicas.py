@@ -192,6 +192,20 @@ def test_the_report_and_the_json_say_what_happened(tmp_path: Path) -> None:
     assert document["config"]["redis"]["swept"] == [1, 9]
 
 
+def test_the_report_shows_the_load_and_warns_when_the_run_started_loaded() -> None:
+    environment = {"cpu_count": 2, "load_average_at_start": [0.7], "load_average_at_end": [6.0]}
+    quiet = _run(environment=environment)
+    busy = _run(environment={**environment, "load_average_at_start": [1.8]})
+    for run in (quiet, busy):
+        run.checks = targets(run)
+
+    assert "load average 0.7 -> 6.0" in report(quiet).splitlines()[0]
+    assert "starved" not in report(quiet)
+    assert report(busy).splitlines()[-1] == (
+        "baseline may be starved: load average 1.80 at start on 2 cores; ratios not reportable"
+    )
+
+
 def test_the_paced_repository_sets_the_token_interval(tmp_path: Path) -> None:
     repository = paced_repository(tmp_path, 2000)
     config = (repository / "zero_llm" / "config.pbtxt").read_text()

@@ -1,5 +1,5 @@
 """The figures of `scripts/bench structured`, from outcomes made up here (the run itself needs
-Triton: tests/system/test_bench_structured.py)."""
+Triton: tests/system/test_structured_bench_run.py)."""
 
 from datetime import UTC, datetime
 
@@ -73,3 +73,24 @@ def test_the_report_prints_the_repairs_saved_and_the_verdict() -> None:
     assert "repairs saved on the 2 examples run both ways: 1" in text
     assert any("example 2 invalid" in note for note in result.notes)
     assert result.comparisons[0].ratio == (1190 / 60) / (200 / 9)
+
+
+def test_the_report_shows_the_load_and_warns_when_the_run_started_loaded() -> None:
+    run = _run()
+    environment = {"cpu_count": 2, "load_average_at_start": [0.5], "load_average_at_end": [1]}
+    quiet = structured.report(
+        run, structured.build_result(run, datetime.now(UTC), 1.0, environment)
+    )
+    busy = structured.report(
+        run,
+        structured.build_result(
+            run, datetime.now(UTC), 1.0, {**environment, "load_average_at_start": [2.0]}
+        ),
+    )
+
+    assert "load average 0.5 -> 1.0" in quiet.splitlines()[0]
+    assert "starved" not in quiet
+    assert "FAIL  schema-valid under constraint: 2/3" in busy  # the verdict stands
+    assert busy.splitlines()[-1] == (
+        "baseline may be starved: load average 2.00 at start on 2 cores; ratios not reportable"
+    )
