@@ -249,10 +249,7 @@ class Generation:
                         if text:
                             output.append(text)
                             if emit:
-                                now = clock()
-                                if outcome.first_token is None:
-                                    outcome.first_token = now
-                                outcome.last_chunk = now
+                                outcome.sent(clock())
                                 yield text
                         if processor.done:
                             break  # aclosing cancels the backend's generation
@@ -270,10 +267,7 @@ class Generation:
         if rest:
             output.append(rest)
             if emit:
-                now = clock()
-                if outcome.first_token is None:
-                    outcome.first_token = now
-                outcome.last_chunk = now
+                outcome.sent(clock())
                 yield rest
         override = processor.finish_reason
         if override is not None:

@@ -81,6 +81,12 @@ class Outcome:
     claim: Claim | None = None
     """The request's idempotency claim, until its outcome is stored (None: there is none)."""
 
+    def sent(self, now: float) -> None:
+        """Marks a chunk sent to the caller at `now` (the first one is the TTFT)."""
+        if self.first_token is None:
+            self.first_token = now
+        self.last_chunk = now
+
     def tokens_used(self) -> int:
         """Input plus output tokens of every attempt so far."""
         return sum(r.usage.input_tokens + r.usage.output_tokens for r in self.routed)
