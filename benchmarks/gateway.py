@@ -67,7 +67,6 @@ from benchmarks.inference import (
     ZERO_TRITON_MODEL,
     CpuProbe,
     DirectPath,
-    RoundRunner,
     Scenario,
     StreamFn,
     StreamRound,
@@ -75,7 +74,8 @@ from benchmarks.inference import (
     TargetCheck,
     check_at_least,
     check_at_most,
-    closed_loop,
+    interleave,
+    loader,
     sequential,
     served_model,
     while_alive,
@@ -741,6 +741,8 @@ async def _measure(
                 run=one_by_one,
                 warm=one_by_one,
                 total=per_round,
+                label="c=1",
+                headline=headline,
             )
         ]
         for concurrency in config.concurrencies:
@@ -751,8 +753,10 @@ async def _measure(
                     config.load_rounds,
                     progress,
                     probes,
-                    run=_loader(concurrency, load_s),
-                    warm=_loader(concurrency, min(load_s, 1.0) / 2),
+                    run=loader(concurrency, load_s),
+                    warm=loader(concurrency, min(load_s, 1.0) / 2),
+                    label=f"c={concurrency}",
+                    headline=headline,
                 )
             )
     finally:
@@ -922,48 +926,6 @@ async def check_paths(
         f"{metadata.usage.input_tokens} ("
         + ("the same rendered chat input)" if same_input else "NOT the same input)"),
     ]
-
-
-def _loader(concurrency: int, seconds: float) -> RoundRunner:
-    def run(stream: StreamFn, done: Callable[[int], None]) -> Awaitable[StreamRound]:
-        return closed_loop(stream, concurrency, seconds, done)
-
-    return run
-
-
-async def interleave(
-    scenario: PathScenario,
-    paths: Mapping[str, StreamFn],
-    rounds: int,
-    progress: Progress,
-    probes: Mapping[str, CpuProbe],
-    *,
-    run: RoundRunner,
-    warm: RoundRunner,
-    total: int = 0,
-) -> PathScenario:
-    """A warm-up of each path, then `rounds` rounds alternating the order of the paths."""
-    label = f"c={scenario.concurrency}"
-    names = list(paths)
-    progress.stage(f"{label}: warm-up, then {rounds} rounds x {len(names)} paths")
-    for name in names:
-        progress.step(f"warm-up {name}")
-        await warm(paths[name], progress.advance)
-    scenario.rounds = {name: [] for name in names}
-    for index in range(rounds):
-        for name in names if index % 2 == 0 else names[::-1]:
-            progress.step(f"round {index + 1}/{rounds} {name}", total)
-            before = {process: probe() for process, probe in probes.items()}
-            client_before = time.process_time()
-            outcome = await run(paths[name], progress.advance)
-            outcome.cpu_s["client"] = time.process_time() - client_before
-            for process, probe in probes.items():
-                first, last = before[process], probe()
-                if first is not None and last is not None:
-                    outcome.cpu_s[process] = last - first
-            scenario.rounds[name].append(outcome)
-    progress.note(headline(scenario))
-    return scenario
 
 
 def headline(scenario: Scenario) -> str:

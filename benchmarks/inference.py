@@ -649,8 +649,11 @@ async def closed_loop(
     return StreamRound(counted, elapsed_s=seconds, served=served[0])
 
 
+ScenarioT = TypeVar("ScenarioT", bound=Scenario)
+
+
 async def interleave(
-    scenario: Scenario,
+    scenario: ScenarioT,
     paths: Mapping[str, StreamFn],
     rounds: int,
     progress: Progress,
@@ -659,9 +662,14 @@ async def interleave(
     run: RoundRunner,
     warm: RoundRunner,
     total: int = 0,
-) -> Scenario:
-    """A warm-up of each path, then `rounds` rounds alternating which path goes first."""
-    label = f"zero c={scenario.concurrency}"
+    label: str = "",
+    headline: Callable[[Scenario], str] | None = None,
+) -> ScenarioT:
+    """A warm-up of each path, then `rounds` rounds alternating which path goes first; the
+    CPU each process spent in each round is measured with `probes` (and this client's own).
+    `label` names the scenario in the progress lines ("zero c=N" by default); `headline`
+    makes the line noted at its end (part zero's by default)."""
+    label = label or f"zero c={scenario.concurrency}"
     names = list(paths)
     progress.stage(f"{label}: warm-up, then {rounds} rounds x {len(names)} paths")
     for name in names:
@@ -680,7 +688,7 @@ async def interleave(
                 if first is not None and last is not None:
                     outcome.cpu_s[process] = last - first
             scenario.rounds[name].append(outcome)
-    progress.note(_zero_headline(scenario))
+    progress.note((headline or _zero_headline)(scenario))
     return scenario
 
 
@@ -851,8 +859,8 @@ async def _measure_zero(
                     config.load_rounds,
                     progress,
                     probes,
-                    run=_loader(concurrency, load_s),
-                    warm=_loader(concurrency, min(load_s, 1.0) / 2),
+                    run=loader(concurrency, load_s),
+                    warm=loader(concurrency, min(load_s, 1.0) / 2),
                 )
             )
         return scenarios
@@ -862,7 +870,9 @@ async def _measure_zero(
         await platform.close()
 
 
-def _loader(concurrency: int, seconds: float) -> RoundRunner:
+def loader(concurrency: int, seconds: float) -> RoundRunner:
+    """A round runner keeping `concurrency` streams in flight for `seconds` (`closed_loop`)."""
+
     def run(stream: StreamFn, done: Callable[[int], None]) -> Awaitable[StreamRound]:
         return closed_loop(stream, concurrency, seconds, done)
 
