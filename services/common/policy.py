@@ -18,7 +18,7 @@ without the role learns nothing about other tenants either. This module imports 
 
 import enum
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Final
@@ -241,7 +241,11 @@ def call_scope(access: CallAccess) -> Iterator[CallAccess]:
     try:
         yield access
     finally:
-        _current_call.reset(token)
+        # A streaming handler that grpc.aio dropped when its client went away is closed later
+        # by asyncio, from a task of its own: the RPC's task, whose context held the value, is
+        # gone, there is nothing to restore, and resetting raises ValueError.
+        with suppress(ValueError):
+            _current_call.reset(token)
 
 
 def elevate(target: str = "") -> None:
