@@ -790,7 +790,7 @@ def direct_messages(path: DirectPath) -> Messages:
     """Direct Triton: one token per response (zero_llm's contract, checked before)."""
 
     async def messages() -> AsyncIterator[int]:
-        async for _arrived, _result in path._responses():
+        async for _arrived, _result in path.responses():
             yield 1
 
     return messages

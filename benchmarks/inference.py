@@ -482,7 +482,7 @@ class DirectPath:
     async def close(self) -> None:
         await self._client.close()
 
-    async def _responses(self) -> AsyncIterator[tuple[int, Any]]:
+    async def responses(self) -> AsyncIterator[tuple[int, Any]]:
         """(arrival ns, InferResult) of each response of one request, to the stream's end."""
 
         async def requests() -> AsyncIterator[dict[str, Any]]:
@@ -501,7 +501,7 @@ class DirectPath:
         sent = time.perf_counter_ns()
         first = final = 0
         tokens = 0
-        async for arrived, result in self._responses():
+        async for arrived, result in self.responses():
             if not first:
                 first = arrived
             if result.get_response().parameters["triton_final_response"].bool_param:
@@ -515,7 +515,7 @@ class DirectPath:
         """One stream, parsed in full; returns its text, or raises when it breaks the facade."""
         texts = []
         finish = ""
-        async for _, result in self._responses():
+        async for _, result in self.responses():
             text = result.as_numpy("text_output").reshape(-1)[0].decode()
             if not text:
                 raise RuntimeError("zero_llm sent a response without a token")
