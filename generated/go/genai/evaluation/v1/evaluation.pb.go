@@ -1388,7 +1388,11 @@ type ScorerSummary struct {
 	Count int32 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
 	// Mean score.
 	Mean float64 `protobuf:"fixed64,3,opt,name=mean,proto3" json:"mean,omitempty"`
-	// Confidence interval of the mean.
+	// Confidence interval of the mean over examples, inside the scorer's range:
+	// the Wilson score interval when every score is 0 or 1 (a pass/fail scorer),
+	// else Student's t over the examples' means, clamped to [0, 1] for quality
+	// scorers and to [0, inf) for latency and cost. Unset when undefined: no
+	// scored example, or a single one whose scores are not pass/fail.
 	MeanInterval *v1.ConfidenceInterval `protobuf:"bytes,4,opt,name=mean_interval,json=meanInterval,proto3" json:"mean_interval,omitempty"`
 	// Mean over repeats of each example's standard deviation: 0 when every
 	// repeat scored the same.

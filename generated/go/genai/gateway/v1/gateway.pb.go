@@ -1119,7 +1119,9 @@ type RequestLogEntry struct {
 	Method string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
 	// Canonical status code name of the request, `OK` on success.
 	Status string `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
-	// The rendered prompt messages as sent to the model, redacted, as JSON.
+	// What was sent to the model, redacted, as JSON: for a chat prompt the
+	// rendered messages (a list of `{"role", "content"}` objects), for a text
+	// prompt `{"text": ...}` with the rendered text.
 	Input *structpb.Value `protobuf:"bytes,6,opt,name=input,proto3" json:"input,omitempty"`
 	// The output as returned to the caller.
 	Output string `protobuf:"bytes,7,opt,name=output,proto3" json:"output,omitempty"`

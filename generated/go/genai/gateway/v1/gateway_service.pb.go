@@ -43,7 +43,8 @@ type CompleteRequest struct {
 	Selector isCompleteRequest_Selector `protobuf_oneof:"selector"`
 	// Values of the template variables, checked against the version's schema.
 	Variables *structpb.Struct `protobuf:"bytes,5,opt,name=variables,proto3" json:"variables,omitempty"`
-	// Extra conversation turns appended after the rendered messages.
+	// Extra conversation turns appended after the rendered messages. A text
+	// prompt (a version with a `text_template`) takes none.
 	Messages []*v1.ChatMessage `protobuf:"bytes,6,rep,name=messages,proto3" json:"messages,omitempty"`
 	// The end user, the unit of user-level experiments; at most 256 characters.
 	UserId string `protobuf:"bytes,7,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
@@ -288,7 +289,8 @@ type StreamCompleteRequest struct {
 	Selector isStreamCompleteRequest_Selector `protobuf_oneof:"selector"`
 	// Values of the template variables, checked against the version's schema.
 	Variables *structpb.Struct `protobuf:"bytes,5,opt,name=variables,proto3" json:"variables,omitempty"`
-	// Extra conversation turns appended after the rendered messages.
+	// Extra conversation turns appended after the rendered messages. A text
+	// prompt (a version with a `text_template`) takes none.
 	Messages []*v1.ChatMessage `protobuf:"bytes,6,rep,name=messages,proto3" json:"messages,omitempty"`
 	// The end user, the unit of user-level experiments; at most 256 characters.
 	UserId string `protobuf:"bytes,7,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`

@@ -149,7 +149,9 @@ type GenerateRequest_Text struct {
 }
 
 type GenerateRequest_Chat struct {
-	// A conversation, rendered with the model's chat template.
+	// A conversation, rendered with the model's chat template. A model
+	// without one (`ServedModel.input_kinds` lacks INPUT_KIND_CHAT) answers
+	// INVALID_ARGUMENT with a field violation on `chat`: send `text`.
 	Chat *ChatInput `protobuf:"bytes,4,opt,name=chat,proto3,oneof"`
 }
 
@@ -343,7 +345,9 @@ type GenerateStreamRequest_Text struct {
 }
 
 type GenerateStreamRequest_Chat struct {
-	// A conversation, rendered with the model's chat template.
+	// A conversation, rendered with the model's chat template. A model
+	// without one (`ServedModel.input_kinds` lacks INPUT_KIND_CHAT) answers
+	// INVALID_ARGUMENT with a field violation on `chat`: send `text`.
 	Chat *ChatInput `protobuf:"bytes,4,opt,name=chat,proto3,oneof"`
 }
 

@@ -313,7 +313,9 @@ type RouteRequest struct {
 	InputTokens int32 `protobuf:"varint,2,opt,name=input_tokens,json=inputTokens,proto3" json:"input_tokens,omitempty"`
 	// Maximum output tokens the request asks for, >= 1.
 	MaxOutputTokens int32 `protobuf:"varint,3,opt,name=max_output_tokens,json=maxOutputTokens,proto3" json:"max_output_tokens,omitempty"`
-	// Name of the prompt, for per-prompt statistics; may be empty.
+	// Name of the prompt, for per-prompt statistics and the evaluation scores
+	// of ROUTING_POLICY_QUALITY_FLOOR (read in the caller's tenant); may be
+	// empty (that policy then falls back to cost).
 	Prompt string `protobuf:"bytes,4,opt,name=prompt,proto3" json:"prompt,omitempty"`
 	// Unit id for sticky weighted splits (user or session); may be empty.
 	UnitId string `protobuf:"bytes,5,opt,name=unit_id,json=unitId,proto3" json:"unit_id,omitempty"`

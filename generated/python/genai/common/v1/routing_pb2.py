@@ -26,7 +26,7 @@ from genai.common.v1 import money_pb2 as genai_dot_common_dot_v1_dot_money__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgenai/common/v1/routing.proto\x12\x0fgenai.common.v1\x1a\x1bgenai/common/v1/money.proto\x1a\x1egoogle/protobuf/duration.proto\"\xae\x03\n\x12RoutingPreferences\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x36\n\x06policy\x18\x02 \x01(\x0e\x32\x1e.genai.common.v1.RoutingPolicyR\x06policy\x12P\n\x15required_capabilities\x18\x03 \x03(\x0e\x32\x1b.genai.common.v1.CapabilityR\x14requiredCapabilities\x12(\n\x10min_quality_tier\x18\x04 \x01(\x05R\x0eminQualityTier\x12\x31\n\x08max_cost\x18\x05 \x01(\x0b\x32\x16.genai.common.v1.MoneyR\x07maxCost\x12R\n\x18max_first_token_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationR\x15maxFirstTokenDuration\x12G\n\x12max_total_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationR\x10maxTotalDuration*\x8e\x01\n\nCapability\x12\x1a\n\x16\x43\x41PABILITY_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41PABILITY_CHAT\x10\x01\x12\x1a\n\x16\x43\x41PABILITY_JSON_OUTPUT\x10\x02\x12\x18\n\x14\x43\x41PABILITY_STREAMING\x10\x03\x12\x19\n\x15\x43\x41PABILITY_EMBEDDINGS\x10\x04*\x9d\x01\n\rRoutingPolicy\x12\x1e\n\x1aROUTING_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13ROUTING_POLICY_COST\x10\x01\x12\x1a\n\x16ROUTING_POLICY_LATENCY\x10\x02\x12\x1a\n\x16ROUTING_POLICY_QUALITY\x10\x03\x12\x1b\n\x17ROUTING_POLICY_WEIGHTED\x10\x04\x42GZEgithub.com/genai-platform/genai/generated/go/genai/common/v1;commonv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgenai/common/v1/routing.proto\x12\x0fgenai.common.v1\x1a\x1bgenai/common/v1/money.proto\x1a\x1egoogle/protobuf/duration.proto\"\xc5\x04\n\x12RoutingPreferences\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x36\n\x06policy\x18\x02 \x01(\x0e\x32\x1e.genai.common.v1.RoutingPolicyR\x06policy\x12P\n\x15required_capabilities\x18\x03 \x03(\x0e\x32\x1b.genai.common.v1.CapabilityR\x14requiredCapabilities\x12(\n\x10min_quality_tier\x18\x04 \x01(\x05R\x0eminQualityTier\x12\x31\n\x08max_cost\x18\x05 \x01(\x0b\x32\x16.genai.common.v1.MoneyR\x07maxCost\x12R\n\x18max_first_token_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationR\x15maxFirstTokenDuration\x12G\n\x12max_total_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationR\x10maxTotalDuration\x12/\n\x11min_quality_score\x18\x08 \x01(\x01H\x00R\x0fminQualityScore\x88\x01\x01\x12\'\n\x0fquality_dataset\x18\t \x01(\tR\x0equalityDataset\x12%\n\x0equality_scorer\x18\n \x01(\tR\rqualityScorerB\x14\n\x12_min_quality_score*\xa9\x01\n\nCapability\x12\x1a\n\x16\x43\x41PABILITY_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41PABILITY_CHAT\x10\x01\x12\x1a\n\x16\x43\x41PABILITY_JSON_OUTPUT\x10\x02\x12\x18\n\x14\x43\x41PABILITY_STREAMING\x10\x03\x12\x19\n\x15\x43\x41PABILITY_EMBEDDINGS\x10\x04\x12\x19\n\x15\x43\x41PABILITY_COMPLETION\x10\x05*\xbf\x01\n\rRoutingPolicy\x12\x1e\n\x1aROUTING_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13ROUTING_POLICY_COST\x10\x01\x12\x1a\n\x16ROUTING_POLICY_LATENCY\x10\x02\x12\x1a\n\x16ROUTING_POLICY_QUALITY\x10\x03\x12\x1b\n\x17ROUTING_POLICY_WEIGHTED\x10\x04\x12 \n\x1cROUTING_POLICY_QUALITY_FLOOR\x10\x05\x42GZEgithub.com/genai-platform/genai/generated/go/genai/common/v1;commonv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'genai.common.v1.routing_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZEgithub.com/genai-platform/genai/generated/go/genai/common/v1;commonv1'
-  _globals['_CAPABILITY']._serialized_start=545
-  _globals['_CAPABILITY']._serialized_end=687
-  _globals['_ROUTINGPOLICY']._serialized_start=690
-  _globals['_ROUTINGPOLICY']._serialized_end=847
+  _globals['_CAPABILITY']._serialized_start=696
+  _globals['_CAPABILITY']._serialized_end=865
+  _globals['_ROUTINGPOLICY']._serialized_start=868
+  _globals['_ROUTINGPOLICY']._serialized_end=1059
   _globals['_ROUTINGPREFERENCES']._serialized_start=112
-  _globals['_ROUTINGPREFERENCES']._serialized_end=542
+  _globals['_ROUTINGPREFERENCES']._serialized_end=693
 # @@protoc_insertion_point(module_scope)

@@ -33,6 +33,13 @@ class GatewayServiceStub:
     the output and log the request. Callers authenticate with an API key in
     the `authorization: Bearer <key>` metadata; the key's tenant scopes every
     call. Deadlines and cancellation propagate to the model backend.
+
+    A chat prompt goes to the model as `chat` input (the model's chat
+    template applies), a text prompt (a version with a `text_template`) as raw
+    `text`. Unless a model is pinned, routing requires CAPABILITY_CHAT of the
+    candidates for a chat prompt and CAPABILITY_COMPLETION for a text prompt;
+    a chat prompt pinned to a model that takes text only fails with
+    INVALID_ARGUMENT naming `routing.model`.
     """
 
     def __init__(self, channel):
@@ -111,6 +118,13 @@ class GatewayServiceServicer:
     the output and log the request. Callers authenticate with an API key in
     the `authorization: Bearer <key>` metadata; the key's tenant scopes every
     call. Deadlines and cancellation propagate to the model backend.
+
+    A chat prompt goes to the model as `chat` input (the model's chat
+    template applies), a text prompt (a version with a `text_template`) as raw
+    `text`. Unless a model is pinned, routing requires CAPABILITY_CHAT of the
+    candidates for a chat prompt and CAPABILITY_COMPLETION for a text prompt;
+    a chat prompt pinned to a model that takes text only fails with
+    INVALID_ARGUMENT naming `routing.model`.
     """
 
     def Complete(self, request, context):
@@ -303,6 +317,13 @@ class GatewayService:
     the output and log the request. Callers authenticate with an API key in
     the `authorization: Bearer <key>` metadata; the key's tenant scopes every
     call. Deadlines and cancellation propagate to the model backend.
+
+    A chat prompt goes to the model as `chat` input (the model's chat
+    template applies), a text prompt (a version with a `text_template`) as raw
+    `text`. Unless a model is pinned, routing requires CAPABILITY_CHAT of the
+    candidates for a chat prompt and CAPABILITY_COMPLETION for a text prompt;
+    a chat prompt pinned to a model that takes text only fails with
+    INVALID_ARGUMENT naming `routing.model`.
     """
 
     @staticmethod

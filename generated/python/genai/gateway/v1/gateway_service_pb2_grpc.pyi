@@ -34,6 +34,13 @@ class GatewayServiceStub:
     the output and log the request. Callers authenticate with an API key in
     the `authorization: Bearer <key>` metadata; the key's tenant scopes every
     call. Deadlines and cancellation propagate to the model backend.
+
+    A chat prompt goes to the model as `chat` input (the model's chat
+    template applies), a text prompt (a version with a `text_template`) as raw
+    `text`. Unless a model is pinned, routing requires CAPABILITY_CHAT of the
+    candidates for a chat prompt and CAPABILITY_COMPLETION for a text prompt;
+    a chat prompt pinned to a model that takes text only fails with
+    INVALID_ARGUMENT naming `routing.model`.
     """
 
     @_typing.overload
@@ -112,6 +119,13 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     the output and log the request. Callers authenticate with an API key in
     the `authorization: Bearer <key>` metadata; the key's tenant scopes every
     call. Deadlines and cancellation propagate to the model backend.
+
+    A chat prompt goes to the model as `chat` input (the model's chat
+    template applies), a text prompt (a version with a `text_template`) as raw
+    `text`. Unless a model is pinned, routing requires CAPABILITY_CHAT of the
+    candidates for a chat prompt and CAPABILITY_COMPLETION for a text prompt;
+    a chat prompt pinned to a model that takes text only fails with
+    INVALID_ARGUMENT naming `routing.model`.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -186,6 +200,13 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     the output and log the request. Callers authenticate with an API key in
     the `authorization: Bearer <key>` metadata; the key's tenant scopes every
     call. Deadlines and cancellation propagate to the model backend.
+
+    A chat prompt goes to the model as `chat` input (the model's chat
+    template applies), a text prompt (a version with a `text_template`) as raw
+    `text`. Unless a model is pinned, routing requires CAPABILITY_CHAT of the
+    candidates for a chat prompt and CAPABILITY_COMPLETION for a text prompt;
+    a chat prompt pinned to a model that takes text only fails with
+    INVALID_ARGUMENT naming `routing.model`.
     """
 
     @_abc_1.abstractmethod

@@ -21,6 +21,12 @@ class ModelTask(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_TASK_UNSPECIFIED: _ClassVar[ModelTask]
     MODEL_TASK_GENERATION: _ClassVar[ModelTask]
     MODEL_TASK_EMBEDDING: _ClassVar[ModelTask]
+
+class InputKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INPUT_KIND_UNSPECIFIED: _ClassVar[InputKind]
+    INPUT_KIND_TEXT: _ClassVar[InputKind]
+    INPUT_KIND_CHAT: _ClassVar[InputKind]
 MODEL_STATE_UNSPECIFIED: ModelState
 MODEL_STATE_READY: ModelState
 MODEL_STATE_LOADING: ModelState
@@ -28,6 +34,9 @@ MODEL_STATE_UNAVAILABLE: ModelState
 MODEL_TASK_UNSPECIFIED: ModelTask
 MODEL_TASK_GENERATION: ModelTask
 MODEL_TASK_EMBEDDING: ModelTask
+INPUT_KIND_UNSPECIFIED: InputKind
+INPUT_KIND_TEXT: InputKind
+INPUT_KIND_CHAT: InputKind
 
 class ChatInput(_message.Message):
     __slots__ = ("messages",)
@@ -70,7 +79,7 @@ class GenerationFinal(_message.Message):
     def __init__(self, finish_reason: _Optional[_Union[_generation_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_generation_pb2.TokenUsage, _Mapping]] = ..., timings: _Optional[_Union[_generation_pb2.GenerationTimings, _Mapping]] = ..., model: _Optional[str] = ..., backend_id: _Optional[str] = ..., constrained: _Optional[bool] = ...) -> None: ...
 
 class ServedModel(_message.Message):
-    __slots__ = ("name", "backend_id", "backend_model", "state", "task", "max_context_tokens", "max_output_tokens", "streaming", "in_flight", "max_in_flight", "guided_decoding")
+    __slots__ = ("name", "backend_id", "backend_model", "state", "task", "max_context_tokens", "max_output_tokens", "streaming", "in_flight", "max_in_flight", "guided_decoding", "input_kinds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BACKEND_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +91,7 @@ class ServedModel(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     GUIDED_DECODING_FIELD_NUMBER: _ClassVar[int]
+    INPUT_KINDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     backend_id: str
     backend_model: str
@@ -93,7 +103,8 @@ class ServedModel(_message.Message):
     in_flight: int
     max_in_flight: int
     guided_decoding: bool
-    def __init__(self, name: _Optional[str] = ..., backend_id: _Optional[str] = ..., backend_model: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., task: _Optional[_Union[ModelTask, str]] = ..., max_context_tokens: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., streaming: _Optional[bool] = ..., in_flight: _Optional[int] = ..., max_in_flight: _Optional[int] = ..., guided_decoding: _Optional[bool] = ...) -> None: ...
+    input_kinds: _containers.RepeatedScalarFieldContainer[InputKind]
+    def __init__(self, name: _Optional[str] = ..., backend_id: _Optional[str] = ..., backend_model: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., task: _Optional[_Union[ModelTask, str]] = ..., max_context_tokens: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., streaming: _Optional[bool] = ..., in_flight: _Optional[int] = ..., max_in_flight: _Optional[int] = ..., guided_decoding: _Optional[bool] = ..., input_kinds: _Optional[_Iterable[_Union[InputKind, str]]] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values",)

@@ -112,10 +112,11 @@ class GateThreshold(_message.Message):
     def __init__(self, scorer: _Optional[str] = ..., min_mean: _Optional[float] = ...) -> None: ...
 
 class PromptVersion(_message.Message):
-    __slots__ = ("prompt", "version", "messages", "variables", "parameters", "routing", "output_schema", "processing", "author", "commit_message", "create_time", "content_hash")
+    __slots__ = ("prompt", "version", "messages", "text_template", "variables", "parameters", "routing", "output_schema", "processing", "author", "commit_message", "create_time", "content_hash")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    TEXT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     ROUTING_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +129,7 @@ class PromptVersion(_message.Message):
     prompt: str
     version: int
     messages: _containers.RepeatedCompositeFieldContainer[_chat_pb2.ChatMessage]
+    text_template: str
     variables: _containers.RepeatedCompositeFieldContainer[VariableSpec]
     parameters: _generation_pb2.SamplingParameters
     routing: _routing_pb2.RoutingPreferences
@@ -137,7 +139,7 @@ class PromptVersion(_message.Message):
     commit_message: str
     create_time: _timestamp_pb2.Timestamp
     content_hash: str
-    def __init__(self, prompt: _Optional[str] = ..., version: _Optional[int] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ..., variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ..., parameters: _Optional[_Union[_generation_pb2.SamplingParameters, _Mapping]] = ..., routing: _Optional[_Union[_routing_pb2.RoutingPreferences, _Mapping]] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., processing: _Optional[_Union[ResponseProcessing, _Mapping]] = ..., author: _Optional[str] = ..., commit_message: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., content_hash: _Optional[str] = ...) -> None: ...
+    def __init__(self, prompt: _Optional[str] = ..., version: _Optional[int] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ..., text_template: _Optional[str] = ..., variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ..., parameters: _Optional[_Union[_generation_pb2.SamplingParameters, _Mapping]] = ..., routing: _Optional[_Union[_routing_pb2.RoutingPreferences, _Mapping]] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., processing: _Optional[_Union[ResponseProcessing, _Mapping]] = ..., author: _Optional[str] = ..., commit_message: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., content_hash: _Optional[str] = ...) -> None: ...
 
 class VariableSpec(_message.Message):
     __slots__ = ("name", "type", "required", "default_value", "enum_values", "max_length", "max_items", "description")

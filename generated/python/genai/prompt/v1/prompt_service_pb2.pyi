@@ -233,7 +233,7 @@ class RenderPromptRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., variables: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class RenderPromptResponse(_message.Message):
-    __slots__ = ("prompt", "version", "content_hash", "messages", "parameters", "routing", "output_schema", "processing")
+    __slots__ = ("prompt", "version", "content_hash", "messages", "parameters", "routing", "output_schema", "processing", "text")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +242,7 @@ class RenderPromptResponse(_message.Message):
     ROUTING_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     PROCESSING_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     version: int
     content_hash: str
@@ -250,7 +251,8 @@ class RenderPromptResponse(_message.Message):
     routing: _routing_pb2.RoutingPreferences
     output_schema: _struct_pb2.Struct
     processing: _prompt_pb2.ResponseProcessing
-    def __init__(self, prompt: _Optional[str] = ..., version: _Optional[int] = ..., content_hash: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ..., parameters: _Optional[_Union[_generation_pb2.SamplingParameters, _Mapping]] = ..., routing: _Optional[_Union[_routing_pb2.RoutingPreferences, _Mapping]] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., processing: _Optional[_Union[_prompt_pb2.ResponseProcessing, _Mapping]] = ...) -> None: ...
+    text: str
+    def __init__(self, prompt: _Optional[str] = ..., version: _Optional[int] = ..., content_hash: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ..., parameters: _Optional[_Union[_generation_pb2.SamplingParameters, _Mapping]] = ..., routing: _Optional[_Union[_routing_pb2.RoutingPreferences, _Mapping]] = ..., output_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., processing: _Optional[_Union[_prompt_pb2.ResponseProcessing, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class WatchLabelsRequest(_message.Message):
     __slots__ = ("prompts", "after_sequence")

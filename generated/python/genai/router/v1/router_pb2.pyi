@@ -131,20 +131,24 @@ class LatencyStats(_message.Message):
     def __init__(self, first_token_ewma_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., first_token_p95_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., per_output_token_ewma_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., per_output_token_p95_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., sample_count: _Optional[int] = ..., queue_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RouteCandidate(_message.Message):
-    __slots__ = ("model", "backend", "estimated_cost", "predicted_first_token_duration", "predicted_total_duration", "reason")
+    __slots__ = ("model", "backend", "estimated_cost", "predicted_first_token_duration", "predicted_total_duration", "reason", "quality_report_id", "quality_score")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_COST_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_FIRST_TOKEN_DURATION_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_TOTAL_DURATION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_REPORT_ID_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_SCORE_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend: Backend
     estimated_cost: _money_pb2.Money
     predicted_first_token_duration: _duration_pb2.Duration
     predicted_total_duration: _duration_pb2.Duration
     reason: str
-    def __init__(self, model: _Optional[str] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., estimated_cost: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., predicted_first_token_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., predicted_total_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    quality_report_id: str
+    quality_score: float
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., estimated_cost: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., predicted_first_token_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., predicted_total_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[str] = ..., quality_report_id: _Optional[str] = ..., quality_score: _Optional[float] = ...) -> None: ...
 
 class RejectedModel(_message.Message):
     __slots__ = ("model", "reason")
@@ -155,13 +159,15 @@ class RejectedModel(_message.Message):
     def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RouteDecision(_message.Message):
-    __slots__ = ("decision_id", "policy", "candidates", "rejected")
+    __slots__ = ("decision_id", "policy", "candidates", "rejected", "fallback")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     policy: _routing_pb2.RoutingPolicy
     candidates: _containers.RepeatedCompositeFieldContainer[RouteCandidate]
     rejected: _containers.RepeatedCompositeFieldContainer[RejectedModel]
-    def __init__(self, decision_id: _Optional[str] = ..., policy: _Optional[_Union[_routing_pb2.RoutingPolicy, str]] = ..., candidates: _Optional[_Iterable[_Union[RouteCandidate, _Mapping]]] = ..., rejected: _Optional[_Iterable[_Union[RejectedModel, _Mapping]]] = ...) -> None: ...
+    fallback: str
+    def __init__(self, decision_id: _Optional[str] = ..., policy: _Optional[_Union[_routing_pb2.RoutingPolicy, str]] = ..., candidates: _Optional[_Iterable[_Union[RouteCandidate, _Mapping]]] = ..., rejected: _Optional[_Iterable[_Union[RejectedModel, _Mapping]]] = ..., fallback: _Optional[str] = ...) -> None: ...

@@ -28,8 +28,12 @@ if _version_not_supported:
 class RouterServiceStub:
     """RouterService picks the model and backend for each request: capability
     filtering, then cost-, latency-, quality- or weight-based ranking from the
-    catalog and from live statistics, with active health checks and a circuit
-    breaker per backend.
+    catalog and from live statistics, or the cheapest model whose latest
+    evaluation of the prompt meets a score floor (EvaluationService reports),
+    with active health checks and a circuit breaker per backend. Evaluation
+    scores are read per tenant and prompt, and refreshed when a run finishes:
+    at once when EvaluationService runs in the router's process, else within
+    the router's `quality_scores_seconds` setting.
 
     Failover contract: the caller tries the decision's candidates in order. A
     failure before the first token is retried on the next candidate and is
@@ -75,8 +79,12 @@ class RouterServiceStub:
 class RouterServiceServicer:
     """RouterService picks the model and backend for each request: capability
     filtering, then cost-, latency-, quality- or weight-based ranking from the
-    catalog and from live statistics, with active health checks and a circuit
-    breaker per backend.
+    catalog and from live statistics, or the cheapest model whose latest
+    evaluation of the prompt meets a score floor (EvaluationService reports),
+    with active health checks and a circuit breaker per backend. Evaluation
+    scores are read per tenant and prompt, and refreshed when a run finishes:
+    at once when EvaluationService runs in the router's process, else within
+    the router's `quality_scores_seconds` setting.
 
     Failover contract: the caller tries the decision's candidates in order. A
     failure before the first token is retried on the next candidate and is
@@ -170,8 +178,12 @@ def add_RouterServiceServicer_to_server(servicer, server):
 class RouterService:
     """RouterService picks the model and backend for each request: capability
     filtering, then cost-, latency-, quality- or weight-based ranking from the
-    catalog and from live statistics, with active health checks and a circuit
-    breaker per backend.
+    catalog and from live statistics, or the cheapest model whose latest
+    evaluation of the prompt meets a score floor (EvaluationService reports),
+    with active health checks and a circuit breaker per backend. Evaluation
+    scores are read per tenant and prompt, and refreshed when a run finishes:
+    at once when EvaluationService runs in the router's process, else within
+    the router's `quality_scores_seconds` setting.
 
     Failover contract: the caller tries the decision's candidates in order. A
     failure before the first token is retried on the next candidate and is

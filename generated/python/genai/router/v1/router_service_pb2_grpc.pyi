@@ -29,8 +29,12 @@ GRPC_VERSION: str
 class RouterServiceStub:
     """RouterService picks the model and backend for each request: capability
     filtering, then cost-, latency-, quality- or weight-based ranking from the
-    catalog and from live statistics, with active health checks and a circuit
-    breaker per backend.
+    catalog and from live statistics, or the cheapest model whose latest
+    evaluation of the prompt meets a score floor (EvaluationService reports),
+    with active health checks and a circuit breaker per backend. Evaluation
+    scores are read per tenant and prompt, and refreshed when a run finishes:
+    at once when EvaluationService runs in the router's process, else within
+    the router's `quality_scores_seconds` setting.
 
     Failover contract: the caller tries the decision's candidates in order. A
     failure before the first token is retried on the next candidate and is
@@ -74,8 +78,12 @@ class RouterServiceStub:
 class RouterServiceAsyncStub(RouterServiceStub):
     """RouterService picks the model and backend for each request: capability
     filtering, then cost-, latency-, quality- or weight-based ranking from the
-    catalog and from live statistics, with active health checks and a circuit
-    breaker per backend.
+    catalog and from live statistics, or the cheapest model whose latest
+    evaluation of the prompt meets a score floor (EvaluationService reports),
+    with active health checks and a circuit breaker per backend. Evaluation
+    scores are read per tenant and prompt, and refreshed when a run finishes:
+    at once when EvaluationService runs in the router's process, else within
+    the router's `quality_scores_seconds` setting.
 
     Failover contract: the caller tries the decision's candidates in order. A
     failure before the first token is retried on the next candidate and is
@@ -115,8 +123,12 @@ class RouterServiceAsyncStub(RouterServiceStub):
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     """RouterService picks the model and backend for each request: capability
     filtering, then cost-, latency-, quality- or weight-based ranking from the
-    catalog and from live statistics, with active health checks and a circuit
-    breaker per backend.
+    catalog and from live statistics, or the cheapest model whose latest
+    evaluation of the prompt meets a score floor (EvaluationService reports),
+    with active health checks and a circuit breaker per backend. Evaluation
+    scores are read per tenant and prompt, and refreshed when a run finishes:
+    at once when EvaluationService runs in the router's process, else within
+    the router's `quality_scores_seconds` setting.
 
     Failover contract: the caller tries the decision's candidates in order. A
     failure before the first token is retried on the next candidate and is

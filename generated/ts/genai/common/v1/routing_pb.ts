@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file genai/common/v1/routing.proto.
  */
 export const file_genai_common_v1_routing: GenFile = /*@__PURE__*/
-  fileDesc("Ch1nZW5haS9jb21tb24vdjEvcm91dGluZy5wcm90bxIPZ2VuYWkuY29tbW9uLnYxIscCChJSb3V0aW5nUHJlZmVyZW5jZXMSDQoFbW9kZWwYASABKAkSLgoGcG9saWN5GAIgASgOMh4uZ2VuYWkuY29tbW9uLnYxLlJvdXRpbmdQb2xpY3kSOgoVcmVxdWlyZWRfY2FwYWJpbGl0aWVzGAMgAygOMhsuZ2VuYWkuY29tbW9uLnYxLkNhcGFiaWxpdHkSGAoQbWluX3F1YWxpdHlfdGllchgEIAEoBRIoCghtYXhfY29zdBgFIAEoCzIWLmdlbmFpLmNvbW1vbi52MS5Nb25leRI7ChhtYXhfZmlyc3RfdG9rZW5fZHVyYXRpb24YBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNQoSbWF4X3RvdGFsX2R1cmF0aW9uGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uKo4BCgpDYXBhYmlsaXR5EhoKFkNBUEFCSUxJVFlfVU5TUEVDSUZJRUQQABITCg9DQVBBQklMSVRZX0NIQVQQARIaChZDQVBBQklMSVRZX0pTT05fT1VUUFVUEAISGAoUQ0FQQUJJTElUWV9TVFJFQU1JTkcQAxIZChVDQVBBQklMSVRZX0VNQkVERElOR1MQBCqdAQoNUm91dGluZ1BvbGljeRIeChpST1VUSU5HX1BPTElDWV9VTlNQRUNJRklFRBAAEhcKE1JPVVRJTkdfUE9MSUNZX0NPU1QQARIaChZST1VUSU5HX1BPTElDWV9MQVRFTkNZEAISGgoWUk9VVElOR19QT0xJQ1lfUVVBTElUWRADEhsKF1JPVVRJTkdfUE9MSUNZX1dFSUdIVEVEEARCR1pFZ2l0aHViLmNvbS9nZW5haS1wbGF0Zm9ybS9nZW5haS9nZW5lcmF0ZWQvZ28vZ2VuYWkvY29tbW9uL3YxO2NvbW1vbnYxYgZwcm90bzM", [file_genai_common_v1_money, file_google_protobuf_duration]);
+  fileDesc("Ch1nZW5haS9jb21tb24vdjEvcm91dGluZy5wcm90bxIPZ2VuYWkuY29tbW9uLnYxIq4DChJSb3V0aW5nUHJlZmVyZW5jZXMSDQoFbW9kZWwYASABKAkSLgoGcG9saWN5GAIgASgOMh4uZ2VuYWkuY29tbW9uLnYxLlJvdXRpbmdQb2xpY3kSOgoVcmVxdWlyZWRfY2FwYWJpbGl0aWVzGAMgAygOMhsuZ2VuYWkuY29tbW9uLnYxLkNhcGFiaWxpdHkSGAoQbWluX3F1YWxpdHlfdGllchgEIAEoBRIoCghtYXhfY29zdBgFIAEoCzIWLmdlbmFpLmNvbW1vbi52MS5Nb25leRI7ChhtYXhfZmlyc3RfdG9rZW5fZHVyYXRpb24YBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNQoSbWF4X3RvdGFsX2R1cmF0aW9uGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEh4KEW1pbl9xdWFsaXR5X3Njb3JlGAggASgBSACIAQESFwoPcXVhbGl0eV9kYXRhc2V0GAkgASgJEhYKDnF1YWxpdHlfc2NvcmVyGAogASgJQhQKEl9taW5fcXVhbGl0eV9zY29yZSqpAQoKQ2FwYWJpbGl0eRIaChZDQVBBQklMSVRZX1VOU1BFQ0lGSUVEEAASEwoPQ0FQQUJJTElUWV9DSEFUEAESGgoWQ0FQQUJJTElUWV9KU09OX09VVFBVVBACEhgKFENBUEFCSUxJVFlfU1RSRUFNSU5HEAMSGQoVQ0FQQUJJTElUWV9FTUJFRERJTkdTEAQSGQoVQ0FQQUJJTElUWV9DT01QTEVUSU9OEAUqvwEKDVJvdXRpbmdQb2xpY3kSHgoaUk9VVElOR19QT0xJQ1lfVU5TUEVDSUZJRUQQABIXChNST1VUSU5HX1BPTElDWV9DT1NUEAESGgoWUk9VVElOR19QT0xJQ1lfTEFURU5DWRACEhoKFlJPVVRJTkdfUE9MSUNZX1FVQUxJVFkQAxIbChdST1VUSU5HX1BPTElDWV9XRUlHSFRFRBAEEiAKHFJPVVRJTkdfUE9MSUNZX1FVQUxJVFlfRkxPT1IQBUJHWkVnaXRodWIuY29tL2dlbmFpLXBsYXRmb3JtL2dlbmFpL2dlbmVyYXRlZC9nby9nZW5haS9jb21tb24vdjE7Y29tbW9udjFiBnByb3RvMw", [file_genai_common_v1_money, file_google_protobuf_duration]);
 
 /**
  * RoutingPreferences constrain and steer the choice of model for one request.
@@ -74,6 +74,32 @@ export type RoutingPreferences = Message<"genai.common.v1.RoutingPreferences"> &
    * @generated from field: google.protobuf.Duration max_total_duration = 7;
    */
   maxTotalDuration?: Duration | undefined;
+
+  /**
+   * Lowest acceptable evaluation score, in [0, 1], of a model's latest
+   * finished evaluation of the prompt. Required with
+   * ROUTING_POLICY_QUALITY_FLOOR, ignored by the other policies.
+   *
+   * @generated from field: optional double min_quality_score = 8;
+   */
+  minQualityScore?: number | undefined;
+
+  /**
+   * The evaluation dataset whose reports ROUTING_POLICY_QUALITY_FLOOR reads;
+   * empty means the prompt's evaluation gate dataset.
+   *
+   * @generated from field: string quality_dataset = 9;
+   */
+  qualityDataset: string;
+
+  /**
+   * The scorer whose mean is a report's score for
+   * ROUTING_POLICY_QUALITY_FLOOR; empty means the run's first quality scorer
+   * (neither latency nor cost).
+   *
+   * @generated from field: string quality_scorer = 10;
+   */
+  qualityScorer: string;
 };
 
 /**
@@ -124,6 +150,15 @@ export enum Capability {
    * @generated from enum value: CAPABILITY_EMBEDDINGS = 4;
    */
   EMBEDDINGS = 4,
+
+  /**
+   * Continues raw prompt text (`text` input, no chat template): what text
+   * (completion) prompts need. Base models without a chat template have it
+   * and lack CAPABILITY_CHAT.
+   *
+   * @generated from enum value: CAPABILITY_COMPLETION = 5;
+   */
+  COMPLETION = 5,
 }
 
 /**
@@ -172,6 +207,22 @@ export enum RoutingPolicy {
    * @generated from enum value: ROUTING_POLICY_WEIGHTED = 4;
    */
   WEIGHTED = 4,
+
+  /**
+   * Cheapest estimated cost among the models whose latest finished evaluation
+   * of the request's prompt scored at least `min_quality_score`: the
+   * evaluation on `quality_dataset` (empty: the prompt's evaluation gate
+   * dataset), scored by `quality_scorer` (empty: the run's first quality
+   * scorer, neither latency nor cost). Models whose report misses the floor,
+   * and models without a report while another meets it, are rejected. Each
+   * candidate's reason names the report and score it used. Falls back, and
+   * says so in `RouteDecision.fallback` and every reason: to
+   * ROUTING_POLICY_COST when no model has a report (or scores cannot be
+   * read), to the highest score when no report meets the floor.
+   *
+   * @generated from enum value: ROUTING_POLICY_QUALITY_FLOOR = 5;
+   */
+  QUALITY_FLOOR = 5,
 }
 
 /**

@@ -712,7 +712,11 @@ export type ScorerSummary = Message<"genai.evaluation.v1.ScorerSummary"> & {
   mean: number;
 
   /**
-   * Confidence interval of the mean.
+   * Confidence interval of the mean over examples, inside the scorer's range:
+   * the Wilson score interval when every score is 0 or 1 (a pass/fail scorer),
+   * else Student's t over the examples' means, clamped to [0, 1] for quality
+   * scorers and to [0, inf) for latency and cost. Unset when undefined: no
+   * scored example, or a single one whose scores are not pass/fail.
    *
    * @generated from field: genai.common.v1.ConfidenceInterval mean_interval = 4;
    */

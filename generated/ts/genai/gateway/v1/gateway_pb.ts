@@ -682,7 +682,9 @@ export type RequestLogEntry = Message<"genai.gateway.v1.RequestLogEntry"> & {
   status: string;
 
   /**
-   * The rendered prompt messages as sent to the model, redacted, as JSON.
+   * What was sent to the model, redacted, as JSON: for a chat prompt the
+   * rendered messages (a list of `{"role", "content"}` objects), for a text
+   * prompt `{"text": ...}` with the rendered text.
    *
    * @generated from field: google.protobuf.Value input = 6;
    */

@@ -76,7 +76,8 @@ export type CompleteRequest = Message<"genai.gateway.v1.CompleteRequest"> & {
   variables?: JsonObject | undefined;
 
   /**
-   * Extra conversation turns appended after the rendered messages.
+   * Extra conversation turns appended after the rendered messages. A text
+   * prompt (a version with a `text_template`) takes none.
    *
    * @generated from field: repeated genai.common.v1.ChatMessage messages = 6;
    */
@@ -217,7 +218,8 @@ export type StreamCompleteRequest = Message<"genai.gateway.v1.StreamCompleteRequ
   variables?: JsonObject | undefined;
 
   /**
-   * Extra conversation turns appended after the rendered messages.
+   * Extra conversation turns appended after the rendered messages. A text
+   * prompt (a version with a `text_template`) takes none.
    *
    * @generated from field: repeated genai.common.v1.ChatMessage messages = 6;
    */
@@ -1008,6 +1010,13 @@ export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*
  * the output and log the request. Callers authenticate with an API key in
  * the `authorization: Bearer <key>` metadata; the key's tenant scopes every
  * call. Deadlines and cancellation propagate to the model backend.
+ *
+ * A chat prompt goes to the model as `chat` input (the model's chat
+ * template applies), a text prompt (a version with a `text_template`) as raw
+ * `text`. Unless a model is pinned, routing requires CAPABILITY_CHAT of the
+ * candidates for a chat prompt and CAPABILITY_COMPLETION for a text prompt;
+ * a chat prompt pinned to a model that takes text only fails with
+ * INVALID_ARGUMENT naming `routing.model`.
  *
  * @generated from service genai.gateway.v1.GatewayService
  */

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file genai/inference/v1/inference.proto.
  */
 export const file_genai_inference_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("CiJnZW5haS9pbmZlcmVuY2UvdjEvaW5mZXJlbmNlLnByb3RvEhJnZW5haS5pbmZlcmVuY2UudjEiOwoJQ2hhdElucHV0Ei4KCG1lc3NhZ2VzGAEgAygLMhwuZ2VuYWkuY29tbW9uLnYxLkNoYXRNZXNzYWdlIkoKD0dlbmVyYXRpb25TdGFydBINCgVtb2RlbBgBIAEoCRISCgpiYWNrZW5kX2lkGAIgASgJEhQKDGlucHV0X3Rva2VucxgDIAEoBSIvCgpUb2tlbkRlbHRhEgwKBHRleHQYASABKAkSEwoLdG9rZW5fY291bnQYAiABKAUi4AEKD0dlbmVyYXRpb25GaW5hbBI0Cg1maW5pc2hfcmVhc29uGAEgASgOMh0uZ2VuYWkuY29tbW9uLnYxLkZpbmlzaFJlYXNvbhIqCgV1c2FnZRgCIAEoCzIbLmdlbmFpLmNvbW1vbi52MS5Ub2tlblVzYWdlEjMKB3RpbWluZ3MYAyABKAsyIi5nZW5haS5jb21tb24udjEuR2VuZXJhdGlvblRpbWluZ3MSDQoFbW9kZWwYBCABKAkSEgoKYmFja2VuZF9pZBgFIAEoCRITCgtjb25zdHJhaW5lZBgGIAEoCCKvAgoLU2VydmVkTW9kZWwSDAoEbmFtZRgBIAEoCRISCgpiYWNrZW5kX2lkGAIgASgJEhUKDWJhY2tlbmRfbW9kZWwYAyABKAkSLQoFc3RhdGUYBCABKA4yHi5nZW5haS5pbmZlcmVuY2UudjEuTW9kZWxTdGF0ZRIrCgR0YXNrGAUgASgOMh0uZ2VuYWkuaW5mZXJlbmNlLnYxLk1vZGVsVGFzaxIaChJtYXhfY29udGV4dF90b2tlbnMYBiABKAUSGQoRbWF4X291dHB1dF90b2tlbnMYByABKAUSEQoJc3RyZWFtaW5nGAggASgIEhEKCWluX2ZsaWdodBgJIAEoBRIVCg1tYXhfaW5fZmxpZ2h0GAogASgFEhcKD2d1aWRlZF9kZWNvZGluZxgLIAEoCCIbCglFbWJlZGRpbmcSDgoGdmFsdWVzGAEgAygCKnYKCk1vZGVsU3RhdGUSGwoXTU9ERUxfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFNT0RFTF9TVEFURV9SRUFEWRABEhcKE01PREVMX1NUQVRFX0xPQURJTkcQAhIbChdNT0RFTF9TVEFURV9VTkFWQUlMQUJMRRADKlwKCU1vZGVsVGFzaxIaChZNT0RFTF9UQVNLX1VOU1BFQ0lGSUVEEAASGQoVTU9ERUxfVEFTS19HRU5FUkFUSU9OEAESGAoUTU9ERUxfVEFTS19FTUJFRERJTkcQAkJNWktnaXRodWIuY29tL2dlbmFpLXBsYXRmb3JtL2dlbmFpL2dlbmVyYXRlZC9nby9nZW5haS9pbmZlcmVuY2UvdjE7aW5mZXJlbmNldjFiBnByb3RvMw", [file_genai_common_v1_chat, file_genai_common_v1_generation]);
+  fileDesc("CiJnZW5haS9pbmZlcmVuY2UvdjEvaW5mZXJlbmNlLnByb3RvEhJnZW5haS5pbmZlcmVuY2UudjEiOwoJQ2hhdElucHV0Ei4KCG1lc3NhZ2VzGAEgAygLMhwuZ2VuYWkuY29tbW9uLnYxLkNoYXRNZXNzYWdlIkoKD0dlbmVyYXRpb25TdGFydBINCgVtb2RlbBgBIAEoCRISCgpiYWNrZW5kX2lkGAIgASgJEhQKDGlucHV0X3Rva2VucxgDIAEoBSIvCgpUb2tlbkRlbHRhEgwKBHRleHQYASABKAkSEwoLdG9rZW5fY291bnQYAiABKAUi4AEKD0dlbmVyYXRpb25GaW5hbBI0Cg1maW5pc2hfcmVhc29uGAEgASgOMh0uZ2VuYWkuY29tbW9uLnYxLkZpbmlzaFJlYXNvbhIqCgV1c2FnZRgCIAEoCzIbLmdlbmFpLmNvbW1vbi52MS5Ub2tlblVzYWdlEjMKB3RpbWluZ3MYAyABKAsyIi5nZW5haS5jb21tb24udjEuR2VuZXJhdGlvblRpbWluZ3MSDQoFbW9kZWwYBCABKAkSEgoKYmFja2VuZF9pZBgFIAEoCRITCgtjb25zdHJhaW5lZBgGIAEoCCLjAgoLU2VydmVkTW9kZWwSDAoEbmFtZRgBIAEoCRISCgpiYWNrZW5kX2lkGAIgASgJEhUKDWJhY2tlbmRfbW9kZWwYAyABKAkSLQoFc3RhdGUYBCABKA4yHi5nZW5haS5pbmZlcmVuY2UudjEuTW9kZWxTdGF0ZRIrCgR0YXNrGAUgASgOMh0uZ2VuYWkuaW5mZXJlbmNlLnYxLk1vZGVsVGFzaxIaChJtYXhfY29udGV4dF90b2tlbnMYBiABKAUSGQoRbWF4X291dHB1dF90b2tlbnMYByABKAUSEQoJc3RyZWFtaW5nGAggASgIEhEKCWluX2ZsaWdodBgJIAEoBRIVCg1tYXhfaW5fZmxpZ2h0GAogASgFEhcKD2d1aWRlZF9kZWNvZGluZxgLIAEoCBIyCgtpbnB1dF9raW5kcxgMIAMoDjIdLmdlbmFpLmluZmVyZW5jZS52MS5JbnB1dEtpbmQiGwoJRW1iZWRkaW5nEg4KBnZhbHVlcxgBIAMoAip2CgpNb2RlbFN0YXRlEhsKF01PREVMX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRTU9ERUxfU1RBVEVfUkVBRFkQARIXChNNT0RFTF9TVEFURV9MT0FESU5HEAISGwoXTU9ERUxfU1RBVEVfVU5BVkFJTEFCTEUQAypcCglNb2RlbFRhc2sSGgoWTU9ERUxfVEFTS19VTlNQRUNJRklFRBAAEhkKFU1PREVMX1RBU0tfR0VORVJBVElPThABEhgKFE1PREVMX1RBU0tfRU1CRURESU5HEAIqUQoJSW5wdXRLaW5kEhoKFklOUFVUX0tJTkRfVU5TUEVDSUZJRUQQABITCg9JTlBVVF9LSU5EX1RFWFQQARITCg9JTlBVVF9LSU5EX0NIQVQQAkJNWktnaXRodWIuY29tL2dlbmFpLXBsYXRmb3JtL2dlbmFpL2dlbmVyYXRlZC9nby9nZW5haS9pbmZlcmVuY2UvdjE7aW5mZXJlbmNldjFiBnByb3RvMw", [file_genai_common_v1_chat, file_genai_common_v1_generation]);
 
 /**
  * ChatInput is a conversation to complete. On Triton, the serving model's own
@@ -252,6 +252,18 @@ export type ServedModel = Message<"genai.inference.v1.ServedModel"> & {
    * @generated from field: bool guided_decoding = 11;
    */
   guidedDecoding: boolean;
+
+  /**
+   * The inputs the model takes on this backend. Every generation model takes
+   * `text`; `chat` only where InferenceService has the model's chat template
+   * (its `chat_template` setting) or the backend applies its own (an
+   * OpenAI-compatible one). A chat request to a model without it answers
+   * INVALID_ARGUMENT with a field violation on `chat`. Embedding models list
+   * `text`.
+   *
+   * @generated from field: repeated genai.inference.v1.InputKind input_kinds = 12;
+   */
+  inputKinds: InputKind[];
 };
 
 /**
@@ -356,4 +368,39 @@ export enum ModelTask {
  */
 export const ModelTaskSchema: GenEnum<ModelTask> = /*@__PURE__*/
   enumDesc(file_genai_inference_v1_inference, 1);
+
+/**
+ * InputKind is a kind of input a generation model takes.
+ *
+ * @generated from enum genai.inference.v1.InputKind
+ */
+export enum InputKind {
+  /**
+   * Not set; never sent.
+   *
+   * @generated from enum value: INPUT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Raw prompt text (`text`), sent to the model as it is.
+   *
+   * @generated from enum value: INPUT_KIND_TEXT = 1;
+   */
+  TEXT = 1,
+
+  /**
+   * A conversation (`chat`), rendered with the model's chat template (on
+   * Triton) or passed on to a backend that applies its own.
+   *
+   * @generated from enum value: INPUT_KIND_CHAT = 2;
+   */
+  CHAT = 2,
+}
+
+/**
+ * Describes the enum genai.inference.v1.InputKind.
+ */
+export const InputKindSchema: GenEnum<InputKind> = /*@__PURE__*/
+  enumDesc(file_genai_inference_v1_inference, 2);
 

@@ -52,7 +52,9 @@ export type GenerateRequest = Message<"genai.inference.v1.GenerateRequest"> & {
     case: "text";
   } | {
     /**
-     * A conversation, rendered with the model's chat template.
+     * A conversation, rendered with the model's chat template. A model
+     * without one (`ServedModel.input_kinds` lacks INPUT_KIND_CHAT) answers
+     * INVALID_ARGUMENT with a field violation on `chat`: send `text`.
      *
      * @generated from field: genai.inference.v1.ChatInput chat = 4;
      */
@@ -157,7 +159,9 @@ export type GenerateStreamRequest = Message<"genai.inference.v1.GenerateStreamRe
     case: "text";
   } | {
     /**
-     * A conversation, rendered with the model's chat template.
+     * A conversation, rendered with the model's chat template. A model
+     * without one (`ServedModel.input_kinds` lacks INPUT_KIND_CHAT) answers
+     * INVALID_ARGUMENT with a field violation on `chat`: send `text`.
      *
      * @generated from field: genai.inference.v1.ChatInput chat = 4;
      */

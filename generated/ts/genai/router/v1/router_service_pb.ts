@@ -146,7 +146,9 @@ export type RouteRequest = Message<"genai.router.v1.RouteRequest"> & {
   maxOutputTokens: number;
 
   /**
-   * Name of the prompt, for per-prompt statistics; may be empty.
+   * Name of the prompt, for per-prompt statistics and the evaluation scores
+   * of ROUTING_POLICY_QUALITY_FLOOR (read in the caller's tenant); may be
+   * empty (that policy then falls back to cost).
    *
    * @generated from field: string prompt = 4;
    */
@@ -380,8 +382,12 @@ export const AttemptResultSchema: GenEnum<AttemptResult> = /*@__PURE__*/
 /**
  * RouterService picks the model and backend for each request: capability
  * filtering, then cost-, latency-, quality- or weight-based ranking from the
- * catalog and from live statistics, with active health checks and a circuit
- * breaker per backend.
+ * catalog and from live statistics, or the cheapest model whose latest
+ * evaluation of the prompt meets a score floor (EvaluationService reports),
+ * with active health checks and a circuit breaker per backend. Evaluation
+ * scores are read per tenant and prompt, and refreshed when a run finishes:
+ * at once when EvaluationService runs in the router's process, else within
+ * the router's `quality_scores_seconds` setting.
  *
  * Failover contract: the caller tries the decision's candidates in order. A
  * failure before the first token is retried on the next candidate and is
