@@ -4,6 +4,7 @@ genai serve [--config FILE] [--host H] [--port P] [--workers N] [--service NAME 
             [--ready-file F]
             [--prompts DIR | --no-prompts]
 genai chat MESSAGE [--prompt NAME] [--var NAME=VALUE ...] [--model M] ...
+genai complete TEXT [--prompt NAME] [--var NAME=VALUE ...] [--model M] [--max-tokens N] ...
 genai info [--target TARGET]
 genai prompts push|pull|diff|history|promote|rollback|list ... (`genai prompts --help`)
 genai experiments create|start|stop|list|results ... (`genai experiments --help`)
@@ -165,24 +166,24 @@ def _parser() -> argparse.ArgumentParser:
         "message", nargs="?", help="the `message` variable (for the default `chat` prompt)"
     )
     chat.add_argument("--prompt", default="chat", help="prompt name (default: chat)")
-    selector = chat.add_mutually_exclusive_group()
-    selector.add_argument("--label", help="label to serve (default: production)")
-    selector.add_argument("--version", type=int, help="version number to serve")
-    chat.add_argument(
-        "--var",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a template variable (repeatable); VALUE is parsed as JSON when it can be",
-    )
-    chat.add_argument("--model", help="pin a catalog model (routing preference)")
-    chat.add_argument("--max-tokens", type=int, help="tokens to generate at most")
-    chat.add_argument("--temperature", type=float, help="0 is greedy")
-    chat.add_argument("--user", default="", help="end-user id (experiments, request log)")
-    add_target_option(chat, default=DEFAULT_TARGET, what="gateway")
-    chat.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
-    _api_key_option(chat)
+    _completion_options(chat)
     chat.set_defaults(run=_chat)
+
+    complete = commands.add_parser(
+        "complete",
+        help="stream a raw text completion through the gateway: a text prompt, sent to the "
+        "model as `text` input without a chat template (for base models)",
+    )
+    complete.add_argument(
+        "text",
+        nargs="?",
+        help="the text to continue: the `text` variable of the default `complete` prompt",
+    )
+    complete.add_argument(
+        "--prompt", default="complete", help="a text prompt's name (default: complete)"
+    )
+    _completion_options(complete)
+    complete.set_defaults(run=_complete)
 
     experiments = commands.add_parser(
         "experiments",
@@ -242,6 +243,27 @@ def _parser() -> argparse.ArgumentParser:
     version = commands.add_parser("version", help="print the platform version")
     version.set_defaults(run=lambda _args: print(platform_version()) or 0)
     return parser
+
+
+def _completion_options(parser: argparse.ArgumentParser) -> None:
+    """The options `genai chat` and `genai complete` share."""
+    selector = parser.add_mutually_exclusive_group()
+    selector.add_argument("--label", help="label to serve (default: production)")
+    selector.add_argument("--version", type=int, help="version number to serve")
+    parser.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a template variable (repeatable); VALUE is parsed as JSON when it can be",
+    )
+    parser.add_argument("--model", help="pin a catalog model (routing preference)")
+    parser.add_argument("--max-tokens", type=int, help="tokens to generate at most")
+    parser.add_argument("--temperature", type=float, help="0 is greedy")
+    parser.add_argument("--user", default="", help="end-user id (experiments, request log)")
+    add_target_option(parser, default=DEFAULT_TARGET, what="gateway")
+    parser.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+    _api_key_option(parser)
 
 
 def _api_key_option(parser: argparse.ArgumentParser) -> None:
@@ -522,18 +544,28 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
+    return _stream_completion(
+        args, "chat", {} if args.message is None else {"message": args.message}
+    )
+
+
+def _complete(args: argparse.Namespace) -> int:
+    return _stream_completion(args, "complete", {} if args.text is None else {"text": args.text})
+
+
+def _stream_completion(args: argparse.Namespace, command: str, variables: dict[str, Any]) -> int:
+    """`genai chat` and `genai complete`: StreamComplete, the text to stdout as it streams,
+    a summary line to stderr. Whether the model gets chat or raw text input is the prompt's
+    (a chat prompt or a text prompt); the commands differ only in their defaults."""
     request = gateway_service_pb2.StreamCompleteRequest(prompt=args.prompt, user_id=args.user)
     if args.label:
         request.label = args.label
     elif args.version is not None:
         request.version = args.version
-    variables: dict[str, Any] = {}
-    if args.message is not None:
-        variables["message"] = args.message
     for assignment in args.var:
         name, sep, value = assignment.partition("=")
         if not sep or not name:
-            print(f"genai chat: --var {assignment!r}: expected NAME=VALUE", file=sys.stderr)
+            print(f"genai {command}: --var {assignment!r}: expected NAME=VALUE", file=sys.stderr)
             return 2
         try:
             variables[name] = json.loads(value)

@@ -160,6 +160,7 @@ class Accounting:
         raises but for cancellation."""
         usage = outcome.usage
         model = outcome.model or "unknown"
+        operation = outcome.operation
         try:
             if outcome.cost == 0 and outcome.code != grpc.StatusCode.OK:
                 outcome.cost, outcome.currency = await self.cost(outcome, caller)
@@ -168,23 +169,25 @@ class Accounting:
         await self.commit(outcome, caller)
         elapsed = self._clock() - outcome.started
         error_type = "" if outcome.code == grpc.StatusCode.OK else outcome.code.name
-        self._metrics.operation_duration.labels("chat", model, error_type).observe(elapsed)
+        self._metrics.operation_duration.labels(operation, model, error_type).observe(elapsed)
         self._metrics.requests.labels(caller.tenant_id, caller.method, outcome.code.name).inc()
         if outcome.schema_result:
             self._metrics.output_schema_checks.labels(
                 model, "true" if outcome.constrained else "false", outcome.schema_result
             ).inc()
         if outcome.routed:
-            self._metrics.token_usage.labels("chat", model, "input").observe(usage.input_tokens)
-            self._metrics.token_usage.labels("chat", model, "output").observe(usage.output_tokens)
+            self._metrics.token_usage.labels(operation, model, "input").observe(usage.input_tokens)
+            self._metrics.token_usage.labels(operation, model, "output").observe(
+                usage.output_tokens
+            )
             self._metrics.cost.labels(caller.tenant_id, model).inc(float(outcome.cost))
         if outcome.first_token is not None:
-            self._metrics.time_to_first_chunk.labels("chat", model).observe(
+            self._metrics.time_to_first_chunk.labels(operation, model).observe(
                 outcome.first_token - outcome.started
             )
             chunks = max(len(outcome.output) - 1, 0)
             if chunks and outcome.last_chunk is not None:
-                self._metrics.time_per_output_chunk.labels("chat", model).observe(
+                self._metrics.time_per_output_chunk.labels(operation, model).observe(
                     (outcome.last_chunk - outcome.first_token) / chunks
                 )
         self._remember(outcome, caller)
@@ -268,16 +271,20 @@ class Accounting:
         """The request's record, redacted by the log's content policy."""
         rendered = outcome.rendered
         content = self._log_content
-        messages: list[dict[str, str]] = []
+        messages: list[dict[str, str]] | dict[str, str] = []
         output = ""
         if content != "metadata":
-            messages = [
-                {
-                    "role": chat_pb2.ChatRole.Name(m.role).removeprefix("CHAT_ROLE_").lower(),
-                    "content": _redact(m.content) if content == "redacted" else m.content,
-                }
-                for m in outcome.input_messages
-            ]
+            if outcome.input_text is not None:  # a text prompt: what went to the model as text
+                text = outcome.input_text
+                messages = {"text": _redact(text) if content == "redacted" else text}
+            else:
+                messages = [
+                    {
+                        "role": chat_pb2.ChatRole.Name(m.role).removeprefix("CHAT_ROLE_").lower(),
+                        "content": _redact(m.content) if content == "redacted" else m.content,
+                    }
+                    for m in outcome.input_messages
+                ]
             output = "".join(outcome.output)
             if content == "redacted":
                 output = _redact(output)

@@ -9,10 +9,15 @@ they share, the `Caller` and the `Outcome` the pipeline fills in as it goes, is 
 
 1. validate the request; resolve the prompt version (label, number, or the variant that
    `Experiments` assigns the request's unit) through the tenant's `PromptClient` (a
-   push-invalidated cache: no RPC on the hot path) and render it locally;
+   push-invalidated cache: no RPC on the hot path) and render it locally: a chat prompt into
+   messages (sent as `chat` input, with the request's extra turns), a text prompt (a version
+   with a `text_template`) into raw text (sent as `text` input; it takes no extra turns);
 2. merge the version's sampling parameters and routing preferences with the request's (the
    request wins field by field: `services.router.preferences`), and ask the router for a
-   ranked decision;
+   ranked decision; unless a model is pinned, the candidates must have the input's capability
+   (CAPABILITY_CHAT for a chat prompt, CAPABILITY_COMPLETION for a text prompt), so that a
+   base model without a chat template never gets a chat prompt by routing. A chat prompt
+   pinned to such a model fails with INVALID_ARGUMENT naming `routing.model`;
 3. reserve the tenant's quota (`Accounting.reserve`: one request, input plus maximum output
    tokens, the first candidate's estimated cost), refusing with RESOURCE_EXHAUSTED before
    anything streams; a variant's exposure is recorded in the background;
@@ -70,7 +75,7 @@ import grpc
 from genai.common.v1 import chat_pb2, generation_pb2, routing_pb2
 from genai.experiment.v1 import experiment_pb2
 from genai.gateway.v1 import gateway_pb2, gateway_service_pb2
-from genai.inference.v1 import inference_pb2, inference_service_pb2
+from genai.inference.v1 import inference_service_pb2
 from genai.prompt.v1 import prompt_pb2
 from genai.router.v1 import router_pb2, router_service_pb2
 from google.protobuf import json_format, struct_pb2
@@ -143,9 +148,11 @@ __all__ = [
     "Request",
     "Response",
     "ServedRequest",
+    "estimate_text_tokens",
     "estimate_tokens",
     "processing_config",
     "replayed",
+    "with_input_capability",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -256,8 +263,11 @@ class Generation:
                     elif kind == "final":
                         finish = message.final.finish_reason
         except grpc.aio.AioRpcError as error:
-            raise remote_error(
-                error, service="genai.inference.v1.InferenceService", what="inference"
+            raise _input_refused(
+                remote_error(
+                    error, service="genai.inference.v1.InferenceService", what="inference"
+                ),
+                outcome,
             ) from None
         finally:
             self._metrics.failovers.labels(outcome.model or "unknown").inc(
@@ -386,18 +396,20 @@ class CompletionEngine:
                 config = processing_config(rendered, parameters)
                 hold = config.output_schema is not None and _repairs(rendered)
                 inference_request = inference_service_pb2.GenerateStreamRequest(
-                    chat=inference_pb2.ChatInput(messages=outcome.input_messages),
-                    parameters=parameters,
-                    request_id=outcome.request_id,
+                    parameters=parameters, request_id=outcome.request_id
                 )
+                if outcome.input_text is not None:
+                    inference_request.text = outcome.input_text
+                else:
+                    inference_request.chat.messages.extend(outcome.input_messages)
                 if self._guided is not None and _constrains(config):
                     assert rendered.output_schema is not None  # _constrains: there is a schema
                     inference_request.constraint.json_schema.CopyFrom(rendered.output_schema)
                 model = plan.decision.candidates[0].model
                 with self._tracer.start_as_current_span(
-                    f"chat {model}", kind=trace.SpanKind.CLIENT
+                    f"{outcome.operation} {model}", kind=trace.SpanKind.CLIENT
                 ) as span:
-                    _request_attributes(span, rendered, parameters, model)
+                    _request_attributes(span, rendered, parameters, model, outcome.operation)
                     repaired = False
                     generation = self._generate(
                         inference_request,
@@ -498,7 +510,20 @@ class CompletionEngine:
         except InvalidArgument as error:
             raise _prefixed(error, "variables") from None
         outcome.rendered = rendered
-        outcome.input_messages = [*rendered.chat_messages(), *request.messages]
+        if rendered.text is not None:
+            if request.messages:
+                raise InvalidArgument(
+                    violations=[
+                        FieldViolation(
+                            "messages",
+                            f"prompt {rendered.prompt!r} version {rendered.version} is a text "
+                            "prompt (text_template), which takes no extra conversation turns",
+                        )
+                    ]
+                )
+            outcome.input_text = rendered.text
+        else:
+            outcome.input_messages = [*rendered.chat_messages(), *request.messages]
         base_parameters = rendered.parameters
         routing = _routing_or_none(request)
         if assigned is not None and assigned.variant:
@@ -513,9 +538,14 @@ class CompletionEngine:
             if parameters.HasField("max_tokens")
             else self._default_max_output_tokens
         )
-        input_estimate = estimate_tokens(outcome.input_messages)
+        if outcome.input_text is not None:
+            input_estimate = estimate_text_tokens(outcome.input_text)
+        else:
+            input_estimate = estimate_tokens(outcome.input_messages)
         route = router_service_pb2.RouteRequest(
-            preferences=merge_preferences(rendered.routing, routing),
+            preferences=with_input_capability(
+                merge_preferences(rendered.routing, routing), text=outcome.input_text is not None
+            ),
             input_tokens=input_estimate,
             max_output_tokens=max_output,
             prompt=request.prompt,
@@ -818,6 +848,50 @@ def _routing_or_none(request: Request) -> routing_pb2.RoutingPreferences | None:
     return request.routing if request.HasField("routing") else None
 
 
+def with_input_capability(
+    preferences: routing_pb2.RoutingPreferences, *, text: bool
+) -> routing_pb2.RoutingPreferences:
+    """`preferences` (modified in place) requiring the capability of the prompt's input of
+    every candidate: CAPABILITY_COMPLETION for a text prompt, CAPABILITY_CHAT for a chat
+    prompt. A pinned model is left to InferenceService, which refuses an input the model
+    cannot take as INVALID_ARGUMENT (see `_input_refused`)."""
+    if preferences.model:
+        return preferences
+    needed = routing_pb2.CAPABILITY_COMPLETION if text else routing_pb2.CAPABILITY_CHAT
+    if needed not in preferences.required_capabilities:
+        preferences.required_capabilities.append(needed)
+    return preferences
+
+
+def _input_refused(error: DomainError, outcome: Outcome) -> DomainError:
+    """InferenceService's refusal of chat input (INVALID_ARGUMENT on `chat`: the model has no
+    chat template) as a violation of this request, whose chat prompt was pinned to a model
+    that takes text only; any other error as it is."""
+    if not isinstance(error, InvalidArgument) or not any(
+        v.field == "chat" for v in error.violations
+    ):
+        return error
+    model = error.metadata.get("model") or outcome.model or "the pinned model"
+    rendered = outcome.rendered
+    prompt = f"prompt {rendered.prompt!r} version {rendered.version}" if rendered else "the prompt"
+    return InvalidArgument(
+        violations=[
+            FieldViolation(
+                "routing.model",
+                f"model {model!r} takes text input only (it has no chat template), and {prompt} "
+                "is a chat prompt: pin a model that takes chat, leave the choice to routing, or "
+                "serve a text prompt (a version with a text_template)",
+            )
+        ],
+        metadata={**error.metadata, "model": model},
+    )
+
+
+def estimate_text_tokens(text: str) -> int:
+    """`estimate_tokens` for the raw text of a text prompt (no chat template around it)."""
+    return len(text) // 3 + 4
+
+
 def estimate_tokens(messages: Sequence[chat_pb2.ChatMessage]) -> int:
     """A cheap upper-leaning estimate for routing and quota reservations (about four
     characters per token, plus the chat template's few tokens per turn); the real count comes
@@ -882,8 +956,9 @@ def _constrains(config: ProcessingConfig) -> bool:
 
 
 def _repairs(rendered: RenderedPrompt) -> bool:
+    # A repair is a chat turn: text prompts cannot ask for one (the registry refuses it).
     processing = rendered.processing
-    return processing is not None and processing.repair_invalid_json
+    return processing is not None and processing.repair_invalid_json and rendered.text is None
 
 
 def _request_attributes(
@@ -891,9 +966,10 @@ def _request_attributes(
     rendered: RenderedPrompt,
     parameters: generation_pb2.SamplingParameters,
     model: str,
+    operation: str,
 ) -> None:
     attributes: dict[str, Any] = {
-        "gen_ai.operation.name": "chat",
+        "gen_ai.operation.name": operation,
         "gen_ai.provider.name": "genai-platform",
         "gen_ai.request.model": model,
         "gen_ai.prompt.name": rendered.prompt,

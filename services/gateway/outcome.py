@@ -64,6 +64,9 @@ class Outcome:
     variant: str = ""
     unit_id: str = ""
     input_messages: list[chat_pb2.ChatMessage] = field(default_factory=list)
+    """What a chat prompt sends the model: the rendered messages, then the request's."""
+    input_text: str | None = None
+    """What a text prompt sends the model as raw `text` input (None: a chat prompt)."""
     routed: list[RoutedStream] = field(default_factory=list)
     output: list[str] = field(default_factory=list)
     """The processed chunks of the current generation (a repair starts it again)."""
@@ -103,6 +106,12 @@ class Outcome:
     def constrained(self) -> bool:
         """Whether the first generation decoded under the output schema."""
         return bool(self.routed) and self.routed[0].constrained
+
+    @property
+    def operation(self) -> str:
+        """The GenAI operation name (`gen_ai.operation.name`): `text_completion` for a text
+        prompt, else `chat`."""
+        return "chat" if self.input_text is None else "text_completion"
 
     @property
     def model(self) -> str:

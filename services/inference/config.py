@@ -151,11 +151,20 @@ class ModelSettings(Settings):
 DEFAULT_MODELS = (
     ModelSettings(
         name="smollm2-135m-instruct",
-        backends=(BackendSettings(id="triton-0", triton_model="ensemble"),),
+        backends=(BackendSettings(id="triton-0", triton_model="smollm2"),),
         max_context_tokens=2048,
         max_output_tokens=1024,
         default_max_tokens=256,
         chat_template="prepared:smollm2",
+        guided_decoding=True,
+    ),
+    ModelSettings(
+        # A base model: text (completion) input only; a chat request is INVALID_ARGUMENT.
+        name="gemma3-270m",
+        backends=(BackendSettings(id="triton-0", triton_model="gemma3_270m"),),
+        max_context_tokens=4096,
+        max_output_tokens=1024,
+        default_max_tokens=256,
         guided_decoding=True,
     ),
     ModelSettings(

@@ -133,6 +133,7 @@ def _model_spec(model: ModelSettings, local_triton: str | None) -> ModelSpec:
         max_output_tokens=model.max_output_tokens,
         default_max_tokens=model.default_max_tokens,
         guided_decoding=model.guided_decoding,
+        has_chat_template=bool(model.chat_template),
     )
 
 

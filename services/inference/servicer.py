@@ -24,6 +24,7 @@ from services.inference.core.model import (
     ConstraintKind,
     FinishReason,
     GenerationRequest,
+    InputKind,
     ModelState,
     OutputConstraint,
     Sampling,
@@ -53,6 +54,11 @@ _STATES = {
 _TASKS = {
     Task.GENERATION: inference_pb2.MODEL_TASK_GENERATION,
     Task.EMBEDDING: inference_pb2.MODEL_TASK_EMBEDDING,
+}
+
+_INPUT_KINDS = {
+    InputKind.TEXT: inference_pb2.INPUT_KIND_TEXT,
+    InputKind.CHAT: inference_pb2.INPUT_KIND_CHAT,
 }
 
 GenerationMessage = (
@@ -250,4 +256,5 @@ def _served(status: BackendStatus) -> inference_pb2.ServedModel:
         in_flight=status.in_flight,
         max_in_flight=status.backend.max_in_flight,
         guided_decoding=status.model.guided_decoding,
+        input_kinds=[_INPUT_KINDS[k] for k in status.model.input_kinds(status.backend)],
     )

@@ -45,10 +45,9 @@ from services.common.status import ParsedError, error_details
 from services.prompt.core.registry import (
     DEFAULT_LABEL,
     Change,
+    content_violations,
     diff_content,
-    parse_content,
 )
-from services.prompt.core.templates import check_version
 from services.prompt.files import (
     PromptFile,
     PromptFileError,
@@ -374,8 +373,7 @@ def _dry_run(
 
 
 def _local_violations(file: PromptFile) -> list[FieldViolation]:
-    messages, variables, shape = parse_content(version_content(file.version))
-    return shape or check_version(messages, variables)
+    return content_violations(version_content(file.version))
 
 
 def _changed_fields(existing: prompt_pb2.Prompt, wanted: prompt_pb2.Prompt) -> tuple[str, ...]:

@@ -48,7 +48,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.status import UNREACHABLE_CODES, remote_error
-from services.prompt.core.registry import DEFAULT_LABEL, render_version
+from services.prompt.core.registry import DEFAULT_LABEL, render_content
 from services.prompt.core.templates import RenderedMessage
 from services.prompt.wire import SERVICE_NAME, version_content
 
@@ -80,7 +80,7 @@ class ResolvedVersion:
 
     proto: prompt_pb2.PromptVersion
     content: Mapping[str, Any]
-    """The version's JSON content document (what `render_version` reads)."""
+    """The version's JSON content document (what `render_content` reads)."""
     stale: bool = False
     """True when the registry was unreachable and this is the label's last known good
     version, which the label may no longer point to."""
@@ -109,8 +109,17 @@ class RenderedPrompt:
     version: int
     content_hash: str
     messages: tuple[RenderedMessage, ...]
+    """The rendered messages of a chat prompt; empty for a text prompt."""
     source: ResolvedVersion
     """The rendered version (parameters, routing, output schema, processing)."""
+    text: str | None = None
+    """The rendered text template of a text prompt (sent to the model as raw `text`
+    input); None for a chat prompt."""
+
+    @property
+    def is_text(self) -> bool:
+        """Whether this is a text (completion) prompt rather than a chat prompt."""
+        return self.text is not None
 
     @property
     def stale(self) -> bool:
@@ -152,6 +161,7 @@ class RenderedPrompt:
             version=self.version,
             content_hash=self.content_hash,
             messages=self.chat_messages(),
+            text=self.text or "",
         )
         for field in ("parameters", "routing", "output_schema", "processing"):
             if self.source.proto.HasField(field):
@@ -368,13 +378,14 @@ class PromptClient:
         VARIABLE_INVALID) naming every one of them, exactly as `RenderPrompt` would.
         """
         resolved = await self.resolve(prompt, label=label, version=version)
-        messages = render_version(resolved.content, variables)
+        rendered = render_content(resolved.content, variables)
         return RenderedPrompt(
             prompt=resolved.prompt,
             version=resolved.number,
             content_hash=resolved.content_hash,
-            messages=tuple(messages),
+            messages=tuple(rendered.messages),
             source=resolved,
+            text=rendered.text,
         )
 
     async def _resolve_number(self, prompt: str, number: int) -> ResolvedVersion:

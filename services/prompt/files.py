@@ -8,9 +8,10 @@ A file holds the prompt's own fields and the content of the version to push::
     evaluation_gate:                # optional
       dataset: support-golden
       thresholds: [{scorer: exact_match, min_mean: 0.8}]
-    messages:                       # required: role system | user | assistant, Jinja content
+    messages:                       # a chat prompt: role system | user | assistant, Jinja content
       - role: system
         content: You answer questions about {{ product }}.
+    # text: "Q: {{ question }}\nA:"  # or a text prompt: one Jinja template of raw text
     variables:                      # every variable the templates use
       - name: product
         type: string                # string | integer | number | boolean | enum | string_list
@@ -23,9 +24,10 @@ A file holds the prompt's own fields and the content of the version to push::
 
 Keys are the proto field names of `genai.prompt.v1.Prompt` / `PromptVersion` (and of the
 messages they contain), with enums written as their short lower-case names (`system`,
-`string_list`, `json_output`, `card_number`) and 64-bit integers as plain numbers. Two keys
-differ: a variable's `default_value` is written `default`, and `values` is accepted for
-`enum_values`. Durations are proto JSON strings (`"1.5s"`) or numbers of seconds. Unknown keys,
+`string_list`, `json_output`, `card_number`) and 64-bit integers as plain numbers. Three keys
+differ: a version's `text_template` is written `text`, a variable's `default_value` is written
+`default`, and `values` is accepted for `enum_values`. A file has exactly one of `messages`
+(a chat prompt) and `text` (a text prompt). Durations are proto JSON strings (`"1.5s"`) or numbers of seconds. Unknown keys,
 duplicate keys and values of the wrong type are errors, each reported with the file's path.
 
 `dump_prompt_file` writes a stored version back in this format so that loading the written file
@@ -53,7 +55,10 @@ SUFFIXES: Final = (".yaml", ".yml")
 PROMPT_FIELDS: Final = ("name", "description", "protected_labels", "evaluation_gate")
 """Keys of a file that belong to the prompt rather than to the version."""
 
-_RENAMED: Final = {("genai.prompt.v1.VariableSpec", "default_value"): "default"}
+_RENAMED: Final = {
+    ("genai.prompt.v1.PromptVersion", "text_template"): "text",
+    ("genai.prompt.v1.VariableSpec", "default_value"): "default",
+}
 """Proto field -> its key in a file, where the two differ."""
 _ALIASES: Final = {("genai.prompt.v1.VariableSpec", "values"): "enum_values"}
 """Further keys accepted in a file -> the proto field they set."""
@@ -70,6 +75,7 @@ _INT_RANGES: Final = {
     FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
 }
 _MESSAGES: Final = prompt_pb2.DESCRIPTOR.message_types_by_name
+_VERSION: Final = "genai.prompt.v1.PromptVersion"
 _FLOATS: Final = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
 _MAX_EXACT_INT: Final = 2**53
 INVALID: Final[Any] = object()
@@ -152,7 +158,7 @@ def parse_prompt_file(text: str, path: Path) -> PromptFile:
     except yaml.YAMLError as error:
         raise PromptFileError(path, [f"invalid YAML: {error}"]) from error
     if document is None:
-        raise PromptFileError(path, ["is empty; a prompt file needs at least `messages`"])
+        raise PromptFileError(path, ["is empty; a prompt file needs `messages` or `text`"])
     if not isinstance(document, Mapping):
         raise PromptFileError(path, ["must be a mapping of keys (name, messages, ...)"])
 
@@ -161,19 +167,21 @@ def parse_prompt_file(text: str, path: Path) -> PromptFile:
     version_json: dict[str, Any] = {}
     prompt_fields = _MESSAGES["Prompt"].fields_by_name
     version_fields = _MESSAGES["PromptVersion"].fields_by_name
-    allowed = (*PROMPT_FIELDS, *CONTENT_FIELDS)
+    content_keys = {_RENAMED.get((_VERSION, field), field): field for field in CONTENT_FIELDS}
+    allowed = (*PROMPT_FIELDS, *content_keys)
     for key, value in document.items():
         if key not in allowed:
             problems.append(f"{key}: unknown key; expected one of: {', '.join(allowed)}")
             continue
         if key in PROMPT_FIELDS:
             converted = _field_from_yaml(value, prompt_fields[key], key, problems)
-            target = prompt_json
+            target, field = prompt_json, key
         else:
-            converted = _field_from_yaml(value, version_fields[key], key, problems)
+            field = content_keys[key]
+            converted = _field_from_yaml(value, version_fields[field], key, problems)
             target = version_json
         if converted is not INVALID:
-            target[key] = converted
+            target[field] = converted
 
     stem = path.stem
     name = prompt_json.setdefault("name", stem)
@@ -184,8 +192,12 @@ def parse_prompt_file(text: str, path: Path) -> PromptFile:
             f"name: {name!r} is not a prompt name: 1 to 64 of a-z, 0-9, '.', '_' and '-', "
             "starting with a letter (the file name without .yaml is the name)"
         )
-    if "messages" not in document:
-        problems.append("messages: required (at least one message)")
+    if "messages" not in document and "text" not in document:
+        problems.append("messages: required (at least one message), or text for a text prompt")
+    elif "messages" in document and "text" in document:
+        problems.append(
+            "text: a file has either messages (a chat prompt) or text (a text prompt), not both"
+        )
     if problems:
         raise PromptFileError(path, problems)
 

@@ -260,6 +260,7 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
                 chat_pb2.ChatMessage(role=_ROLES[m.role], content=m.content)
                 for m in rendered.messages
             ],
+            text=rendered.text or "",
         )
         for field in ("parameters", "routing", "output_schema", "processing"):
             if version.HasField(field):

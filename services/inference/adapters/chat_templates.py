@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from services.common.errors import FieldViolation, InvalidArgument
 from services.inference.core.model import ChatTurn
 
 CHATML = (
@@ -82,9 +82,15 @@ class JinjaChatTemplates:
     def render(self, model: str, messages: Sequence[ChatTurn]) -> str:
         """The prompt for `messages`, ending with the opener of the assistant's turn."""
         entry = self._templates.get(model)
-        if entry is None:
-            raise FailedPrecondition(
-                f"model {model!r} has no chat template; send text instead of chat",
+        if entry is None:  # the engine refuses such requests first (ModelSpec.input_kinds)
+            raise InvalidArgument(
+                violations=[
+                    FieldViolation(
+                        "chat",
+                        f"model {model!r} has no chat template, so it takes `text` input only: "
+                        "send the prompt as `text`",
+                    )
+                ],
                 metadata={"model": model},
             )
         template, spec = entry

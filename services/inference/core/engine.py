@@ -32,6 +32,7 @@ from services.inference.core.model import (
     FinishReason,
     GenerationBackend,
     GenerationRequest,
+    InputKind,
     ModelSpec,
     ModelState,
     OutputConstraint,
@@ -267,8 +268,12 @@ class InferenceEngine:
         time_left: float | None,
     ) -> BackendRequest:
         violations = validate_generation(model, request)
+        metadata: dict[str, str] = {}
+        if request.messages is not None and InputKind.CHAT not in model.input_kinds(backend):
+            violations.insert(0, _no_chat_template(model))
+            metadata = {"model": model.name, "input_kinds": InputKind.TEXT.value}
         if violations:
-            raise InvalidArgument(violations=violations)
+            raise InvalidArgument(violations=violations, metadata=metadata)
         if request.constraint is not None and not model.guided_decoding:
             raise FailedPrecondition(
                 f"model {model.name!r} does not support guided decoding, so it cannot follow "
@@ -297,6 +302,15 @@ class InferenceEngine:
             messages=messages,
             constraint=request.constraint,
         )
+
+
+def _no_chat_template(model: ModelSpec) -> FieldViolation:
+    return FieldViolation(
+        "chat",
+        f"model {model.name!r} has no chat template, so it takes `text` input only (raw "
+        "prompt text, sent as it is): send the prompt as `text`, or chat to a model whose "
+        "ServedModel.input_kinds lists INPUT_KIND_CHAT",
+    )
 
 
 def validate_generation(model: ModelSpec, request: GenerationRequest) -> list[FieldViolation]:

@@ -14,6 +14,15 @@ class Task(StrEnum):
     EMBEDDING = "embedding"
 
 
+class InputKind(StrEnum):
+    """A kind of input a generation model takes (`genai.inference.v1.InputKind`)."""
+
+    TEXT = "text"
+    """Raw prompt text, sent as it is."""
+    CHAT = "chat"
+    """A conversation, rendered with the model's chat template (or by the backend)."""
+
+
 class FinishReason(StrEnum):
     """Why generation ended; the values are the facade's `finish_reason` strings."""
 
@@ -74,6 +83,18 @@ class ModelSpec:
     guided_decoding: bool = False
     """Whether its engines constrain decoding to an `OutputConstraint`; requests with one for
     a model without are refused, never served unconstrained."""
+    has_chat_template: bool = True
+    """Whether InferenceService holds the model's chat template (its `chat_template`
+    setting), which chat input on a Triton backend needs. False: on Triton the model takes
+    text only (a base model); OpenAI-compatible backends apply their own template."""
+
+    def input_kinds(self, backend: BackendSpec) -> tuple[InputKind, ...]:
+        """What the model takes on `backend`: text always, chat where a template applies."""
+        if self.task is Task.GENERATION and (
+            self.has_chat_template or backend.kind is BackendKind.OPENAI_COMPATIBLE
+        ):
+            return (InputKind.TEXT, InputKind.CHAT)
+        return (InputKind.TEXT,)
 
 
 @dataclass(frozen=True, slots=True)

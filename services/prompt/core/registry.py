@@ -1,9 +1,12 @@
 """The prompt registry: the rules of prompts, versions and labels over a `PromptStore`.
 
 A version's content is a JSON document with the fields of `genai.prompt.v1.PromptVersion`
-that define behaviour (proto field names, enums by name): `messages`, `variables`,
-`parameters`, `routing`, `output_schema`, `processing`. The registry reads `messages` and
-`variables` to check and render templates; the rest it stores, hashes and diffs as it is.
+that define behaviour (proto field names, enums by name): `messages` (a chat prompt) or
+`text_template` (a text prompt), `variables`, `parameters`, `routing`, `output_schema`,
+`processing`. The registry reads `messages`, `text_template` and `variables` to check and
+render templates; the rest it stores, hashes and diffs as it is. A field at its default is
+absent from the document (protobuf's JSON mapping), so a chat version's document, and with it
+its content hash, is the same as before `text_template` existed.
 """
 
 import difflib
@@ -46,6 +49,7 @@ from services.prompt.core.templates import (
     VariableType,
     check_version,
     render,
+    render_text,
 )
 
 NAME_PATTERN: Final = re.compile(r"[a-z][a-z0-9._-]{0,63}")
@@ -62,6 +66,7 @@ MAX_VARIABLES: Final = 128
 DEFAULT_PAGE_SIZE: Final = 100
 CONTENT_FIELDS: Final = (
     "messages",
+    "text_template",
     "variables",
     "parameters",
     "routing",
@@ -129,11 +134,22 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
+class RenderedContent:
+    """A version's templates, rendered: the messages of a chat prompt, or the text of a text
+    prompt (`text` None: a chat prompt)."""
+
+    messages: list[RenderedMessage]
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Rendered:
     """A rendered version."""
 
     version: PromptVersion
     messages: list[RenderedMessage]
+    text: str | None = None
+    """The rendered text template of a text prompt; None for a chat prompt."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,8 +259,7 @@ class PromptRegistry:
             "version.commit_message", new.commit_message, MAX_COMMIT_MESSAGE
         )
         violations += _request_id_violations(request_id)
-        messages, variables, shape = parse_content(new.content)
-        template_problems = shape or check_version(messages, variables)
+        template_problems = content_violations(new.content)
         violations += output_schema_violations(new.content.get("output_schema"))
         violations += processing_violations(new.content)
         if violations or template_problems:
@@ -432,15 +447,39 @@ class PromptRegistry:
             found = await self._store.get_labelled_version(
                 tenant_id, prompt, label or DEFAULT_LABEL
             )
-        return Rendered(found, render_version(found.content, values))
+        rendered = render_content(found.content, values)
+        return Rendered(found, rendered.messages, rendered.text)
 
 
-def render_version(content: JsonObject, values: Mapping[str, object]) -> list[RenderedMessage]:
-    """Renders a stored version's messages (also what clients do from their cache)."""
+def render_content(content: JsonObject, values: Mapping[str, object]) -> RenderedContent:
+    """Renders a stored version: its messages, or its text template (also what clients do
+    from their cache)."""
     messages, variables, shape = parse_content(content)
     if shape:  # stored content was checked when created; this is a corrupted store
         raise InvalidArgument(violations=shape, reason=reasons.TEMPLATE_INVALID)
-    return render(messages, variables, values)
+    text = text_template(content)
+    if text:
+        return RenderedContent([], render_text(text, variables, values))
+    return RenderedContent(render(messages, variables, values))
+
+
+def render_version(content: JsonObject, values: Mapping[str, object]) -> list[RenderedMessage]:
+    """Renders a stored chat version's messages (see `render_content`, which renders text
+    versions too)."""
+    return render_content(content, values).messages
+
+
+def text_template(content: JsonObject) -> str:
+    """The text template of a content document; empty for a chat prompt."""
+    value = content.get("text_template")
+    return value if isinstance(value, str) else ""
+
+
+def content_violations(content: JsonObject) -> list[FieldViolation]:
+    """What is wrong with a content document's templates and variable schema: its shape,
+    then `check_version` (messages or text template, variables)."""
+    messages, variables, shape = parse_content(content)
+    return shape or check_version(messages, variables, text_template=text_template(content))
 
 
 def parse_content(
@@ -517,6 +556,14 @@ def processing_violations(content: JsonObject) -> list[FieldViolation]:
     redaction = processing.get("pii_redaction")
     redaction = redaction if isinstance(redaction, Mapping) else {}
     violations = []
+    if text_template(content) and processing.get("repair_invalid_json"):
+        violations.append(
+            FieldViolation(
+                "version.processing.repair_invalid_json",
+                "a text prompt (text_template) cannot ask for a repair, which is a chat turn; "
+                "an output_schema still constrains decoding on models with guided decoding",
+            )
+        )
     kinds = []
     for index, kind in enumerate(_list(redaction.get("kinds"))):
         name = str(kind).removeprefix("PII_KIND_")

@@ -1,8 +1,10 @@
 """Prompt templates: the typed variable schema, version checks and sandboxed rendering.
 
-A prompt version is a list of chat messages whose contents are Jinja2 templates, plus a schema of
-typed variables. `check_version` lists everything wrong with a version before it is stored;
-`render` checks a request's values against the schema and renders every message.
+A prompt version is a list of chat messages whose contents are Jinja2 templates (a chat prompt),
+or one Jinja2 template of raw prompt text (a text prompt, for models without a chat template),
+plus a schema of typed variables. `check_version` lists everything wrong with a version before
+it is stored; `render` checks a request's values against the schema and renders every message,
+`render_text` the text template.
 
 Templates run in a locked-down dialect of Jinja2:
 
@@ -168,11 +170,14 @@ def check_version(
     variables: Sequence[VariableSpec],
     *,
     field: str = "version",
+    text_template: str = "",
 ) -> list[FieldViolation]:
-    """Everything wrong with a version's messages and variable schema, or `[]`.
+    """Everything wrong with a version's templates and variable schema, or `[]`.
 
-    Field paths start with `field`: `version.messages[0].content`,
-    `version.variables[2].name`, `version.variables[2].default_value`.
+    A version is a chat prompt (`messages`) or a text prompt (`text_template`, one template
+    of raw prompt text): exactly one of the two is set. Field paths start with `field`:
+    `version.messages[0].content`, `version.text_template`, `version.variables[2].name`,
+    `version.variables[2].default_value`.
     """
     violations: list[FieldViolation] = []
     declared: dict[str, int] = {}
@@ -188,8 +193,26 @@ def check_version(
         else:
             declared[spec.name] = index
 
-    if not messages:
-        violations.append(FieldViolation(f"{field}.messages", "at least one message is required"))
+    # (field path, template) of every template of the version.
+    templates: list[tuple[str, str]] = []
+    if text_template:
+        if messages:
+            violations.append(
+                FieldViolation(
+                    f"{field}.text_template",
+                    "set either messages (a chat prompt) or text_template (a text prompt), "
+                    "not both",
+                )
+            )
+            return violations
+        templates.append((f"{field}.text_template", text_template))
+    elif not messages:
+        violations.append(
+            FieldViolation(
+                f"{field}.messages",
+                "at least one message is required (or a text_template, for a text prompt)",
+            )
+        )
     elif len(messages) > MAX_MESSAGES:
         violations.append(
             FieldViolation(f"{field}.messages", f"at most {MAX_MESSAGES} messages are allowed")
@@ -204,43 +227,43 @@ def check_version(
             )
         )
         return violations
-    referenced: set[str] = set()
-    templates_ok = True
     for index, message in enumerate(messages[:MAX_MESSAGES]):
         path = f"{field}.messages[{index}]"
         if message.role not in CHAT_ROLES:
             violations.append(
                 FieldViolation(f"{path}.role", "must be one of " + ", ".join(CHAT_ROLES))
             )
-        content = f"{path}.content"
         if not message.content:
-            violations.append(FieldViolation(content, "required"))
+            violations.append(FieldViolation(f"{path}.content", "required"))
             continue
-        if len(message.content) > MAX_TEMPLATE_CHARS:
-            violations.append(
-                FieldViolation(content, f"longer than {MAX_TEMPLATE_CHARS} characters")
-            )
+        templates.append((f"{path}.content", message.content))
+    referenced: set[str] = set()
+    templates_ok = True
+    for path, source in templates:
+        if len(source) > MAX_TEMPLATE_CHARS:
+            violations.append(FieldViolation(path, f"longer than {MAX_TEMPLATE_CHARS} characters"))
             templates_ok = False
             continue
         try:
-            compiled = _compile(message.content)
+            compiled = _compile(source)
         except _InvalidTemplate as e:
-            violations += [FieldViolation(content, problem) for problem in e.problems]
+            violations += [FieldViolation(path, problem) for problem in e.problems]
             templates_ok = False
             continue
         referenced |= compiled.references.keys()
         for name, line in sorted(compiled.references.items()):
             if name not in declared:
                 violations.append(
-                    FieldViolation(content, _at(line, f"variable {name!r} is not declared"))
+                    FieldViolation(path, _at(line, f"variable {name!r} is not declared"))
                 )
-    if templates_ok:
+    if templates_ok and templates:
+        where = "the text template" if text_template else "any message"
         for name, index in declared.items():
             if name and name not in referenced:
                 violations.append(
                     FieldViolation(
                         f"{field}.variables[{index}].name",
-                        f"variable {name!r} is not referenced by any message",
+                        f"variable {name!r} is not referenced by {where}",
                     )
                 )
     return violations
@@ -446,14 +469,38 @@ def render(
     message (`messages[<i>].content`) whose template does not compile or fails at render
     time (undefined variable, sandbox violation, budget exhausted, output too large, ...).
     """
+    sources = [(f"{messages_field}[{i}].content", m.content) for i, m in enumerate(messages)]
+    texts = _render_all(sources, variables, values, values_field)
+    return [RenderedMessage(m.role, text) for m, text in zip(messages, texts, strict=True)]
+
+
+def render_text(
+    text_template: str,
+    variables: Sequence[VariableSpec],
+    values: Mapping[str, object],
+    *,
+    values_field: str = "variables",
+    text_field: str = "text_template",
+) -> str:
+    """Renders a text prompt's template with `values` checked against `variables`: the same
+    sandbox, budget and errors as `render`, the template's violations naming `text_field`."""
+    return _render_all([(text_field, text_template)], variables, values, values_field)[0]
+
+
+def _render_all(
+    sources: Sequence[tuple[str, str]],
+    variables: Sequence[VariableSpec],
+    values: Mapping[str, object],
+    values_field: str,
+) -> list[str]:
+    """Every template of `sources` (field path, template), rendered within one budget."""
     context = _template_values(variables, values, values_field)
     compiled: list[Template] = []
     violations: list[FieldViolation] = []
-    for index, message in enumerate(messages):
+    for field, source in sources:
         try:
-            compiled.append(_compile(message.content).template)
+            compiled.append(_compile(source).template)
         except _InvalidTemplate as e:
-            field = f"{messages_field}[{index}].content"
             violations += [FieldViolation(field, problem) for problem in e.problems]
     if violations:
         raise InvalidArgument(violations=violations, reason=reasons.TEMPLATE_INVALID)
@@ -466,17 +513,15 @@ def render(
     )
     token = _BUDGET.set(budget)
     try:
-        rendered: list[RenderedMessage] = []
-        for index, (message, template) in enumerate(zip(messages, compiled, strict=True)):
+        rendered: list[str] = []
+        for (field, _source), template in zip(sources, compiled, strict=True):
             try:
-                content = _generate(template, context, budget)
+                rendered.append(_generate(template, context, budget))
             except Exception as e:  # any failure of a template is the template's fault
-                field = f"{messages_field}[{index}].content"
                 raise InvalidArgument(
                     violations=[FieldViolation(field, _describe(e))],
                     reason=reasons.TEMPLATE_INVALID,
                 ) from None
-            rendered.append(RenderedMessage(message.role, content))
         return rendered
     finally:
         _BUDGET.reset(token)

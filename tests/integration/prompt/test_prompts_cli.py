@@ -109,6 +109,7 @@ async def test_push_creates_then_reports_unchanged_then_only_what_changed(
     assert first.status == 0, first
     assert first.out.splitlines() == [
         "chat: created prompt; created v1",
+        "complete: created prompt; created v1",
         "extract-invoice: created prompt; created v1",
         "summarize: created prompt; created v1",
         "support-answer: created prompt; created v1",
@@ -118,6 +119,7 @@ async def test_push_creates_then_reports_unchanged_then_only_what_changed(
     assert again.status == 0
     assert again.out.splitlines() == [
         "chat: unchanged (v1)",
+        "complete: unchanged (v1)",
         "extract-invoice: unchanged (v1)",
         "summarize: unchanged (v1)",
         "support-answer: unchanged (v1)",
@@ -130,6 +132,7 @@ async def test_push_creates_then_reports_unchanged_then_only_what_changed(
     assert dry.status == 0, dry
     assert dry.out.splitlines() == [
         "chat: unchanged (v1)",
+        "complete: unchanged (v1)",
         "extract-invoice: unchanged (v1)",
         "summarize: would create v2",
         "    ~ parameters.temperature",
@@ -142,6 +145,7 @@ async def test_push_creates_then_reports_unchanged_then_only_what_changed(
     assert pushed.status == 0, pushed
     assert pushed.out.splitlines() == [
         "chat: unchanged (v1)",
+        "complete: unchanged (v1)",
         "extract-invoice: unchanged (v1)",
         "summarize: created v2",
         "    ~ parameters.temperature",
@@ -216,6 +220,7 @@ async def test_pull_then_push_is_a_no_op(
     assert f"summarize@2 -> {pulled / 'summarize.yaml'}" in result.out.splitlines()
     assert sorted(p.name for p in pulled.iterdir()) == [
         "chat.yaml",
+        "complete.yaml",
         "extract-invoice.yaml",
         "summarize.yaml",
         "support-answer.yaml",
@@ -229,6 +234,7 @@ async def test_pull_then_push_is_a_no_op(
     assert again.status == 0
     assert again.out.splitlines() == [
         "chat: unchanged (v1)",
+        "complete: unchanged (v1)",
         "extract-invoice: unchanged (v1)",
         "summarize: unchanged (v2)",
         "support-answer: unchanged (v1)",
@@ -248,7 +254,7 @@ async def test_pull_then_push_is_a_no_op(
         capsys, registry, "pull", "--all", "--label", "production", "--out", str(tmp_path / "p")
     )
     assert labelled.status == 0  # no prompt has the label yet: each is skipped, saying why
-    assert labelled.out.count("skipped (") == 4
+    assert labelled.out.count("skipped (") == 5
 
 
 async def test_diff_prints_field_changes_and_the_unified_diff(
@@ -380,6 +386,7 @@ async def test_seeding_sets_production_only_where_it_does_not_exist(
         assert first.failures == 0
         assert first.lines == (
             "chat: created prompt; created v1; production -> v1",
+            "complete: created prompt; created v1; production -> v1",
             "extract-invoice: created prompt; created v1; production -> v1",
             "summarize: created prompt; created v1; production -> v1",
             "support-answer: created prompt; created v1; production -> v1",
@@ -400,6 +407,7 @@ async def test_seeding_sets_production_only_where_it_does_not_exist(
         assert second.failures == 0
         assert second.lines == (
             "chat: unchanged (v1); production stays at v1",
+            "complete: unchanged (v1); production stays at v1",
             "extract-invoice: unchanged (v1); production -> v1",
             "summarize: created v2; production stays at v1",
             "    ~ parameters.temperature",
@@ -459,6 +467,7 @@ async def test_serve_seeds_the_prompts_folder_and_never_moves_an_existing_label(
     rows = {line.split()[0]: line.split()[1:3] for line in listed.splitlines()[1:]}
     assert rows == {
         "chat": ["v1", "production=v1"],
+        "complete": ["v1", "production=v1"],
         "extract-invoice": ["v1", "production=v1"],
         "summarize": ["v2", "production=v1"],
         "support-answer": ["v1", "production=v1"],

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.errors import InvalidArgument
 from services.inference.adapters.chat_templates import (
     ChatTemplate,
     JinjaChatTemplates,
@@ -50,9 +50,12 @@ def test_a_separate_chat_template_file_wins(tmp_path: Path) -> None:
     assert templates.render("m", CONVERSATION) == "2 turns"
 
 
-def test_a_model_without_template_refuses_chat() -> None:
-    with pytest.raises(FailedPrecondition):
+def test_a_model_without_template_refuses_chat_as_a_violation_on_chat() -> None:
+    with pytest.raises(InvalidArgument) as raised:
         JinjaChatTemplates({}).render("m", CONVERSATION)
+    assert [v.field for v in raised.value.violations] == ["chat"]
+    assert "takes `text` input only" in raised.value.violations[0].description
+    assert raised.value.metadata == {"model": "m"}
 
 
 def test_the_template_cannot_reach_python_internals() -> None:

@@ -127,9 +127,14 @@ async def test_an_invalid_constraint_is_invalid_argument_even_for_a_model_withou
 # -- settings ---------------------------------------------------------------------------------
 
 
-def test_smollm2_is_guided_by_default_and_the_other_default_models_are_not() -> None:
+def test_the_cpu_engine_models_are_guided_by_default_and_the_others_are_not() -> None:
     guided = {m.name: m.guided_decoding for m in DEFAULT_MODELS}
-    assert guided == {"smollm2-135m-instruct": True, "zero": False, "all-minilm-l6-v2": False}
+    assert guided == {
+        "smollm2-135m-instruct": True,
+        "gemma3-270m": True,
+        "zero": False,
+        "all-minilm-l6-v2": False,
+    }
     specs = {m.name: server._model_spec(m, "127.0.0.1:8001") for m in InferenceSettings().models}
     assert specs["smollm2-135m-instruct"].guided_decoding is True
     assert specs["zero"].guided_decoding is False

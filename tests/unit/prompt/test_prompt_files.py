@@ -11,7 +11,7 @@ from google.protobuf import json_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.prompt.core.registry import parse_content
+from services.prompt.core.registry import content_violations, parse_content, processing_violations
 from services.prompt.core.templates import check_version
 from services.prompt.files import (
     PromptFileError,
@@ -216,9 +216,9 @@ def test_the_sample_prompts_pass_the_registry_checks_and_round_trip(path: Path) 
     loaded = load_prompt_file(path)
     assert loaded.name == path.stem
     assert loaded.prompt.description
-    messages, variables, shape = parse_content(version_content(loaded.version))
-    assert shape == []
-    assert check_version(messages, variables) == []
+    content = version_content(loaded.version)
+    assert content_violations(content) == []
+    assert processing_violations(content) == []
     text = dump_prompt_file(loaded.prompt, loaded.version)
     assert parse_prompt_file(text, path).content_hash == loaded.content_hash
 
