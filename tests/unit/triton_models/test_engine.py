@@ -26,6 +26,7 @@ from genai_triton.engine import (
     LlamaModel,
     SamplingParams,
     Update,
+    load_llama,
     load_model,
 )
 from genai_triton.tokenization import TextTokenizer
@@ -54,7 +55,7 @@ def tokenizer(model_dir: Path) -> TextTokenizer:
 @pytest.fixture(scope="module")
 def model(model_dir: Path) -> LlamaModel:
     torch.set_num_threads(2)
-    return load_model(model_dir)
+    return load_llama(model_dir)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from genai_triton.engine import (
     LlamaModel,
     SamplingParams,
     Update,
-    load_model,
+    load_llama,
 )
 from genai_triton.engine.guided import Constraint, Grammars
 from genai_triton.guides import Guide, GuideError
@@ -83,7 +83,7 @@ def tokenizer(model_dir: Path) -> TextTokenizer:
 @pytest.fixture(scope="module")
 def model(model_dir: Path) -> LlamaModel:
     torch.set_num_threads(2)
-    return load_model(model_dir)
+    return load_llama(model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -110,6 +110,8 @@ def check_stub_environment() -> None:
 
 
 def _model_dir(parameters: dict[str, str]) -> Any:
+    """`model_dir` when set; else the prepared model that `prepared_model` names (default: the
+    SmolLM2 that scripts/setup prepares)."""
     from pathlib import Path
 
     from genai_triton.prepare import prepared_model_dir
@@ -117,6 +119,9 @@ def _model_dir(parameters: dict[str, str]) -> Any:
     explicit = parameters.get("model_dir", "").strip()
     if explicit and not explicit.startswith("${"):
         return Path(explicit)
+    name = parameters.get("prepared_model", "").strip()
+    if name and not name.startswith("${"):
+        return prepared_model_dir(model=name)
     return prepared_model_dir()
 
 
@@ -282,18 +287,26 @@ class EngineModel:
 
     def initialize(self, args: dict[str, Any]) -> None:
         check_stub_environment()
+        import torch
+
         from genai_triton.cpus import available_cpus
         from genai_triton.engine import Engine, load_model
         from genai_triton.engine.guided import Grammars
         from genai_triton.tokenization import TextTokenizer
 
+        # This (the stub's main) thread runs torch with one thread: the engine thread is the
+        # only one with a team of OpenMP workers (see `Engine.start`).
+        torch.set_num_threads(1)
         parameters = config_parameters(args)
         directory = _model_dir(parameters)
         self.tokenizer = TextTokenizer(directory)
         backend = parameters.get("linear_backend", "").strip() or None
         if backend is not None and backend.startswith("${"):
             backend = None
-        model = load_model(directory, backend)
+        precision = parameters.get("weight_only_precision", "").strip()
+        if precision.startswith("${"):
+            precision = ""
+        model = load_model(directory, backend, precision)
         cpus = available_cpus()  # the container's, not the node's
         threads = _int_parameter(parameters, "threads", 0) or cpus
         prefill_threads = _int_parameter(parameters, "prefill_threads", 0) or cpus
@@ -321,9 +334,8 @@ class EngineModel:
         self._lock = threading.Lock()
         self._setup_metrics(args)
         started = time.monotonic()
-        self.engine.warm_up()
+        self.engine.start(warm_up=True)
         warm_up = time.monotonic() - started
-        self.engine.start()
         self._stopping = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="cancellation-poller", daemon=True)
         self._poller.start()
@@ -331,6 +343,7 @@ class EngineModel:
             f"tensorrt_llm stand-in: {directory.name}, {self.engine.slots} sequences of up to "
             f"{self.engine.max_len} tokens, {threads} decoding / {prefill_threads} prefill "
             f"threads, {model.backend} matmuls, "
+            f"{precision or 'fp32'} weights, "
             f"warmed up in {warm_up:.1f} s"
         )
 
@@ -535,6 +548,176 @@ class EngineModel:
         del self.m_requests, self.m_cancelled, self.m_tokens
         del self.m_in_flight, self.m_active, self.m_waiting
         self._families.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# a whole LLM in one model: the facade and the engine in one stub
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _LlmRunning(_Running):
+    """A facade request running on the in-process engine."""
+
+    prompt: str = ""
+    num_input: int = 0
+    stream: bool = True
+    echo: bool = False
+    detokenizer: Any = None
+    stops: Any = None
+    collected: list[str] = field(default_factory=list)
+
+
+class LlmModel(EngineModel):
+    """The generation facade (`triton_models/README.md`) served by one decoupled model that
+    holds the tokenizer and the engine: the CPU models of `triton_models/cpu/<llm>/`.
+
+    The TensorRT-LLM-shaped `ensemble` -> `preprocessing` -> `tensorrt_llm` chain passes every
+    token through two Python stubs (the engine's response goes to Triton, to the BLS facade,
+    back to Triton); here the engine's thread detokenizes, cuts stop words and sends the
+    facade's response itself, one hop per token. Same inputs, outputs, errors and metrics as
+    the facade and `tensorrt_llm`; the parameters are `tensorrt_llm`'s (`EngineModel`)."""
+
+    def execute(self, requests: Sequence[Any]) -> None:
+        for request in requests:
+            try:
+                self._start_facade(request)
+            except Exception as error:  # never leave a request without its final response
+                self.pb.Logger.log_error(f"llm: {error!r}")
+                _send(
+                    self.pb,
+                    request.get_response_sender(),
+                    _error(self.pb, facade.INTERNAL_ERROR, f"generation failed: {error}"),
+                    True,
+                )
+        return None
+
+    def _start_facade(self, request: Any) -> None:
+        from genai_triton.engine import (
+            ContextLengthExceededError,
+            EngineError,
+            EngineRequest,
+            InvalidRequestError,
+            SamplingParams,
+        )
+        from genai_triton.tokenization import IncrementalDetokenizer, word_variants
+
+        pb = self.pb
+        sender = _GuardedSender(pb, request.get_response_sender())
+        try:
+            generation = facade.read_generation_request(facade.request_arrays(pb, request))
+            prompt_ids = self.tokenizer.prompt_ids(generation.prompt)
+        except facade.FacadeError as error:
+            _send(pb, sender, facade.error_response(pb, error), True)
+            return
+        except UnicodeDecodeError:
+            _send(
+                pb,
+                sender,
+                _error(pb, facade.FIELD_VIOLATION, "text_input is not valid UTF-8"),
+                True,
+            )
+            return
+        self.m_requests.increment(1)
+        tokenizer = self.tokenizer
+        stop_ids = [s for s in tokenizer.encode_batch(list(generation.stop_words)) if s]
+        bad_words = word_variants(generation.bad_words)
+        bad_ids = [s for s in tokenizer.encode_batch(bad_words) if s] if bad_words else []
+        end_id = generation.end_id if generation.end_id is not None else tokenizer.eos_id
+        engine_request = EngineRequest(
+            prompt_ids=prompt_ids,
+            max_tokens=generation.max_tokens,
+            sampling=SamplingParams(
+                temperature=generation.temperature,
+                top_k=generation.top_k,
+                top_p=generation.top_p,
+                repetition_penalty=generation.repetition_penalty,
+                presence_penalty=generation.presence_penalty,
+                frequency_penalty=generation.frequency_penalty,
+                seed=generation.seed,
+            ),
+            end_id=end_id if end_id is not None and end_id >= 0 else None,
+            stop_sequences=[tuple(ids) for ids in stop_ids],
+            stop_strings=[tokenizer.decode(ids) for ids in stop_ids],
+            bad_words=[tuple(ids) for ids in bad_ids],
+            guide=generation.guide,
+        )
+        triton_id = request.request_id() or ""
+        engine_id = f"{triton_id or 'request'}-{uuid.uuid4().hex[:12]}"
+        running = _LlmRunning(
+            sender=sender,
+            streaming=generation.stream,
+            engine_id=engine_id,
+            triton_id=triton_id,
+            prompt=generation.prompt,
+            num_input=len(prompt_ids),
+            stream=generation.stream,
+            echo=not (generation.stream or generation.exclude_input_in_output),
+            # The last few prompt tokens give the first output token its context.
+            detokenizer=IncrementalDetokenizer(tokenizer, prompt_ids[-4:]),
+            stops=facade.StopWordFilter(generation.stop_words),
+        )
+        with self._lock:
+            self._running[engine_id] = running
+            if triton_id:
+                self._by_triton_id[triton_id] = engine_id
+        self.m_in_flight.increment(1)
+        try:
+            self.engine.submit(engine_request, self._on_facade_update, engine_id)
+        except ContextLengthExceededError as error:
+            self._forget(running)
+            _send(pb, sender, _error(pb, facade.CONTEXT_LENGTH_EXCEEDED, str(error)), True)
+        except InvalidRequestError as error:
+            self._forget(running)
+            _send(pb, sender, _error(pb, facade.FIELD_VIOLATION, str(error)), True)
+        except EngineError as error:
+            self._forget(running)
+            _send(pb, sender, _error(pb, facade.INTERNAL_ERROR, str(error)), True)
+        self._update_gauges()
+
+    def _on_facade_update(self, update: Any) -> None:
+        """Runs on the engine thread: detokenizes, cuts stop words, sends the facade response."""
+        with self._lock:
+            running = self._running.get(update.request_id)
+        if running is None or not isinstance(running, _LlmRunning):
+            return
+        pb = self.pb
+        finished = update.finish_reason is not None
+        if update.error is not None:
+            self._forget(running)
+            self._update_gauges()
+            _send(pb, running.sender, _engine_error(pb, update.error), True)
+            return
+        if update.token_ids:
+            self.m_tokens.increment(len(update.token_ids))
+        delta, stopped = running.stops.push(running.detokenizer.push(update.token_ids))
+        reason = update.finish_reason or ""
+        if finished:
+            if not stopped:
+                more, stopped = running.stops.push(running.detokenizer.flush())
+                delta += more
+                if not stopped:
+                    delta += running.stops.flush()
+            self._forget(running)
+            if reason == facade.FINISH_CANCELLED:
+                self.m_cancelled.increment(1)
+            self._update_gauges()
+        if not running.stream:
+            running.collected.append(delta)
+            if not finished:
+                return
+            delta = (running.prompt if running.echo else "") + "".join(running.collected)
+        elif not delta and not finished:
+            return  # a token whose text is not complete yet (part of a UTF-8 character)
+        response = facade.generation_response(
+            pb,
+            delta,
+            num_input_tokens=running.num_input,
+            num_output_tokens=update.num_output_tokens,
+            finish_reason=reason,
+        )
+        if not _send(pb, running.sender, response, finished) and not finished:
+            self.engine.cancel(update.request_id)
 
 
 # --------------------------------------------------------------------------------------------

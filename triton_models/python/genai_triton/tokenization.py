@@ -48,6 +48,17 @@ class SpecialIds:
     pad: int | None
 
 
+def _adds_bos(tokenizer: Mapping[str, Any], bos: int | None) -> bool:
+    """Whether `tokenizer.json`'s post-processor starts every single text with the BOS token."""
+    processor = tokenizer.get("post_processor") or {}
+    if bos is None or processor.get("type") != "TemplateProcessing":
+        return False
+    first = (processor.get("single") or [{}])[0]
+    token = (first.get("SpecialToken") or {}).get("id")
+    ids = ((processor.get("special_tokens") or {}).get(token) or {}).get("ids") or []
+    return list(ids) == [bos]
+
+
 class TextTokenizer:
     """The `tokenizer.json` of a prepared model directory (via the `tokenizers` library), its
     special ids and chat template."""
@@ -70,8 +81,9 @@ class TextTokenizer:
             special("bos_token_id"), special("eos_token_id"), special("pad_token_id")
         )
         template = directory / "chat_template.jinja"
-        self.chat_template = template.read_text() if template.exists() else None
+        self.chat_template = template.read_text(encoding="utf-8") if template.exists() else None
         self.vocab_size = int(self._tokenizer.get_vocab_size(with_added_tokens=True))
+        self.adds_bos = _adds_bos(_read_json(directory / "tokenizer.json"), self.special.bos)
 
     @property
     def eos_id(self) -> int | None:
@@ -85,6 +97,15 @@ class TextTokenizer:
         """Token ids of `text`; special tokens written in it (`<|im_start|>`) are recognised,
         nothing is added."""
         return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """Token ids of a prompt: `encode`, after the beginning-of-sequence token where the
+        model's tokenizer puts one before every text (Gemma's `<bos>`; not SmolLM2, whose chat
+        template writes what it needs) and the text does not start with it already."""
+        ids = self.encode(text)
+        if self.adds_bos and self.special.bos is not None and ids[:1] != [self.special.bos]:
+            ids.insert(0, self.special.bos)
+        return ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
@@ -112,7 +133,7 @@ class TextTokenizer:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -4,7 +4,15 @@ in-flight batcher (`Engine`). Importable without Triton. Guided decoding lives i
 
 from __future__ import annotations
 
-from genai_triton.engine.model import KVCache, LlamaConfig, LlamaModel, default_backend, load_model
+from genai_triton.engine.model import (
+    Decoder,
+    KVCache,
+    LlamaConfig,
+    LlamaModel,
+    default_backend,
+    load_llama,
+    load_model,
+)
 from genai_triton.engine.prefix_cache import PrefixCache
 from genai_triton.engine.sampling import SamplingParams, SequenceSampler
 from genai_triton.engine.scheduler import (
@@ -28,6 +36,7 @@ __all__ = [
     "FINISH_STOP",
     "FINISH_STOP_WORDS",
     "ContextLengthExceededError",
+    "Decoder",
     "Engine",
     "EngineError",
     "EngineRequest",
@@ -40,5 +49,6 @@ __all__ = [
     "SequenceSampler",
     "Update",
     "default_backend",
+    "load_llama",
     "load_model",
 ]

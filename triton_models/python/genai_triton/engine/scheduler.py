@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from genai_triton.cpus import available_cpus
-from genai_triton.engine.model import KVCache, LlamaModel
+from genai_triton.engine.model import Decoder, KVCache
 from genai_triton.engine.prefix_cache import PrefixCache
 from genai_triton.engine.sampling import SamplingParams, SequenceSampler
 from genai_triton.guides import GUIDE_TYPE, Guide, GuideError, read_guide
@@ -193,7 +193,7 @@ class _Sequence:
 
 
 class Engine:
-    """In-flight batching over a `LlamaModel` (see the module doc).
+    """In-flight batching over a `Decoder` (`LlamaModel`, `GemmaModel`; see the module doc).
 
     `slots`: sequences decoded together at most (the KV cache holds that many); `max_len`:
     the context in tokens (prompt + output), at most the model's `max_position_embeddings`;
@@ -210,7 +210,7 @@ class Engine:
 
     def __init__(
         self,
-        model: LlamaModel,
+        model: Decoder,
         *,
         slots: int = 16,
         max_len: int | None = None,
@@ -380,13 +380,34 @@ class Engine:
                 zeros = torch.zeros(size, dtype=torch.long)
                 self.model.decode(self.cache, zeros, zeros, scratch, 1)
 
-    def start(self) -> None:
-        """Starts the engine thread (idempotent)."""
+    def start(self, *, warm_up: bool = False) -> None:
+        """Starts the engine thread (idempotent); with `warm_up`, the thread first runs
+        `warm_up` and this returns once it is done (raising what it raised).
+
+        Warm up here rather than on the caller's thread when the engine uses several torch
+        threads: GNU OpenMP keeps one team of worker threads per thread that runs parallel
+        work, and once there are more workers than CPUs it stops spinning between parallel
+        regions, so decoding steps (hundreds of small regions) got 1.6x slower on a 2-CPU
+        machine whose main thread had warmed up with 2 threads. Callers should also keep
+        their own thread's torch threads at 1 (`genai_triton.serving` does)."""
         if self._thread is not None:
             return
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="genai-engine", daemon=True)
+        ready: Future[None] = Future()
+
+        def run() -> None:
+            if warm_up:
+                try:
+                    self.warm_up()
+                except BaseException as error:
+                    ready.set_exception(error)
+                    return
+            ready.set_result(None)
+            self._run()
+
+        self._thread = threading.Thread(target=run, name="genai-engine", daemon=True)
         self._thread.start()
+        ready.result()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Cancels everything and ends the engine thread."""
@@ -478,22 +499,40 @@ class Engine:
             self._prefill_chunks()
 
     def _prefill_chunks(self) -> None:
+        """Up to `prefill_chunk` prompt tokens, from as many prefilling sequences as fit, in one
+        forward (`prefill_many`): their matrix products run as one batch."""
         budget = self.prefill_chunk
-        for sequence in list(self._prefilling):
+        chunks: list[tuple[_Sequence, int]] = []
+        for sequence in self._prefilling:
             if budget <= 0:
                 break
-            prompt = sequence.request.prompt_ids
             start = sequence.prefilled
-            end = min(len(prompt), start + budget)
-            chunk = torch.tensor(prompt[start:end], dtype=torch.long)
-            logits = self.model.prefill(self.cache, sequence.slot, chunk, start)
+            end = min(len(sequence.request.prompt_ids), start + budget)
+            chunks.append((sequence, end))
             budget -= end - start
+        segments = [
+            (
+                sequence.slot,
+                torch.tensor(
+                    sequence.request.prompt_ids[sequence.prefilled : end], dtype=torch.long
+                ),
+                sequence.prefilled,
+            )
+            for sequence, end in chunks
+        ]
+        prefill_many = getattr(self.model, "prefill_many", None)
+        if prefill_many is not None:
+            logits = prefill_many(self.cache, segments)
+        else:  # a model without batched prefill: one segment at a time
+            logits = torch.stack([self.model.prefill(self.cache, *segment) for segment in segments])
+        for (sequence, end), row in zip(chunks, logits, strict=True):
+            prompt = sequence.request.prompt_ids
             sequence.prefilled = sequence.length = end
             if end == len(prompt):
                 self.prefix_cache.store(self.cache, sequence.slot, prompt)
                 self._prefilling.remove(sequence)
                 self._decoding[sequence.slot] = sequence
-                self._accept(sequence, self._choose(sequence, logits))
+                self._accept(sequence, self._choose(sequence, row))
 
     def _decode_step(self) -> None:
         rows = max(self._decoding) + 1
