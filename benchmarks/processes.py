@@ -34,9 +34,11 @@ async def genai_serve(
     *,
     log_file: Path,
     start_timeout: float = 60.0,
+    arguments: Sequence[str] = (),
 ) -> AsyncIterator[ServerProcess]:
-    """Runs `genai serve --service S... --port 0` from the repo root, with `env` added to this
-    process's environment and its output in `log_file`, until the block ends (then SIGTERM).
+    """Runs `genai serve --service S... --port 0 [ARGUMENTS]` from the repo root, with `env`
+    added to this process's environment and its output in `log_file`, until the block ends
+    (then SIGTERM).
 
     Yields once the ready file names its port; raises `ServeError` when it does not serve.
     """
@@ -46,7 +48,7 @@ async def genai_serve(
     command = [sys.executable, "-m", "services.cli", "serve", "--port", "0"]
     for service in services:
         command += ["--service", service]
-    command += ["--ready-file", str(ready_file)]
+    command += ["--ready-file", str(ready_file), *arguments]
     with log_file.open("ab") as log:
         process = await asyncio.create_subprocess_exec(
             *command,

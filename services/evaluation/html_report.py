@@ -75,6 +75,8 @@ content hash {_e(report.prompt_content_hash[:12])}; {report.usage.input_tokens} 
 <h2>Scorers</h2>
 <table><tr><th>scorer</th><th>n</th><th>mean</th><th>95% CI</th><th>flakiness</th></tr>
 {"".join(rows)}</table>
+<p>Intervals: Wilson score over examples for pass/fail scorers (every score 0 or 1), else
+Student's t over example means, within the scorer's range.</p>
 <img alt="means with confidence intervals" src="data:image/png;base64,{_plot(report)}">
 {_comparison_section(regression_rows, regressed_examples, comparison)}
 <h2>Examples</h2>

@@ -236,6 +236,19 @@ class EvaluationRunner:
         self._tracer = trace.get_tracer("genai.evaluation", tracer_provider=tracer_provider)
         self._active: dict[tuple[str, str], _ActiveRun] = {}
         self._stopping = False
+        self._report_listeners: list[Callable[[str, EvaluationReport], None]] = []
+
+    def on_report(self, listener: Callable[[str, EvaluationReport], None]) -> None:
+        """Calls `listener(tenant_id, report)` each time a run of this replica finishes (its
+        report stored): how the router of this process learns of new scores at once."""
+        self._report_listeners.append(listener)
+
+    def _report_stored(self, tenant_id: str, report: EvaluationReport) -> None:
+        for listener in self._report_listeners:
+            try:
+                listener(tenant_id, report)
+            except Exception:  # a listener's fault is not the run's
+                _logger.exception("a report listener failed for report %s", report.id)
 
     # -------------------------------------------------------------------------- leases
 
@@ -548,6 +561,7 @@ class EvaluationRunner:
             baseline=baseline,
         )
         await asyncio.shield(self._store.finish_run(plan.tenant_id, report))
+        self._report_stored(plan.tenant_id, report)
         return report
 
     async def _output(self, plan: _Plan, example: Example, repeat: int) -> ExampleResult:

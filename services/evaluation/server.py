@@ -8,6 +8,7 @@ from opentelemetry.trace import TracerProvider
 from services.common.server import ServiceRegistration
 from services.evaluation.adapters.sql_store import SqlEvaluationStore
 from services.evaluation.config import EvaluationSettings
+from services.evaluation.core.model import EvaluationReport
 from services.evaluation.runs import (
     EvaluationRunner,
     GatewayStub,
@@ -28,6 +29,7 @@ def registration(
     prompt_service: Callable[[], PromptStub] | None = None,
     metadata_for: MetadataFor = lambda _tenant: (),
     tracer_provider: TracerProvider | None = None,
+    on_report: Callable[[str, EvaluationReport], None] | None = None,
 ) -> ServiceRegistration:
     """Returns EvaluationService ready to be added to a server.
 
@@ -37,8 +39,10 @@ def registration(
     and example checks failing with FAILED_PRECONDITION. `prompt_service()` is only needed to
     check examples of a prompt without a `production` label against its latest version.
     `metadata_for(tenant)` is the credentials of calls made on a tenant's behalf (empty in
-    process, where the caller's principal holds). The store is migrated before the server
-    serves; on stop, runs still going are stopped (marked failed) and the store closed.
+    process, where the caller's principal holds). `on_report(tenant, report)` is called when
+    a run of this process finishes (the router of the same process refreshes its scores). The
+    store is migrated before the server serves; on stop, runs still going are stopped (marked
+    failed) and the store closed.
     """
     store = SqlEvaluationStore.from_url(
         settings.resolved_database_url(), schema=settings.database_schema or None
@@ -59,6 +63,8 @@ def registration(
         tracer_provider=tracer_provider,
         lease_seconds=settings.run_lease_seconds,
     )
+    if on_report is not None:
+        runner.on_report(on_report)
     servicer = EvaluationServicer(store, runner)
 
     async def start() -> None:

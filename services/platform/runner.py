@@ -64,6 +64,7 @@ from services.prompt import server as prompt_server
 from services.prompt.adapters.evaluation_gate import EvaluationReportGate
 from services.prompt.client import PromptClient
 from services.router import server as router_server
+from services.router.adapters.quality import EvaluationScores
 from services.router.config import load_catalog
 
 _logger = logging.getLogger(__name__)
@@ -290,9 +291,16 @@ async def start_platform(
         return local[0] if local else ""
 
     registrations: list[ServiceRegistration] = []
+    clients_of = _Clients(channels, triton_channels, tracer_provider)
 
     def local_servicer(service: str) -> object | None:
         return next((r.servicer for r in registrations if r.name == service), None)
+
+    quality_scores = (
+        _quality_scores(settings, hosted, local_target, clients_of, internal_token, local_servicer)
+        if "router" in settings.services
+        else None
+    )
 
     try:
         registrations = [
@@ -301,7 +309,7 @@ async def start_platform(
                 settings,
                 hosted,
                 local_target,
-                _Clients(channels, triton_channels, tracer_provider),
+                clients_of,
                 local_triton,
                 _Shared(
                     tenants,
@@ -311,6 +319,7 @@ async def start_platform(
                     registry,
                     local_servicer,
                     alerts,
+                    quality_scores,
                 ),
             )
             for key in settings.services
@@ -435,6 +444,8 @@ class _Shared:
     """The servicer of a service this process hosts, by full name (None if not hosted)."""
     alerts: SqlEvaluationStore | None
     """Where the gateway's online evaluation records quality alerts."""
+    quality_scores: EvaluationScores | None = None
+    """The router's evaluation scores (quality-floor policy), when it can reach them."""
 
 
 @dataclass(frozen=True)
@@ -469,6 +480,7 @@ def _registration(
                 settings=settings.router,
                 local_triton=local_triton or "",
                 channel_for=clients.triton_channels.get,
+                scores=shared.quality_scores,
             )
         case "inference":
             return inference_server.registration(
@@ -569,6 +581,70 @@ def _evaluation(
         ),
         metadata_for=lambda tenant: internal_metadata(shared.internal_token, tenant),
         tracer_provider=clients.tracer_provider,
+        on_report=_report_pushed(shared.quality_scores),
+    )
+
+
+def _report_pushed(
+    scores: EvaluationScores | None,
+) -> Callable[[str, Any], None] | None:
+    """The evaluation runner's report listener that refreshes this process's router scores
+    (None when the router is not hosted here, or reads scores elsewhere)."""
+    if scores is None:
+        return None
+    return lambda tenant, report: scores.invalidate(tenant, report.prompt)
+
+
+def _quality_scores(
+    settings: PlatformSettings,
+    hosted: tuple[str, ...],
+    local_target: Callable[[], str],
+    clients: "_Clients",
+    internal_token: str,
+    local_servicer: Callable[[str], object | None],
+) -> EvaluationScores | None:
+    """The router's evaluation scores for the quality-floor policy: EvaluationService at
+    `router.evaluation_target` or `gateway.targets.evaluation` (the gateway's, where the router
+    lives beside it), else the one in this process (None when none: the policy falls back to
+    cost), and the prompts' gate datasets from PromptService at
+    `router.prompt_target`, `gateway.targets.prompt`, else this process's (over its own
+    address: gate datasets are cached, so the hop is rare)."""
+    tracer = trace.get_tracer("genai.router", tracer_provider=clients.tracer_provider)
+
+    def in_process(key: ServiceKey, module: Any, name: str) -> Callable[[], Any]:
+        full_name = SERVICE_NAMES[key]
+        descriptor = module.DESCRIPTOR.services_by_name[name]
+
+        def stub() -> Any:
+            servicer = local_servicer(full_name)
+            if servicer is None:
+                raise RuntimeError(f"{full_name} is not registered in this process")
+            return local_stub(servicer, descriptor, tracer)
+
+        return stub
+
+    router = settings.router
+    evaluation: Callable[[], Any]
+    evaluation_target = router.evaluation_target or settings.gateway.targets.evaluation
+    if evaluation_target:
+        evaluation = lambda: evaluation_service_pb2_grpc.EvaluationServiceStub(  # noqa: E731
+            clients.channels.get(evaluation_target)
+        )
+    elif SERVICE_NAMES["evaluation"] in hosted:
+        evaluation = in_process("evaluation", evaluation_service_pb2, "EvaluationService")
+    else:
+        return None
+    prompts: Callable[[], Any] | None = None
+    configured = router.prompt_target or settings.gateway.targets.prompt
+    if configured or SERVICE_NAMES["prompt"] in hosted:
+        prompts = lambda: prompt_service_pb2_grpc.PromptServiceStub(  # noqa: E731
+            clients.channels.get(configured or local_target())
+        )
+    return EvaluationScores(
+        evaluation,
+        prompts,
+        lambda tenant: internal_metadata(internal_token, tenant),
+        refresh_s=router.quality_scores_seconds,
     )
 
 
@@ -583,6 +659,9 @@ def remote_targets(settings: PlatformSettings) -> dict[str, str]:
             found[f"evaluation.targets.{name}"] = target
     if "prompt" in settings.services:
         found["prompt.evaluation_target"] = settings.prompt.evaluation_target
+    if "router" in settings.services:
+        found["router.evaluation_target"] = settings.router.evaluation_target
+        found["router.prompt_target"] = settings.router.prompt_target
     return {name: target for name, target in found.items() if target}
 
 

@@ -70,7 +70,9 @@ class ModelEntrySettings(Settings):
 
     name: str = Field(default="", description="Catalog name.")
     display_name: str = Field(default="")
-    capabilities: tuple[Literal["chat", "json_output", "streaming", "embeddings"], ...] = ()
+    capabilities: tuple[
+        Literal["chat", "json_output", "streaming", "embeddings", "completion"], ...
+    ] = ()
     languages: tuple[str, ...] = ()
     max_context_tokens: int = Field(default=2048, ge=1)
     max_output_tokens: int = Field(default=1024, ge=1)
@@ -137,6 +139,24 @@ class RouterSettings(Settings):
     )
     breaker_probes: int = Field(
         default=1, ge=1, le=100, description="Requests let through while half-open."
+    )
+    evaluation_target: str = Field(
+        default="",
+        description="EvaluationService whose reports the quality-floor policy reads; empty: "
+        "gateway.targets.evaluation, else the one in this process, if any (else that policy "
+        "falls back to cost).",
+    )
+    prompt_target: str = Field(
+        default="",
+        description="PromptService that names a prompt's gate dataset for the quality-floor "
+        "policy; empty: gateway.targets.prompt, else the one in this process.",
+    )
+    quality_scores_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="How long evaluation scores are used before they are read again: the "
+        "staleness bound across processes (a run finishing in this process pushes at once).",
     )
 
 

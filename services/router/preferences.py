@@ -2,8 +2,9 @@
 (`merge_preferences`) and sampling parameters (`merge_parameters`).
 
 For routing preferences the request wins field by field: a set field (a non-empty model, a
-policy other than UNSPECIFIED, a non-zero quality floor, a present cost ceiling or latency
-target) replaces the version's. Required capabilities are the exception: they are the union of
+policy other than UNSPECIFIED, a non-zero quality tier floor, a present evaluation score floor,
+a non-empty evaluation dataset or scorer, a present cost ceiling or latency target) replaces
+the version's. Required capabilities are the exception: they are the union of
 both lists, because a version's requirement (JSON output for a prompt with an output schema,
 say) is a property of the prompt that no request can take away. For sampling parameters every
 field the request sets replaces the version's; a non-empty `stop` list replaces the version's
@@ -32,6 +33,12 @@ def merge_preferences(
         merged.policy = request.policy
     if request.min_quality_tier:
         merged.min_quality_tier = request.min_quality_tier
+    if request.HasField("min_quality_score"):
+        merged.min_quality_score = request.min_quality_score
+    if request.quality_dataset:
+        merged.quality_dataset = request.quality_dataset
+    if request.quality_scorer:
+        merged.quality_scorer = request.quality_scorer
     for name in _MESSAGE_FIELDS:
         if request.HasField(name):
             getattr(merged, name).CopyFrom(getattr(request, name))

@@ -8,6 +8,7 @@ from genai.router.v1 import router_service_pb2_grpc
 
 from services.common.server import ServiceRegistration
 from services.router.adapters.health import HealthChecker
+from services.router.adapters.quality import QualityScores
 from services.router.config import DEFAULT_CATALOG, RouterSettings, load_catalog
 from services.router.core.live import BreakerPolicy
 from services.router.core.router import Router
@@ -24,10 +25,13 @@ def registration(
     settings: RouterSettings,
     local_triton: str,
     channel_for: Callable[[str], grpc.aio.Channel],
+    scores: QualityScores | None = None,
 ) -> ServiceRegistration:
     """Returns RouterService ready to be added to a server. The catalog is read (and validated)
     here; Triton backends with an empty endpoint are `local_triton`. Health checks start with
-    the server and stop with it."""
+    the server and stop with it. `scores` gives the quality-floor policy its evaluation scores
+    (`services.router.adapters.quality.EvaluationScores`); without it that policy falls back to
+    cost."""
     catalog = load_catalog(catalog_path(settings), local_triton=local_triton)
     router = Router(
         catalog,
@@ -42,7 +46,7 @@ def registration(
     checker = HealthChecker(
         router, interval_s=settings.health_check_seconds, channel_for=channel_for
     )
-    servicer = RouterServicer(router)
+    servicer = RouterServicer(router, scores)
     return ServiceRegistration(
         name=SERVICE_NAME,
         add_to_server=lambda server: router_service_pb2_grpc.add_RouterServiceServicer_to_server(

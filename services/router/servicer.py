@@ -1,5 +1,6 @@
 """genai.router.v1.RouterService: converts between protos and routing domain types."""
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -8,6 +9,7 @@ from genai.router.v1 import router_pb2, router_service_pb2, router_service_pb2_g
 from google.protobuf.duration_pb2 import Duration
 
 from services.common import reasons
+from services.common.auth import current_principal
 from services.common.errors import FieldViolation, InvalidArgument, NotFound
 from services.common.grpc_types import ServicerContext
 from services.common.wire import (
@@ -19,6 +21,7 @@ from services.common.wire import (
     seconds,
     timestamp,
 )
+from services.router.adapters.quality import NoQualityScores, QualityScores
 from services.router.core.catalog import BackendKind, Capability, ModelEntry
 from services.router.core.live import Circuit, Health, Outcome
 from services.router.core.router import (
@@ -38,6 +41,7 @@ _CAPABILITIES = {
     routing_pb2.CAPABILITY_JSON_OUTPUT: Capability.JSON_OUTPUT,
     routing_pb2.CAPABILITY_STREAMING: Capability.STREAMING,
     routing_pb2.CAPABILITY_EMBEDDINGS: Capability.EMBEDDINGS,
+    routing_pb2.CAPABILITY_COMPLETION: Capability.COMPLETION,
 }
 _CAPABILITY_PROTOS = {v: k for k, v in _CAPABILITIES.items()}
 _POLICIES = {
@@ -45,6 +49,7 @@ _POLICIES = {
     routing_pb2.ROUTING_POLICY_LATENCY: Policy.LATENCY,
     routing_pb2.ROUTING_POLICY_QUALITY: Policy.QUALITY,
     routing_pb2.ROUTING_POLICY_WEIGHTED: Policy.WEIGHTED,
+    routing_pb2.ROUTING_POLICY_QUALITY_FLOOR: Policy.QUALITY_FLOOR,
 }
 _POLICY_PROTOS = {v: k for k, v in _POLICIES.items()}
 _OUTCOMES = {
@@ -71,11 +76,13 @@ _CIRCUITS = {
 
 
 class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
-    """Serves RouterService from a `Router`."""
+    """Serves RouterService from a `Router`; `scores` gives the evaluation scores of
+    quality-floor routes (none without it: those fall back to cost, saying why)."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, scores: QualityScores | None = None) -> None:
         self._router = router
         self._currency = router.catalog.currency
+        self._scores: QualityScores = scores or NoQualityScores()
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: ServicerContext
@@ -105,8 +112,24 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
         return pb.GetModelResponse(model=self._model(model))
 
     async def Route(self, request: pb.RouteRequest, context: ServicerContext) -> pb.RouteResponse:
-        """Ranks the eligible models and backends."""
-        decision = self._router.route(self._route_request(request))
+        """Ranks the eligible models and backends (a quality-floor route reads the caller's
+        tenant's evaluation scores first)."""
+        route = self._route_request(request)
+        floor = route.min_quality_score
+        if (
+            route.policy is Policy.QUALITY_FLOOR
+            and not route.model
+            and floor is not None
+            and 0.0 <= floor <= 1.0
+        ):
+            evidence = await self._scores.evidence(
+                current_principal().tenant_id,
+                route.prompt,
+                route.quality_dataset,
+                route.quality_scorer,
+            )
+            route = replace(route, quality=evidence)
+        decision = self._router.route(route)
         return pb.RouteResponse(
             decision=router_pb2.RouteDecision(
                 decision_id=decision.decision_id,
@@ -116,6 +139,7 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
                     router_pb2.RejectedModel(model=r.model, reason=r.reason)
                     for r in decision.rejected
                 ],
+                fallback=decision.fallback,
             )
         )
 
@@ -205,6 +229,9 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
             unit_id=request.unit_id,
             prompt=request.prompt,
             exclude_backends=frozenset(request.exclude_backends),
+            min_quality_score=p.min_quality_score if p.HasField("min_quality_score") else None,
+            quality_dataset=p.quality_dataset,
+            quality_scorer=p.quality_scorer,
         )
 
     def _money(self, amount: Decimal) -> money_pb2.Money:
@@ -245,6 +272,8 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):
             predicted_first_token_duration=duration(candidate.predicted_first_token_s),
             predicted_total_duration=duration(candidate.predicted_total_s),
             reason=candidate.reason,
+            quality_report_id=candidate.quality.report_id if candidate.quality else "",
+            quality_score=candidate.quality.score if candidate.quality else None,
         )
 
     def _status(self, status: Status) -> router_pb2.BackendStatus:

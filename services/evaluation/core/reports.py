@@ -3,10 +3,20 @@ against thresholds, and the comparison of a candidate report with a baseline.
 
 The unit of analysis is the example, not the output: repeats of one example share its input
 and are not independent draws. So a scorer's mean is the mean over examples of each example's
-mean over its scored repeats (the plain mean of outputs when every output was scored), its
-interval is Student's t over those example means, and `count` is the number of scored outputs.
-Unscored outputs (failed generations, unparseable judge replies) are left out; an example with
-no scored output does not count.
+mean over its scored repeats (the plain mean of outputs when every output was scored), and
+`count` is the number of scored outputs. Unscored outputs (failed generations, unparseable
+judge replies) are left out; an example with no scored output does not count.
+
+The interval of the mean depends on the scores (`mean_interval_of`):
+- a quality scorer whose every score is 0 or 1 (exact match, contains, regex, JSON schema; a
+  judge that only ever said yes or no) gets the Wilson score interval of the pass rate over
+  the examples, which stays inside [0, 1] and is informative at 0% and 100% and for small
+  samples, where Student's t is neither (5 of 8 passing gave [0.19, 1.06] with t; Wilson
+  gives [0.31, 0.86]). With repeats, the rate is the mean of the examples' pass shares and n
+  the number of examples;
+- any other scorer gets Student's t over the example means, clamped to the scorer's range:
+  [0, 1] for quality scorers, [0, inf) for latency and cost (t's symmetric interval can cross
+  a bound the scores cannot).
 
 Comparisons pair by example when both reports scored the same examples with a scorer (the usual
 case: one dataset): the difference's interval and p-value are a paired t-test on per-example
@@ -49,6 +59,7 @@ from services.experiment.core.statistics import (
     mean_interval,
     student_t_sf,
     welch_test,
+    wilson_interval,
 )
 
 SIGNIFICANCE: Final = 0.05
@@ -76,9 +87,9 @@ def summarize(
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> tuple[ScorerSummary, ...]:
     """One summary per scorer, in `scorers` order: `count` scored outputs, `mean` over
-    examples, Student-t `mean_interval` over example means (undefined below 2 examples), and
-    `flakiness`: the mean, over examples with at least 2 scored repeats, of the population
-    standard deviation of their repeats (0 when no example has 2)."""
+    examples, `mean_interval` as `mean_interval_of` says, and `flakiness`: the mean, over
+    examples with at least 2 scored repeats, of the population standard deviation of their
+    repeats (0 when no example has 2)."""
     summaries = []
     for spec in scorers:
         per_example = example_means(results, spec.name)
@@ -91,11 +102,44 @@ def summarize(
                 kind=spec.kind,
                 count=sum(len(v) for v in per_example.values()),
                 mean=summary.mean,
-                mean_interval=mean_interval(summary, confidence),
+                mean_interval=mean_interval_of(spec.kind, per_example, confidence),
                 flakiness=math.fsum(spreads) / len(spreads) if spreads else 0.0,
             )
         )
     return tuple(summaries)
+
+
+def is_binary(kind: ScorerKind, per_example: Mapping[str, Sequence[float]]) -> bool:
+    """Whether a scorer's scores are pass/fail: a quality scorer (not latency or cost) whose
+    every score is 0 or 1 (and there is at least one)."""
+    return (
+        not kind.lower_is_better
+        and any(per_example.values())
+        and all(v in (0.0, 1.0) for values in per_example.values() for v in values)
+    )
+
+
+def mean_interval_of(
+    kind: ScorerKind,
+    per_example: Mapping[str, Sequence[float]],
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> Interval:
+    """The confidence interval of a scorer's mean over examples (see the module docstring):
+    Wilson over examples for pass/fail scores (`is_binary`), else Student's t over example
+    means (undefined below 2 examples) clamped to the scorer's range."""
+    means = [math.fsum(v) / len(v) for v in per_example.values() if v]
+    if is_binary(kind, per_example):
+        rate = min(1.0, max(0.0, math.fsum(means) / len(means)))
+        return wilson_interval(rate, len(means), confidence)
+    interval = mean_interval(MeanSummary.of(means), confidence)
+    if not interval.defined:
+        return interval
+    upper_bound = math.inf if kind.lower_is_better else 1.0
+    return replace(
+        interval,
+        lower=min(max(interval.lower, 0.0), upper_bound),
+        upper=min(max(interval.upper, 0.0), upper_bound),
+    )
 
 
 def build_report(

@@ -195,19 +195,31 @@ def proportion_interval(
     Unlike the Wald interval it stays informative at 0 or n successes. Undefined without
     outcomes.
     """
+    return wilson_interval(summary.mean, summary.n, confidence)
+
+
+def wilson_interval(rate: float, n: int, confidence: float = DEFAULT_CONFIDENCE) -> Interval:
+    """Wilson score interval of a rate in [0, 1] observed over `n` units, within [0, 1].
+
+    `rate` is usually successes / n; a mean of per-unit rates (the share of an example's
+    repeats that passed, averaged over examples) gives the same interval with the unit as the
+    unit of analysis. Undefined when `n` is 0.
+    """
     _check_confidence(confidence)
-    n = summary.n
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate must be in [0, 1], got {rate}")
     if n == 0:
         return _point(0.0, confidence, "no outcomes")
-    rate = summary.mean
     z = normal_ppf(_upper_level(confidence))
     z2 = z * z
     denominator = 1.0 + z2 / n
     center = (rate + z2 / (2 * n)) / denominator
     half = z / denominator * math.sqrt(rate * (1.0 - rate) / n + z2 / (4.0 * n * n))
-    # At 0 or n successes the bound on that side is exactly 0 or 1; rounding may miss it.
-    lower = 0.0 if summary.successes == 0 else max(0.0, center - half)
-    upper = 1.0 if summary.successes == n else min(1.0, center + half)
+    # At a rate of 0 or 1 the bound on that side is exactly 0 or 1; rounding may miss it.
+    lower = 0.0 if rate == 0.0 else max(0.0, center - half)
+    upper = 1.0 if rate == 1.0 else min(1.0, center + half)
     return Interval(lower, upper, confidence)
 
 

@@ -13,6 +13,8 @@ class Capability(StrEnum):
     JSON_OUTPUT = "json_output"
     STREAMING = "streaming"
     EMBEDDINGS = "embeddings"
+    COMPLETION = "completion"
+    """Continues raw text (no chat template): what text prompts need."""
 
 
 class BackendKind(StrEnum):

@@ -1,6 +1,11 @@
 """Routing decisions: the capability filter, then a ranking policy, then a backend per model by
 power-of-two-choices on requests in flight, every choice with a reason a person can read.
 
+The quality-floor policy ranks by evaluation scores the caller read beforehand
+(`RouteRequest.quality`, see `services.router.core.quality`): the cheapest model whose latest
+score meets the floor, the reason naming the report. Without scores it falls back to cost,
+and without a score meeting the floor to the highest score, saying so (`Decision.fallback`).
+
 Candidates come model by model in policy order; within a model the picked backend comes first
 and its other available replicas follow, so a caller failing over before the first token tries
 another replica of the same model before the next model (the failover contract of
@@ -23,11 +28,14 @@ from services.common import reasons
 from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from services.router.core.catalog import BackendEntry, Capability, Catalog, ModelEntry
 from services.router.core.live import BackendLive, BreakerPolicy, Health, Outcome
+from services.router.core.quality import QualityEvidence, ReportScore
 
 WEIGHT_BUCKETS = 10_000
 CANDIDATE_MODELS = 4
 """Models a decision lists candidates for (each with all its available replicas): enough to
 fail over, and routing stays cheap with large catalogs."""
+MAX_QUALITY_NAME = 64
+"""Longest `quality_dataset` and `quality_scorer` (evaluation names are 1 to 64 characters)."""
 MAX_OPEN_DECISIONS = 100_000
 """Decisions remembered for their outcome reports (oldest forgotten first)."""
 
@@ -39,6 +47,7 @@ class Policy(StrEnum):
     LATENCY = "latency"
     QUALITY = "quality"
     WEIGHTED = "weighted"
+    QUALITY_FLOOR = "quality_floor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +68,15 @@ class RouteRequest:
     unit_id: str = ""
     prompt: str = ""
     exclude_backends: frozenset[str] = frozenset()
+    min_quality_score: float | None = None
+    """The evaluation score floor of QUALITY_FLOOR, in [0, 1]."""
+    quality_dataset: str = ""
+    """The dataset whose reports QUALITY_FLOOR reads; empty: the prompt's gate dataset."""
+    quality_scorer: str = ""
+    """The scorer whose mean is a report's score; empty: the run's first quality scorer."""
+    quality: QualityEvidence | None = None
+    """The scores QUALITY_FLOOR ranks with, read before routing (`QualityScores`); None when
+    none were read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +89,8 @@ class Candidate:
     predicted_first_token_s: float
     predicted_total_s: float
     reason: str
+    quality: ReportScore | None = None
+    """The evaluation score QUALITY_FLOOR ranked the model by, if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +109,8 @@ class Decision:
     policy: Policy
     candidates: tuple[Candidate, ...]
     rejected: tuple[Rejection, ...]
+    fallback: str = ""
+    """Why the requested policy could not rank and which did instead; "" when it did."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +147,7 @@ class _Ranked:
     total_s: float
     misses_target: bool
     backends: list[_Replica] = field(default_factory=list)
+    score: ReportScore | None = None
 
 
 class Router:
@@ -209,15 +232,27 @@ class Router:
                 reason=reasons.NO_ELIGIBLE_MODEL,
                 metadata={r.model: r.reason for r in rejected},
             )
-        ordered = self._order(ranked, policy, request)[:CANDIDATE_MODELS]
+        fallback = ""
+        if policy is Policy.QUALITY_FLOOR and not request.model:
+            ranked, policy, fallback, below = _quality_floor(ranked, request)
+            rejected += below
+        if policy is Policy.QUALITY_FLOOR:
+            ordered = ranked[:CANDIDATE_MODELS]  # in `_quality_floor`'s order
+        else:
+            ordered = self._order(ranked, policy, request)[:CANDIDATE_MODELS]
+        # None: a pinned model, not ranked by scores.
+        floor = None if request.model else request.min_quality_score or 0.0
         candidates = [
-            c for position, r in enumerate(ordered) for c in self._candidates(r, policy, position)
+            c
+            for position, r in enumerate(ordered)
+            for c in self._candidates(r, policy, position, floor, fallback)
         ]
         decision = Decision(
             decision_id=f"{self._id_prefix}{next(self._ids):012x}",
             policy=policy,
             candidates=tuple(candidates),
             rejected=tuple(rejected),
+            fallback=fallback,
         )
         first = (candidates[0].model.name, candidates[0].backend.id)
         live = self._live[first]
@@ -275,6 +310,8 @@ class Router:
                 key = lambda r: (r.misses_target, r.total_s, r.first_token_s, r.model.name)  # noqa: E731
             case Policy.QUALITY:
                 key = lambda r: (r.misses_target, -r.model.quality_tier, r.cost, r.model.name)  # noqa: E731
+            case Policy.QUALITY_FLOOR:  # ordered by `_quality_floor` instead; here for mypy
+                key = lambda r: (r.misses_target, r.cost, 0, r.model.name)  # noqa: E731
             case Policy.WEIGHTED:
                 chosen = self._weighted_pick(ranked, request.unit_id)
                 rest = sorted(
@@ -297,9 +334,13 @@ class Router:
                 return r
         return weighted[-1]
 
-    def _candidates(self, ranked: _Ranked, policy: Policy, position: int) -> list[Candidate]:
+    def _candidates(
+        self, ranked: _Ranked, policy: Policy, position: int, floor: float | None, fallback: str
+    ) -> list[Candidate]:
         replicas = self._power_of_two(ranked.backends)
-        why = _why(ranked, policy, position, self.catalog.currency)
+        why = _why(ranked, policy, position, self.catalog.currency, floor)
+        if fallback:
+            why = f"{fallback}; {why}"
         out = []
         for index, (backend, live) in enumerate(replicas):
             first_token_s, _ = _predict(ranked.model, live, 1)
@@ -317,6 +358,7 @@ class Router:
                     predicted_first_token_s=first_token_s,
                     predicted_total_s=total_s,
                     reason=f"{why}; {where}",
+                    quality=ranked.score,
                 )
             )
         return out
@@ -413,7 +455,70 @@ def _predict(model: ModelEntry, live: BackendLive, outputs: int) -> tuple[float,
     return first, first + per_token * max(outputs - 1, 0)
 
 
-def _why(ranked: _Ranked, policy: Policy, position: int, currency: str) -> str:
+def _quality_floor(
+    ranked: list[_Ranked], request: RouteRequest
+) -> tuple[list[_Ranked], Policy, str, list[Rejection]]:
+    """QUALITY_FLOOR over the eligible models: (them in order, the policy that ordered them,
+    the fallback text, the models it rejected).
+
+    The models whose latest score meets the floor, cheapest first; the others are rejected,
+    each saying why. With no score for any eligible model (or none readable) it falls back to
+    COST; when no score meets the floor, to the highest score (models without one last)."""
+    evidence = request.quality
+    floor = request.min_quality_score or 0.0
+    if evidence is None or evidence.unavailable:
+        why = evidence.unavailable if evidence is not None else "no evaluation scores were read"
+        return ranked, Policy.COST, f"{why}; fell back to cost", []
+    for r in ranked:
+        r.score = evidence.scores.get(r.model.name)
+    if all(r.score is None for r in ranked):
+        return (
+            ranked,
+            Policy.COST,
+            f"no evaluation report for prompt {evidence.prompt} on dataset {evidence.dataset}; "
+            "fell back to cost",
+            [],
+        )
+    passing = [r for r in ranked if r.score is not None and r.score.score >= floor]
+    if passing:
+        passing.sort(key=lambda r: (r.misses_target, r.cost, -_score(r), r.model.name))
+        kept = {id(r) for r in passing}
+        rejected = [
+            Rejection(r.model.name, _below_floor(r.score, evidence, floor))
+            for r in ranked
+            if id(r) not in kept
+        ]
+        return passing, Policy.QUALITY_FLOOR, "", rejected
+    ordered = sorted(
+        ranked, key=lambda r: (r.score is None, -_score(r), r.misses_target, r.cost, r.model.name)
+    )
+    best = ordered[0]
+    assert best.score is not None  # some model has a score
+    return (
+        ordered,
+        Policy.QUALITY_FLOOR,
+        f"no model's latest evaluation of prompt {evidence.prompt} on dataset "
+        f"{evidence.dataset} meets floor {floor:g} (best: {best.model.name} "
+        f"{best.score.score:.3f} in report {best.score.report_id}); fell back to the highest "
+        "score",
+        [],
+    )
+
+
+def _below_floor(score: ReportScore | None, evidence: QualityEvidence, floor: float) -> str:
+    if score is None:
+        return f"no evaluation report for prompt {evidence.prompt} on dataset {evidence.dataset}"
+    return (
+        f"report {score.report_id} on dataset {score.dataset} scored {score.score:.3f} < floor "
+        f"{floor:g} ({score.scorer})"
+    )
+
+
+def _score(ranked: _Ranked) -> float:
+    return ranked.score.score if ranked.score is not None else -1.0
+
+
+def _why(ranked: _Ranked, policy: Policy, position: int, currency: str, floor: float | None) -> str:
     rank = "best" if position == 0 else f"rank {position + 1}"
     cost = _money(ranked.cost, currency)
     miss = ", predicted to miss the latency target" if ranked.misses_target else ""
@@ -433,6 +538,22 @@ def _why(ranked: _Ranked, policy: Policy, position: int, currency: str) -> str:
                 if position == 0
                 else f"by cost {cost} after the split"
             )
+        case Policy.QUALITY_FLOOR:
+            score = ranked.score
+            if floor is None:
+                detail = f"{ranked.model.name}: pinned, evaluation scores not consulted"
+            elif score is None:
+                detail = f"{ranked.model.name}: no evaluation report, estimated cost {cost}"
+            else:
+                meets = score.score >= floor
+                detail = (
+                    f"{ranked.model.name}: report {score.report_id} on dataset {score.dataset} "
+                    f"scored {score.score:.3f} {'>=' if meets else '<'} floor {floor:g} "
+                    f"({score.scorer}, prompt version {score.prompt_version}), "
+                    f"estimated cost {cost}"
+                )
+                if meets and position == 0:
+                    detail += ", cheapest such"
     return f"{policy.value}: {rank}, {detail}{miss}"
 
 
@@ -448,8 +569,23 @@ def _validate(request: RouteRequest, catalog: Catalog) -> None:
         violations.append(FieldViolation("max_output_tokens", "must be >= 1"))
     if not 0 <= request.min_quality_tier <= 10:
         violations.append(FieldViolation("preferences.min_quality_tier", "must be in [0, 10]"))
+    score = request.min_quality_score
+    if score is not None and not 0.0 <= score <= 1.0:  # NaN fails too
+        violations.append(FieldViolation("preferences.min_quality_score", "must be in [0, 1]"))
+    elif score is None and request.policy is Policy.QUALITY_FLOOR and not request.model:
+        violations.append(
+            FieldViolation(
+                "preferences.min_quality_score", "is required with ROUTING_POLICY_QUALITY_FLOOR"
+            )
+        )
     if request.max_cost is not None and request.max_cost < 0:
         violations.append(FieldViolation("preferences.max_cost", "must be >= 0"))
+    for field_name, name in (
+        ("preferences.quality_dataset", request.quality_dataset),
+        ("preferences.quality_scorer", request.quality_scorer),
+    ):
+        if len(name) > MAX_QUALITY_NAME:
+            violations.append(FieldViolation(field_name, f"at most {MAX_QUALITY_NAME} characters"))
     for field_name, value in (
         ("preferences.max_first_token_duration", request.max_first_token_s),
         ("preferences.max_total_duration", request.max_total_s),

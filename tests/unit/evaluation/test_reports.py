@@ -137,9 +137,10 @@ def test_summary_is_over_example_means_and_matches_scipy() -> None:
 @pytest.mark.parametrize(
     ("values", "count", "mean", "defined", "flakiness"),
     [
-        ({"a": [1.0]}, 1, 1.0, False, 0.0),  # one example: no interval
+        ({"a": [0.5]}, 1, 0.5, False, 0.0),  # one example, not pass/fail: no interval
+        ({"a": [1.0]}, 1, 1.0, True, 0.0),  # one pass/fail example: Wilson is defined
         ({"a": [None]}, 0, 0.0, False, 0.0),
-        ({"a": [1.0, 1.0], "b": [1.0, 1.0]}, 4, 1.0, True, 0.0),  # zero width, defined
+        ({"a": [0.5, 0.5], "b": [0.5, 0.5]}, 4, 0.5, True, 0.0),  # zero width, defined
         ({"a": [1.0, 0.0], "b": [0.0, 1.0]}, 4, 0.5, True, 0.5),
     ],
 )
@@ -150,6 +151,89 @@ def test_summary_edges(
     assert (summary.count, summary.mean_interval.defined) == (count, defined)
     assert summary.mean == pytest.approx(mean)
     assert summary.flakiness == pytest.approx(flakiness)
+
+
+def wilson(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval, written out independently of the code under test."""
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    p = successes / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def test_pass_fail_scores_get_the_wilson_interval_inside_0_1() -> None:
+    # `genai eval run` on chat-basics: 5 of 8 answers contain their reference. Student's t
+    # gave [0.192, 1.058]; Wilson stays inside [0, 1].
+    table = {f"e{i}": {"exact": [1.0 if i < 5 else 0.0]} for i in range(8)}
+    (summary,) = summarize([SCORERS[2]], results(table))
+
+    assert summary.mean == pytest.approx(0.625)
+    low, high = wilson(5, 8)
+    assert summary.mean_interval.lower == pytest.approx(low, rel=1e-9)
+    assert summary.mean_interval.upper == pytest.approx(high, rel=1e-9)
+    assert (round(low, 3), round(high, 3)) == (0.306, 0.863)
+    # statsmodels' proportion_confint(5, 8, method="wilson") gives the same bounds.
+
+
+@pytest.mark.parametrize(("passes", "n"), [(0, 5), (5, 5), (1, 1), (0, 1), (3, 40)])
+def test_wilson_at_the_edges_stays_in_0_1_and_keeps_the_exact_bound(passes: int, n: int) -> None:
+    table = {f"e{i}": {"exact": [1.0 if i < passes else 0.0]} for i in range(n)}
+    (summary,) = summarize([SCORERS[2]], results(table))
+    interval = summary.mean_interval
+
+    assert interval.defined
+    assert 0.0 <= interval.lower <= summary.mean <= interval.upper <= 1.0
+    assert interval.lower < interval.upper
+    if passes == 0:
+        assert interval.lower == 0.0
+    if passes == n:
+        assert interval.upper == 1.0
+    low, high = wilson(passes, n)
+    assert interval.lower == pytest.approx(low, abs=1e-12)
+    assert interval.upper == pytest.approx(high, abs=1e-12)
+
+
+def test_pass_fail_with_repeats_is_wilson_over_examples() -> None:
+    # The unit is the example: 4 examples whose pass shares are 1, 1/2, 0 and 1.
+    table = {
+        "a": {"exact": [1.0, 1.0]},
+        "b": {"exact": [1.0, 0.0]},
+        "c": {"exact": [0.0, 0.0]},
+        "d": {"exact": [1.0, 1.0]},
+    }
+    (summary,) = summarize([SCORERS[2]], results(table))
+
+    assert summary.count == 8
+    assert summary.mean == pytest.approx(0.625)
+    low, high = wilson(2.5, 4)
+    assert summary.mean_interval.lower == pytest.approx(low, rel=1e-9)
+    assert summary.mean_interval.upper == pytest.approx(high, rel=1e-9)
+
+
+def test_continuous_quality_scores_keep_student_t_clamped_to_0_1() -> None:
+    table = {"a": {"judge": [0.95]}, "b": {"judge": [1.0]}, "c": {"judge": [0.5]}}
+    (summary,) = summarize([SCORERS[0]], results(table))
+    means = [0.95, 1.0, 0.5]
+    low, high = stats.t.interval(
+        0.95, len(means) - 1, loc=statistics.fmean(means), scale=stats.sem(means)
+    )
+    assert high > 1.0  # t alone would leave the scorer's range
+
+    assert summary.mean_interval.lower == pytest.approx(low, rel=1e-9)
+    assert summary.mean_interval.upper == 1.0
+
+
+def test_latency_and_cost_are_never_wilson_and_stay_non_negative() -> None:
+    # 0/1 values of a latency or cost scorer are seconds and money, not passes.
+    table = {f"e{i}": {"latency": [1.0 if i == 0 else 0.0]} for i in range(3)}
+    (summary,) = summarize([SCORERS[1]], results(table))
+    low, high = stats.t.interval(0.95, 2, loc=1 / 3, scale=stats.sem([1.0, 0.0, 0.0]))
+
+    assert low < 0.0
+    assert summary.mean_interval.lower == 0.0
+    assert summary.mean_interval.upper == pytest.approx(high, rel=1e-9)
+    assert summary.mean_interval.upper > 1.0  # no [0, 1] clamp for seconds
 
 
 def test_build_report_totals_and_fields() -> None:

@@ -28,6 +28,7 @@ from services.experiment.core.statistics import (
     student_t_sf,
     two_proportion_test,
     welch_test,
+    wilson_interval,
 )
 
 REL = 1e-8
@@ -222,6 +223,23 @@ def test_proportion_interval_matches_scipy_wilson(
     assert_close(interval.lower, expected.low, rel=1e-9, abs_=1e-12)
     assert_close(interval.upper, expected.high, rel=1e-9, abs_=1e-12)
     assert 0.0 <= interval.lower <= successes / n <= interval.upper <= 1.0
+
+
+def test_wilson_interval_of_a_fractional_rate_is_the_wilson_formula() -> None:
+    # A mean of per-example pass shares (repeats) goes in as the rate; integer counts give
+    # exactly the proportion interval.
+    assert wilson_interval(7 / 20, 20) == proportion_interval(ProportionSummary(20, 7))
+    z = stats.norm.ppf(0.975)
+    p, n = 0.625, 4
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    interval = wilson_interval(p, n)
+    assert_close(interval.lower, center - half, rel=1e-12, abs_=1e-15)
+    assert_close(interval.upper, center + half, rel=1e-12, abs_=1e-15)
+    for bad in (-0.1, 1.1):
+        with pytest.raises(ValueError, match="rate"):
+            wilson_interval(bad, 3)
+    assert not wilson_interval(0.0, 0).defined
 
 
 def test_proportion_interval_is_undefined_without_outcomes() -> None:

@@ -14,6 +14,7 @@ CHAT, JSON, STREAMING = (
     routing_pb2.CAPABILITY_STREAMING,
 )
 COST, LATENCY = routing_pb2.ROUTING_POLICY_COST, routing_pb2.ROUTING_POLICY_LATENCY
+FLOOR = routing_pb2.ROUTING_POLICY_QUALITY_FLOOR
 
 
 def usd(nanos: int) -> money_pb2.Money:
@@ -51,6 +52,24 @@ CASES = [
         P(required_capabilities=[CHAT, JSON]),
         P(required_capabilities=[JSON, STREAMING]),
         P(required_capabilities=[CHAT, JSON, STREAMING]),
+    ),
+    (
+        "a version's quality floor passes through",
+        P(policy=FLOOR, min_quality_score=0.7, quality_dataset="chat-basics"),
+        P(model=""),
+        P(policy=FLOOR, min_quality_score=0.7, quality_dataset="chat-basics"),
+    ),
+    (
+        "a request's quality floor passes through",
+        None,
+        P(policy=FLOOR, min_quality_score=0.5, quality_dataset="facts", quality_scorer="answer"),
+        P(policy=FLOOR, min_quality_score=0.5, quality_dataset="facts", quality_scorer="answer"),
+    ),
+    (
+        "the request's floor, dataset and scorer win, a floor of 0 included",
+        P(policy=FLOOR, min_quality_score=0.7, quality_dataset="a", quality_scorer="x"),
+        P(min_quality_score=0.0, quality_dataset="b"),
+        P(policy=FLOOR, min_quality_score=0.0, quality_dataset="b", quality_scorer="x"),
     ),
     (
         "a request cannot drop a version's capability",

@@ -316,14 +316,17 @@ def test_in_flight_counts_end_with_the_reported_outcome() -> None:
 
 def test_the_shipped_catalog_loads(tmp_path: Path) -> None:
     catalog = load_catalog(DEFAULT_CATALOG, local_triton="127.0.0.1:8001")
-    assert [m.name for m in catalog.models] == ["smollm2-135m-instruct", "zero"]
+    assert [m.name for m in catalog.models] == ["smollm2-135m-instruct", "gemma3-270m", "zero"]
     assert catalog.models[0].backends[0].endpoint == "127.0.0.1:8001"
     router = Router(catalog)
-    decision = router.route(RouteRequest(100, 100, Policy.COST))
+    decision = router.route(RouteRequest(100, 100, Policy.COST, required=frozenset({C.CHAT})))
     assert [c.model.name for c in decision.candidates] == ["smollm2-135m-instruct"]
     assert [(r.model, r.reason) for r in decision.rejected] == [
-        ("zero", "routed only when pinned by name")
+        ("gemma3-270m", "lacks chat"),
+        ("zero", "routed only when pinned by name"),
     ]
+    text = router.route(RouteRequest(100, 100, Policy.COST, required=frozenset({C.COMPLETION})))
+    assert {c.model.name for c in text.candidates} == {"smollm2-135m-instruct", "gemma3-270m"}
     pinned = router.route(RouteRequest(100, 100, model="zero"))
     assert [c.model.name for c in pinned.candidates] == ["zero"]
 
