@@ -377,23 +377,45 @@ class EngineModel:
             try:
                 self._start(request)
             except Exception as error:  # never leave a request without its final response
-                self.pb.Logger.log_error(f"tensorrt_llm: {error!r}")
+                self.pb.Logger.log_error(f"{type(self).__name__}: {error!r}")
                 _send(
                     self.pb,
                     request.get_response_sender(),
-                    _error(self.pb, facade.INTERNAL_ERROR, f"tensorrt_llm failed: {error}"),
+                    _error(self.pb, facade.INTERNAL_ERROR, f"generation failed: {error}"),
                     True,
                 )
         return None
 
-    def _start(self, request: Any) -> None:
+    def _submit(self, running: _Running, request: Any, on_update: Callable[[Any], None]) -> None:
+        """Registers `running` and hands `request` (an `EngineRequest`) to the engine; a request
+        the engine refuses ends at once with its tagged error."""
         from genai_triton.engine import (
             ContextLengthExceededError,
             EngineError,
-            EngineRequest,
             InvalidRequestError,
-            SamplingParams,
         )
+
+        with self._lock:
+            self._running[running.engine_id] = running
+            if running.triton_id:
+                self._by_triton_id[running.triton_id] = running.engine_id
+        self.m_in_flight.increment(1)
+        reason = ""
+        try:
+            self.engine.submit(request, on_update, running.engine_id)
+        except ContextLengthExceededError as error:
+            reason, message = facade.CONTEXT_LENGTH_EXCEEDED, str(error)
+        except InvalidRequestError as error:
+            reason, message = facade.FIELD_VIOLATION, str(error)
+        except EngineError as error:
+            reason, message = facade.INTERNAL_ERROR, str(error)
+        if reason:
+            self._forget(running)
+            _send(self.pb, running.sender, _error(self.pb, reason, message), True)
+        self._update_gauges()
+
+    def _start(self, request: Any) -> None:
+        from genai_triton.engine import EngineRequest, SamplingParams
         from genai_triton.tokenization import parse_word_list
 
         pb = self.pb
@@ -456,23 +478,7 @@ class EngineModel:
             engine_id=engine_id,
             triton_id=triton_id,
         )
-        with self._lock:
-            self._running[engine_id] = running
-            if triton_id:
-                self._by_triton_id[triton_id] = engine_id
-        self.m_in_flight.increment(1)
-        try:
-            self.engine.submit(engine_request, self._on_update, engine_id)
-        except ContextLengthExceededError as error:
-            self._forget(running)
-            _send(pb, sender, _error(pb, facade.CONTEXT_LENGTH_EXCEEDED, str(error)), True)
-        except InvalidRequestError as error:
-            self._forget(running)
-            _send(pb, sender, _error(pb, facade.FIELD_VIOLATION, str(error)), True)
-        except EngineError as error:
-            self._forget(running)
-            _send(pb, sender, _error(pb, facade.INTERNAL_ERROR, str(error)), True)
-        self._update_gauges()
+        self._submit(running, engine_request, self._on_update)
 
     def _forget(self, running: _Running) -> None:
         with self._lock:
@@ -578,28 +584,8 @@ class LlmModel(EngineModel):
     facade's response itself, one hop per token. Same inputs, outputs, errors and metrics as
     the facade and `tensorrt_llm`; the parameters are `tensorrt_llm`'s (`EngineModel`)."""
 
-    def execute(self, requests: Sequence[Any]) -> None:
-        for request in requests:
-            try:
-                self._start_facade(request)
-            except Exception as error:  # never leave a request without its final response
-                self.pb.Logger.log_error(f"llm: {error!r}")
-                _send(
-                    self.pb,
-                    request.get_response_sender(),
-                    _error(self.pb, facade.INTERNAL_ERROR, f"generation failed: {error}"),
-                    True,
-                )
-        return None
-
-    def _start_facade(self, request: Any) -> None:
-        from genai_triton.engine import (
-            ContextLengthExceededError,
-            EngineError,
-            EngineRequest,
-            InvalidRequestError,
-            SamplingParams,
-        )
+    def _start(self, request: Any) -> None:
+        from genai_triton.engine import EngineRequest, SamplingParams
         from genai_triton.tokenization import IncrementalDetokenizer, word_variants
 
         pb = self.pb
@@ -657,23 +643,7 @@ class LlmModel(EngineModel):
             detokenizer=IncrementalDetokenizer(tokenizer, prompt_ids[-4:]),
             stops=facade.StopWordFilter(generation.stop_words),
         )
-        with self._lock:
-            self._running[engine_id] = running
-            if triton_id:
-                self._by_triton_id[triton_id] = engine_id
-        self.m_in_flight.increment(1)
-        try:
-            self.engine.submit(engine_request, self._on_facade_update, engine_id)
-        except ContextLengthExceededError as error:
-            self._forget(running)
-            _send(pb, sender, _error(pb, facade.CONTEXT_LENGTH_EXCEEDED, str(error)), True)
-        except InvalidRequestError as error:
-            self._forget(running)
-            _send(pb, sender, _error(pb, facade.FIELD_VIOLATION, str(error)), True)
-        except EngineError as error:
-            self._forget(running)
-            _send(pb, sender, _error(pb, facade.INTERNAL_ERROR, str(error)), True)
-        self._update_gauges()
+        self._submit(running, engine_request, self._on_facade_update)
 
     def _on_facade_update(self, update: Any) -> None:
         """Runs on the engine thread: detokenizes, cuts stop words, sends the facade response."""
