@@ -14,10 +14,12 @@ from typing import Final
 
 BENCHMARKS: Final[dict[str, str]] = {
     "chain": "per-RPC cost of the server interceptor chain against a bare grpc.aio server",
+    "experiment": "A/B experiment through the gateway: SmolLM2 vs Gemma 3 on one text prompt",
     "gateway": "GatewayService streams vs InferenceService alone vs direct Triton (zero_llm)",
     "inference": "InferenceService vs direct Triton streams (zero_llm); SmolLM2 vs transformers",
     "replicas": "two replicas of each service over PostgreSQL and Redis, SIGKILLs under load",
     "router": "routing decision cost with a 20-model catalog, in process and over gRPC",
+    "routing": "cost, score and latency of routing policies on the evaluation datasets",
     "structured": "extract-invoice on SmolLM2 with and without constrained decoding",
 }
 """Each benchmark's name (its module in this package) and what it measures, in one line."""
