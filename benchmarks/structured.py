@@ -256,7 +256,7 @@ async def run_structured(config: StructuredConfig, progress: Progress, run_dir: 
                 served_model(
                     MODEL,
                     triton.grpc_address,
-                    "ensemble",
+                    SMOLLM2_TRITON_MODELS[0],
                     max_in_flight=8,
                     chat_template="prepared:smollm2",
                     guided_decoding=True,

@@ -8,6 +8,7 @@ import json
 import math
 import os
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from benchmarks.inference import (
     DIRECT,
     HOP,
     PLATFORM,
+    SERVE,
     TRANSFORMERS,
     InferenceConfig,
     InferenceRun,
@@ -143,18 +145,38 @@ def test_pooled_waves_rate_is_all_tokens_over_all_wall_time():
         pool_waves([_wave(PLATFORM, 1, 1, 1.0), _wave(TRANSFORMERS, 1, 1, 1.0)])
 
 
-def test_smollm2_targets_are_batching_gain_and_single_stream_against_transformers():
-    run = smollm2_run(SmolConfig(), _waves(), {"threads": 2}, STARTED, 10.0)
+def test_smollm2_targets_compare_with_transformers_and_transformers_serve():
+    def wave(variant: str, streams: int, wall_s: float, ttft_s: float, cpu_s: float) -> Wave:
+        return replace(
+            _wave(variant, streams, 64 if streams == 1 else 32, wall_s),
+            ttft_s=[ttft_s] * streams,
+            cpu_s=cpu_s,
+        )
 
-    batching, peer = smollm2_targets(run.waves)
+    waves = [
+        wave(PLATFORM, 1, 1.0, 0.2, 1.9),  # 64 tokens/s
+        wave(TRANSFORMERS, 1, 2.0, 0.3, 3.9),  # 32
+        wave(PLATFORM, 16, 2.0, 0.5, 3.8),  # 512 tokens: 256 tokens/s, 1.9 cores
+        wave(TRANSFORMERS, 16, 3.0, 0.9, 5.9),  # 170.7
+        wave(SERVE, 16, 4.0, 1.2, 5.0),  # 128
+    ]
+    run = smollm2_run(SmolConfig(), waves, {"threads": 2}, STARTED, 10.0)
 
-    # 16 tokens/s alone; 8 x 64 tokens in 6 s together; transformers alone 8 tokens/s.
-    assert batching.measured == pytest.approx((512 / 6.0) / 16.0)
-    assert batching.passed is True
-    assert peer.measured == pytest.approx(2.0)
-    assert peer.passed is True
-    single = next(c for c in run.result.comparisons if c.concurrency == 1 and "rate" in c.metric)
-    assert list(single.round_ratios) == pytest.approx([2.0, 2.0])
+    single, wide, rate, serve, cores, ttft = smollm2_targets(run.waves)
+
+    assert single.measured == pytest.approx(2.0)
+    assert single.passed is True
+    assert wide.measured == pytest.approx(1.5)
+    assert wide.passed is False
+    assert rate.measured == pytest.approx(256.0)
+    assert rate.passed is True
+    assert serve.measured == pytest.approx(2.0)
+    assert serve.passed is True
+    assert cores.measured == pytest.approx(1.9)
+    assert cores.passed is True
+    assert ttft.measured == pytest.approx(1.5)
+    assert ttft.passed is True
+    assert "transformers serve --continuous-batching" in serve.name
 
 
 def test_same_texts_counts_identical_greedy_outputs():
@@ -162,7 +184,10 @@ def test_same_texts_counts_identical_greedy_outputs():
 
     lines = same_texts(run.waves)
 
-    assert lines[0].startswith("greedy texts at 1 stream(s): 1/2 identical")
+    assert lines[0].startswith(
+        "greedy texts against transformers fp32 at 1 stream(s): 1/2 identical"
+    )
+    assert "50% of the text shared" in lines[0]  # "same"/"same" and "same"/"other"
 
 
 def test_inference_env_is_accepted_by_the_platform_settings():
