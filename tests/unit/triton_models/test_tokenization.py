@@ -133,3 +133,22 @@ def test_chat_template_is_chatml(tokenizer: TextTokenizer) -> None:
     assert prompt.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     assert tokenizer.special.bos == 1
     assert tokenizer.eos_id == 2
+
+
+def test_prompt_ids_put_bos_first_only_where_the_tokenizer_does() -> None:
+    from genai_triton.tokenization import TextTokenizer
+
+    from tests.support.gemma import gemma_dir
+
+    smollm2 = TextTokenizer(smollm2_dir())
+    gemma = TextTokenizer(gemma_dir())
+
+    assert smollm2.adds_bos is False
+    assert smollm2.prompt_ids("The capital of France is") == smollm2.encode(
+        "The capital of France is"
+    )
+    assert gemma.adds_bos is True
+    assert gemma.special.bos == 2
+    ids = gemma.prompt_ids("The capital of France is")
+    assert ids == [2, *gemma.encode("The capital of France is")]
+    assert gemma.prompt_ids("<bos>Hello")[:2] != [2, 2]  # never twice

@@ -48,17 +48,6 @@ class SpecialIds:
     pad: int | None
 
 
-def _adds_bos(tokenizer: Mapping[str, Any], bos: int | None) -> bool:
-    """Whether `tokenizer.json`'s post-processor starts every single text with the BOS token."""
-    processor = tokenizer.get("post_processor") or {}
-    if bos is None or processor.get("type") != "TemplateProcessing":
-        return False
-    first = (processor.get("single") or [{}])[0]
-    token = (first.get("SpecialToken") or {}).get("id")
-    ids = ((processor.get("special_tokens") or {}).get(token) or {}).get("ids") or []
-    return list(ids) == [bos]
-
-
 class TextTokenizer:
     """The `tokenizer.json` of a prepared model directory (via the `tokenizers` library), its
     special ids and chat template."""
@@ -83,7 +72,10 @@ class TextTokenizer:
         template = directory / "chat_template.jinja"
         self.chat_template = template.read_text(encoding="utf-8") if template.exists() else None
         self.vocab_size = int(self._tokenizer.get_vocab_size(with_added_tokens=True))
-        self.adds_bos = _adds_bos(_read_json(directory / "tokenizer.json"), self.special.bos)
+        # Whether the tokenizer's post-processor starts every text with BOS (Gemma's <bos>).
+        bos = self.special.bos
+        starts = self._tokenizer.encode("", add_special_tokens=True).ids[:1]
+        self.adds_bos = bos is not None and list(starts) == [bos]
 
     @property
     def eos_id(self) -> int | None:
