@@ -567,7 +567,6 @@ class _LlmRunning(_Running):
 
     prompt: str = ""
     num_input: int = 0
-    stream: bool = True
     echo: bool = False
     detokenizer: Any = None
     stops: Any = None
@@ -637,7 +636,6 @@ class LlmModel(EngineModel):
             triton_id=triton_id,
             prompt=generation.prompt,
             num_input=len(prompt_ids),
-            stream=generation.stream,
             echo=not (generation.stream or generation.exclude_input_in_output),
             # The last few prompt tokens give the first output token its context.
             detokenizer=IncrementalDetokenizer(tokenizer, prompt_ids[-4:]),
@@ -672,7 +670,7 @@ class LlmModel(EngineModel):
             if reason == facade.FINISH_CANCELLED:
                 self.m_cancelled.increment(1)
             self._update_gauges()
-        if not running.stream:
+        if not running.streaming:
             running.collected.append(delta)
             if not finished:
                 return

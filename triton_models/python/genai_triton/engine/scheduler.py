@@ -520,11 +520,7 @@ class Engine:
             )
             for sequence, end in chunks
         ]
-        prefill_many = getattr(self.model, "prefill_many", None)
-        if prefill_many is not None:
-            logits = prefill_many(self.cache, segments)
-        else:  # a model without batched prefill: one segment at a time
-            logits = torch.stack([self.model.prefill(self.cache, *segment) for segment in segments])
+        logits = self.model.prefill_many(self.cache, segments)
         for (sequence, end), row in zip(chunks, logits, strict=True):
             prompt = sequence.request.prompt_ids
             sequence.prefilled = sequence.length = end
