@@ -23,9 +23,20 @@ type RouterServiceClient interface {
 	// Returns one catalog model.
 	// Role: viewer.
 	GetModel(ctx context.Context, in *GetModelRequest, opts ...grpc.CallOption) (*GetModelResponse, error)
-	// Ranks the eligible models and backends for one request. Fails with
-	// FAILED_PRECONDITION (NO_ELIGIBLE_MODEL) when none qualifies; the
-	// metadata says why each model was rejected.
+	// Ranks the eligible models and backends for one request. The two ways it
+	// can find no candidate are told apart, so that retry policies do the
+	// right thing:
+	//   - FAILED_PRECONDITION (NO_ELIGIBLE_MODEL): no model could ever serve the
+	//     request (capabilities, context or output length, quality tier, cost
+	//     ceiling, or what the pinned model lacks). Do not retry it as it is;
+	//     the metadata says why each model was rejected.
+	//   - UNAVAILABLE (BACKEND_UNAVAILABLE) with `RetryInfo`: some models
+	//     qualify, but every backend of each is failing its health checks or has
+	//     its circuit open (or was excluded by the caller). Retry after the
+	//     delay: the time until the next health probe or circuit half-open is
+	//     due. The metadata names each backend and why it is out.
+	//
+	// Unknown pinned models are NOT_FOUND (MODEL_NOT_FOUND).
 	// Role: member.
 	Route(ctx context.Context, in *RouteRequest, opts ...grpc.CallOption) (*RouteResponse, error)
 	// Reports the outcome of one attempt, so that live statistics, health and
@@ -102,9 +113,20 @@ type RouterServiceServer interface {
 	// Returns one catalog model.
 	// Role: viewer.
 	GetModel(context.Context, *GetModelRequest) (*GetModelResponse, error)
-	// Ranks the eligible models and backends for one request. Fails with
-	// FAILED_PRECONDITION (NO_ELIGIBLE_MODEL) when none qualifies; the
-	// metadata says why each model was rejected.
+	// Ranks the eligible models and backends for one request. The two ways it
+	// can find no candidate are told apart, so that retry policies do the
+	// right thing:
+	//   - FAILED_PRECONDITION (NO_ELIGIBLE_MODEL): no model could ever serve the
+	//     request (capabilities, context or output length, quality tier, cost
+	//     ceiling, or what the pinned model lacks). Do not retry it as it is;
+	//     the metadata says why each model was rejected.
+	//   - UNAVAILABLE (BACKEND_UNAVAILABLE) with `RetryInfo`: some models
+	//     qualify, but every backend of each is failing its health checks or has
+	//     its circuit open (or was excluded by the caller). Retry after the
+	//     delay: the time until the next health probe or circuit half-open is
+	//     due. The metadata names each backend and why it is out.
+	//
+	// Unknown pinned models are NOT_FOUND (MODEL_NOT_FOUND).
 	// Role: member.
 	Route(context.Context, *RouteRequest) (*RouteResponse, error)
 	// Reports the outcome of one attempt, so that live statistics, health and

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n genai/common/v1/generation.proto\x12\x0fgenai.common.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xd4\x03\n\x12SamplingParameters\x12%\n\x0btemperature\x18\x01 \x01(\x02H\x00R\x0btemperature\x88\x01\x01\x12\x18\n\x05top_p\x18\x02 \x01(\x02H\x01R\x04topP\x88\x01\x01\x12\x18\n\x05top_k\x18\x03 \x01(\x05H\x02R\x04topK\x88\x01\x01\x12\"\n\nmax_tokens\x18\x04 \x01(\x05H\x03R\tmaxTokens\x88\x01\x01\x12\x12\n\x04stop\x18\x05 \x03(\tR\x04stop\x12\x17\n\x04seed\x18\x06 \x01(\x04H\x04R\x04seed\x88\x01\x01\x12\x32\n\x12repetition_penalty\x18\x07 \x01(\x02H\x05R\x11repetitionPenalty\x88\x01\x01\x12.\n\x10presence_penalty\x18\x08 \x01(\x02H\x06R\x0fpresencePenalty\x88\x01\x01\x12\x30\n\x11\x66requency_penalty\x18\t \x01(\x02H\x07R\x10\x66requencyPenalty\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seedB\x15\n\x13_repetition_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penalty\"T\n\nTokenUsage\x12!\n\x0cinput_tokens\x18\x01 \x01(\x05R\x0binputTokens\x12#\n\routput_tokens\x18\x02 \x01(\x05R\x0coutputTokens\"\xe4\x01\n\x11GenerationTimings\x12K\n\x14\x66irst_token_duration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\x12\x66irstTokenDuration\x12@\n\x0etotal_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\rtotalDuration\x12@\n\x0equeue_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\rqueueDuration\"\xb6\x01\n\x10OutputConstraint\x12!\n\x0bjson_object\x18\x01 \x01(\x08H\x00R\njsonObject\x12:\n\x0bjson_schema\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructH\x00R\njsonSchema\x12\x16\n\x05regex\x18\x03 \x01(\tH\x00R\x05regex\x12#\n\x0c\x65\x62nf_grammar\x18\x04 \x01(\tH\x00R\x0b\x65\x62nfGrammarB\x06\n\x04kind*\xa2\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x42GZEgithub.com/genai-platform/genai/generated/go/genai/common/v1;commonv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n genai/common/v1/generation.proto\x12\x0fgenai.common.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xd4\x03\n\x12SamplingParameters\x12%\n\x0btemperature\x18\x01 \x01(\x02H\x00R\x0btemperature\x88\x01\x01\x12\x18\n\x05top_p\x18\x02 \x01(\x02H\x01R\x04topP\x88\x01\x01\x12\x18\n\x05top_k\x18\x03 \x01(\x05H\x02R\x04topK\x88\x01\x01\x12\"\n\nmax_tokens\x18\x04 \x01(\x05H\x03R\tmaxTokens\x88\x01\x01\x12\x12\n\x04stop\x18\x05 \x03(\tR\x04stop\x12\x17\n\x04seed\x18\x06 \x01(\x04H\x04R\x04seed\x88\x01\x01\x12\x32\n\x12repetition_penalty\x18\x07 \x01(\x02H\x05R\x11repetitionPenalty\x88\x01\x01\x12.\n\x10presence_penalty\x18\x08 \x01(\x02H\x06R\x0fpresencePenalty\x88\x01\x01\x12\x30\n\x11\x66requency_penalty\x18\t \x01(\x02H\x07R\x10\x66requencyPenalty\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seedB\x15\n\x13_repetition_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penalty\"\x95\x01\n\nTokenUsage\x12!\n\x0cinput_tokens\x18\x01 \x01(\x05R\x0binputTokens\x12#\n\routput_tokens\x18\x02 \x01(\x05R\x0coutputTokens\x12?\n\x0cusage_source\x18\x03 \x01(\x0e\x32\x1c.genai.common.v1.UsageSourceR\x0busageSource\"\xe4\x01\n\x11GenerationTimings\x12K\n\x14\x66irst_token_duration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\x12\x66irstTokenDuration\x12@\n\x0etotal_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\rtotalDuration\x12@\n\x0equeue_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\rqueueDuration\"\xb6\x01\n\x10OutputConstraint\x12!\n\x0bjson_object\x18\x01 \x01(\x08H\x00R\njsonObject\x12:\n\x0bjson_schema\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructH\x00R\njsonSchema\x12\x16\n\x05regex\x18\x03 \x01(\tH\x00R\x05regex\x12#\n\x0c\x65\x62nf_grammar\x18\x04 \x01(\tH\x00R\x0b\x65\x62nfGrammarB\x06\n\x04kind*\xa2\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04*}\n\x0bUsageSource\x12\x1c\n\x18USAGE_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15USAGE_SOURCE_PROVIDER\x10\x01\x12\x1a\n\x16USAGE_SOURCE_TOKENIZER\x10\x02\x12\x19\n\x15USAGE_SOURCE_ESTIMATE\x10\x03\x42GZEgithub.com/genai-platform/genai/generated/go/genai/common/v1;commonv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,14 +34,16 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'genai.common.v1.generation_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZEgithub.com/genai-platform/genai/generated/go/genai/common/v1;commonv1'
-  _globals['_FINISHREASON']._serialized_start=1089
-  _globals['_FINISHREASON']._serialized_end=1251
+  _globals['_FINISHREASON']._serialized_start=1155
+  _globals['_FINISHREASON']._serialized_end=1317
+  _globals['_USAGESOURCE']._serialized_start=1319
+  _globals['_USAGESOURCE']._serialized_end=1444
   _globals['_SAMPLINGPARAMETERS']._serialized_start=116
   _globals['_SAMPLINGPARAMETERS']._serialized_end=584
-  _globals['_TOKENUSAGE']._serialized_start=586
-  _globals['_TOKENUSAGE']._serialized_end=670
-  _globals['_GENERATIONTIMINGS']._serialized_start=673
-  _globals['_GENERATIONTIMINGS']._serialized_end=901
-  _globals['_OUTPUTCONSTRAINT']._serialized_start=904
-  _globals['_OUTPUTCONSTRAINT']._serialized_end=1086
+  _globals['_TOKENUSAGE']._serialized_start=587
+  _globals['_TOKENUSAGE']._serialized_end=736
+  _globals['_GENERATIONTIMINGS']._serialized_start=739
+  _globals['_GENERATIONTIMINGS']._serialized_end=967
+  _globals['_OUTPUTCONSTRAINT']._serialized_start=970
+  _globals['_OUTPUTCONSTRAINT']._serialized_end=1152
 # @@protoc_insertion_point(module_scope)

@@ -18,11 +18,22 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_STOP_SEQUENCE: _ClassVar[FinishReason]
     FINISH_REASON_CONTENT_FILTER: _ClassVar[FinishReason]
+
+class UsageSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    USAGE_SOURCE_UNSPECIFIED: _ClassVar[UsageSource]
+    USAGE_SOURCE_PROVIDER: _ClassVar[UsageSource]
+    USAGE_SOURCE_TOKENIZER: _ClassVar[UsageSource]
+    USAGE_SOURCE_ESTIMATE: _ClassVar[UsageSource]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_STOP_SEQUENCE: FinishReason
 FINISH_REASON_CONTENT_FILTER: FinishReason
+USAGE_SOURCE_UNSPECIFIED: UsageSource
+USAGE_SOURCE_PROVIDER: UsageSource
+USAGE_SOURCE_TOKENIZER: UsageSource
+USAGE_SOURCE_ESTIMATE: UsageSource
 
 class SamplingParameters(_message.Message):
     __slots__ = ("temperature", "top_p", "top_k", "max_tokens", "stop", "seed", "repetition_penalty", "presence_penalty", "frequency_penalty")
@@ -47,12 +58,14 @@ class SamplingParameters(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., repetition_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ...) -> None: ...
 
 class TokenUsage(_message.Message):
-    __slots__ = ("input_tokens", "output_tokens")
+    __slots__ = ("input_tokens", "output_tokens", "usage_source")
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     input_tokens: int
     output_tokens: int
-    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
+    usage_source: UsageSource
+    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., usage_source: _Optional[_Union[UsageSource, str]] = ...) -> None: ...
 
 class GenerationTimings(_message.Message):
     __slots__ = ("first_token_duration", "total_duration", "queue_duration")

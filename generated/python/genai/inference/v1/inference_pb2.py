@@ -26,7 +26,7 @@ from genai.common.v1 import chat_pb2 as genai_dot_common_dot_v1_dot_chat__pb2
 from genai.common.v1 import generation_pb2 as genai_dot_common_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"genai/inference/v1/inference.proto\x12\x12genai.inference.v1\x1a\x1agenai/common/v1/chat.proto\x1a genai/common/v1/generation.proto\"E\n\tChatInput\x12\x38\n\x08messages\x18\x01 \x03(\x0b\x32\x1c.genai.common.v1.ChatMessageR\x08messages\"i\n\x0fGenerationStart\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x1d\n\nbackend_id\x18\x02 \x01(\tR\tbackendId\x12!\n\x0cinput_tokens\x18\x03 \x01(\x05R\x0binputTokens\"A\n\nTokenDelta\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1f\n\x0btoken_count\x18\x02 \x01(\x05R\ntokenCount\"\x9d\x02\n\x0fGenerationFinal\x12\x42\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1d.genai.common.v1.FinishReasonR\x0c\x66inishReason\x12\x31\n\x05usage\x18\x02 \x01(\x0b\x32\x1b.genai.common.v1.TokenUsageR\x05usage\x12<\n\x07timings\x18\x03 \x01(\x0b\x32\".genai.common.v1.GenerationTimingsR\x07timings\x12\x14\n\x05model\x18\x04 \x01(\tR\x05model\x12\x1d\n\nbackend_id\x18\x05 \x01(\tR\tbackendId\x12 \n\x0b\x63onstrained\x18\x06 \x01(\x08R\x0b\x63onstrained\"\xf0\x03\n\x0bServedModel\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n\nbackend_id\x18\x02 \x01(\tR\tbackendId\x12#\n\rbackend_model\x18\x03 \x01(\tR\x0c\x62\x61\x63kendModel\x12\x34\n\x05state\x18\x04 \x01(\x0e\x32\x1e.genai.inference.v1.ModelStateR\x05state\x12\x31\n\x04task\x18\x05 \x01(\x0e\x32\x1d.genai.inference.v1.ModelTaskR\x04task\x12,\n\x12max_context_tokens\x18\x06 \x01(\x05R\x10maxContextTokens\x12*\n\x11max_output_tokens\x18\x07 \x01(\x05R\x0fmaxOutputTokens\x12\x1c\n\tstreaming\x18\x08 \x01(\x08R\tstreaming\x12\x1b\n\tin_flight\x18\t \x01(\x05R\x08inFlight\x12\"\n\rmax_in_flight\x18\n \x01(\x05R\x0bmaxInFlight\x12\'\n\x0fguided_decoding\x18\x0b \x01(\x08R\x0eguidedDecoding\x12>\n\x0binput_kinds\x18\x0c \x03(\x0e\x32\x1d.genai.inference.v1.InputKindR\ninputKinds\"#\n\tEmbedding\x12\x16\n\x06values\x18\x01 \x03(\x02R\x06values*v\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_STATE_READY\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x1b\n\x17MODEL_STATE_UNAVAILABLE\x10\x03*\\\n\tModelTask\x12\x1a\n\x16MODEL_TASK_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_TASK_GENERATION\x10\x01\x12\x18\n\x14MODEL_TASK_EMBEDDING\x10\x02*Q\n\tInputKind\x12\x1a\n\x16INPUT_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fINPUT_KIND_TEXT\x10\x01\x12\x13\n\x0fINPUT_KIND_CHAT\x10\x02\x42MZKgithub.com/genai-platform/genai/generated/go/genai/inference/v1;inferencev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"genai/inference/v1/inference.proto\x12\x12genai.inference.v1\x1a\x1agenai/common/v1/chat.proto\x1a genai/common/v1/generation.proto\"E\n\tChatInput\x12\x38\n\x08messages\x18\x01 \x03(\x0b\x32\x1c.genai.common.v1.ChatMessageR\x08messages\"\xb7\x01\n\x0fGenerationStart\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x1d\n\nbackend_id\x18\x02 \x01(\tR\tbackendId\x12!\n\x0cinput_tokens\x18\x03 \x01(\x05R\x0binputTokens\x12L\n\x13input_tokens_source\x18\x04 \x01(\x0e\x32\x1c.genai.common.v1.UsageSourceR\x11inputTokensSource\"A\n\nTokenDelta\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1f\n\x0btoken_count\x18\x02 \x01(\x05R\ntokenCount\"\x9d\x02\n\x0fGenerationFinal\x12\x42\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1d.genai.common.v1.FinishReasonR\x0c\x66inishReason\x12\x31\n\x05usage\x18\x02 \x01(\x0b\x32\x1b.genai.common.v1.TokenUsageR\x05usage\x12<\n\x07timings\x18\x03 \x01(\x0b\x32\".genai.common.v1.GenerationTimingsR\x07timings\x12\x14\n\x05model\x18\x04 \x01(\tR\x05model\x12\x1d\n\nbackend_id\x18\x05 \x01(\tR\tbackendId\x12 \n\x0b\x63onstrained\x18\x06 \x01(\x08R\x0b\x63onstrained\"\xf0\x03\n\x0bServedModel\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n\nbackend_id\x18\x02 \x01(\tR\tbackendId\x12#\n\rbackend_model\x18\x03 \x01(\tR\x0c\x62\x61\x63kendModel\x12\x34\n\x05state\x18\x04 \x01(\x0e\x32\x1e.genai.inference.v1.ModelStateR\x05state\x12\x31\n\x04task\x18\x05 \x01(\x0e\x32\x1d.genai.inference.v1.ModelTaskR\x04task\x12,\n\x12max_context_tokens\x18\x06 \x01(\x05R\x10maxContextTokens\x12*\n\x11max_output_tokens\x18\x07 \x01(\x05R\x0fmaxOutputTokens\x12\x1c\n\tstreaming\x18\x08 \x01(\x08R\tstreaming\x12\x1b\n\tin_flight\x18\t \x01(\x05R\x08inFlight\x12\"\n\rmax_in_flight\x18\n \x01(\x05R\x0bmaxInFlight\x12\'\n\x0fguided_decoding\x18\x0b \x01(\x08R\x0eguidedDecoding\x12>\n\x0binput_kinds\x18\x0c \x03(\x0e\x32\x1d.genai.inference.v1.InputKindR\ninputKinds\"#\n\tEmbedding\x12\x16\n\x06values\x18\x01 \x03(\x02R\x06values*v\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_STATE_READY\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x1b\n\x17MODEL_STATE_UNAVAILABLE\x10\x03*\\\n\tModelTask\x12\x1a\n\x16MODEL_TASK_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_TASK_GENERATION\x10\x01\x12\x18\n\x14MODEL_TASK_EMBEDDING\x10\x02*Q\n\tInputKind\x12\x1a\n\x16INPUT_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fINPUT_KIND_TEXT\x10\x01\x12\x13\n\x0fINPUT_KIND_CHAT\x10\x02\x42MZKgithub.com/genai-platform/genai/generated/go/genai/inference/v1;inferencev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,22 +34,22 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'genai.inference.v1.inferenc
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZKgithub.com/genai-platform/genai/generated/go/genai/inference/v1;inferencev1'
-  _globals['_MODELSTATE']._serialized_start=1189
-  _globals['_MODELSTATE']._serialized_end=1307
-  _globals['_MODELTASK']._serialized_start=1309
-  _globals['_MODELTASK']._serialized_end=1401
-  _globals['_INPUTKIND']._serialized_start=1403
-  _globals['_INPUTKIND']._serialized_end=1484
+  _globals['_MODELSTATE']._serialized_start=1268
+  _globals['_MODELSTATE']._serialized_end=1386
+  _globals['_MODELTASK']._serialized_start=1388
+  _globals['_MODELTASK']._serialized_end=1480
+  _globals['_INPUTKIND']._serialized_start=1482
+  _globals['_INPUTKIND']._serialized_end=1563
   _globals['_CHATINPUT']._serialized_start=120
   _globals['_CHATINPUT']._serialized_end=189
-  _globals['_GENERATIONSTART']._serialized_start=191
-  _globals['_GENERATIONSTART']._serialized_end=296
-  _globals['_TOKENDELTA']._serialized_start=298
-  _globals['_TOKENDELTA']._serialized_end=363
-  _globals['_GENERATIONFINAL']._serialized_start=366
-  _globals['_GENERATIONFINAL']._serialized_end=651
-  _globals['_SERVEDMODEL']._serialized_start=654
-  _globals['_SERVEDMODEL']._serialized_end=1150
-  _globals['_EMBEDDING']._serialized_start=1152
-  _globals['_EMBEDDING']._serialized_end=1187
+  _globals['_GENERATIONSTART']._serialized_start=192
+  _globals['_GENERATIONSTART']._serialized_end=375
+  _globals['_TOKENDELTA']._serialized_start=377
+  _globals['_TOKENDELTA']._serialized_end=442
+  _globals['_GENERATIONFINAL']._serialized_start=445
+  _globals['_GENERATIONFINAL']._serialized_end=730
+  _globals['_SERVEDMODEL']._serialized_start=733
+  _globals['_SERVEDMODEL']._serialized_end=1229
+  _globals['_EMBEDDING']._serialized_start=1231
+  _globals['_EMBEDDING']._serialized_end=1266
 # @@protoc_insertion_point(module_scope)

@@ -45,14 +45,16 @@ class ChatInput(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class GenerationStart(_message.Message):
-    __slots__ = ("model", "backend_id", "input_tokens")
+    __slots__ = ("model", "backend_id", "input_tokens", "input_tokens_source")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_SOURCE_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend_id: str
     input_tokens: int
-    def __init__(self, model: _Optional[str] = ..., backend_id: _Optional[str] = ..., input_tokens: _Optional[int] = ...) -> None: ...
+    input_tokens_source: _generation_pb2.UsageSource
+    def __init__(self, model: _Optional[str] = ..., backend_id: _Optional[str] = ..., input_tokens: _Optional[int] = ..., input_tokens_source: _Optional[_Union[_generation_pb2.UsageSource, str]] = ...) -> None: ...
 
 class TokenDelta(_message.Message):
     __slots__ = ("text", "token_count")

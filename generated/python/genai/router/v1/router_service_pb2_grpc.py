@@ -111,9 +111,19 @@ class RouterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Route(self, request, context):
-        """Ranks the eligible models and backends for one request. Fails with
-        FAILED_PRECONDITION (NO_ELIGIBLE_MODEL) when none qualifies; the
-        metadata says why each model was rejected.
+        """Ranks the eligible models and backends for one request. The two ways it
+        can find no candidate are told apart, so that retry policies do the
+        right thing:
+        - FAILED_PRECONDITION (NO_ELIGIBLE_MODEL): no model could ever serve the
+        request (capabilities, context or output length, quality tier, cost
+        ceiling, or what the pinned model lacks). Do not retry it as it is;
+        the metadata says why each model was rejected.
+        - UNAVAILABLE (BACKEND_UNAVAILABLE) with `RetryInfo`: some models
+        qualify, but every backend of each is failing its health checks or has
+        its circuit open (or was excluded by the caller). Retry after the
+        delay: the time until the next health probe or circuit half-open is
+        due. The metadata names each backend and why it is out.
+        Unknown pinned models are NOT_FOUND (MODEL_NOT_FOUND).
         Role: member.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -265,9 +265,12 @@ export enum ErrorReason {
   MODEL_NOT_FOUND = 80,
 
   /**
-   * FAILED_PRECONDITION: no catalog model satisfies the request's
-   * capabilities, context length, quality floor and cost ceiling. The
-   * metadata says why each model was rejected.
+   * FAILED_PRECONDITION: no catalog model could ever serve the request as
+   * it is: none has the capabilities, context length, output length,
+   * quality tier or price it asks for (or the pinned model lacks them).
+   * Retrying the same request does not help. The metadata says why each
+   * model was rejected. When models qualify but their backends are all down,
+   * the status is UNAVAILABLE (BACKEND_UNAVAILABLE) instead.
    *
    * @generated from enum value: NO_ELIGIBLE_MODEL = 81;
    */
@@ -282,8 +285,12 @@ export enum ErrorReason {
   CONTEXT_LENGTH_EXCEEDED = 82,
 
   /**
-   * UNAVAILABLE: every candidate backend failed before the first token or is
-   * unhealthy. Safe to retry after `RetryInfo`.
+   * UNAVAILABLE: every candidate backend failed before the first token, or
+   * every backend of every model that qualifies is failing its health checks
+   * or has its circuit open (the router's answer). Safe to retry after
+   * `RetryInfo`: when the router answers it, the delay until the next health
+   * probe or circuit half-open is due. The metadata names each backend and
+   * why it is out (`<model>/<backend id>` keys), and `next_probe_seconds`.
    *
    * @generated from enum value: BACKEND_UNAVAILABLE = 83;
    */

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file genai/common/v1/generation.proto.
  */
 export const file_genai_common_v1_generation: GenFile = /*@__PURE__*/
-  fileDesc("CiBnZW5haS9jb21tb24vdjEvZ2VuZXJhdGlvbi5wcm90bxIPZ2VuYWkuY29tbW9uLnYxIu4CChJTYW1wbGluZ1BhcmFtZXRlcnMSGAoLdGVtcGVyYXR1cmUYASABKAJIAIgBARISCgV0b3BfcBgCIAEoAkgBiAEBEhIKBXRvcF9rGAMgASgFSAKIAQESFwoKbWF4X3Rva2VucxgEIAEoBUgDiAEBEgwKBHN0b3AYBSADKAkSEQoEc2VlZBgGIAEoBEgEiAEBEh8KEnJlcGV0aXRpb25fcGVuYWx0eRgHIAEoAkgFiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYCCABKAJIBogBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgJIAEoAkgHiAEBQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCCAoGX3RvcF9rQg0KC19tYXhfdG9rZW5zQgcKBV9zZWVkQhUKE19yZXBldGl0aW9uX3BlbmFsdHlCEwoRX3ByZXNlbmNlX3BlbmFsdHlCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5IjkKClRva2VuVXNhZ2USFAoMaW5wdXRfdG9rZW5zGAEgASgFEhUKDW91dHB1dF90b2tlbnMYAiABKAUisgEKEUdlbmVyYXRpb25UaW1pbmdzEjcKFGZpcnN0X3Rva2VuX2R1cmF0aW9uGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjEKDnRvdGFsX2R1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjEKDnF1ZXVlX2R1cmF0aW9uGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIooBChBPdXRwdXRDb25zdHJhaW50EhUKC2pzb25fb2JqZWN0GAEgASgISAASLgoLanNvbl9zY2hlbWEYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0SAASDwoFcmVnZXgYAyABKAlIABIWCgxlYm5mX2dyYW1tYXIYBCABKAlIAEIGCgRraW5kKqIBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISHwobRklOSVNIX1JFQVNPTl9TVE9QX1NFUVVFTkNFEAMSIAocRklOSVNIX1JFQVNPTl9DT05URU5UX0ZJTFRFUhAEQkdaRWdpdGh1Yi5jb20vZ2VuYWktcGxhdGZvcm0vZ2VuYWkvZ2VuZXJhdGVkL2dvL2dlbmFpL2NvbW1vbi92MTtjb21tb252MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct]);
+  fileDesc("CiBnZW5haS9jb21tb24vdjEvZ2VuZXJhdGlvbi5wcm90bxIPZ2VuYWkuY29tbW9uLnYxIu4CChJTYW1wbGluZ1BhcmFtZXRlcnMSGAoLdGVtcGVyYXR1cmUYASABKAJIAIgBARISCgV0b3BfcBgCIAEoAkgBiAEBEhIKBXRvcF9rGAMgASgFSAKIAQESFwoKbWF4X3Rva2VucxgEIAEoBUgDiAEBEgwKBHN0b3AYBSADKAkSEQoEc2VlZBgGIAEoBEgEiAEBEh8KEnJlcGV0aXRpb25fcGVuYWx0eRgHIAEoAkgFiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYCCABKAJIBogBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgJIAEoAkgHiAEBQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCCAoGX3RvcF9rQg0KC19tYXhfdG9rZW5zQgcKBV9zZWVkQhUKE19yZXBldGl0aW9uX3BlbmFsdHlCEwoRX3ByZXNlbmNlX3BlbmFsdHlCFAoSX2ZyZXF1ZW5jeV9wZW5hbHR5Im0KClRva2VuVXNhZ2USFAoMaW5wdXRfdG9rZW5zGAEgASgFEhUKDW91dHB1dF90b2tlbnMYAiABKAUSMgoMdXNhZ2Vfc291cmNlGAMgASgOMhwuZ2VuYWkuY29tbW9uLnYxLlVzYWdlU291cmNlIrIBChFHZW5lcmF0aW9uVGltaW5ncxI3ChRmaXJzdF90b2tlbl9kdXJhdGlvbhgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIxCg50b3RhbF9kdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIxCg5xdWV1ZV9kdXJhdGlvbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKKAQoQT3V0cHV0Q29uc3RyYWludBIVCgtqc29uX29iamVjdBgBIAEoCEgAEi4KC2pzb25fc2NoZW1hGAIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdEgAEg8KBXJlZ2V4GAMgASgJSAASFgoMZWJuZl9ncmFtbWFyGAQgASgJSABCBgoEa2luZCqiAQoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACEh8KG0ZJTklTSF9SRUFTT05fU1RPUF9TRVFVRU5DRRADEiAKHEZJTklTSF9SRUFTT05fQ09OVEVOVF9GSUxURVIQBCp9CgtVc2FnZVNvdXJjZRIcChhVU0FHRV9TT1VSQ0VfVU5TUEVDSUZJRUQQABIZChVVU0FHRV9TT1VSQ0VfUFJPVklERVIQARIaChZVU0FHRV9TT1VSQ0VfVE9LRU5JWkVSEAISGQoVVVNBR0VfU09VUkNFX0VTVElNQVRFEANCR1pFZ2l0aHViLmNvbS9nZW5haS1wbGF0Zm9ybS9nZW5haS9nZW5lcmF0ZWQvZ28vZ2VuYWkvY29tbW9uL3YxO2NvbW1vbnYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct]);
 
 /**
  * SamplingParameters control decoding. An unset field inherits, in order, the
@@ -98,8 +98,8 @@ export const SamplingParametersSchema: GenMessage<SamplingParameters> = /*@__PUR
   messageDesc(file_genai_common_v1_generation, 0);
 
 /**
- * TokenUsage counts the tokens of one request, as the serving model's own
- * tokenizer counts them. These are the billed quantities.
+ * TokenUsage counts the tokens of one request. These are the billed
+ * quantities.
  *
  * @generated from message genai.common.v1.TokenUsage
  */
@@ -117,6 +117,15 @@ export type TokenUsage = Message<"genai.common.v1.TokenUsage"> & {
    * @generated from field: int32 output_tokens = 2;
    */
   outputTokens: number;
+
+  /**
+   * Who counted them. When counts of several sources are added up (a
+   * request's attempts), the least exact one: ESTIMATE over TOKENIZER over
+   * PROVIDER.
+   *
+   * @generated from field: genai.common.v1.UsageSource usage_source = 3;
+   */
+  usageSource: UsageSource;
 };
 
 /**
@@ -285,4 +294,57 @@ export enum FinishReason {
  */
 export const FinishReasonSchema: GenEnum<FinishReason> = /*@__PURE__*/
   enumDesc(file_genai_common_v1_generation, 0);
+
+/**
+ * UsageSource says who counted a TokenUsage. Quotas and costs settle on the
+ * counts whatever their source; the source says how far to trust them.
+ *
+ * @generated from enum genai.common.v1.UsageSource
+ */
+export enum UsageSource {
+  /**
+   * Not said: a message from before the field existed, or nothing counted.
+   *
+   * @generated from enum value: USAGE_SOURCE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The serving backend counted: Triton's engine, or the `usage` an
+   * OpenAI-compatible provider sent. Always preferred when there is one.
+   *
+   * @generated from enum value: USAGE_SOURCE_PROVIDER = 1;
+   */
+  PROVIDER = 1,
+
+  /**
+   * The provider sent no usage, and InferenceService counted with the
+   * model's own tokenizer (its `tokenizer` setting): the prompt rendered
+   * with the tokenizer's chat template, the output text re-tokenized, plus
+   * the end-of-sequence token when the model stopped on it. Equal to what
+   * the provider counts whenever the output text re-tokenizes to the
+   * generated tokens.
+   *
+   * @generated from enum value: USAGE_SOURCE_TOKENIZER = 2;
+   */
+  TOKENIZER = 2,
+
+  /**
+   * The provider sent no usage and the model has no tokenizer setting: a
+   * conservative estimate that never undercounts tokenizers whose every
+   * token covers at least one byte (byte-level BPE, SentencePiece with byte
+   * fallback). Input: one token per UTF-8 byte of every message's role and
+   * content, plus 8 per message and 64 per request for the chat template.
+   * Output: one per UTF-8 byte, plus one for the end-of-sequence token.
+   *
+   * @generated from enum value: USAGE_SOURCE_ESTIMATE = 3;
+   */
+  ESTIMATE = 3,
+}
+
+/**
+ * Describes the enum genai.common.v1.UsageSource.
+ */
+export const UsageSourceSchema: GenEnum<UsageSource> = /*@__PURE__*/
+  enumDesc(file_genai_common_v1_generation, 1);
 

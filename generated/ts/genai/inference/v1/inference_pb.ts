@@ -6,7 +6,7 @@ import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2"
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { ChatMessage } from "../../common/v1/chat_pb.js";
 import { file_genai_common_v1_chat } from "../../common/v1/chat_pb.js";
-import type { FinishReason, GenerationTimings, TokenUsage } from "../../common/v1/generation_pb.js";
+import type { FinishReason, GenerationTimings, TokenUsage, UsageSource } from "../../common/v1/generation_pb.js";
 import { file_genai_common_v1_generation } from "../../common/v1/generation_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file genai/inference/v1/inference.proto.
  */
 export const file_genai_inference_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("CiJnZW5haS9pbmZlcmVuY2UvdjEvaW5mZXJlbmNlLnByb3RvEhJnZW5haS5pbmZlcmVuY2UudjEiOwoJQ2hhdElucHV0Ei4KCG1lc3NhZ2VzGAEgAygLMhwuZ2VuYWkuY29tbW9uLnYxLkNoYXRNZXNzYWdlIkoKD0dlbmVyYXRpb25TdGFydBINCgVtb2RlbBgBIAEoCRISCgpiYWNrZW5kX2lkGAIgASgJEhQKDGlucHV0X3Rva2VucxgDIAEoBSIvCgpUb2tlbkRlbHRhEgwKBHRleHQYASABKAkSEwoLdG9rZW5fY291bnQYAiABKAUi4AEKD0dlbmVyYXRpb25GaW5hbBI0Cg1maW5pc2hfcmVhc29uGAEgASgOMh0uZ2VuYWkuY29tbW9uLnYxLkZpbmlzaFJlYXNvbhIqCgV1c2FnZRgCIAEoCzIbLmdlbmFpLmNvbW1vbi52MS5Ub2tlblVzYWdlEjMKB3RpbWluZ3MYAyABKAsyIi5nZW5haS5jb21tb24udjEuR2VuZXJhdGlvblRpbWluZ3MSDQoFbW9kZWwYBCABKAkSEgoKYmFja2VuZF9pZBgFIAEoCRITCgtjb25zdHJhaW5lZBgGIAEoCCLjAgoLU2VydmVkTW9kZWwSDAoEbmFtZRgBIAEoCRISCgpiYWNrZW5kX2lkGAIgASgJEhUKDWJhY2tlbmRfbW9kZWwYAyABKAkSLQoFc3RhdGUYBCABKA4yHi5nZW5haS5pbmZlcmVuY2UudjEuTW9kZWxTdGF0ZRIrCgR0YXNrGAUgASgOMh0uZ2VuYWkuaW5mZXJlbmNlLnYxLk1vZGVsVGFzaxIaChJtYXhfY29udGV4dF90b2tlbnMYBiABKAUSGQoRbWF4X291dHB1dF90b2tlbnMYByABKAUSEQoJc3RyZWFtaW5nGAggASgIEhEKCWluX2ZsaWdodBgJIAEoBRIVCg1tYXhfaW5fZmxpZ2h0GAogASgFEhcKD2d1aWRlZF9kZWNvZGluZxgLIAEoCBIyCgtpbnB1dF9raW5kcxgMIAMoDjIdLmdlbmFpLmluZmVyZW5jZS52MS5JbnB1dEtpbmQiGwoJRW1iZWRkaW5nEg4KBnZhbHVlcxgBIAMoAip2CgpNb2RlbFN0YXRlEhsKF01PREVMX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRTU9ERUxfU1RBVEVfUkVBRFkQARIXChNNT0RFTF9TVEFURV9MT0FESU5HEAISGwoXTU9ERUxfU1RBVEVfVU5BVkFJTEFCTEUQAypcCglNb2RlbFRhc2sSGgoWTU9ERUxfVEFTS19VTlNQRUNJRklFRBAAEhkKFU1PREVMX1RBU0tfR0VORVJBVElPThABEhgKFE1PREVMX1RBU0tfRU1CRURESU5HEAIqUQoJSW5wdXRLaW5kEhoKFklOUFVUX0tJTkRfVU5TUEVDSUZJRUQQABITCg9JTlBVVF9LSU5EX1RFWFQQARITCg9JTlBVVF9LSU5EX0NIQVQQAkJNWktnaXRodWIuY29tL2dlbmFpLXBsYXRmb3JtL2dlbmFpL2dlbmVyYXRlZC9nby9nZW5haS9pbmZlcmVuY2UvdjE7aW5mZXJlbmNldjFiBnByb3RvMw", [file_genai_common_v1_chat, file_genai_common_v1_generation]);
+  fileDesc("CiJnZW5haS9pbmZlcmVuY2UvdjEvaW5mZXJlbmNlLnByb3RvEhJnZW5haS5pbmZlcmVuY2UudjEiOwoJQ2hhdElucHV0Ei4KCG1lc3NhZ2VzGAEgAygLMhwuZ2VuYWkuY29tbW9uLnYxLkNoYXRNZXNzYWdlIoUBCg9HZW5lcmF0aW9uU3RhcnQSDQoFbW9kZWwYASABKAkSEgoKYmFja2VuZF9pZBgCIAEoCRIUCgxpbnB1dF90b2tlbnMYAyABKAUSOQoTaW5wdXRfdG9rZW5zX3NvdXJjZRgEIAEoDjIcLmdlbmFpLmNvbW1vbi52MS5Vc2FnZVNvdXJjZSIvCgpUb2tlbkRlbHRhEgwKBHRleHQYASABKAkSEwoLdG9rZW5fY291bnQYAiABKAUi4AEKD0dlbmVyYXRpb25GaW5hbBI0Cg1maW5pc2hfcmVhc29uGAEgASgOMh0uZ2VuYWkuY29tbW9uLnYxLkZpbmlzaFJlYXNvbhIqCgV1c2FnZRgCIAEoCzIbLmdlbmFpLmNvbW1vbi52MS5Ub2tlblVzYWdlEjMKB3RpbWluZ3MYAyABKAsyIi5nZW5haS5jb21tb24udjEuR2VuZXJhdGlvblRpbWluZ3MSDQoFbW9kZWwYBCABKAkSEgoKYmFja2VuZF9pZBgFIAEoCRITCgtjb25zdHJhaW5lZBgGIAEoCCLjAgoLU2VydmVkTW9kZWwSDAoEbmFtZRgBIAEoCRISCgpiYWNrZW5kX2lkGAIgASgJEhUKDWJhY2tlbmRfbW9kZWwYAyABKAkSLQoFc3RhdGUYBCABKA4yHi5nZW5haS5pbmZlcmVuY2UudjEuTW9kZWxTdGF0ZRIrCgR0YXNrGAUgASgOMh0uZ2VuYWkuaW5mZXJlbmNlLnYxLk1vZGVsVGFzaxIaChJtYXhfY29udGV4dF90b2tlbnMYBiABKAUSGQoRbWF4X291dHB1dF90b2tlbnMYByABKAUSEQoJc3RyZWFtaW5nGAggASgIEhEKCWluX2ZsaWdodBgJIAEoBRIVCg1tYXhfaW5fZmxpZ2h0GAogASgFEhcKD2d1aWRlZF9kZWNvZGluZxgLIAEoCBIyCgtpbnB1dF9raW5kcxgMIAMoDjIdLmdlbmFpLmluZmVyZW5jZS52MS5JbnB1dEtpbmQiGwoJRW1iZWRkaW5nEg4KBnZhbHVlcxgBIAMoAip2CgpNb2RlbFN0YXRlEhsKF01PREVMX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRTU9ERUxfU1RBVEVfUkVBRFkQARIXChNNT0RFTF9TVEFURV9MT0FESU5HEAISGwoXTU9ERUxfU1RBVEVfVU5BVkFJTEFCTEUQAypcCglNb2RlbFRhc2sSGgoWTU9ERUxfVEFTS19VTlNQRUNJRklFRBAAEhkKFU1PREVMX1RBU0tfR0VORVJBVElPThABEhgKFE1PREVMX1RBU0tfRU1CRURESU5HEAIqUQoJSW5wdXRLaW5kEhoKFklOUFVUX0tJTkRfVU5TUEVDSUZJRUQQABITCg9JTlBVVF9LSU5EX1RFWFQQARITCg9JTlBVVF9LSU5EX0NIQVQQAkJNWktnaXRodWIuY29tL2dlbmFpLXBsYXRmb3JtL2dlbmFpL2dlbmVyYXRlZC9nby9nZW5haS9pbmZlcmVuY2UvdjE7aW5mZXJlbmNldjFiBnByb3RvMw", [file_genai_common_v1_chat, file_genai_common_v1_generation]);
 
 /**
  * ChatInput is a conversation to complete. On Triton, the serving model's own
@@ -61,13 +61,22 @@ export type GenerationStart = Message<"genai.inference.v1.GenerationStart"> & {
   backendId: string;
 
   /**
-   * Prompt tokens, counted by the model's tokenizer. 0 when the backend
-   * reports usage only at the end (OpenAI-compatible providers): the final
-   * message has the exact count.
+   * Prompt tokens. Triton's engine counts them itself. For OpenAI-compatible
+   * backends, which report usage only at the end if at all, InferenceService
+   * counts them before sending the request (with the model's tokenizer, or
+   * the estimate: see `input_tokens_source`); the final message has the
+   * provider's own count where it sends one.
    *
    * @generated from field: int32 input_tokens = 3;
    */
   inputTokens: number;
+
+  /**
+   * Who counted `input_tokens`.
+   *
+   * @generated from field: genai.common.v1.UsageSource input_tokens_source = 4;
+   */
+  inputTokensSource: UsageSource;
 };
 
 /**
@@ -94,7 +103,9 @@ export type TokenDelta = Message<"genai.inference.v1.TokenDelta"> & {
 
   /**
    * Output tokens this delta covers (1 or more). For OpenAI-compatible
-   * backends, one per provider chunk; the final message has the exact usage.
+   * backends, the provider's running count where it sends one; else the
+   * delta's text counted as `GenerationStart.input_tokens_source` says. The
+   * final message has the request's usage and its source.
    *
    * @generated from field: int32 token_count = 2;
    */
@@ -122,7 +133,7 @@ export type GenerationFinal = Message<"genai.inference.v1.GenerationFinal"> & {
   finishReason: FinishReason;
 
   /**
-   * Exact token counts.
+   * Token counts, with who counted them (`usage.usage_source`).
    *
    * @generated from field: genai.common.v1.TokenUsage usage = 2;
    */
