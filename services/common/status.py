@@ -211,11 +211,17 @@ def remote_error(error: grpc.aio.AioRpcError, *, service: str, what: str) -> Dom
     """The domain exception for a failed call to another platform service, keeping the
     server's reason, metadata and details, so that re-raising it answers the caller with the
     same status. UNAVAILABLE and DEADLINE_EXCEEDED become `Unavailable` ("`what` is
-    unreachable"), with `service` in the metadata."""
+    unreachable"), with `service` in the metadata, unless the service answered UNAVAILABLE
+    itself with a reason (the router's BACKEND_UNAVAILABLE: it is reachable, what it needs is
+    not), which is passed on with its own message."""
     parsed = error_details(error)
     code, message = parsed.code, parsed.message
     metadata = dict(parsed.metadata)
     reason = parsed.reason
+    if code == grpc.StatusCode.UNAVAILABLE and reason:
+        return Unavailable(
+            message, retry_after=parsed.retry_after, reason=reason, metadata=metadata
+        )
     if code in UNREACHABLE_CODES:
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             reason = reasons.DEADLINE_EXCEEDED

@@ -29,9 +29,10 @@ def registration(
 ) -> ServiceRegistration:
     """Returns RouterService ready to be added to a server. The catalog is read (and validated)
     here; Triton backends with an empty endpoint are `local_triton`. Health checks start with
-    the server and stop with it. `scores` gives the quality-floor policy its evaluation scores
-    (`services.router.adapters.quality.EvaluationScores`); without it that policy falls back to
-    cost."""
+    the server and stop with it; the router knows their interval, to tell callers when a
+    backend failing them is probed next. `scores` gives the quality-floor policy its
+    evaluation scores (`services.router.adapters.quality.EvaluationScores`); without it that
+    policy falls back to cost."""
     catalog = load_catalog(catalog_path(settings), local_triton=local_triton)
     router = Router(
         catalog,
@@ -42,6 +43,7 @@ def registration(
             cooldown_s=settings.breaker_cooldown_seconds,
             probes=settings.breaker_probes,
         ),
+        health_check_interval_s=settings.health_check_seconds,
     )
     checker = HealthChecker(
         router, interval_s=settings.health_check_seconds, channel_for=channel_for

@@ -83,13 +83,11 @@ class HealthChecker:
         try:
             response = await self._http.get(f"{base_url.rstrip('/')}/models")
         except httpx.HTTPError as error:
-            self._router.set_health(
-                model, backend_id, Health.NOT_SERVING, f"health check: {type(error).__name__}"
-            )
+            self._router.set_health(model, backend_id, Health.NOT_SERVING, type(error).__name__)
             return
         if response.status_code >= 500:
             self._router.set_health(
-                model, backend_id, Health.NOT_SERVING, f"health check: HTTP {response.status_code}"
+                model, backend_id, Health.NOT_SERVING, f"HTTP {response.status_code}"
             )
         else:
             self._router.set_health(model, backend_id, Health.SERVING)
@@ -101,9 +99,7 @@ class HealthChecker:
                 service_pb2.ModelReadyRequest(name=backend_model), timeout=CHECK_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as error:
-            self._router.set_health(
-                model, backend_id, Health.NOT_SERVING, f"health check: {error.code().name}"
-            )
+            self._router.set_health(model, backend_id, Health.NOT_SERVING, error.code().name)
             return
         if ready.ready:
             self._router.set_health(model, backend_id, Health.SERVING)

@@ -101,6 +101,13 @@ class CircuitBreaker:
             self._probes_out = 0
         return self._state
 
+    def half_opens_in(self) -> float | None:
+        """Seconds until an open circuit half-opens (by the injected clock); None when it is
+        not open."""
+        if self.state is not Circuit.OPEN:
+            return None
+        return max(self._opened_at + self._policy.cooldown_s - self._clock(), 0.0)
+
     def allows(self) -> bool:
         """Whether a request may be sent now (without taking a probe slot)."""
         if self._state is Circuit.CLOSED:  # the common case, checked on every route
@@ -158,6 +165,11 @@ class BackendLive:
     last_error: str = ""
     last_check_time: float | None = None
     """Wall-clock time (epoch seconds) of the last completed health check."""
+    last_check_at: float | None = None
+    """The router's monotonic clock at the last completed health check: the next one is due
+    an interval later (`last_check_time` is for people, this is for arithmetic)."""
+    health_error: str = ""
+    """What the last health check found wrong (`HTTP 503`); "" while checks pass."""
     queue_s: float | None = None
     """Mean time a request waited in the backend's own queue over the last health-check
     interval (Triton's statistics, all its clients included); None before two readings."""

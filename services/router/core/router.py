@@ -10,6 +10,13 @@ Candidates come model by model in policy order; within a model the picked backen
 and its other available replicas follow, so a caller failing over before the first token tries
 another replica of the same model before the next model (the failover contract of
 `genai.router.v1.RouterService`).
+
+When no model is ranked, the error says whether a retry can help: FAILED_PRECONDITION
+(NO_ELIGIBLE_MODEL) when every model was rejected for what the request asks, UNAVAILABLE
+(BACKEND_UNAVAILABLE) with a retry delay when some model qualified but none of its backends
+could take requests (failing health checks, circuit open, excluded by the caller). The delay is
+the time until the earliest of those backends may be back: its next health probe, or its
+circuit half-opening.
 """
 
 import hashlib
@@ -25,7 +32,13 @@ from decimal import Decimal
 from enum import StrEnum
 
 from services.common import reasons
-from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from services.common.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from services.router.core.catalog import BackendEntry, Capability, Catalog, ModelEntry
 from services.router.core.live import BackendLive, BreakerPolicy, Health, Outcome
 from services.router.core.quality import QualityEvidence, ReportScore
@@ -38,6 +51,13 @@ MAX_QUALITY_NAME = 64
 """Longest `quality_dataset` and `quality_scorer` (evaluation names are 1 to 64 characters)."""
 MAX_OPEN_DECISIONS = 100_000
 """Decisions remembered for their outcome reports (oldest forgotten first)."""
+DEFAULT_RETRY_S = 1.0
+"""When a backend may be back where nothing scheduled says: one the caller excluded, a
+half-open circuit whose probe is out, failing health checks while none run."""
+MIN_RETRY_S = 0.1
+MAX_RETRY_S = 60.0
+"""Bounds of BACKEND_UNAVAILABLE's retry delay: an overdue probe does not invite a retry storm,
+and a long cool-down does not park the caller."""
 
 
 class Policy(StrEnum):
@@ -102,6 +122,18 @@ class Rejection:
 
 
 @dataclass(frozen=True, slots=True)
+class BackendOutage:
+    """Why one backend of a model that qualified took no request, and when it may again."""
+
+    model: str
+    backend_id: str
+    why: str
+    """E.g. `circuit open, half-opens in 7.9 s`."""
+    back_in_s: float
+    """Seconds until it may take requests again (`DEFAULT_RETRY_S` where nothing says)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The ranked answer for one request."""
 
@@ -160,9 +192,12 @@ class Router:
         breaker: BreakerPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        health_check_interval_s: float | None = None,
     ) -> None:
         self.catalog = catalog
         self._clock = clock
+        self._health_check_interval_s = health_check_interval_s
+        """Seconds between active health checks (`HealthChecker`); None when none run."""
         self._rng = rng or random.Random()
         policy = breaker or BreakerPolicy()
         self._live: dict[tuple[str, str], BackendLive] = {
@@ -184,12 +219,15 @@ class Router:
     # ------------------------------------------------------------------------------ routing
 
     def route(self, request: RouteRequest) -> Decision:
-        """Ranks the eligible models and backends; raises `InvalidArgument` for a bad request,
-        `NotFound` for an unknown pinned model and `FailedPrecondition` (NO_ELIGIBLE_MODEL,
-        every rejection in the metadata) when nothing qualifies."""
+        """Ranks the eligible models and backends; raises `InvalidArgument` for a bad request
+        and `NotFound` for an unknown pinned model. When no model is ranked it raises
+        `Unavailable` (BACKEND_UNAVAILABLE) if some model was rejected only for having no
+        available backend, else `FailedPrecondition` (NO_ELIGIBLE_MODEL); see
+        `_no_candidate`."""
         _validate(request, self.catalog)
         policy = request.policy or Policy.COST
         rejected: list[Rejection] = []
+        down: list[ModelEntry] = []  # rejected only for having no available backend
         ranked: list[_Ranked] = []
         exclude = request.exclude_backends
         outputs_after_first = max(request.max_output_tokens - 1, 0)
@@ -221,17 +259,14 @@ class Router:
                     best_first, best_total = first_token, total
             if not available:
                 rejected.append(Rejection(model.name, self._no_backend(model, request)))
+                down.append(model)
                 continue
             misses = (max_first is not None and best_first > max_first) or (
                 max_total is not None and best_total > max_total
             )
             ranked.append(_Ranked(model, cost, best_first, best_total, misses, available))
         if not ranked:
-            raise FailedPrecondition(
-                "no model qualifies: " + "; ".join(f"{r.model}: {r.reason}" for r in rejected),
-                reason=reasons.NO_ELIGIBLE_MODEL,
-                metadata={r.model: r.reason for r in rejected},
-            )
+            raise self._no_candidate(rejected, down, request)
         fallback = ""
         if policy is Policy.QUALITY_FLOOR and not request.model:
             ranked, policy, fallback, below = _quality_floor(ranked, request)
@@ -301,6 +336,73 @@ class Router:
             for b in model.backends
         ]
         return "no available backend: " + ", ".join(parts)
+
+    def _no_candidate(
+        self, rejected: list[Rejection], down: list[ModelEntry], request: RouteRequest
+    ) -> FailedPrecondition | Unavailable:
+        """The error for a request no model was ranked for.
+
+        With no model in `down`, every rejection is about the request itself and a retry
+        cannot help: FAILED_PRECONDITION (NO_ELIGIBLE_MODEL), every model's reason in the
+        metadata. Otherwise the request can succeed once a backend is back: UNAVAILABLE
+        (BACKEND_UNAVAILABLE), retry after the earliest backend may be back (clamped to
+        [`MIN_RETRY_S`, `MAX_RETRY_S`]); the metadata has each of those backends under
+        `<model>/<backend id>`, the other models' reasons under their names, and
+        `next_probe_seconds`."""
+        if not down:
+            return FailedPrecondition(
+                "no model qualifies: " + "; ".join(f"{r.model}: {r.reason}" for r in rejected),
+                reason=reasons.NO_ELIGIBLE_MODEL,
+                metadata={r.model: r.reason for r in rejected},
+            )
+        outages = [
+            self._outage(model, backend, backend.id in request.exclude_backends)
+            for model in down
+            for backend in model.backends
+        ]
+        retry_s = min(max(min(o.back_in_s for o in outages), MIN_RETRY_S), MAX_RETRY_S)
+        out = {f"{o.model}/{o.backend_id}": o.why for o in outages}
+        down_names = {model.name for model in down}
+        metadata = {r.model: r.reason for r in rejected if r.model not in down_names}
+        metadata.update(out)
+        metadata["next_probe_seconds"] = f"{retry_s:.1f}"
+        return Unavailable(
+            "every backend of the models that qualify is out: "
+            + "; ".join(f"{key}: {why}" for key, why in out.items())
+            + f"; next probe due in {retry_s:.1f} s",
+            retry_after=retry_s,
+            reason=reasons.BACKEND_UNAVAILABLE,
+            metadata=metadata,
+        )
+
+    def _outage(self, model: ModelEntry, backend: BackendEntry, excluded: bool) -> BackendOutage:
+        """Why `backend` took no request now, and when it may again: its next health probe
+        (the last check plus the health-check interval) and its circuit half-opening, the
+        later of the two where both keep it out."""
+        if excluded:
+            return BackendOutage(model.name, backend.id, "excluded by the caller", DEFAULT_RETRY_S)
+        live = self._live[(model.name, backend.id)]
+        causes: list[str] = []
+        back_in = 0.0
+        if live.health is Health.NOT_SERVING:
+            interval = self._health_check_interval_s
+            if interval is None or live.last_check_at is None:
+                back_in = DEFAULT_RETRY_S
+            else:
+                back_in = max(live.last_check_at + interval - self._clock(), 0.0)
+            causes.append(
+                f"failing health checks (last check: {live.health_error or 'not serving'}), "
+                f"next probe in {back_in:.1f} s"
+            )
+        half_opens = live.breaker.half_opens_in()
+        if half_opens is not None:
+            causes.append(f"circuit open, half-opens in {half_opens:.1f} s")
+            back_in = max(back_in, half_opens)
+        elif not live.breaker.allows() or not causes:
+            # Half-open with its probes out (or half-opened since the decision looked).
+            causes.append("circuit half-open, its probe still out")
+            back_in = max(back_in, DEFAULT_RETRY_S)
+        return BackendOutage(model.name, backend.id, " and ".join(causes), back_in)
 
     def _order(self, ranked: list[_Ranked], policy: Policy, request: RouteRequest) -> list[_Ranked]:
         match policy:
@@ -411,12 +513,15 @@ class Router:
         live.breaker.record(report.outcome)
 
     def set_health(self, model: str, backend_id: str, health: Health, error: str = "") -> None:
-        """Records an active health check's result."""
+        """Records an active health check's result; `error` is what a failing check found
+        (`HTTP 503`), also kept as the backend's last error (`health check: HTTP 503`)."""
         live = self._live[(model, backend_id)]
         live.health = health
+        live.health_error = error[:500] if health is Health.NOT_SERVING else ""
         live.last_check_time = time.time()
+        live.last_check_at = self._clock()
         if error:
-            live.last_error = error[:500]
+            live.last_error = f"health check: {error}"[:500]
 
     def set_queue_time(self, model: str, backend_id: str, seconds: float) -> None:
         """Records the backend's current queueing delay (see `BackendLive.queue_s`)."""

@@ -233,3 +233,75 @@ async def test_openai_compatible_endpoints_are_health_checked(tmp_path: Path) ->
     assert statuses["s-0"].health == router_pb2.HEALTH_STATE_SERVING
     assert statuses["l-0"].health == router_pb2.HEALTH_STATE_NOT_SERVING
     assert statuses["l-0"].last_error == "health check: ConnectError"
+
+
+async def test_qualifying_models_with_every_backend_down_are_unavailable_with_retry_info(
+    tmp_path: Path,
+) -> None:
+    """`large`'s only endpoint refuses connections, so its health check fails at start: a
+    route that only `large` could take is UNAVAILABLE (BACKEND_UNAVAILABLE) with a RetryInfo
+    until its next probe, naming the backend and keeping the other model's static reason; a
+    route `small` can take is served by it."""
+    interval = 30.0
+    async with OpenAICompatibleServer() as provider:
+        catalog = tmp_path / "catalog.yaml"
+        catalog.write_text(CATALOG.replace("http://127.0.0.1:1/v1", provider.base_url, 1))
+        settings = PlatformSettings.model_validate(
+            {
+                "auth": {"mode": "none"},
+                "services": ["router"],
+                "server": {"port": 0, "grace_seconds": 0},
+                "router": {"catalog_file": str(catalog), "health_check_seconds": interval},
+            }
+        )
+        platform = await start_platform(settings)
+        try:
+            async with grpc.aio.insecure_channel(platform.address) as channel:
+                stub: Stub = router_service_pb2_grpc.RouterServiceStub(channel)
+                pinned = await _error(
+                    stub.Route(
+                        pb.RouteRequest(
+                            input_tokens=10,
+                            max_output_tokens=10,
+                            preferences=routing_pb2.RoutingPreferences(model="large"),
+                        )
+                    )
+                )
+                json_only = await _error(
+                    stub.Route(
+                        pb.RouteRequest(
+                            input_tokens=10,
+                            max_output_tokens=10,
+                            preferences=routing_pb2.RoutingPreferences(
+                                required_capabilities=[routing_pb2.CAPABILITY_JSON_OUTPUT]
+                            ),
+                        )
+                    )
+                )
+                served = (
+                    await stub.Route(pb.RouteRequest(input_tokens=10, max_output_tokens=10))
+                ).decision
+        finally:
+            await platform.stop(grace=0)
+
+    for error, other in ((pinned, "not the pinned model large"), (json_only, "lacks json_output")):
+        assert (error.code, error.reason) == (
+            grpc.StatusCode.UNAVAILABLE,
+            reasons.BACKEND_UNAVAILABLE,
+        )
+        assert error.retry_after is not None
+        assert interval - 10 < error.retry_after <= interval
+        assert set(error.metadata) == {"small", "large/l-0", "next_probe_seconds"}
+        assert error.metadata["small"] == other
+        assert error.metadata["large/l-0"] == (
+            "failing health checks (last check: ConnectError), next probe in "
+            f"{error.metadata['next_probe_seconds']} s"
+        )
+        assert float(error.metadata["next_probe_seconds"]) == pytest.approx(
+            error.retry_after, abs=0.051
+        )
+        assert error.message.startswith(
+            "every backend of the models that qualify is out: large/l-0: failing health checks"
+        )
+    assert [c.model for c in served.candidates] == ["small"]
+    assert served.rejected[0].reason == "no available backend: l-0 failing health checks"

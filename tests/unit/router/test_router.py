@@ -3,6 +3,7 @@ their composition, power-of-two-choices, learning from outcomes, and the circuit
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.common.config import ConfigError
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.router.config import DEFAULT_CATALOG, load_catalog
 from services.router.core.catalog import (
     BackendEntry,
@@ -358,3 +359,241 @@ def test_a_backends_own_queue_time_moves_the_latency_policy() -> None:
     assert small_after.predicted_first_token_s == pytest.approx(
         small_before.predicted_first_token_s + 5.0
     )
+
+
+# ------------------------------------------------------------------ no candidate: down or never
+
+
+def _clocked(now: list[float], *, interval: float | None = 5.0, cooldown: float = 10.0) -> Router:
+    """A router on a fake clock whose circuits open at the first failure."""
+    return Router(
+        CATALOG,
+        breaker=BreakerPolicy(consecutive_failures=1, cooldown_s=cooldown),
+        clock=lambda: now[0],
+        rng=random.Random(7),
+        health_check_interval_s=interval,
+    )
+
+
+def _fails(router: Router, model: str, backend_id: str) -> None:
+    router.report(Report(model, backend_id, Outcome.FAILED_BEFORE_FIRST_TOKEN, error="boom"))
+
+
+def _health_fails(now: list[float], router: Router) -> RouteRequest:
+    router.set_health("small", "small-0", Health.NOT_SERVING, "HTTP 503")
+    now[0] += 1.8
+    return RouteRequest(100, 100, model="small")
+
+
+def _circuit_opens(now: list[float], router: Router) -> RouteRequest:
+    _fails(router, "small", "small-0")
+    now[0] += 2.1
+    return RouteRequest(100, 100, model="small")
+
+
+def _all_excluded(now: list[float], router: Router) -> RouteRequest:
+    return RouteRequest(
+        100, 100, model="large", exclude_backends=frozenset({"large-0", "large-1", "large-2"})
+    )
+
+
+def _one_lacks_a_capability_the_other_is_down(now: list[float], router: Router) -> RouteRequest:
+    router.set_health("medium", "medium-0", Health.NOT_SERVING, "UNAVAILABLE")
+    now[0] += 4.0
+    return RouteRequest(100, 100, required=frozenset({C.JSON_OUTPUT}))
+
+
+def _the_earliest_replica_counts(now: list[float], router: Router) -> RouteRequest:
+    _fails(router, "large", "large-0")  # half-opens at 10
+    router.set_health("large", "large-1", Health.NOT_SERVING, "HTTP 502")  # probed at 5
+    now[0] += 3.0
+    router.set_health("large", "large-2", Health.NOT_SERVING, "HTTP 500")  # probed at 8
+    now[0] += 1.0
+    return RouteRequest(100, 100, model="large")
+
+
+def _failing_and_open_until_the_later(now: list[float], router: Router) -> RouteRequest:
+    router.set_health("small", "small-0", Health.NOT_SERVING, "HTTP 503")  # probed at 5
+    _fails(router, "small", "small-0")  # half-opens at 10
+    now[0] += 4.0
+    return RouteRequest(100, 100, model="small")
+
+
+def _probe_out(now: list[float], router: Router) -> RouteRequest:
+    _fails(router, "small", "small-0")
+    now[0] += 10.0
+    request = RouteRequest(100, 100, model="small")
+    router.route(request)  # half-open: this decision takes the one probe
+    return request
+
+
+def _overdue_probe(now: list[float], router: Router) -> RouteRequest:
+    router.set_health("small", "small-0", Health.NOT_SERVING, "HTTP 503")
+    now[0] += 9.0  # the check due at 5 has not answered yet
+    return RouteRequest(100, 100, model="small")
+
+
+NOT_PINNED_SMALL = {"medium": "not the pinned model small", "large": "not the pinned model small"}
+NOT_PINNED_LARGE = {"small": "not the pinned model large", "medium": "not the pinned model large"}
+
+
+@pytest.mark.parametrize(
+    ("setup", "retry_after", "metadata"),
+    [
+        (
+            _health_fails,
+            3.2,
+            {
+                **NOT_PINNED_SMALL,
+                "small/small-0": "failing health checks (last check: HTTP 503), next probe in "
+                "3.2 s",
+            },
+        ),
+        (
+            _circuit_opens,
+            7.9,
+            {**NOT_PINNED_SMALL, "small/small-0": "circuit open, half-opens in 7.9 s"},
+        ),
+        (
+            _all_excluded,
+            1.0,
+            {
+                **NOT_PINNED_LARGE,
+                "large/large-0": "excluded by the caller",
+                "large/large-1": "excluded by the caller",
+                "large/large-2": "excluded by the caller",
+            },
+        ),
+        (
+            _one_lacks_a_capability_the_other_is_down,
+            1.0,
+            {
+                "small": "lacks json_output",
+                "large": "lacks json_output",
+                "medium/medium-0": "failing health checks (last check: UNAVAILABLE), next "
+                "probe in 1.0 s",
+            },
+        ),
+        (
+            _the_earliest_replica_counts,
+            1.0,
+            {
+                **NOT_PINNED_LARGE,
+                "large/large-0": "circuit open, half-opens in 6.0 s",
+                "large/large-1": "failing health checks (last check: HTTP 502), next probe in "
+                "1.0 s",
+                "large/large-2": "failing health checks (last check: HTTP 500), next probe in "
+                "4.0 s",
+            },
+        ),
+        (
+            _failing_and_open_until_the_later,
+            6.0,
+            {
+                **NOT_PINNED_SMALL,
+                "small/small-0": "failing health checks (last check: HTTP 503), next probe in "
+                "1.0 s and circuit open, half-opens in 6.0 s",
+            },
+        ),
+        (
+            _probe_out,
+            1.0,
+            {**NOT_PINNED_SMALL, "small/small-0": "circuit half-open, its probe still out"},
+        ),
+        (
+            _overdue_probe,
+            0.1,
+            {
+                **NOT_PINNED_SMALL,
+                "small/small-0": "failing health checks (last check: HTTP 503), next probe in "
+                "0.0 s",
+            },
+        ),
+    ],
+    ids=[
+        "failing-health-checks",
+        "circuit-open",
+        "all-excluded",
+        "mixed",
+        "earliest-replica",
+        "health-and-circuit",
+        "half-open-probe-out",
+        "overdue-probe",
+    ],
+)
+def test_qualifying_models_whose_backends_are_all_out_are_unavailable_until_one_is_back(
+    setup: Callable[[list[float], Router], RouteRequest],
+    retry_after: float,
+    metadata: dict[str, str],
+) -> None:
+    now = [100.0]
+    router = _clocked(now)
+    request = setup(now, router)
+
+    with pytest.raises(Unavailable) as raised:
+        router.route(request)
+
+    error = raised.value
+    assert error.reason == "BACKEND_UNAVAILABLE"
+    assert error.retry_after == pytest.approx(retry_after)
+    assert error.metadata == {**metadata, "next_probe_seconds": f"{retry_after:.1f}"}
+    for key, why in metadata.items():
+        if "/" in key:
+            assert f"{key}: {why}" in error.message
+    assert error.message.endswith(f"; next probe due in {retry_after:.1f} s")
+
+
+@pytest.mark.parametrize(
+    ("interval", "cooldown", "retry_after", "why"),
+    [
+        (None, 10.0, 1.0, "failing health checks (last check: HTTP 503), next probe in 1.0 s"),
+        (5.0, 600.0, 60.0, "circuit open, half-opens in 600.0 s"),
+    ],
+    ids=["no-health-checks-running", "long-cooldown-clamped"],
+)
+def test_the_retry_delay_has_a_default_and_a_ceiling(
+    interval: float | None, cooldown: float, retry_after: float, why: str
+) -> None:
+    now = [0.0]
+    router = _clocked(now, interval=interval, cooldown=cooldown)
+    if interval is None:
+        router.set_health("small", "small-0", Health.NOT_SERVING, "HTTP 503")
+    else:
+        _fails(router, "small", "small-0")
+
+    with pytest.raises(Unavailable) as raised:
+        router.route(RouteRequest(100, 100, model="small"))
+
+    assert raised.value.retry_after == pytest.approx(retry_after)
+    assert raised.value.metadata["small/small-0"] == why
+
+
+def test_a_request_no_model_fits_stays_failed_precondition_with_backends_down() -> None:
+    """The static filters come first: a model too small for the request is rejected for that,
+    whatever its backends' state, so a retry is never invited for a request that cannot fit."""
+    now = [0.0]
+    router = _clocked(now)
+    for model in CATALOG.models:
+        for backend in model.backends:
+            router.set_health(model.name, backend.id, Health.NOT_SERVING, "HTTP 503")
+
+    with pytest.raises(FailedPrecondition) as raised:
+        router.route(RouteRequest(200_000, 100, Policy.COST))
+
+    assert raised.value.reason == "NO_ELIGIBLE_MODEL"
+    assert raised.value.metadata == {
+        "small": "context 2048 < 200000 + 100 tokens",
+        "medium": "context 8192 < 200000 + 100 tokens",
+        "large": "context 128000 < 200000 + 100 tokens",
+    }
+
+
+def test_a_health_check_keeps_its_finding_apart_from_reported_errors() -> None:
+    """The last error names the health check; once a check passes, its finding is gone."""
+    router = _router()
+    router.set_health("small", "small-0", Health.NOT_SERVING, "HTTP 503")
+    router.report(Report("small", "small-0", Outcome.FAILED_BEFORE_FIRST_TOKEN, error="boom"))
+    [status] = router.statuses("small")
+    assert (status.live.health_error, status.live.last_error) == ("HTTP 503", "boom")
+    router.set_health("small", "small-0", Health.SERVING)
+    assert status.live.health_error == ""
