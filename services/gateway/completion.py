@@ -997,6 +997,9 @@ def _response_attributes(
             ],
             "gen_ai.usage.input_tokens": final.usage.input_tokens,
             "gen_ai.usage.output_tokens": final.usage.output_tokens,
+            "genai.usage.source": generation_pb2.UsageSource.Name(final.usage.usage_source)
+            .removeprefix("USAGE_SOURCE_")
+            .lower(),
             "genai.backend.id": final.backend_id,
             "genai.cost": float(outcome.cost),
             "genai.attempts": len(final.attempts),

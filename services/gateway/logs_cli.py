@@ -6,8 +6,9 @@ genai logs [--target TARGET] [--api-key KEY] [--prompt NAME] [--status CODE]
 Calls `GatewayService.ListRequestLogs` with the API key (`--api-key`, else `$GENAI_API_KEY`)
 as `authorization: Bearer <key>`, following page tokens until `--limit` entries are shown.
 The table has one row per request: arrival time (UTC), request id, status, prompt@version,
-model, tokens in/out, cost, time to first token and total time in milliseconds. `--json`
-prints each entry as one line of protobuf's JSON mapping. Exit status: 0 on success, 1 when
+model, tokens in/out (followed by `tokenizer` or `estimate` when InferenceService counted them,
+the provider having sent none), cost, time to first token and total time in milliseconds.
+`--json` prints each entry as one line of protobuf's JSON mapping. Exit status: 0 on success, 1 when
 the call failed (its code, message and reason on one line), 2 for usage errors.
 """
 
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Final
 
 import grpc
 import grpc.aio
+from genai.common.v1 import generation_pb2
 from genai.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from google.protobuf import json_format
 
@@ -238,11 +240,23 @@ def _cells(entry: gateway_pb2.RequestLogEntry) -> list[str]:
         entry.status,
         prompt or "-",
         meta.model or "-",
-        f"{meta.usage.input_tokens}/{meta.usage.output_tokens}",
+        _tokens(meta.usage),
         _money(meta) if meta.HasField("cost") else "-",
         first_token,
         total,
     ]
+
+
+def _tokens(usage: generation_pb2.TokenUsage) -> str:
+    """`in/out`, with who counted them when it was not the provider: `12/30 tokenizer`."""
+    counts = f"{usage.input_tokens}/{usage.output_tokens}"
+    if usage.usage_source in (
+        generation_pb2.USAGE_SOURCE_TOKENIZER,
+        generation_pb2.USAGE_SOURCE_ESTIMATE,
+    ):
+        source = generation_pb2.UsageSource.Name(usage.usage_source).removeprefix("USAGE_SOURCE_")
+        return f"{counts} {source.lower()}"
+    return counts
 
 
 def _money(meta: gateway_pb2.CompletionMetadata) -> str:

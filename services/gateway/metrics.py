@@ -44,6 +44,14 @@ class GatewayMetrics:
             buckets=TOKEN_USAGE_BUCKETS,
             registry=registry,
         )
+        self.usage_tokens = Counter(
+            "genai_gateway_usage_tokens",
+            "Tokens accounted, by type and by who counted them: `provider` (the backend's own "
+            "count), `tokenizer` (InferenceService, with the model's tokenizer, for a provider "
+            "that sent no usage) or `estimate` (its conservative estimate, without one).",
+            ("gen_ai_request_model", "gen_ai_token_type", "usage_source"),
+            registry=registry,
+        )
         self.time_to_first_chunk = Histogram(
             "gen_ai_client_operation_time_to_first_chunk_seconds",
             "Time from the gateway receiving the request to the first output chunk sent.",

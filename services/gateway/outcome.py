@@ -96,10 +96,13 @@ class Outcome:
 
     @property
     def usage(self) -> generation_pb2.TokenUsage:
+        """The tokens of every attempt added up; their source is the least exact of theirs
+        (`UsageSource` numbers grow from PROVIDER to ESTIMATE)."""
         total = generation_pb2.TokenUsage()
         for routed in self.routed:
             total.input_tokens += routed.usage.input_tokens
             total.output_tokens += routed.usage.output_tokens
+            total.usage_source = max(total.usage_source, routed.usage.usage_source)
         return total
 
     @property

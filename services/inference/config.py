@@ -120,6 +120,15 @@ class ModelSettings(Settings):
         "empty: the model takes text only. Used by triton backends only: "
         "openai_compatible ones apply the provider's own template to chat input.",
     )
+    tokenizer: str = Field(
+        default="",
+        description="openai_compatible backends: the model's tokenizer, which counts a "
+        "request's tokens when the provider sends no `usage` (usage_source TOKENIZER): "
+        "`prepared:smollm2` or `prepared:gemma3-270m` (prepared by scripts/setup), or a "
+        "directory with tokenizer.json and the chat template the provider renders with "
+        "(chat_template.jinja or tokenizer_config.json). Empty: such requests are counted "
+        "with a conservative estimate that never undercounts (usage_source ESTIMATE).",
+    )
     guided_decoding: bool = Field(
         default=False,
         description="Whether every backend of the model constrains decoding to a request's "
@@ -139,6 +148,11 @@ class ModelSettings(Settings):
         if self.task == "embedding" and self.guided_decoding:
             raise ValueError(
                 f"model {self.name}: guided_decoding applies to generation models only"
+            )
+        if self.tokenizer and "openai_compatible" not in kinds:
+            raise ValueError(
+                f"model {self.name}: tokenizer is unused, since Triton backends count tokens "
+                "themselves; it applies to openai_compatible backends"
             )
         if self.chat_template and "triton" not in kinds:
             raise ValueError(

@@ -17,6 +17,11 @@ from services.inference.adapters.chat_templates import (
     load_chat_template,
 )
 from services.inference.adapters.openai_compat import OpenAICompatibleBackend, ProviderAccess
+from services.inference.adapters.tokenizer_counter import (
+    PREPARED_PREFIX,
+    TokenizerCounter,
+    tokenizer_directory,
+)
 from services.inference.adapters.triton import TritonBackend
 from services.inference.config import InferenceSettings, ModelSettings
 from services.inference.core.dispatch import DispatchingBackend
@@ -64,6 +69,7 @@ def registration(
         chat_templates=JinjaChatTemplates(
             {m.name: _chat_template(m.chat_template) for m in settings.models if m.chat_template}
         ),
+        counters=_token_counters(settings),
     )
     servicer = InferenceServicer(engine)
     return ServiceRegistration(
@@ -138,9 +144,26 @@ def _model_spec(model: ModelSettings, local_triton: str | None) -> ModelSpec:
 
 
 def _chat_template(location: str) -> ChatTemplate:
-    if location == "prepared:smollm2":
-        # The tokenizer files of the SmolLM2 weights that the setup step prepared.
-        from genai_triton.prepare import prepared_model_dir
-
-        return load_chat_template(str(prepared_model_dir()))
+    if location.startswith(PREPARED_PREFIX):
+        # The tokenizer files of the weights that the setup step prepared.
+        return load_chat_template(str(tokenizer_directory(location)))
     return load_chat_template(location)
+
+
+def _token_counters(settings: InferenceSettings) -> dict[str, TokenizerCounter]:
+    """The tokenizer counter of every model that names a tokenizer; raises `ConfigError`
+    naming each one that cannot be loaded."""
+    counters: dict[str, TokenizerCounter] = {}
+    problems: list[str] = []
+    for index, model in enumerate(settings.models):
+        if not model.tokenizer:
+            continue
+        try:
+            counters[model.name] = TokenizerCounter.from_directory(
+                tokenizer_directory(model.tokenizer)
+            )
+        except (OSError, ValueError) as error:
+            problems.append(f"inference.models[{index}].tokenizer: {error}")
+    if problems:
+        raise ConfigError(problems)
+    return counters

@@ -30,6 +30,7 @@ from services.inference.core.model import (
     Sampling,
     Task,
 )
+from services.inference.core.usage import UsageSource
 
 SERVICE_NAME = "genai.inference.v1.InferenceService"
 
@@ -56,6 +57,11 @@ _TASKS = {
     Task.EMBEDDING: inference_pb2.MODEL_TASK_EMBEDDING,
 }
 
+USAGE_SOURCES = {
+    UsageSource.PROVIDER: generation_pb2.USAGE_SOURCE_PROVIDER,
+    UsageSource.TOKENIZER: generation_pb2.USAGE_SOURCE_TOKENIZER,
+    UsageSource.ESTIMATE: generation_pb2.USAGE_SOURCE_ESTIMATE,
+}
 _INPUT_KINDS = {
     InputKind.TEXT: inference_pb2.INPUT_KIND_TEXT,
     InputKind.CHAT: inference_pb2.INPUT_KIND_CHAT,
@@ -101,6 +107,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                             model=event.model,
                             backend_id=event.backend_id,
                             input_tokens=event.input_tokens,
+                            input_tokens_source=USAGE_SOURCES[event.input_source],
                         )
                     )
                 else:
@@ -129,7 +136,10 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         return inference_service_pb2.EmbedResponse(
             embeddings=[inference_pb2.Embedding(values=v) for v in embeddings.vectors],
             dimensions=len(embeddings.vectors[0]) if embeddings.vectors else 0,
-            usage=generation_pb2.TokenUsage(input_tokens=embeddings.input_tokens),
+            usage=generation_pb2.TokenUsage(
+                input_tokens=embeddings.input_tokens,
+                usage_source=generation_pb2.USAGE_SOURCE_PROVIDER,
+            ),
             model=model.name,
         )
 
@@ -231,7 +241,9 @@ def _final(event: Finished) -> inference_pb2.GenerationFinal:
     return inference_pb2.GenerationFinal(
         finish_reason=_FINISH_REASONS[event.finish_reason],
         usage=generation_pb2.TokenUsage(
-            input_tokens=event.input_tokens, output_tokens=event.output_tokens
+            input_tokens=event.input_tokens,
+            output_tokens=event.output_tokens,
+            usage_source=USAGE_SOURCES[event.usage_source],
         ),
         timings=generation_pb2.GenerationTimings(
             first_token_duration=duration(event.first_token_seconds),

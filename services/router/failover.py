@@ -1,6 +1,11 @@
 """The caller's side of RouterService's failover contract, for whoever streams generations
 (the gateway): route, try the candidates in order, report every attempt.
 
+- A route that finds no candidate fails at once, with no attempt made, as the router answered
+  it: FAILED_PRECONDITION (NO_ELIGIBLE_MODEL) when no model could serve the request as it is,
+  UNAVAILABLE (BACKEND_UNAVAILABLE, `RetryInfo` until the next health probe or circuit
+  half-open) when models could but their backends are all out. Only the second is worth
+  retrying.
 - A failure before the first token (the backend is down, overloaded or broken) moves on to the
   next candidate; the caller sees it only in `RoutedStream.attempts`.
 - A failure after tokens have streamed is not retried: the stream ends with UNAVAILABLE
@@ -107,9 +112,10 @@ class RoutedGenerator:
         constrains: Callable[[str], Awaitable[bool]] | None = None,
     ) -> AsyncGenerator[inference_service_pb2.GenerateStreamResponse]:
         """Yields the messages of the attempt that streams (start, deltas, final), recording
-        the decision, attempts and usage in `record`. Raises the router's errors (for
-        example FAILED_PRECONDITION NO_ELIGIBLE_MODEL) as `grpc.aio.AioRpcError`, and
-        `Unavailable` when every candidate failed or the stream broke after its first token.
+        the decision, attempts and usage in `record`. Raises the router's errors as
+        `grpc.aio.AioRpcError` (FAILED_PRECONDITION NO_ELIGIBLE_MODEL, UNAVAILABLE
+        BACKEND_UNAVAILABLE: see the module docstring), and `Unavailable` when every candidate
+        failed or the stream broke after its first token.
         `time_left` (seconds) bounds the whole generation, failovers included; `decision`, when
         the caller routed already (see `route`), skips the `Route` call; `metadata` goes with
         every call. Closing the iterator early cancels the backend's generation. When
@@ -145,6 +151,7 @@ class RoutedGenerator:
                     kind = message.WhichOneof("event")
                     if kind == "start":
                         record.usage.input_tokens = message.start.input_tokens
+                        record.usage.usage_source = message.start.input_tokens_source
                     elif kind == "delta":
                         if first_token is None:
                             first_token = self._clock()
@@ -177,6 +184,9 @@ class RoutedGenerator:
                             "backend_id": candidate.backend.id,
                             "input_tokens": str(record.usage.input_tokens),
                             "output_tokens": str(output_tokens),
+                            "usage_source": generation_pb2.UsageSource.Name(
+                                record.usage.usage_source
+                            ),
                         },
                     ) from None
                 if constrain and _refuses_constraint(error):
@@ -253,7 +263,10 @@ class RoutedGenerator:
         time_left: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> router_pb2.RouteDecision:
-        """Asks the router for a decision (raising its errors as `grpc.aio.AioRpcError`)."""
+        """Asks the router for a decision, raising its errors as `grpc.aio.AioRpcError`:
+        FAILED_PRECONDITION (NO_ELIGIBLE_MODEL) when no model could serve `route`, UNAVAILABLE
+        (BACKEND_UNAVAILABLE, with `RetryInfo`) when the backends of those that could are all
+        out."""
         response = await self._router.Route(route, timeout=time_left, metadata=metadata or None)
         return response.decision
 

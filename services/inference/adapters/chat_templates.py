@@ -67,22 +67,47 @@ def _raise(message: str) -> NoReturn:
     raise InvalidArgument(violations=[FieldViolation("chat.messages", message)])
 
 
+def _environment() -> ImmutableSandboxedEnvironment:
+    environment = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined
+    )
+    environment.globals["raise_exception"] = _raise
+    return environment
+
+
+class CompiledChatTemplate:
+    """One chat template, compiled once in a sandbox."""
+
+    def __init__(self, template: ChatTemplate) -> None:
+        self._spec = template
+        self._template = _environment().from_string(template.source)
+
+    def render(self, messages: Sequence[ChatTurn]) -> str:
+        """The prompt for `messages`, ending with the opener of the assistant's turn; raises
+        `InvalidArgument` on `chat.messages` when the template refuses them."""
+        try:
+            return self._template.render(
+                messages=[{"role": m.role, "content": m.content} for m in messages],
+                add_generation_prompt=True,
+                bos_token=self._spec.bos_token,
+                eos_token=self._spec.eos_token,
+            )
+        except TemplateError as error:
+            raise InvalidArgument(
+                violations=[FieldViolation("chat.messages", f"the chat template failed: {error}")]
+            ) from None
+
+
 class JinjaChatTemplates:
     """The chat templates of the served models, compiled once."""
 
     def __init__(self, templates: Mapping[str, ChatTemplate]) -> None:
-        environment = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined
-        )
-        environment.globals["raise_exception"] = _raise
-        self._templates = {
-            model: (environment.from_string(t.source), t) for model, t in templates.items()
-        }
+        self._templates = {model: CompiledChatTemplate(t) for model, t in templates.items()}
 
     def render(self, model: str, messages: Sequence[ChatTurn]) -> str:
         """The prompt for `messages`, ending with the opener of the assistant's turn."""
-        entry = self._templates.get(model)
-        if entry is None:  # the engine refuses such requests first (ModelSpec.input_kinds)
+        template = self._templates.get(model)
+        if template is None:  # the engine refuses such requests first (ModelSpec.input_kinds)
             raise InvalidArgument(
                 violations=[
                     FieldViolation(
@@ -93,15 +118,4 @@ class JinjaChatTemplates:
                 ],
                 metadata={"model": model},
             )
-        template, spec = entry
-        try:
-            return template.render(
-                messages=[{"role": m.role, "content": m.content} for m in messages],
-                add_generation_prompt=True,
-                bos_token=spec.bos_token,
-                eos_token=spec.eos_token,
-            )
-        except TemplateError as error:
-            raise InvalidArgument(
-                violations=[FieldViolation("chat.messages", f"the chat template failed: {error}")]
-            ) from None
+        return template.render(messages)

@@ -11,11 +11,11 @@ the stream (asked for with `stream_options.include_usage`). Closing the chunk it
 cancelling the task that reads it, closes the HTTP response and so the connection: the
 provider sees the client go away and stops generating.
 
-Token counts: a provider that reports no `usage` gets its content deltas counted, one output
-token each, and 0 input tokens; the provider's own counts, when it sends them, always win (on
-any chunk: some send running usage with every chunk). Since most providers report usage only
-at the end, the first chunk (and so `GenerationStart.input_tokens`) carries 0 input tokens, and
-the deltas count one token per provider chunk until the final chunk brings the exact totals.
+Token counts: chunks carry the provider's own counts once it sent `usage` (on any chunk: some
+send running usage with every chunk, most only at the end), marked `counted`. Until then, and
+to the end for a provider that sends none, a chunk says 0 input tokens and one output token per
+provider chunk, not `counted`: InferenceService's engine then counts itself, with the model's
+tokenizer or a conservative estimate (`services.inference.core.usage`).
 """
 
 import asyncio
@@ -244,10 +244,10 @@ class CompletionStream:
         content = delta.get("content") if isinstance(delta, dict) else None
         if isinstance(content, str) and content and self._finish is None:
             self._deltas += 1
-            chunks.append(BackendChunk(content, self._input(), self._output(), finish_reason=None))
+            chunks.append(self._chunk(content, self._output(), None))
         elif not self._started:
             # The first chunk (usually the assistant's role): the generation runs.
-            chunks.append(BackendChunk("", self._input(), 0, finish_reason=None))
+            chunks.append(self._chunk("", 0, None))
         self._started = True
         reason = choice.get("finish_reason")
         if isinstance(reason, str) and reason and self._finish is None:
@@ -265,10 +265,16 @@ class CompletionStream:
                 retry_after=UNAVAILABLE_RETRY_AFTER,
                 metadata={"backend_id": self._spec.id},
             )
-        return BackendChunk("", self._input(), self._output(), finish_reason=self._finish)
+        return self._chunk("", self._output(), self._finish)
 
-    def _input(self) -> int:
-        return self._input_tokens if self._input_tokens is not None else 0
+    def _chunk(self, text: str, output_tokens: int, finish: FinishReason | None) -> BackendChunk:
+        return BackendChunk(
+            text,
+            self._input_tokens if self._input_tokens is not None else 0,
+            output_tokens,
+            finish_reason=finish,
+            counted=self._input_tokens is not None and self._output_tokens is not None,
+        )
 
     def _output(self) -> int:
         return self._output_tokens if self._output_tokens is not None else self._deltas

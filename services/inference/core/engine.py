@@ -1,6 +1,7 @@
 """InferenceService's core: validates requests, picks a backend, admits within its bound,
 renders chat input (or passes it on to backends that apply their own template), and turns
-backend chunks into one start, deltas and one final."""
+backend chunks into one start, deltas and one final, counting the tokens itself where the
+backend reports none (see `services.inference.core.usage`)."""
 
 import json
 import math
@@ -38,6 +39,7 @@ from services.inference.core.model import (
     OutputConstraint,
     Task,
 )
+from services.inference.core.usage import EstimateCounter, TokenCounter, UsageSource
 
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_BYTES = 256
@@ -65,6 +67,8 @@ class Started:
     model: str
     backend_id: str
     input_tokens: int
+    input_source: UsageSource = UsageSource.PROVIDER
+    """Who counted `input_tokens`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,8 @@ class Finished:
     total_seconds: float
     constrained: bool = False
     """Whether decoding followed the request's constraint."""
+    usage_source: UsageSource = UsageSource.PROVIDER
+    """Who counted `input_tokens` and `output_tokens` (the least exact of the two)."""
 
 
 Event = Started | Delta | Finished
@@ -103,8 +109,13 @@ class BackendStatus:
     in_flight: int
 
 
+_ESTIMATE: TokenCounter = EstimateCounter()
+
+
 class InferenceEngine:
-    """Serves the configured models through their backends."""
+    """Serves the configured models through their backends. `counters` count the tokens of a
+    model's requests on backends that report no usage (by model name; `EstimateCounter` for
+    a model without one)."""
 
     def __init__(
         self,
@@ -112,11 +123,13 @@ class InferenceEngine:
         models: Sequence[ModelSpec],
         backend: GenerationBackend,
         chat_templates: ChatTemplates,
+        counters: Mapping[str, TokenCounter] | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._models: dict[str, ModelSpec] = {m.name: m for m in models}
         self._backend = backend
         self._chat = chat_templates
+        self._counters = dict(counters or {})
         self._clock = clock
         self._in_flight: dict[str, int] = {b.id: 0 for m in models for b in m.backends}
         self._next: dict[str, int] = {}
@@ -140,6 +153,14 @@ class InferenceEngine:
         model = self._model(request.model, Task.GENERATION)
         backend = self._pick_backend(model, request.backend_id)
         backend_request = self._backend_request(model, backend, request, time_left=time_left)
+        # A backend that may report no usage: count the prompt now, so that the start (and a
+        # stream that breaks before the end) has a count, and keep the output to count it.
+        counter: TokenCounter | None = None
+        counted_input = 0
+        output: list[str] = []
+        if backend.kind is BackendKind.OPENAI_COMPATIBLE:
+            counter = self._counters.get(model.name, _ESTIMATE)
+            counted_input = counter.count_input(_as_messages(backend_request))
         self._admit(backend)
         try:
             first_token: float | None = None
@@ -149,23 +170,41 @@ class InferenceEngine:
                 async for chunk in chunks:
                     if not started:
                         started = True
-                        yield Started(model.name, backend.id, chunk.input_tokens)
+                        if chunk.counted or counter is None:
+                            yield Started(model.name, backend.id, chunk.input_tokens)
+                        else:
+                            yield Started(model.name, backend.id, counted_input, counter.source)
                     if chunk.text:
                         if first_token is None:
                             first_token = self._clock()
-                        yield Delta(chunk.text, max(chunk.output_tokens - reported_tokens, 1))
-                        reported_tokens = chunk.output_tokens
+                        if counter is not None:
+                            output.append(chunk.text)
+                        if chunk.counted or counter is None:
+                            tokens = max(chunk.output_tokens - reported_tokens, 1)
+                            reported_tokens = chunk.output_tokens
+                        else:
+                            tokens = counter.count_text(chunk.text)
+                            reported_tokens += tokens
+                        yield Delta(chunk.text, tokens)
                     if chunk.finish_reason is not None:
                         now = self._clock()
+                        input_tokens, output_tokens = chunk.input_tokens, chunk.output_tokens
+                        source = UsageSource.PROVIDER
+                        if counter is not None and not chunk.counted:
+                            input_tokens, source = counted_input, counter.source
+                            output_tokens = counter.count_output(
+                                "".join(output), chunk.finish_reason
+                            )
                         yield Finished(
                             model=model.name,
                             backend_id=backend.id,
                             finish_reason=chunk.finish_reason,
-                            input_tokens=chunk.input_tokens,
-                            output_tokens=chunk.output_tokens,
+                            input_tokens=input_tokens,
+                            output_tokens=output_tokens,
                             first_token_seconds=(first_token or now) - received,
                             total_seconds=now - received,
                             constrained=backend_request.constraint is not None,
+                            usage_source=source,
                         )
                         return
         finally:
@@ -302,6 +341,14 @@ class InferenceEngine:
             messages=messages,
             constraint=request.constraint,
         )
+
+
+def _as_messages(request: BackendRequest) -> tuple[ChatTurn, ...]:
+    """The conversation an OpenAI-compatible backend is sent: text input goes as one user
+    message (see `services.inference.adapters.openai_compat`)."""
+    if request.messages is not None:
+        return request.messages
+    return (ChatTurn("user", request.prompt),)
 
 
 def _no_chat_template(model: ModelSpec) -> FieldViolation:

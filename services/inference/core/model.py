@@ -196,6 +196,10 @@ class BackendChunk:
     """Tokens generated so far, cumulative."""
     finish_reason: FinishReason | None
     """Set on the last chunk only."""
+    counted: bool = True
+    """Whether the counts are the backend's own (Triton's always are; an OpenAI-compatible
+    provider's once it sent `usage`). False: `input_tokens` is 0 and `output_tokens` counts
+    provider chunks, and InferenceService counts itself (`services.inference.core.usage`)."""
 
 
 class GenerationBackend(Protocol):

@@ -20,6 +20,7 @@ from services.platform.runner import Platform, start_platform
 from services.platform.settings import PlatformSettings
 from tests.support.openai_server import MODEL, Behaviour, OpenAICompatibleServer, counted
 from tests.support.settings import UNREACHABLE_TRITON
+from tests.support.smollm2 import smollm2_dir
 
 if TYPE_CHECKING:
     Stub = inference_service_pb2_grpc.InferenceServiceAsyncStub
@@ -56,6 +57,11 @@ def _settings(base_url: str) -> PlatformSettings:
                         "name": "hosted-limited",
                         "backends": [openai("openai-1", timeout_seconds=0.3)],
                     },
+                    {
+                        "name": "hosted-counted",
+                        "backends": [openai("openai-0")],
+                        "tokenizer": "prepared:smollm2",
+                    },
                     {"name": "down", "backends": [openai("openai-down", "http://127.0.0.1:9/v1")]},
                     {
                         "name": "zero",
@@ -72,6 +78,14 @@ def _settings(base_url: str) -> PlatformSettings:
             },
         }
     )
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer() -> Any:
+    """SmolLM2's tokenizer, as transformers loads it from the prepared directory."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(smollm2_dir()))
 
 
 @pytest.fixture
@@ -141,10 +155,15 @@ async def test_streams_the_providers_tokens_and_reports_its_usage(
     start, final = responses[0].start, responses[-1].final
     assert (start.model, start.backend_id) == ("hosted", "openai-0")
     assert [r.delta.text for r in responses[1:-1]] == list(tokens)
-    assert [r.delta.token_count for r in responses[1:-1]] == [1] * 5
+    # Until the provider's usage comes, InferenceService counts: `hosted` names no tokenizer,
+    # so by the estimate (one token per byte, 64 + 8 per message for the template).
+    assert start.input_tokens == 64 + len("user") + len("one two three") + 8
+    assert start.input_tokens_source == generation_pb2.USAGE_SOURCE_ESTIMATE
+    assert [r.delta.token_count for r in responses[1:-1]] == [len(t.encode()) for t in tokens]
     assert final.finish_reason == generation_pb2.FINISH_REASON_STOP
     # The counts are the provider's, from its final usage chunk, not the deltas counted.
     assert (final.usage.input_tokens, final.usage.output_tokens) == (12, 7)
+    assert final.usage.usage_source == generation_pb2.USAGE_SOURCE_PROVIDER
     assert (final.model, final.backend_id) == ("hosted", "openai-0")
 
 
@@ -211,14 +230,51 @@ async def test_chat_messages_are_forwarded_as_messages_not_rendered(
     assert responses[-1].final.usage.input_tokens == 8
 
 
-async def test_without_usage_the_deltas_are_counted(
+async def test_without_usage_and_tokenizer_the_estimate_never_undercounts(
     stub: Stub, provider: OpenAICompatibleServer
 ) -> None:
     provider.behaviour = Behaviour(tokens=counted(4), usage=False)
     responses = await _collect(stub, _request())
-    final = responses[-1].final
-    assert (final.usage.input_tokens, final.usage.output_tokens) == (0, 4)
+    start, final = responses[0].start, responses[-1].final
     assert _text(responses) == "tok0 tok1 tok2 tok3 "
+    # One token per UTF-8 byte, the template's allowance, and the end-of-sequence token.
+    expected_input = 64 + len("user") + len("one two three") + 8
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (expected_input, 20 + 1)
+    assert final.usage.usage_source == generation_pb2.USAGE_SOURCE_ESTIMATE
+    assert (start.input_tokens, start.input_tokens_source) == (
+        expected_input,
+        generation_pb2.USAGE_SOURCE_ESTIMATE,
+    )
+    assert [r.delta.token_count for r in responses[1:-1]] == [5, 5, 5, 5]
+
+
+async def test_without_usage_the_models_tokenizer_counts(
+    stub: Stub, provider: OpenAICompatibleServer, smollm2_tokenizer: Any
+) -> None:
+    """`hosted-counted` names SmolLM2's tokenizer: the prompt is counted as its chat template
+    renders it (what `transformers serve` counts), the output re-tokenized, plus the
+    end-of-sequence token when the model stopped on it."""
+    provider.behaviour = Behaviour(tokens=(" The", " capital", " is", " Paris", "."), usage=False)
+    responses = await _collect(stub, _request("Capital of France?", model="hosted-counted"))
+    start, final = responses[0].start, responses[-1].final
+
+    prompt = smollm2_tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Capital of France?"}], add_generation_prompt=True
+    )["input_ids"]
+    output = smollm2_tokenizer(" The capital is Paris.", add_special_tokens=False)["input_ids"]
+    assert final.finish_reason == generation_pb2.FINISH_REASON_STOP
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (len(prompt), len(output) + 1)
+    assert final.usage.usage_source == generation_pb2.USAGE_SOURCE_TOKENIZER
+    assert (start.input_tokens, start.input_tokens_source) == (
+        len(prompt),
+        generation_pb2.USAGE_SOURCE_TOKENIZER,
+    )
+    assert [r.delta.token_count for r in responses[1:-1]] == [1] * 5
+
+    # Cut by max_tokens: no end-of-sequence token was generated.
+    responses = await _collect(stub, _request("Capital of France?", "hosted-counted", max_tokens=2))
+    assert responses[-1].final.finish_reason == generation_pb2.FINISH_REASON_LENGTH
+    assert responses[-1].final.usage.output_tokens == 2
 
 
 @pytest.mark.parametrize(

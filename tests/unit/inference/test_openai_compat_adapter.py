@@ -146,17 +146,18 @@ def test_deltas_become_chunks_and_the_final_usage_the_final_counts() -> None:
         ]
     )
     assert chunks == [
-        BackendChunk("", 0, 0, None),  # the role chunk: the generation runs
-        BackendChunk("Hel", 0, 1, None),
-        BackendChunk("lo", 0, 2, None),
+        # Not counted until the usage comes: InferenceService counts meanwhile.
+        BackendChunk("", 0, 0, None, counted=False),  # the role chunk: the generation runs
+        BackendChunk("Hel", 0, 1, None, counted=False),
+        BackendChunk("lo", 0, 2, None, counted=False),
     ]
     assert stream.done()
     assert stream.final() == BackendChunk("", 11, 3, FinishReason.STOP)
 
 
-def test_without_usage_the_deltas_are_counted_as_output_tokens() -> None:
+def test_without_usage_the_final_says_the_counts_are_not_the_providers() -> None:
     _, stream = _run([_chunk("a"), _chunk("b"), _chunk("c", "length"), SSEEvent("[DONE]")])
-    assert stream.final() == BackendChunk("", 0, 3, FinishReason.LENGTH)
+    assert stream.final() == BackendChunk("", 0, 3, FinishReason.LENGTH, counted=False)
 
 
 def test_running_usage_on_every_chunk_wins_over_counting() -> None:
@@ -168,7 +169,7 @@ def test_running_usage_on_every_chunk_wins_over_counting() -> None:
 
 def test_content_on_the_finish_chunk_comes_before_the_final() -> None:
     chunks, stream = _run([_chunk("last", "stop")])
-    assert chunks == [BackendChunk("last", 0, 1, None)]
+    assert chunks == [BackendChunk("last", 0, 1, None, counted=False)]
     assert stream.final().finish_reason is FinishReason.STOP
 
 
