@@ -45,6 +45,7 @@ from services.common.clients import (
 from services.common.config import ConfigError, load_settings
 from services.common.status import error_details
 from services.common.telemetry import quiet_cross_context_detach
+from services.common.wire import counted_by
 from services.evaluation import cli as eval_cli
 from services.experiment import cli as experiments_cli
 from services.gateway import audit_cli, logs_cli
@@ -535,12 +536,18 @@ def _generate(args: argparse.Namespace) -> int:
     print(
         f"\n[{final.model} on {final.backend_id}: "
         f"{generation_pb2.FinishReason.Name(final.finish_reason).removeprefix('FINISH_REASON_')}"
-        f", {final.usage.input_tokens} tokens in, {final.usage.output_tokens} out, "
+        f", {_usage(final.usage)}, "
         f"first token {timings.first_token_duration.ToTimedelta().total_seconds() * 1000:.0f} ms"
         f", total {timings.total_duration.ToTimedelta().total_seconds():.2f} s]",
         file=sys.stderr,
     )
     return 0
+
+
+def _usage(usage: generation_pb2.TokenUsage) -> str:
+    """`12 tokens in, 30 out`, and who counted them when the provider did not."""
+    note = {"tokenizer": " (tokenizer count)", "estimate": " (estimate)"}.get(counted_by(usage), "")
+    return f"{usage.input_tokens} tokens in, {usage.output_tokens} out{note}"
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -600,7 +607,7 @@ def _stream_completion(args: argparse.Namespace, command: str, variables: dict[s
     print(
         f"\n[{final.prompt} v{final.prompt_version} on {final.model}/{final.backend_id}: "
         f"{generation_pb2.FinishReason.Name(final.finish_reason).removeprefix('FINISH_REASON_')}"
-        f", {final.usage.input_tokens} tokens in, {final.usage.output_tokens} out, "
+        f", {_usage(final.usage)}, "
         f"cost {cost.units + cost.nanos / 1e9:.6f} {cost.currency_code}, "
         f"first token {final.first_token_duration.ToTimedelta().total_seconds() * 1000:.0f} ms"
         f", total {final.total_duration.ToTimedelta().total_seconds():.2f} s, "

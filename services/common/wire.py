@@ -4,7 +4,7 @@ offset-based page tokens."""
 from datetime import datetime
 from decimal import Decimal
 
-from genai.common.v1 import money_pb2
+from genai.common.v1 import generation_pb2, money_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -46,6 +46,21 @@ def money(amount: Decimal, currency: str) -> money_pb2.Money:
 def decimal_amount(message: money_pb2.Money) -> Decimal:
     """The amount of a Money, exactly."""
     return Decimal(message.units) + Decimal(message.nanos) / NANOS
+
+
+def counted_by(usage: generation_pb2.TokenUsage) -> str:
+    """Who counted `usage` when it was not the provider (`tokenizer`, `estimate`), for people
+    reading counts; "" for the provider's own counts (or none said)."""
+    if usage.usage_source in (
+        generation_pb2.USAGE_SOURCE_TOKENIZER,
+        generation_pb2.USAGE_SOURCE_ESTIMATE,
+    ):
+        return (
+            generation_pb2.UsageSource.Name(usage.usage_source)
+            .removeprefix("USAGE_SOURCE_")
+            .lower()
+        )
+    return ""
 
 
 def offset_page(page_size: int, page_token: str) -> tuple[int, int]:

@@ -30,7 +30,7 @@ from google.protobuf import json_format
 
 from services.common.clients import DEFAULT_TARGET, add_target_option, create_channel
 from services.common.status import ParsedError, error_details
-from services.common.wire import MAX_PAGE_SIZE, seconds, timestamp
+from services.common.wire import MAX_PAGE_SIZE, counted_by, seconds, timestamp
 
 if TYPE_CHECKING:
     Stub = gateway_service_pb2_grpc.GatewayServiceAsyncStub
@@ -249,14 +249,7 @@ def _cells(entry: gateway_pb2.RequestLogEntry) -> list[str]:
 
 def _tokens(usage: generation_pb2.TokenUsage) -> str:
     """`in/out`, with who counted them when it was not the provider: `12/30 tokenizer`."""
-    counts = f"{usage.input_tokens}/{usage.output_tokens}"
-    if usage.usage_source in (
-        generation_pb2.USAGE_SOURCE_TOKENIZER,
-        generation_pb2.USAGE_SOURCE_ESTIMATE,
-    ):
-        source = generation_pb2.UsageSource.Name(usage.usage_source).removeprefix("USAGE_SOURCE_")
-        return f"{counts} {source.lower()}"
-    return counts
+    return f"{usage.input_tokens}/{usage.output_tokens} {counted_by(usage)}".rstrip()
 
 
 def _money(meta: gateway_pb2.CompletionMetadata) -> str:
