@@ -19,10 +19,13 @@
   settings and its engine disagree) is dropped, and the same candidate is tried again without
   it: the caller checks the output itself, so constraining is an optimisation, never a reason
   to fail. The refused attempt is in `RoutedStream.attempts` and the log.
+- A caller that stops reading early (its own stop sequence or length limit matched) ends the
+  attempt there: it counts as served, with the tokens streamed so far.
 - Every attempt is reported with `ReportOutcome` (best effort: a router that cannot take the
   report never fails the generation).
 """
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -161,6 +164,24 @@ class RoutedGenerator:
                         record.usage.CopyFrom(message.final.usage)
                         record.constrained = message.final.constrained
                     yield message
+            except GeneratorExit:
+                # The caller stopped reading: its own stop sequence or length limit matched
+                # (the attempt served what was asked), or it is being cancelled.
+                task = asyncio.current_task()
+                cancelled = task is not None and task.cancelling() > 0
+                await self._report(
+                    record,
+                    decision,
+                    candidate,
+                    rpb.ATTEMPT_RESULT_SUCCESS
+                    if first_token is not None and not cancelled
+                    else rpb.ATTEMPT_RESULT_CANCELLED,
+                    started,
+                    first_token,
+                    output_tokens,
+                    None,
+                )
+                raise
             except grpc.aio.AioRpcError as error:
                 code = error.code()
                 if first_token is not None:

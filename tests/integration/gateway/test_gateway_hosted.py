@@ -18,6 +18,7 @@ from genai.common.v1 import generation_pb2
 from genai.evaluation.v1 import evaluation_pb2, evaluation_service_pb2, evaluation_service_pb2_grpc
 from genai.experiment.v1 import experiment_pb2, experiment_service_pb2, experiment_service_pb2_grpc
 from genai.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
+from genai.router.v1 import router_service_pb2, router_service_pb2_grpc
 
 from services.common import reasons
 from services.common.clients import api_key_metadata, create_channel
@@ -286,6 +287,31 @@ async def test_a_backend_failing_before_the_first_token_fails_over_invisibly(
         first, second = final.attempts
         assert (first.backend_id, first.status) == ("bad-0", "UNAVAILABLE")
         assert (second.backend_id, second.status) == ("good-1", "OK")
+
+
+async def test_a_stop_sequence_the_backend_streams_ends_the_answer_and_its_attempt(
+    running: Running, servers: tuple[OpenAICompatibleServer, Any]
+) -> None:
+    """Some servers (`transformers serve`) stream the stop string itself: the gateway cuts the
+    answer there and stops reading, and the attempt still counts as served, for the final and
+    for the router (which counts it out of flight)."""
+    good, _ = servers
+    good.behaviour = Behaviour(tokens=("The", " capital", " is", " Paris", ".", " More"))
+    request = _request("contact")
+    request.parameters.stop.append("Paris")
+    messages = await _stream(running.stub, request)
+    final = messages[-1].final
+
+    assert "".join(m.delta.text for m in messages if m.HasField("delta")) == "The capital is "
+    assert final.finish_reason == generation_pb2.FINISH_REASON_STOP_SEQUENCE
+    assert [(a.backend_id, a.status) for a in final.attempts] == [("good-0", "OK")]
+    assert final.usage.output_tokens > 0
+    router = router_service_pb2_grpc.RouterServiceStub(running.channel)
+    health = await router.GetBackendHealth(
+        router_service_pb2.GetBackendHealthRequest(model="hosted"), timeout=5
+    )
+    (backend,) = health.backends
+    assert (backend.backend.id, backend.in_flight, backend.request_count) == ("good-0", 0, 1)
 
 
 async def test_in_flight_completions_are_counted_while_they_stream(
