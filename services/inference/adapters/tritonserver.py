@@ -473,7 +473,9 @@ class TritonServer:
         auto_ports = grpc_port == 0 or http_port == 0 or metrics_port == 0
         attempts = 3 if auto_ports else 1
         for attempt in range(1, attempts + 1):
-            free = iter(pick_free_ports(3))
+            # The OS may offer a port given explicitly (free while its server restarts).
+            fixed = {grpc_port, http_port, metrics_port}
+            free = iter([port for port in pick_free_ports(6) if port not in fixed])
             self._grpc_port = grpc_port or next(free)
             self._http_port = None if http_port is None else (http_port or next(free))
             self._metrics_port = None if metrics_port is None else (metrics_port or next(free))
