@@ -192,8 +192,9 @@ class InferenceEngine:
                         source = UsageSource.PROVIDER
                         if counter is not None and not chunk.counted:
                             input_tokens, source = counted_input, counter.source
+                            text = "".join(output)
                             output_tokens = counter.count_output(
-                                "".join(output), chunk.finish_reason
+                                text, _stopped_by(text, chunk.finish_reason, request.sampling.stop)
                             )
                         yield Finished(
                             model=model.name,
@@ -341,6 +342,16 @@ class InferenceEngine:
             messages=messages,
             constraint=request.constraint,
         )
+
+
+def _stopped_by(text: str, finish: FinishReason, stop: Sequence[str]) -> FinishReason:
+    """The finish reason to count an output by: STOP_SEQUENCE (no end-of-sequence token was
+    generated) for an output that ends with one of the request's stop sequences, as some
+    providers (`transformers serve`) stream the stop string and report `stop` as for the
+    end-of-sequence token."""
+    if finish is FinishReason.STOP and any(text.endswith(s) for s in stop):
+        return FinishReason.STOP_SEQUENCE
+    return finish
 
 
 def _as_messages(request: BackendRequest) -> tuple[ChatTurn, ...]:

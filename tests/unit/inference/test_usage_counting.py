@@ -19,6 +19,7 @@ from services.inference.core.model import (
     GenerationRequest,
     ModelSpec,
     ModelState,
+    Sampling,
     Task,
 )
 from services.inference.core.usage import EstimateCounter, UsageSource
@@ -111,6 +112,21 @@ async def test_a_provider_without_usage_is_counted_with_the_models_counter(
     # The whole output counted again (not the deltas added up), plus the end token.
     assert (final.input_tokens, final.output_tokens) == (103, 4 + 1)
     assert final.usage_source is UsageSource.TOKENIZER
+
+
+async def test_an_output_ending_with_a_stop_sequence_counts_no_end_token(
+    engine: InferenceEngine, backend: Scripted
+) -> None:
+    """`transformers serve` streams the stop string and says `stop`, as for the end token."""
+    backend.chunks = _uncounted("The capital", " is", " Paris")
+    request = GenerationRequest(
+        model="counted", text="Capital?", sampling=Sampling(stop=("Paris", "Rome"))
+    )
+    events = [event async for event in engine.stream(request)]
+    final = events[-1]
+    assert isinstance(final, Finished)
+    assert final.finish_reason is FinishReason.STOP  # as the provider said
+    assert final.output_tokens == 4  # the words, no end token
 
 
 async def test_without_a_counter_the_estimate_counts(
