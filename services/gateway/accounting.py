@@ -297,6 +297,7 @@ class Accounting:
             output = "".join(outcome.output)
             if content == "redacted":
                 output = _redact(output)
+        attempts = outcome.attempts()
         metadata = outcome.final or gateway_pb2.CompletionMetadata(
             request_id=outcome.request_id,
             trace_id=outcome.trace_id,
@@ -306,11 +307,15 @@ class Accounting:
             experiment=outcome.experiment,
             variant=outcome.variant,
             model=outcome.model,
+            backend_id=attempts[-1].backend_id if attempts else "",
             usage=outcome.usage,
             cost=money(outcome.cost, outcome.currency),
             total_duration=duration(elapsed),
+            attempts=attempts,
             processing=gateway_pb2.ProcessingSummary(constrained_decoding=outcome.constrained),
         )
+        if outcome.final is None and outcome.first_token is not None:
+            metadata.first_token_duration.CopyFrom(duration(outcome.first_token - outcome.started))
         usage = outcome.usage
         return RequestLogRecord(
             request_id=outcome.request_id,

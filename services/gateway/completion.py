@@ -650,16 +650,7 @@ class CompletionEngine:
             usage=outcome.usage,
             cost=money(outcome.cost, outcome.currency),
             total_duration=duration(self._clock() - outcome.started),
-            attempts=[
-                gateway_pb2.Attempt(
-                    model=a.model,
-                    backend_id=a.backend_id,
-                    status="OK" if not a.error else a.error.split(":", 1)[0],
-                    error=a.error,
-                )
-                for routed in outcome.routed
-                for a in routed.attempts
-            ],
+            attempts=outcome.attempts(),
             processing=summary,
         )
         if outcome.first_token is not None:

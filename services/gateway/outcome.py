@@ -116,6 +116,20 @@ class Outcome:
         prompt, else `chat`."""
         return "chat" if self.input_text is None else "text_completion"
 
+    def attempts(self) -> list[gateway_pb2.Attempt]:
+        """Every attempt of every generation so far, in order, as `CompletionMetadata` lists
+        them (status `OK`, or the failure's code)."""
+        return [
+            gateway_pb2.Attempt(
+                model=a.model,
+                backend_id=a.backend_id,
+                status="OK" if not a.error else a.error.split(":", 1)[0],
+                error=a.error,
+            )
+            for routed in self.routed
+            for a in routed.attempts
+        ]
+
     @property
     def model(self) -> str:
         for routed in reversed(self.routed):

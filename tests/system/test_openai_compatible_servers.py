@@ -496,7 +496,11 @@ async def test_a_server_killed_mid_stream_ends_it_with_the_tokens_sent_accounted
         print(f"\n{error.code.name} {error.reason}: {error.metadata}")
 
         entry = await _log_entry(gateway.stub, "UNAVAILABLE")
-        assert entry.metadata.model == DOOMED
+        assert (entry.metadata.model, entry.metadata.backend_id) == (DOOMED, "transformers-doomed")
+        assert [(a.backend_id, a.status) for a in entry.metadata.attempts] == [
+            ("transformers-doomed", "UNAVAILABLE")
+        ]
+        assert entry.metadata.HasField("first_token_duration")
         assert entry.output  # what was streamed before the server died
         assert entry.metadata.usage.input_tokens == input_tokens
         assert entry.metadata.usage.output_tokens == output_tokens
