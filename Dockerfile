@@ -134,8 +134,9 @@ LABEL org.opencontainers.image.title="genai-platform" \
 # The Prometheus endpoint on a fixed port (the settings' default, 0, picks a free one).
 ENV GENAI_SERVER__METRICS_PORT=9464
 USER 10001:10001
-# gRPC (every hosted service, health, reflection), Prometheus metrics.
-EXPOSE 50051 9464
+# gRPC (every hosted service, health, reflection), Prometheus metrics, the OpenAI-compatible
+# HTTP API (server.http_port's default).
+EXPOSE 50051 9464 8080
 # Kubernetes probes grpc.health.v1 itself; this serves `docker run` (plaintext, default port).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import grpc, sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; r = g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(), timeout=4); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]

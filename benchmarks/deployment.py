@@ -255,6 +255,7 @@ MIGRATION_JOB: Final = "genai-migrate"
 LOCAL_VALUES: Final[Mapping[str, str]] = {
     "GENAI_SERVER__HOST": "every process listens on 127.0.0.1 (one machine, no network)",
     "GENAI_SERVER__METRICS_PORT": "0 picks a free one: the processes share one machine",
+    "GENAI_SERVER__HTTP_PORT": "0 picks a free one: the gateway replicas share one machine",
     "GENAI_SERVER__GRACE_SECONDS": "2 s: the run stops its processes at the end",
     "GENAI_ROUTER__CATALOG_FILE": "the paced zero model's catalog, written by the run",
     "GENAI_INFERENCE__MODELS": "the paced zero model on the run's two Tritons",
@@ -342,6 +343,7 @@ class LocalValues:
         return {
             "GENAI_SERVER__HOST": "127.0.0.1",
             "GENAI_SERVER__METRICS_PORT": "0",
+            "GENAI_SERVER__HTTP_PORT": "0",
             "GENAI_SERVER__GRACE_SECONDS": "2",
             "GENAI_ROUTER__CATALOG_FILE": str(self.catalog),
             "GENAI_INFERENCE__MODELS": json.dumps([model]),

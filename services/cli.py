@@ -1,7 +1,7 @@
 """The `genai` command line: run the platform and talk to it.
 
-genai serve [--config FILE] [--host H] [--port P] [--workers N] [--service NAME ...]
-            [--ready-file F]
+genai serve [--config FILE] [--host H] [--port P] [--http-port P | --no-http] [--workers N]
+            [--service NAME ...] [--ready-file F]
             [--prompts DIR | --no-prompts]
 genai chat MESSAGE [--prompt NAME] [--var NAME=VALUE ...] [--model M] ...
 genai complete TEXT [--prompt NAME] [--var NAME=VALUE ...] [--model M] [--max-tokens N] ...
@@ -25,7 +25,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from genai.common.v1 import chat_pb2, generation_pb2
 from genai.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from genai.inference.v1 import inference_pb2, inference_service_pb2, inference_service_pb2_grpc
 from google.protobuf import json_format
+from pydantic import ValidationError
 
 from services.common.auth import DEFAULT_TENANT, internal_metadata
 from services.common.clients import (
@@ -43,6 +44,7 @@ from services.common.clients import (
     create_channel,
 )
 from services.common.config import ConfigError, load_settings
+from services.common.http import http_url
 from services.common.status import error_details
 from services.common.telemetry import quiet_cross_context_detach
 from services.common.wire import counted_by
@@ -98,6 +100,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="YAML settings file (GENAI_* env overrides)")
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on; 0 picks a free one")
+    http = serve.add_mutually_exclusive_group()
+    http.add_argument(
+        "--http-port",
+        type=int,
+        metavar="P",
+        help="port of the OpenAI-compatible HTTP API (/v1) on the same host; 0 picks a free "
+        "one (default: server.http_port, 8080, or a free one with --port 0)",
+    )
+    http.add_argument(
+        "--no-http", action="store_true", help="serve no HTTP API (server.http_port: null)"
+    )
     serve.add_argument(
         "--workers",
         type=_worker_count,
@@ -280,7 +293,18 @@ def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = load_settings(PlatformSettings, path=args.config, env=os.environ)
+    settings = serve_settings(args, os.environ)
+    seed = _seed_folder(args, settings)
+    try:
+        return asyncio.run(_serve_until_signalled(settings, args.ready_file, seed))
+    except WorkerStartError as error:
+        print(f"genai: {error}", file=sys.stderr)
+        return 1
+
+
+def serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> PlatformSettings:
+    """The settings `genai serve ARGS` runs with: the file and `env`, then the options."""
+    settings = load_settings(PlatformSettings, path=args.config, env=env)
     overrides: dict[str, Any] = {}
     if args.host is not None:
         overrides["host"] = args.host
@@ -288,19 +312,28 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     if args.workers is not None:
         overrides["workers"] = args.workers
-    settings = PlatformSettings.model_validate(
-        {
-            **settings.model_dump(),
-            "server": {**settings.server.model_dump(), **overrides},
-            **({"services": tuple(args.service)} if args.service else {}),
-        }
-    )
-    seed = _seed_folder(args, settings)
+    if args.no_http:
+        overrides["http_port"] = None
+    elif args.http_port is not None:
+        overrides["http_port"] = args.http_port
+    server = settings.server.model_dump()
+    if "http_port" not in settings.server.model_fields_set:
+        del server["http_port"]  # its default follows the port (--port 0: a free one)
     try:
-        return asyncio.run(_serve_until_signalled(settings, args.ready_file, seed))
-    except WorkerStartError as error:
-        print(f"genai: {error}", file=sys.stderr)
-        return 1
+        return PlatformSettings.model_validate(
+            {
+                **settings.model_dump(),
+                "server": {**server, **overrides},
+                **({"services": tuple(args.service)} if args.service else {}),
+            }
+        )
+    except ValidationError as error:
+        raise ConfigError(
+            [
+                f"{'.'.join(str(part) for part in e['loc'])} (with the options): {e['msg']}"
+                for e in error.errors(include_input=False)
+            ]
+        ) from None
 
 
 def _worker_count(text: str) -> int:
@@ -347,6 +380,11 @@ async def _serve_until_signalled(
         print(f"{len(platform.worker_pids)} worker processes (pids {pids}) share it", flush=True)
     if platform.metrics_port is not None:
         print(f"metrics: http://{settings.server.host}:{platform.metrics_port}/metrics", flush=True)
+    api_url = None
+    if platform.http_port is not None:
+        tls = bool(settings.server.tls_certificate_file)
+        api_url = http_url(settings.server.host, platform.http_port, tls=tls) + "/v1"
+        print(f"OpenAI-compatible HTTP API: {api_url}", flush=True)
     credentials = None
     if (
         settings.auth.mode == "api_key"
@@ -367,6 +405,8 @@ async def _serve_until_signalled(
     print(f"     genai info --target {address}", flush=True)
     if "gateway" in settings.services:
         print(f'     genai chat --target {address} "What is a large language model?"', flush=True)
+    if api_url is not None:
+        print(f"     {_curl_line(api_url, settings)}", flush=True)
     if seed is not None:
         await _seed_prompts(platform, seed, settings)
     if ready_file is not None:
@@ -375,6 +415,7 @@ async def _serve_until_signalled(
             "port": platform.port if isinstance(platform, WorkerPool) else platform.server.port,
             "services": list(platform.hosted_services),
             "metrics_port": platform.metrics_port,
+            "http_port": platform.http_port,
             "api_key_file": str(credentials.key_file) if credentials is not None else "",
             "pid": os.getpid(),
         }
@@ -388,6 +429,21 @@ async def _serve_until_signalled(
     if ready_file is not None:
         await asyncio.to_thread(ready_file.unlink, missing_ok=True)
     return 0
+
+
+def _curl_line(api_url: str, settings: PlatformSettings) -> str:
+    """A streamed chat completion with curl, as `genai serve` suggests trying one."""
+    auth = ' -H "Authorization: Bearer $GENAI_API_KEY"' if settings.auth.mode == "api_key" else ""
+    body = json.dumps(
+        {
+            "model": "smollm2-135m-instruct",
+            "messages": [{"role": "user", "content": "What is a large language model?"}],
+            "stream": True,
+        }
+    )
+    return (
+        f"curl -N {api_url}/chat/completions{auth} -H 'Content-Type: application/json' -d '{body}'"
+    )
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 import grpc.aio
@@ -18,6 +18,9 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection as grpc_reflection
 
 from services.common.grpc_types import ServerInterceptor
+
+if TYPE_CHECKING:  # a type only: the gRPC server needs no uvicorn
+    from services.common.http import HttpContext
 
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 """Largest message a server accepts or sends (long prompts and completions fit easily)."""
@@ -54,6 +57,10 @@ class ServiceRegistration:
     """Runs after the server has stopped serving (e.g. closing database connections)."""
     servicer: object | None = None
     """The servicer instance, for callers in the same process (`services.common.local`)."""
+    http_routes: "Callable[[HttpContext], Sequence[Any]] | None" = None
+    """The service's HTTP routes (Starlette `BaseRoute`s), made once at start with the
+    process's `HttpContext`; the platform serves every service's routes on one HTTP server at
+    `server.http_port` (`services.common.http`)."""
 
 
 ReflectionRegistrar = Callable[[grpc.aio.Server, Sequence[str]], None]

@@ -1,4 +1,5 @@
-"""Starts and stops one platform process: the chosen services on one gRPC server.
+"""Starts and stops one platform process: the chosen services on one gRPC server, and their
+HTTP routes (the gateway's OpenAI-compatible API) on one HTTP server beside it.
 
 Every server gets the same interceptor chain, health service and reflection. Services reach
 each other only through generated stubs over gRPC channels, also when they share the process,
@@ -24,6 +25,7 @@ from genai.prompt.v1 import prompt_service_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry, start_http_server
+from starlette.applications import Starlette
 
 from services.common.auth import AnonymousAuthenticator, Authenticator, internal_metadata
 from services.common.clients import (
@@ -34,6 +36,7 @@ from services.common.clients import (
 )
 from services.common.config import ConfigError
 from services.common.feeds import PushedWakeup
+from services.common.http import HttpContext, HttpServer
 from services.common.interceptors import default_interceptors
 from services.common.local import local_stub
 from services.common.reflection import enable_documented_reflection
@@ -78,6 +81,8 @@ SERVICE_NAMES: dict[ServiceKey, str] = {
     "gateway": "genai.gateway.v1.GatewayService",
 }
 """Full proto name of each service."""
+HTTP_SERVICES: frozenset[ServiceKey] = frozenset({"gateway"})
+"""The services that register HTTP routes (`ServiceRegistration.http_routes`)."""
 
 
 def platform_version() -> str:
@@ -186,6 +191,8 @@ class Platform:
     """Port of the Prometheus endpoint (`/metrics`), when it serves one."""
     alerts: SqlEvaluationStore | None = None
     """The store the gateway's online evaluation writes quality alerts to."""
+    http: HttpServer | None = None
+    """The HTTP server of the hosted services' routes, when it serves one."""
     _metrics_server: Any = None
 
     @property
@@ -193,10 +200,18 @@ class Platform:
         """A `host:port` that clients on this machine can dial."""
         return self.server.address
 
+    @property
+    def http_port(self) -> int | None:
+        """Port of the HTTP server (the OpenAI-compatible API), when it serves one."""
+        return self.http.port if self.http is not None else None
+
     async def stop(self, grace: float | None = None) -> None:
-        """Drains in-flight RPCs within the grace period, then stops Triton and closes
-        client channels."""
-        await self.server.stop(grace)
+        """Drains in-flight RPCs and HTTP responses (streams included) within the grace
+        period, then stops the services, Triton, and closes client channels."""
+        if self.http is None:
+            await self.server.stop(grace)
+        else:
+            await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
         await _stop_services(self.registrations)
         if self.tenant_changes is not None:
             await self.tenant_changes.close()
@@ -227,8 +242,13 @@ async def start_platform(
     *,
     authenticator: Authenticator | None = None,
     local_triton: str | None = None,
+    http_reuse_port: bool = False,
 ) -> Platform:
     """Starts the services `settings` names on one server and returns once it is serving.
+
+    The hosted services' HTTP routes are served on `server.http_port` (none when it is null
+    or no service has routes), with SO_REUSEPORT when `http_reuse_port` is set (the workers of
+    `genai serve --workers` share the port); a port that cannot be bound is a `ConfigError`.
 
     When InferenceService is hosted and `inference.triton.launch` is set, Triton is started
     first and the process owns it: it stops with the platform. When RouterService and
@@ -292,6 +312,9 @@ async def start_platform(
 
     registrations: list[ServiceRegistration] = []
     clients_of = _Clients(channels, triton_channels, tracer_provider)
+    authenticator = authenticator or AnonymousAuthenticator()
+    server: RunningServer | None = None
+    http: HttpServer | None = None
 
     def local_servicer(service: str) -> object | None:
         return next((r.servicer for r in registrations if r.name == service), None)
@@ -334,7 +357,7 @@ async def start_platform(
             bind=f"{_bracket(settings.server.host)}:{settings.server.port}",
             registrations=registrations,
             interceptors=default_interceptors(
-                authenticator=authenticator or AnonymousAuthenticator(),
+                authenticator=authenticator,
                 validators=Validators(),
                 tracer_provider=tracer_provider,
                 audit=tenants,  # the audit log lives beside the tenants and keys
@@ -344,7 +367,11 @@ async def start_platform(
             grace=settings.server.grace_seconds,
             reflection=enable_documented_reflection,
         )
+        local.append(server.address)
+        http = await _start_http(settings, registrations, authenticator, http_reuse_port)
     except BaseException:
+        if server is not None:
+            await server.stop(0)
         await _stop_services(registrations)
         if tenant_feed is not None:
             await tenant_feed.close()
@@ -357,8 +384,9 @@ async def start_platform(
         await channels.close()
         await triton_channels.close()
         raise
-    local.append(server.address)
     _logger.info("serving %s on %s", ", ".join(hosted), server.address)
+    if http is not None:
+        _logger.info("serving HTTP on %s", http.url)
     platform = Platform(
         server=server,
         hosted_services=hosted,
@@ -371,15 +399,53 @@ async def start_platform(
         internal_token=internal_token,
         metrics_registry=registry,
         alerts=alerts,
+        http=http,
     )
     if settings.server.metrics_port is not None:
-        http, _thread = start_http_server(
+        metrics, _thread = start_http_server(
             settings.server.metrics_port, addr=settings.server.host, registry=registry
         )
-        platform._metrics_server = http
-        platform.metrics_port = http.server_address[1]
+        platform._metrics_server = metrics
+        platform.metrics_port = metrics.server_address[1]
         _logger.info("Prometheus metrics on port %d", platform.metrics_port)
     return platform
+
+
+async def _start_http(
+    settings: PlatformSettings,
+    registrations: Sequence[ServiceRegistration],
+    authenticator: Authenticator,
+    reuse_port: bool,
+) -> HttpServer | None:
+    """The HTTP server of every registration's routes, started; None when `server.http_port`
+    is null or no hosted service has routes."""
+    server = settings.server
+    if server.http_port is None:
+        return None
+    context = HttpContext(authenticator, server.http)
+    routes = [
+        route
+        for registration in registrations
+        if registration.http_routes is not None
+        for route in registration.http_routes(context)
+    ]
+    if not routes:
+        return None
+    return await HttpServer.start(
+        Starlette(routes=routes),
+        host=server.host,
+        port=server.http_port,
+        tls=_tls(server),
+        settings=server.http,
+        grace=server.grace_seconds,
+        reuse_port=reuse_port,
+    )
+
+
+def serves_http(settings: PlatformSettings) -> bool:
+    """Whether a process with `settings` serves HTTP: `server.http_port` is set and it hosts a
+    service with HTTP routes (`HTTP_SERVICES`)."""
+    return settings.server.http_port is not None and bool(HTTP_SERVICES & set(settings.services))
 
 
 async def launch_triton(settings: PlatformSettings) -> TritonServer | None:
@@ -688,7 +754,8 @@ def _check_targets(settings: PlatformSettings) -> None:
 def check_transport(settings: PlatformSettings) -> None:
     """API keys never cross a network in plaintext: with keys on, a server listening on a
     non-loopback address needs TLS, or `server.tls_terminated_upstream` saying a proxy in front
-    of it ends TLS (logged, so the choice shows in the log). `ConfigError` otherwise."""
+    of it ends TLS (logged, so the choice shows in the log). `ConfigError` otherwise. The HTTP
+    server listens on the same host with the same TLS, so this covers it too."""
     server = settings.server
     if settings.auth.mode != "api_key" or server.tls_certificate_file or _loopback(server.host):
         return

@@ -1,10 +1,11 @@
 """Typed settings of one platform process, read once at start (YAML file, then GENAI_* env)."""
 
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from services.common.config import Settings
+from services.common.http import DEFAULT_HTTP_PORT, HttpSettings
 from services.evaluation.config import EvaluationSettings
 from services.experiment.config import ExperimentSettings
 from services.gateway.config import GatewaySettings
@@ -25,8 +26,14 @@ ALL_SERVICES: tuple[ServiceKey, ...] = (
 )
 
 
+def _default_http_port(validated: dict[str, Any]) -> int:
+    """8080, or 0 (a free port) when `port` is 0: a process set up to pick free ports (a test,
+    a benchmark) never collides with another on 8080."""
+    return 0 if validated.get("port") == 0 else DEFAULT_HTTP_PORT
+
+
 class ServerSettings(Settings):
-    """Where and how the process serves gRPC."""
+    """Where and how the process serves gRPC, and HTTP beside it."""
 
     host: str = Field(default="127.0.0.1", description="Interface to listen on.")
     port: int = Field(
@@ -53,6 +60,18 @@ class ServerSettings(Settings):
         description="Port of the Prometheus endpoint (/metrics) on `host`; 0 picks a free "
         "one, null serves none.",
     )
+    http_port: int | None = Field(
+        default_factory=_default_http_port,
+        validate_default=True,
+        ge=0,
+        le=65535,
+        description="Port of the HTTP server (the gateway's OpenAI-compatible API under /v1) on "
+        "`host`, with the gRPC server's TLS; 0 picks a free one, null serves none. Default: "
+        "8080, or 0 when `port` is 0.",
+    )
+    http: HttpSettings = Field(
+        default_factory=HttpSettings, description="Limits of the HTTP server and its handlers."
+    )
     tls_certificate_file: str = Field(
         default="", description="PEM certificate chain; set with tls_private_key_file for TLS."
     )
@@ -67,6 +86,20 @@ class ServerSettings(Settings):
         "are on; logged at start. Without it, such a start is refused: keys would cross the "
         "network in plaintext.",
     )
+
+    @field_validator("http_port", mode="before")
+    @classmethod
+    def _null_turns_http_off(cls, value: object) -> object:
+        # GENAI_SERVER__HTTP_PORT=null: the environment's way to say null
+        return None if isinstance(value, str) and value.strip().lower() == "null" else value
+
+    @field_validator("http_port")
+    @classmethod
+    def _http_port_is_its_own(cls, value: int | None, info: ValidationInfo) -> int | None:
+        for name in ("port", "metrics_port"):  # validated before http_port
+            if value and info.data.get(name) == value:
+                raise ValueError(f"{value} is also server.{name}: give each its own port")
+        return value
 
     @model_validator(mode="after")
     def _tls_files_come_in_pairs(self) -> Self:

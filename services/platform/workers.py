@@ -7,7 +7,8 @@ The supervisor (`start_workers`, run by `genai serve` when `server.workers` > 1)
 - reserves the gRPC port: binds it with SO_REUSEPORT (port 0: a free one) and keeps that socket,
   never listening, for its whole life, so the port stays this platform's while workers restart.
   Every worker binds the same port (grpc sets SO_REUSEPORT) and the kernel spreads new
-  connections over them; a connection stays with the worker that accepted it;
+  connections over them; a connection stays with the worker that accepted it. The HTTP port
+  (`server.http_port`, when a hosted service serves HTTP) is reserved and shared the same way;
 - launches Triton once (InferenceService hosted and `inference.triton.launch`) and hands its
   address to every worker (`start_platform(local_triton=...)`), which launch none;
 - gives every worker the same `auth.internal_token` (a random one when empty; never printed)
@@ -52,10 +53,11 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from services.common.config import ConfigError
+from services.common.http import HTTP_PORT_ADVICE
 from services.common.telemetry import quiet_cross_context_detach
 from services.gateway.adapters.tenant_store import SqlTenantStore
 from services.inference.adapters.tritonserver import TritonServer
-from services.platform.runner import check_transport, launch_triton, start_platform
+from services.platform.runner import check_transport, launch_triton, serves_http, start_platform
 from services.platform.settings import PlatformSettings
 
 _logger = logging.getLogger("services.platform.workers")  # also when run as __main__
@@ -106,14 +108,17 @@ def worker_problems(settings: PlatformSettings) -> list[str]:
 
 
 def worker_settings(
-    settings: PlatformSettings, *, port: int, internal_token: str
+    settings: PlatformSettings, *, port: int, internal_token: str, http_port: int | None = None
 ) -> PlatformSettings:
-    """What each worker runs: `settings` on `port`, one process, no Triton of its own, its
-    Prometheus endpoint on a free port (when the supervisor serves metrics at all), and the
-    shared internal token."""
+    """What each worker runs: `settings` on `port` (and HTTP on `http_port`, None: none), one
+    process, no Triton of its own, its Prometheus endpoint on a free port (when the supervisor
+    serves metrics at all), and the shared internal token."""
     data = settings.model_dump(mode="json")
     data["server"].update(
-        port=port, workers=1, metrics_port=None if settings.server.metrics_port is None else 0
+        port=port,
+        http_port=http_port,
+        workers=1,
+        metrics_port=None if settings.server.metrics_port is None else 0,
     )
     data["inference"]["triton"]["launch"] = False
     if settings.auth.mode == "api_key":
@@ -121,10 +126,12 @@ def worker_settings(
     return PlatformSettings.model_validate(data)
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
+def reserve_port(
+    host: str, port: int, setting: str = "server.port", advice: str = ""
+) -> socket.socket:
     """A socket bound (not listening) to `host:port` with SO_REUSEPORT, so that workers can
     bind the same port while nothing else can take it; port 0 picks a free one. Raises
-    `ConfigError` when the port is taken."""
+    `ConfigError` naming `setting` (and giving `advice`) when the port is taken."""
     family, kind, protocol, _, address = socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
@@ -135,7 +142,10 @@ def reserve_port(host: str, port: int) -> socket.socket:
     except OSError as error:
         reservation.close()
         raise ConfigError(
-            [f"server.port {port} on {host}: cannot bind it ({error.strerror})"]
+            [
+                f"{setting} {port} on {host}: cannot bind it ({error.strerror})"
+                + (f": {advice}" if advice else "")
+            ]
         ) from None
     return reservation
 
@@ -149,6 +159,8 @@ class WorkerReady:
     port: int
     services: tuple[str, ...]
     metrics_port: int | None
+    http_port: int | None = None
+    """The HTTP port it serves (the supervisor's shared one), if any."""
 
 
 @dataclass
@@ -174,12 +186,20 @@ class WorkerPool:
     metrics endpoint. Made by `start_workers`; `stop` ends all of it."""
 
     def __init__(
-        self, settings: PlatformSettings, *, reservation: socket.socket, internal_token: str
+        self,
+        settings: PlatformSettings,
+        *,
+        reservation: socket.socket,
+        internal_token: str,
+        http_reservation: socket.socket | None = None,
     ) -> None:
         self._settings = settings
         self._reservation = reservation
+        self._http_reservation = http_reservation
         self.port: int = reservation.getsockname()[1]
         """The gRPC port every worker serves."""
+        self.http_port: int | None = None
+        """The HTTP port every worker serves (the OpenAI-compatible API), when they serve one."""
         self.internal_token = internal_token
         """The token the workers' services present to each other (auth `api_key`)."""
         self._spec = ""
@@ -214,7 +234,14 @@ class WorkerPool:
             {
                 "supervisor_pid": os.getpid(),
                 "settings": worker_settings(
-                    settings, port=self.port, internal_token=self.internal_token
+                    settings,
+                    port=self.port,
+                    internal_token=self.internal_token,
+                    http_port=(
+                        self._http_reservation.getsockname()[1]
+                        if self._http_reservation is not None
+                        else None
+                    ),
                 ).model_dump(mode="json"),
                 "local_triton": self._triton.grpc_address if self._triton is not None else None,
             }
@@ -232,6 +259,7 @@ class WorkerPool:
                 raise started
         self.address = first.ready.address
         self.hosted_services = first.ready.services
+        self.http_port = first.ready.http_port
         for slot in self._slots:
             slot.supervisor = asyncio.create_task(self._supervise(slot))
         if settings.server.metrics_port is not None:
@@ -275,6 +303,8 @@ class WorkerPool:
         if self._triton is not None:
             await self._triton.stop()
         self._reservation.close()
+        if self._http_reservation is not None:
+            self._http_reservation.close()
 
     # -------------------------------------------------------------------------- workers
 
@@ -319,6 +349,7 @@ class WorkerPool:
                 port=int(message["port"]),
                 services=tuple(message["services"]),
                 metrics_port=message["metrics_port"],
+                http_port=message.get("http_port"),
             )
         except BaseException:
             if process.returncode is None:
@@ -405,9 +436,26 @@ async def start_workers(settings: PlatformSettings) -> WorkerPool:
         raise ConfigError(problems)
     check_transport(settings)
     reservation = reserve_port(settings.server.host, settings.server.port)
+    http_reservation: socket.socket | None = None
+    if settings.server.http_port is not None and serves_http(settings):
+        try:
+            http_reservation = reserve_port(
+                settings.server.host,
+                settings.server.http_port,
+                "server.http_port",
+                HTTP_PORT_ADVICE,
+            )
+        except ConfigError:
+            reservation.close()
+            raise
     api_keys = settings.auth.mode == "api_key"
     token = (settings.auth.internal_token or secrets.token_urlsafe(32)) if api_keys else ""
-    pool = WorkerPool(settings, reservation=reservation, internal_token=token)
+    pool = WorkerPool(
+        settings,
+        reservation=reservation,
+        internal_token=token,
+        http_reservation=http_reservation,
+    )
     try:
         await pool.start()
     except BaseException:
@@ -572,7 +620,7 @@ async def _work(settings: PlatformSettings, local_triton: str | None, ready_fd: 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        platform = await start_platform(settings, local_triton=local_triton)
+        platform = await start_platform(settings, local_triton=local_triton, http_reuse_port=True)
     except ConfigError as error:
         _report(ready_fd, {"error": str(error)})
         return 2
@@ -586,6 +634,7 @@ async def _work(settings: PlatformSettings, local_triton: str | None, ready_fd: 
             "port": platform.server.port,
             "services": list(platform.hosted_services),
             "metrics_port": platform.metrics_port,
+            "http_port": platform.http_port,
         },
     )
     await stop.wait()

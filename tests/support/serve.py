@@ -36,6 +36,9 @@ class ServeProcess:
     """Port of the Prometheus endpoint (with `--workers`: the merged one of every worker)."""
     workers: tuple[int, ...] = ()
     """With `--workers N` (N > 1): the pids of the worker processes, by worker index."""
+    http_port: int | None = None
+    """Port of the OpenAI-compatible HTTP API (`http://127.0.0.1:PORT/v1`), when it serves
+    one: a free port, since `--port 0` makes the default HTTP port 0 too."""
 
 
 @contextmanager
@@ -86,6 +89,7 @@ def genai_serve(
             ),
             metrics_port=described.get("metrics_port"),
             workers=tuple(described.get("workers", ())),
+            http_port=described.get("http_port"),
         )
     finally:
         if process.poll() is None:

@@ -34,8 +34,9 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 TRITON_ENTRYPOINT = ROOT / "deploy" / "images" / "triton-cpu" / "entrypoint.sh"
 
-PLATFORM_PORTS = {50051, 9464}
-"""gRPC and metrics, as the manifests set them (deploy/kubernetes/base)."""
+PLATFORM_PORTS = {50051, 9464, 8080}
+"""gRPC, metrics and HTTP (the OpenAI-compatible API), as the manifests set them
+(deploy/kubernetes/base)."""
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 WRITABLE_ROOT = PurePosixPath("/tmp")
 """The one writable mount (an emptyDir) of a read-only root filesystem."""
@@ -520,7 +521,8 @@ def test_platform_ports_match_the_settings_and_the_manifests() -> None:
     exposed = {int(p) for s in chain for i in s.of("EXPOSE") for p in i.value.split()}
     assert exposed == PLATFORM_PORTS
     settings = load_settings(PlatformSettings, path=None, env=genai_settings_env("platform"))
-    assert {settings.server.port, settings.server.metrics_port} == PLATFORM_PORTS
+    server = settings.server
+    assert {server.port, server.metrics_port, server.http_port} == PLATFORM_PORTS
 
 
 def test_the_images_set_only_settings_the_platform_accepts() -> None:
