@@ -5,7 +5,11 @@ evaluation of served requests and of feedback on them, and the recent requests t
 served (for feedback that arrives before the request log has their rows).
 
 `commit` logs, then settles (before a successful request's `final`); `account` does what
-`commit` did not do yet and records the rest, at the end of every request."""
+`commit` did not do yet and records the rest, at the end of every request. Requests of an
+inline prompt (no registry version) are not evaluated online.
+
+The quota and log primitives (`reserve_usage`, `settle_usage`, `log`, `redact_for_log`) serve
+the gateway's embeddings too (`services.gateway.embeddings`)."""
 
 import asyncio
 import logging
@@ -38,7 +42,7 @@ _logger = logging.getLogger(__name__)
 
 RECENT_REQUESTS: Final = 10_000
 """How many recent requests `served` remembers."""
-_USAGE_SOURCES: Final = {
+USAGE_SOURCES: Final = {
     generation_pb2.USAGE_SOURCE_PROVIDER: "provider",
     generation_pb2.USAGE_SOURCE_TOKENIZER: "tokenizer",
     generation_pb2.USAGE_SOURCE_ESTIMATE: "estimate",
@@ -83,6 +87,11 @@ class Accounting:
         """Whether served requests and yes/no feedback go to online evaluation."""
         return self._online is not None
 
+    @property
+    def log_content(self) -> str:
+        """The request log's content policy: `full`, `redacted` or `metadata`."""
+        return self._log_content
+
     # ------------------------------------------------------------------------------ quota
 
     async def reserve(
@@ -91,14 +100,21 @@ class Accounting:
         """Reserves `usage` of the caller's quota for the request (`outcome.reservation`;
         RESOURCE_EXHAUSTED over a limit, counted), then has the quota store follow the tokens
         it has used so far (`QuotaLimiter.track`)."""
+        outcome.reservation = await self.reserve_usage(
+            caller, limits, usage, request_id=outcome.request_id
+        )
+        self._quota.track(outcome.reservation, outcome.tokens_used)
+
+    async def reserve_usage(
+        self, caller: Caller, limits: TenantQuota, usage: Usage, *, request_id: str
+    ) -> Reservation:
+        """Reserves `usage` of the caller's quota for request `request_id`;
+        RESOURCE_EXHAUSTED over a limit (counted in `quota_rejections`)."""
         try:
-            outcome.reservation = await self._quota.reserve(
-                caller.tenant_id, limits, usage, request_id=outcome.request_id
-            )
+            return await self._quota.reserve(caller.tenant_id, limits, usage, request_id=request_id)
         except ResourceExhausted:
             self._metrics.quota_rejections.labels(caller.tenant_id).inc()
             raise
-        self._quota.track(outcome.reservation, outcome.tokens_used)
 
     async def cost(self, outcome: Outcome, caller: Caller) -> tuple[Decimal, str]:
         """Cost at catalog prices of every attempt that consumed tokens."""
@@ -124,12 +140,20 @@ class Accounting:
         if self._log is not None and not outcome.logged:
             record = self._log_record(outcome, caller, self._clock() - outcome.started)
             outcome.logged = True
-            if self._log_confirm_seconds is None:
-                self._log.submit(record)
-            else:
-                await self._confirm(self._log.submit_confirmed(record), outcome.request_id)
+            await self.log(record)
         if outcome.reservation is not None:
             await self._settle(outcome, caller, outcome.reservation)
+
+    async def log(self, record: RequestLogRecord) -> None:
+        """Hands `record` to the request log (nothing without one): stored before this returns
+        with `log_confirm_seconds` (waiting at most that long), else queued. Never raises but
+        for cancellation."""
+        if self._log is None:
+            return
+        if self._log_confirm_seconds is None:
+            self._log.submit(record)
+        else:
+            await self._confirm(self._log.submit_confirmed(record), record.request_id)
 
     async def _confirm(self, confirmed: "asyncio.Future[bool]", request_id: str) -> None:
         assert self._log_confirm_seconds is not None
@@ -148,17 +172,27 @@ class Accounting:
     async def _settle(self, outcome: Outcome, caller: Caller, reservation: Reservation) -> None:
         """Replaces the reservation's estimate with the real usage (once); never raises but
         for cancellation."""
-        if reservation.settled:
-            return
         usage = outcome.usage
         tokens = usage.input_tokens + usage.output_tokens
+        await self.settle_usage(
+            caller,
+            reservation,
+            Usage(requests=1, tokens=tokens, cost_micros=micros(outcome.cost)),
+            request_id=outcome.request_id,
+        )
+
+    async def settle_usage(
+        self, caller: Caller, reservation: Reservation, actual: Usage, *, request_id: str
+    ) -> None:
+        """Replaces the reservation's estimate with the `actual` usage (once); never raises
+        but for cancellation."""
+        if reservation.settled:
+            return
         try:
-            await self._quota.settle(
-                reservation, Usage(requests=1, tokens=tokens, cost_micros=micros(outcome.cost))
-            )
-            self._metrics.settled_tokens.labels(caller.tenant_id).inc(tokens)
+            await self._quota.settle(reservation, actual)
+            self._metrics.settled_tokens.labels(caller.tenant_id).inc(actual.tokens)
         except Exception:
-            _logger.exception("settling the quota of request %s failed", outcome.request_id)
+            _logger.exception("settling the quota of request %s failed", request_id)
 
     async def account(self, outcome: Outcome, caller: Caller) -> None:
         """Logs the request and settles the quota where `commit` did not already, records
@@ -186,7 +220,7 @@ class Accounting:
             self._metrics.token_usage.labels(operation, model, "output").observe(
                 usage.output_tokens
             )
-            source = _USAGE_SOURCES.get(usage.usage_source, "unspecified")
+            source = USAGE_SOURCES.get(usage.usage_source, "unspecified")
             self._metrics.usage_tokens.labels(model, "input", source).inc(usage.input_tokens)
             self._metrics.usage_tokens.labels(model, "output", source).inc(usage.output_tokens)
             self._metrics.cost.labels(caller.tenant_id, model).inc(float(outcome.cost))
@@ -200,8 +234,9 @@ class Accounting:
                     (outcome.last_chunk - outcome.first_token) / chunks
                 )
         self._remember(outcome, caller)
-        if self._online is not None and outcome.rendered is not None:
-            self._submit_online(self._online, outcome, outcome.rendered, caller, elapsed)
+        rendered = outcome.rendered
+        if self._online is not None and rendered is not None and rendered.prompt:
+            self._submit_online(self._online, outcome, rendered, caller, elapsed)
 
     # ------------------------------------------------------------------------------ served
 
@@ -285,18 +320,20 @@ class Accounting:
         if content != "metadata":
             if outcome.input_text is not None:  # a text prompt: what went to the model as text
                 text = outcome.input_text
-                messages = {"text": _redact(text) if content == "redacted" else text}
+                messages = {"text": redact_for_log(text) if content == "redacted" else text}
             else:
                 messages = [
                     {
                         "role": chat_pb2.ChatRole.Name(m.role).removeprefix("CHAT_ROLE_").lower(),
-                        "content": _redact(m.content) if content == "redacted" else m.content,
+                        "content": redact_for_log(m.content)
+                        if content == "redacted"
+                        else m.content,
                     }
                     for m in outcome.input_messages
                 ]
             output = "".join(outcome.output)
             if content == "redacted":
-                output = _redact(output)
+                output = redact_for_log(output)
         attempts = outcome.attempts()
         metadata = outcome.final or gateway_pb2.CompletionMetadata(
             request_id=outcome.request_id,
@@ -348,6 +385,8 @@ def micros(amount: Decimal) -> int:
     return int((amount * 1_000_000).to_integral_value())
 
 
-def _redact(text: str) -> str:
+def redact_for_log(text: str) -> str:
+    """`text` with what the `redacted` request-log policy removes (e-mail addresses, phone
+    numbers, card numbers) replaced by their kind."""
     processor = ResponseProcessor(_LOG_REDACTION)
     return processor.feed(text) + processor.finish()

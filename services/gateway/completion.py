@@ -56,8 +56,17 @@ FAILED_PRECONDITION (REQUEST_ID_REUSED). The outcome is stored after step 6, bef
 goes out; a request that fails in any way releases its claim, so that a retry runs again.
 Without a `request_id` the gateway makes one up and touches no idempotency store.
 
+An inline request (`InlinePrompt`, `services.gateway.inline`: the OpenAI-compatible HTTP API
+addressing a catalog model) has no registry version: step 1 takes the request's messages as the
+whole conversation (or the inline text as raw text), with no version, experiment or label, and
+the model must be pinned (`routing.model`); every later step is the same. A request may also
+bring its own output schema (`output_schema`, for a version without one), which step 5 then
+applies as it would the version's. Its retry fingerprint covers both, so that the same
+`request_id` with another inline prompt or schema is REQUEST_ID_REUSED.
+
 Feedback on a served request (`record_feedback`) goes to its experiment as an outcome
-(`Experiments`) and, yes or no, to online evaluation (`Accounting`).
+(`Experiments`) and, yes or no, to online evaluation (`Accounting`; a request served from a
+registry version only).
 """
 
 import asyncio
@@ -75,7 +84,7 @@ import grpc
 from genai.common.v1 import chat_pb2, generation_pb2, routing_pb2
 from genai.experiment.v1 import experiment_pb2
 from genai.gateway.v1 import gateway_pb2, gateway_service_pb2
-from genai.inference.v1 import inference_service_pb2
+from genai.inference.v1 import inference_pb2, inference_service_pb2
 from genai.prompt.v1 import prompt_pb2
 from genai.router.v1 import router_pb2, router_service_pb2
 from google.protobuf import json_format, struct_pb2
@@ -91,7 +100,6 @@ from services.common.errors import (
 )
 from services.common.status import remote_error, status_code_of
 from services.common.wire import decimal_amount, duration, money
-from services.evaluation.core.online import OnlineEvaluator
 from services.gateway.accounting import Accounting, micros
 from services.gateway.core.idempotency import (
     Claim,
@@ -106,9 +114,16 @@ from services.gateway.core.processing import (
     ResponseProcessor,
     repair_instruction,
 )
-from services.gateway.core.quota import QuotaLimiter, Usage
-from services.gateway.core.request_log import RequestLogSink
+from services.gateway.core.quota import Usage
 from services.gateway.experiments import Experiments
+from services.gateway.inline import (
+    OUTPUT_SCHEMA_FIELD,
+    InlinePrompt,
+    inline_rendered,
+    inline_violations,
+    output_schema_violations,
+    with_output_schema,
+)
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.outcome import (
     FEEDBACK_METHOD,
@@ -120,7 +135,7 @@ from services.gateway.outcome import (
     Response,
     ServedRequest,
 )
-from services.gateway.tenancy import GuidedDecodingBook, PriceBook, TenantDirectory
+from services.gateway.tenancy import GuidedDecodingBook, TenantDirectory
 from services.prompt.client import RenderedPrompt
 from services.prompt.core.processing_config import (
     PiiKind,
@@ -128,7 +143,7 @@ from services.prompt.core.processing_config import (
     ProcessingConfig,
     RedactionPattern,
 )
-from services.router.failover import RoutedGenerator, RoutedStream
+from services.router.failover import Attempt, RoutedGenerator, RoutedStream
 from services.router.preferences import merge_parameters, merge_preferences
 
 __all__ = [
@@ -136,6 +151,7 @@ __all__ = [
     "IDEMPOTENCY_SCOPE",
     "MAX_CONSTRAINT_SCHEMA_BYTES",
     "MAX_EXTRA_MESSAGES",
+    "MAX_INLINE_MESSAGES",
     "MAX_REQUEST_ID_CHARS",
     "MAX_TAGS",
     "MAX_TAG_CHARS",
@@ -145,6 +161,7 @@ __all__ = [
     "Caller",
     "CompletionEngine",
     "Generation",
+    "InlinePrompt",
     "Request",
     "Response",
     "ServedRequest",
@@ -152,6 +169,8 @@ __all__ = [
     "estimate_tokens",
     "processing_config",
     "replayed",
+    "replayed_outcome",
+    "tag_violations",
     "with_input_capability",
 ]
 
@@ -162,6 +181,9 @@ MAX_REQUEST_ID_CHARS: Final = 128
 MAX_TAGS: Final = 16
 MAX_TAG_CHARS: Final = 128
 MAX_EXTRA_MESSAGES: Final = 64
+"""The most turns a request adds to its version's."""
+MAX_INLINE_MESSAGES: Final = 1024
+"""The most turns of an inline prompt's conversation (the whole of it)."""
 IDEMPOTENCY_SCOPE: Final = "completion"
 """The idempotency scope of Complete and StreamComplete (a retry of one may be the other)."""
 MAX_CONSTRAINT_SCHEMA_BYTES: Final = 64 * 1024
@@ -247,11 +269,15 @@ class Generation:
         clock = self._clock
         finish: int = generation_pb2.FINISH_REASON_UNSPECIFIED
         messages = self._messages
+        attempt: inference_pb2.GenerationStart | None = None  # the latest start, till a delta
         try:
             async with contextlib.aclosing(messages):
                 async for message in messages:
                     kind = message.WhichOneof("event")
                     if kind == "delta":
+                        if attempt is not None:  # the first delta: this attempt serves
+                            outcome.serving = (attempt.model, attempt.backend_id)
+                            attempt = None
                         text = processor.feed(message.delta.text)
                         if text:
                             output.append(text)
@@ -260,6 +286,8 @@ class Generation:
                                 yield text
                         if processor.done:
                             break  # aclosing cancels the backend's generation
+                    elif kind == "start":
+                        attempt = message.start
                     elif kind == "final":
                         finish = message.final.finish_reason
         except grpc.aio.AioRpcError as error:
@@ -270,6 +298,7 @@ class Generation:
                 outcome,
             ) from None
         finally:
+            outcome.serving = None  # ended: `routed` records the attempt
             self._metrics.failovers.labels(outcome.model or "unknown").inc(
                 max(len(self._record.attempts) - 1, 0)
             )
@@ -303,23 +332,18 @@ class Generation:
 
 
 class CompletionEngine:
-    """Runs completions (see the module docstring): the pipeline, with its `Experiments` and
-    `Accounting`, built from the same arguments. One per gateway."""
+    """Runs completions (see the module docstring): the pipeline, with its `Experiments` (built
+    here) and its `Accounting` (shared with the gateway's embeddings). One per gateway."""
 
     def __init__(
         self,
         *,
         generator: RoutedGenerator,
         directory: TenantDirectory,
-        prices: PriceBook,
-        quota: QuotaLimiter,
-        log: RequestLogSink | None,
-        log_content: str,
-        log_confirm_seconds: float | None = None,
+        accounting: Accounting,
         metrics: GatewayMetrics,
         default_max_output_tokens: int,
         experiments: Any = None,
-        online: OnlineEvaluator | None = None,
         idempotency: Idempotency | None = None,
         guided_decoding: GuidedDecodingBook | None = None,
         tracer_provider: trace.TracerProvider | None = None,
@@ -336,35 +360,48 @@ class CompletionEngine:
         self._experiments = Experiments(experiments, clock=clock)
         """Assignment, exposures and outcomes (`experiments`: the ExperimentService stub, or
         None when this gateway reaches none)."""
-        self._accounting = Accounting(
-            prices=prices,
-            quota=quota,
-            log=log,
-            log_content=log_content,
-            log_confirm_seconds=log_confirm_seconds,
-            metrics=metrics,
-            online=online,
-            clock=clock,
-        )
+        self._accounting = accounting
         self._clock = clock
         self._tracer = trace.get_tracer("genai.gateway", tracer_provider=tracer_provider)
 
     async def stream(
-        self, request: Request, caller: Caller, *, time_left: float | None
-    ) -> AsyncIterator[Response]:
+        self,
+        request: Request,
+        caller: Caller,
+        *,
+        time_left: float | None,
+        inline: InlinePrompt | None = None,
+        output_schema: Mapping[str, Any] | None = None,
+        observe: Callable[[Outcome], None] | None = None,
+    ) -> AsyncGenerator[Response]:
         """Yields `start`, the processed deltas and `final`; raises `DomainError`s (the error
         interceptor turns them into statuses) after which nothing more is sent. Counted in
-        `genai_gateway_in_flight` from the call to its end."""
+        `genai_gateway_in_flight` from the call to its end.
+
+        `inline`: the request has no registry version (see the module docstring).
+        `output_schema`: a JSON Schema the output must meet, for a version without its own
+        (INVALID_ARGUMENT on `output_schema` otherwise). `observe` is called once with the
+        request's `Outcome` as soon as it exists (before validation), so that a transport can
+        read what serves it as the stream goes: from the first delta, `outcome.model` and
+        `outcome.backend_id` name the model and backend (`Outcome.serving`). A replayed
+        request's outcome is rebuilt from its stored `final` (`replayed_outcome`)."""
         in_flight = self._metrics.in_flight.labels(caller.method)
         in_flight.inc()
         try:
             started = self._clock()
             claim: Claim | None = None
-            if request.request_id and self._idempotency is not None and _claimable(request):
-                begun = await self._begin(self._idempotency, request, caller)
+            if (
+                request.request_id
+                and self._idempotency is not None
+                and _claimable(request, inline, output_schema)
+            ):
+                begun = await self._begin(self._idempotency, request, caller, inline, output_schema)
                 if isinstance(begun, Replay):
                     self._metrics.idempotent_replays.labels(caller.tenant_id, caller.method).inc()
-                    for message in replayed(begun.outcome):
+                    messages = replayed(begun.outcome)
+                    if observe is not None:
+                        observe(replayed_outcome(request, messages[-1].final, started))
+                    for message in messages:
                         yield message
                     return
                 claim = begun
@@ -379,7 +416,9 @@ class CompletionEngine:
             )
             deadline = None if time_left is None else started + time_left
             try:
-                plan = await self._plan(request, caller, outcome, deadline)
+                if observe is not None:
+                    observe(outcome)
+                plan = await self._plan(request, caller, outcome, deadline, inline, output_schema)
                 rendered, parameters = plan.rendered, plan.parameters
                 if outcome.variant:
                     self._experiments.record_exposure(outcome, caller)
@@ -473,6 +512,9 @@ class CompletionEngine:
             except GeneratorExit:
                 outcome.code = grpc.StatusCode.CANCELLED
                 raise
+            except Exception:
+                outcome.code = grpc.StatusCode.INTERNAL  # a bug: logged as what the caller gets
+                raise
             finally:
                 await asyncio.shield(self._end(outcome, caller))
         finally:
@@ -481,34 +523,35 @@ class CompletionEngine:
     # ------------------------------------------------------------------------------ steps 1-3
 
     async def _plan(
-        self, request: Request, caller: Caller, outcome: Outcome, deadline: float | None
+        self,
+        request: Request,
+        caller: Caller,
+        outcome: Outcome,
+        deadline: float | None,
+        inline: InlinePrompt | None,
+        output_schema: Mapping[str, Any] | None,
     ) -> _Plan:
-        """Validates the request, resolves and renders its prompt version, merges parameters
-        and preferences, routes, and reserves the quota (steps 1 to 3 of the module
-        docstring), noting in `outcome` what it learns."""
-        _validate(request)
-        client = await self._directory.prompts(caller.tenant_id)
-        selector = request.WhichOneof("selector")
-        outcome.label = request.label if selector == "label" else ""
-        version = request.version if selector == "version" else None
+        """Validates the request, resolves and renders its prompt version (or takes the inline
+        prompt), merges parameters and preferences, routes, and reserves the quota (steps 1 to
+        3 of the module docstring), noting in `outcome` what it learns."""
+        _validate(request, inline, output_schema)
         assigned: experiment_pb2.Assignment | None = None
-        if selector == "experiment":
-            assigned, unit_id = await self._experiments.assign(request, caller, deadline)
-            outcome.experiment, outcome.variant = request.experiment, assigned.variant
-            outcome.unit_id = unit_id
-            if assigned.variant and assigned.prompt_version:
-                version = assigned.prompt_version
-        if version is None and not outcome.label:
-            outcome.label = "production"
-        try:
-            rendered = await client.render(
-                request.prompt,
-                json_format.MessageToDict(request.variables),
-                label=outcome.label or None,
-                version=version,
-            )
-        except InvalidArgument as error:
-            raise _prefixed(error, "variables") from None
+        if inline is not None:
+            rendered = inline_rendered(inline)
+        else:
+            rendered, assigned = await self._render(request, caller, outcome, deadline)
+        if output_schema is not None:
+            if rendered.output_schema is not None:
+                raise InvalidArgument(
+                    violations=[
+                        FieldViolation(
+                            OUTPUT_SCHEMA_FIELD,
+                            f"prompt {rendered.prompt!r} version {rendered.version} has an "
+                            "output schema of its own: leave the request's unset",
+                        )
+                    ]
+                )
+            rendered = with_output_schema(rendered, output_schema)
         outcome.rendered = rendered
         if rendered.text is not None:
             if request.messages:
@@ -573,6 +616,35 @@ class CompletionEngine:
             ),
         )
         return _Plan(rendered, parameters, route, decision)
+
+    async def _render(
+        self, request: Request, caller: Caller, outcome: Outcome, deadline: float | None
+    ) -> tuple[RenderedPrompt, experiment_pb2.Assignment | None]:
+        """Resolves the request's version (label, number, or the variant its experiment
+        assigns) and renders it; returns it with the experiment's assignment, if any."""
+        client = await self._directory.prompts(caller.tenant_id)
+        selector = request.WhichOneof("selector")
+        outcome.label = request.label if selector == "label" else ""
+        version = request.version if selector == "version" else None
+        assigned: experiment_pb2.Assignment | None = None
+        if selector == "experiment":
+            assigned, unit_id = await self._experiments.assign(request, caller, deadline)
+            outcome.experiment, outcome.variant = request.experiment, assigned.variant
+            outcome.unit_id = unit_id
+            if assigned.variant and assigned.prompt_version:
+                version = assigned.prompt_version
+        if version is None and not outcome.label:
+            outcome.label = "production"
+        try:
+            rendered = await client.render(
+                request.prompt,
+                json_format.MessageToDict(request.variables),
+                label=outcome.label or None,
+                version=version,
+            )
+        except InvalidArgument as error:
+            raise _prefixed(error, "variables") from None
+        return rendered, assigned
 
     # ------------------------------------------------------------------------------ steps 4-5
 
@@ -662,18 +734,32 @@ class CompletionEngine:
     # ------------------------------------------------------------------------------ idempotency
 
     async def _begin(
-        self, idempotency: Idempotency, request: Request, caller: Caller
+        self,
+        idempotency: Idempotency,
+        request: Request,
+        caller: Caller,
+        inline: InlinePrompt | None,
+        output_schema: Mapping[str, Any] | None,
     ) -> Claim | Replay:
-        """Claims the request's id (see the module docstring)."""
+        """Claims the request's id (see the module docstring). The fingerprint covers the
+        request without its id, then the inline prompt and the output schema, if any (a
+        request with neither has the fingerprint it always had)."""
         without_id = Request()
         without_id.CopyFrom(request)
         without_id.ClearField("request_id")
+        serialized = without_id.SerializeToString(deterministic=True)
+        if inline is not None or output_schema is not None:
+            extra = {
+                "inline": None if inline is None else {"text": inline.text},
+                "schema": None if output_schema is None else dict(output_schema),
+            }
+            serialized += json.dumps(extra, sort_keys=True, separators=(",", ":")).encode()
         try:
             return await idempotency.begin(
                 caller.tenant_id,
                 IDEMPOTENCY_SCOPE,
                 request.request_id,
-                fingerprint(without_id.SerializeToString(deterministic=True)),
+                fingerprint(serialized),
             )
         except RequestInProgress:
             self._metrics.idempotent_in_progress.labels(caller.tenant_id, caller.method).inc()
@@ -723,15 +809,20 @@ class CompletionEngine:
         """Records feedback on a served request: as an outcome of its experiment (if it took
         part in one), and as a score of online evaluation (thumbs up or down). Raises
         FailedPrecondition when neither applies."""
-        if isinstance(value, bool):
+        online = self._accounting.scores_online
+        if isinstance(value, bool) and served.prompt:  # inline requests are not scored
             self._accounting.submit_feedback(caller, request_id, served, value)
         if not served.experiment or not served.variant:
-            online = self._accounting.scores_online
-            if isinstance(value, bool) and online:
+            if isinstance(value, bool) and online and served.prompt:
                 return
+            if not served.prompt:
+                why = ", and served no registry prompt, so online evaluation has none to score"
+            elif online:
+                why = ", and only yes/no feedback is scored online"
+            else:
+                why = ""
             raise FailedPrecondition(
-                f"request {request_id!r} took part in no experiment variant"
-                + (", and only yes/no feedback is scored online" if online else ""),
+                f"request {request_id!r} took part in no experiment variant{why}",
                 reason=reasons.FAILED_PRECONDITION,
                 metadata={"request_id": request_id},
             )
@@ -751,11 +842,13 @@ class CompletionEngine:
 # ------------------------------------------------------------------------------------------
 
 
-def _claimable(request: Request) -> bool:
+def _claimable(
+    request: Request, inline: InlinePrompt | None, output_schema: Mapping[str, Any] | None
+) -> bool:
     """Whether the request is valid, so that it is worth claiming its id (an invalid one
     fails, and is logged, without touching the idempotency store)."""
     try:
-        _validate(request)
+        _validate(request, inline, output_schema)
     except InvalidArgument:
         return False
     return True
@@ -782,12 +875,61 @@ def replayed(outcome: bytes) -> list[Response]:
     ]
 
 
-def _validate(request: Request) -> None:
-    """Raises `InvalidArgument` naming every bad field of a completion request."""
+def replayed_outcome(
+    request: Request, final: gateway_pb2.CompletionMetadata, started: float
+) -> Outcome:
+    """The outcome of a replayed request, as its stored `final` tells it (for `observe`):
+    its ids, label, experiment and variant, and one routed generation with the attempts it
+    made, the last of which served (`rendered` is None: the `start` message names the prompt
+    version)."""
+    outcome = Outcome(
+        started=started,
+        request_id=final.request_id,
+        trace_id=final.trace_id,
+        request=request,
+        arrived=datetime.now(UTC),
+        label=final.label,
+        experiment=final.experiment,
+        variant=final.variant,
+        final=final,
+    )
+    routed = RoutedStream()
+    routed.usage.CopyFrom(final.usage)
+    routed.attempts.extend(
+        Attempt(
+            attempt.model,
+            attempt.backend_id,
+            router_service_pb2.ATTEMPT_RESULT_SUCCESS
+            if attempt.status == "OK"
+            else router_service_pb2.ATTEMPT_RESULT_FAILED_BEFORE_FIRST_TOKEN,
+            attempt.error,
+        )
+        for attempt in final.attempts
+    )
+    if not routed.attempts:  # stored before attempts were listed: the serving one
+        routed.attempts.append(
+            Attempt(final.model, final.backend_id, router_service_pb2.ATTEMPT_RESULT_SUCCESS)
+        )
+    outcome.routed.append(routed)
+    return outcome
+
+
+def _validate(
+    request: Request,
+    inline: InlinePrompt | None = None,
+    output_schema: Mapping[str, Any] | None = None,
+) -> None:
+    """Raises `InvalidArgument` naming every bad field of a completion request (with its
+    inline prompt and output schema, if any)."""
     violations: list[FieldViolation] = []
-    if not request.prompt:
-        violations.append(FieldViolation("prompt", "is required"))
     selector = request.WhichOneof("selector")
+    if inline is None:
+        if not request.prompt:
+            violations.append(FieldViolation("prompt", "is required"))
+    else:
+        violations.extend(inline_violations(request, inline))
+    if output_schema is not None:
+        violations.extend(output_schema_violations(output_schema))
     if selector == "label" and not request.label:
         violations.append(FieldViolation("label", "must not be empty when set"))
     if selector == "version" and request.version < 1:
@@ -799,18 +941,10 @@ def _validate(request: Request) -> None:
         violations.append(
             FieldViolation("request_id", f"at most {MAX_REQUEST_ID_CHARS} characters")
         )
-    if len(request.tags) > MAX_TAGS:
-        violations.append(FieldViolation("tags", f"at most {MAX_TAGS} tags"))
-    for key, value in request.tags.items():
-        if not key or len(key) > MAX_TAG_CHARS or len(value) > MAX_TAG_CHARS:
-            violations.append(
-                FieldViolation(
-                    f"tags[{key[:32]}]",
-                    f"keys 1 to {MAX_TAG_CHARS}, values at most {MAX_TAG_CHARS}",
-                )
-            )
-    if len(request.messages) > MAX_EXTRA_MESSAGES:
-        violations.append(FieldViolation("messages", f"at most {MAX_EXTRA_MESSAGES} messages"))
+    violations.extend(tag_violations(request.tags))
+    most = MAX_EXTRA_MESSAGES if inline is None else MAX_INLINE_MESSAGES
+    if len(request.messages) > most:
+        violations.append(FieldViolation("messages", f"at most {most} messages"))
     for index, message in enumerate(request.messages):
         if message.role == chat_pb2.CHAT_ROLE_UNSPECIFIED:
             violations.append(FieldViolation(f"messages[{index}].role", "is required"))
@@ -820,6 +954,23 @@ def _validate(request: Request) -> None:
         )
     if violations:
         raise InvalidArgument(violations=violations)
+
+
+def tag_violations(tags: Mapping[str, str]) -> list[FieldViolation]:
+    """What is wrong with a request's `tags` (at most `MAX_TAGS`, keys 1 to `MAX_TAG_CHARS`
+    characters, values at most that)."""
+    violations: list[FieldViolation] = []
+    if len(tags) > MAX_TAGS:
+        violations.append(FieldViolation("tags", f"at most {MAX_TAGS} tags"))
+    for key, value in tags.items():
+        if not key or len(key) > MAX_TAG_CHARS or len(value) > MAX_TAG_CHARS:
+            violations.append(
+                FieldViolation(
+                    f"tags[{key[:32]}]",
+                    f"keys 1 to {MAX_TAG_CHARS}, values at most {MAX_TAG_CHARS}",
+                )
+            )
+    return violations
 
 
 def _prefixed(error: InvalidArgument, prefix: str) -> InvalidArgument:
@@ -855,25 +1006,46 @@ def with_input_capability(
 
 
 def _input_refused(error: DomainError, outcome: Outcome) -> DomainError:
-    """InferenceService's refusal of chat input (INVALID_ARGUMENT on `chat`: the model has no
-    chat template) as a violation of this request, whose chat prompt was pinned to a model
-    that takes text only; any other error as it is."""
+    """InferenceService's refusal of the request's input as a violation of this request's
+    pinned model (`routing.model`): chat input to a model that takes text only
+    (INVALID_ARGUMENT on `chat`: the model has no chat template), or any input to an embedding
+    model (FAILED_PRECONDITION with the model's task); any other error as it is."""
+    rendered = outcome.rendered
+    inline = rendered is not None and not rendered.prompt
+    if isinstance(error, FailedPrecondition) and error.metadata.get("task") == "embedding":
+        model = error.metadata.get("model") or outcome.model or "the pinned model"
+        return InvalidArgument(
+            violations=[
+                FieldViolation(
+                    "routing.model",
+                    f"model {model!r} is an embedding model: it embeds texts, it does not "
+                    "generate; pin a model that generates"
+                    + (", or embed with /v1/embeddings" if inline else ""),
+                )
+            ],
+            metadata={**error.metadata, "model": model},
+        )
     if not isinstance(error, InvalidArgument) or not any(
         v.field == "chat" for v in error.violations
     ):
         return error
     model = error.metadata.get("model") or outcome.model or "the pinned model"
-    rendered = outcome.rendered
-    prompt = f"prompt {rendered.prompt!r} version {rendered.version}" if rendered else "the prompt"
+    if inline:
+        why = (
+            f"model {model!r} takes text input only (it has no chat template): use "
+            "/v1/completions, or pin a model that takes chat"
+        )
+    else:
+        prompt = (
+            f"prompt {rendered.prompt!r} version {rendered.version}" if rendered else "the prompt"
+        )
+        why = (
+            f"model {model!r} takes text input only (it has no chat template), and {prompt} "
+            "is a chat prompt: pin a model that takes chat, leave the choice to routing, or "
+            "serve a text prompt (a version with a text_template)"
+        )
     return InvalidArgument(
-        violations=[
-            FieldViolation(
-                "routing.model",
-                f"model {model!r} takes text input only (it has no chat template), and {prompt} "
-                "is a chat prompt: pin a model that takes chat, leave the choice to routing, or "
-                "serve a text prompt (a version with a text_template)",
-            )
-        ],
+        violations=[FieldViolation("routing.model", why)],
         metadata={**error.metadata, "model": model},
     )
 
@@ -963,9 +1135,10 @@ def _request_attributes(
         "gen_ai.operation.name": operation,
         "gen_ai.provider.name": "genai-platform",
         "gen_ai.request.model": model,
-        "gen_ai.prompt.name": rendered.prompt,
-        "gen_ai.prompt.version": rendered.version,
     }
+    if rendered.prompt:  # an inline prompt has neither
+        attributes["gen_ai.prompt.name"] = rendered.prompt
+        attributes["gen_ai.prompt.version"] = rendered.version
     for name in ("max_tokens", "temperature", "top_p", "top_k", "seed"):
         if parameters.HasField(name):
             attributes[f"gen_ai.request.{name}"] = getattr(parameters, name)

@@ -21,6 +21,13 @@ from services.router.failover import RoutedStream
 STREAM_METHOD: Final = "/genai.gateway.v1.GatewayService/StreamComplete"
 UNARY_METHOD: Final = "/genai.gateway.v1.GatewayService/Complete"
 FEEDBACK_METHOD: Final = "/genai.gateway.v1.GatewayService/RecordFeedback"
+OPENAI_CHAT_METHOD: Final = "/openai/v1/chat/completions"
+"""The method of the OpenAI-compatible HTTP API's chat completions (`services.gateway.openai`):
+the `method` label of metrics and, without the slash, the request log's `method`."""
+OPENAI_COMPLETIONS_METHOD: Final = "/openai/v1/completions"
+"""The method of the OpenAI-compatible HTTP API's text completions."""
+OPENAI_EMBEDDINGS_METHOD: Final = "/openai/v1/embeddings"
+"""The method of the OpenAI-compatible HTTP API's embeddings."""
 
 Request = gateway_service_pb2.StreamCompleteRequest
 Response = gateway_service_pb2.StreamCompleteResponse
@@ -83,6 +90,11 @@ class Outcome:
     """The output schema check: `valid`, `repaired` or `invalid`; empty: none ran."""
     claim: Claim | None = None
     """The request's idempotency claim, until its outcome is stored (None: there is none)."""
+    serving: tuple[str, str] | None = None
+    """(model, backend id) of the attempt streaming now: set at a generation's first delta,
+    from that attempt's `start` (failover happens only before the first token, so this is what
+    serves); None before, and again once the generation ended and `routed` records the
+    attempt."""
 
     def sent(self, now: float) -> None:
         """Marks a chunk sent to the caller at `now` (the first one is the TTFT)."""
@@ -132,7 +144,21 @@ class Outcome:
 
     @property
     def model(self) -> str:
+        """The catalog model that serves (a generation streaming now) or served the latest
+        attempt; empty before any."""
+        if self.serving is not None:
+            return self.serving[0]
         for routed in reversed(self.routed):
             if routed.attempts:
                 return routed.attempts[-1].model
+        return ""
+
+    @property
+    def backend_id(self) -> str:
+        """The backend of `model`: the one streaming now, or that of the latest attempt."""
+        if self.serving is not None:
+            return self.serving[1]
+        for routed in reversed(self.routed):
+            if routed.attempts:
+                return routed.attempts[-1].backend_id
         return ""

@@ -1,6 +1,8 @@
-"""Composition root of GatewayService: settings -> adapters -> core -> servicer."""
+"""Composition root of GatewayService: settings -> adapters -> core -> servicer, and the same
+core behind the OpenAI-compatible HTTP routes (`GatewayApi`, `services.gateway.openai`)."""
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -23,10 +25,12 @@ from services.evaluation.core.online import (
     OnlineEvaluator,
     OnlineSampler,
 )
+from services.gateway.accounting import Accounting
 from services.gateway.adapters.health_probe import GrpcHealthProbe
 from services.gateway.adapters.idempotency_store import SqlIdempotencyStore
 from services.gateway.adapters.redis_quota import RedisQuotaLimiter
 from services.gateway.adapters.request_log_store import SqlRequestLogStore
+from services.gateway.api import GatewayApi
 from services.gateway.completion import CompletionEngine
 from services.gateway.config import GatewaySettings
 from services.gateway.core.idempotency import Idempotency
@@ -35,7 +39,9 @@ from services.gateway.core.request_log import BatchWriter
 from services.gateway.core.server_info import ServerInfoReporter
 from services.gateway.core.tenant_changes import TenantChanges
 from services.gateway.core.tenants import TenantStore
+from services.gateway.embeddings import EmbeddingEngine
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.openai.app import openai_routes
 from services.gateway.servicer import SERVICE_NAME, GatewayServicer
 from services.gateway.tenancy import GuidedDecodingBook, PriceBook, TenantDirectory
 from services.prompt.client import PromptClient
@@ -58,6 +64,15 @@ DEPENDENCIES = {
     "genai.inference.v1.InferenceService": "inference",
 }
 """The services the gateway calls, by full name, with their field in `DependencyTargets`."""
+
+
+@dataclass(frozen=True)
+class _Engines:
+    """What serves completions, embeddings and the catalog: built once, on first use."""
+
+    router: RouterStub
+    completions: CompletionEngine
+    embeddings: EmbeddingEngine
 
 
 def registration(
@@ -86,6 +101,8 @@ def registration(
     configured; `local_servicer(name)` returns their servicer) are called directly
     (`services.common.local`) instead of over loopback gRPC. `tenant_changes` tells the
     gateway about quota changes made by any replica (it drops the tenant's cached limits).
+    Its HTTP routes (`http_routes`: the OpenAI-compatible API) call the same engines through a
+    `GatewayApi`, with their metrics in `registry`.
     """
     hosted = frozenset(hosted_services)
 
@@ -183,7 +200,7 @@ def registration(
     )
     if tenant_changes is not None:
         tenant_changes.on_quota_changed(directory.forget)
-    state: dict[str, CompletionEngine] = {}
+    state: dict[str, _Engines] = {}
     online_settings = settings.online_evaluation
     online = (
         OnlineEvaluator(
@@ -197,9 +214,9 @@ def registration(
         else None
     )
 
-    def engine() -> CompletionEngine:
+    def engines() -> _Engines:
         # Channels are made on first use: this server's own address is known only once bound.
-        if "engine" not in state:
+        if "engines" not in state:
             router: RouterStub = stub(router_service_pb2, "RouterService", RouterStub)
             inference: InferenceStub = stub(
                 inference_service_pb2, "InferenceService", InferenceStub
@@ -209,10 +226,9 @@ def registration(
                 if target_for("genai.experiment.v1.ExperimentService")
                 else None
             )
-            state["engine"] = CompletionEngine(
-                generator=RoutedGenerator(router, inference),
-                directory=directory,
-                prices=PriceBook(router),
+            prices = PriceBook(router)
+            accounting = Accounting(
+                prices=prices,
                 quota=quota,
                 log=writer,
                 log_content=log_settings.content,
@@ -220,14 +236,31 @@ def registration(
                 if log_settings.confirm_before_final
                 else None,
                 metrics=metrics,
-                default_max_output_tokens=settings.default_max_output_tokens,
-                experiments=experiments,
                 online=online,
-                idempotency=idempotency,
-                guided_decoding=GuidedDecodingBook(inference),
-                tracer_provider=tracer_provider,
             )
-        return state["engine"]
+            state["engines"] = _Engines(
+                router=router,
+                completions=CompletionEngine(
+                    generator=RoutedGenerator(router, inference),
+                    directory=directory,
+                    accounting=accounting,
+                    metrics=metrics,
+                    default_max_output_tokens=settings.default_max_output_tokens,
+                    experiments=experiments,
+                    idempotency=idempotency,
+                    guided_decoding=GuidedDecodingBook(inference),
+                    tracer_provider=tracer_provider,
+                ),
+                embeddings=EmbeddingEngine(
+                    inference=inference,
+                    prices=prices,
+                    directory=directory,
+                    accounting=accounting,
+                    metrics=metrics,
+                    tracer_provider=tracer_provider,
+                ),
+            )
+        return state["engines"]
 
     tracer = trace.get_tracer("genai.gateway", tracer_provider=tracer_provider)
 
@@ -244,13 +277,19 @@ def registration(
         return remote(channel(descriptor.full_name))
 
     metrics = GatewayMetrics(registry)
+    api = GatewayApi(
+        engine=lambda: engines().completions,
+        embeddings=lambda: engines().embeddings,
+        router=lambda: engines().router,
+        internal_token=internal_token,
+    )
     servicer = GatewayServicer(
         server_info=reporter,
-        engine=engine,
+        engine=lambda: engines().completions,
         tenants=tenants,
         directory=directory,
         logs=log_store,
-        internal_token=internal_token,
+        api=api,
         idempotency=idempotency,
     )
 
@@ -267,8 +306,8 @@ def registration(
             online.start()
 
     async def stop() -> None:
-        if "engine" in state:
-            await state["engine"].drain()
+        if "engines" in state:
+            await state["engines"].completions.drain()
         if writer is not None:
             await writer.aclose()
         if online is not None:
@@ -292,4 +331,7 @@ def registration(
         start=start,
         stop=stop,
         servicer=servicer,
+        http_routes=lambda ctx: openai_routes(
+            api, ctx, registry=registry, tracer_provider=tracer_provider
+        ),
     )

@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common import reasons
 from services.common.audit import AuditQuery, AuditRecord
-from services.common.auth import current_principal, internal_metadata
+from services.common.auth import current_principal
 from services.common.errors import (
     FieldViolation,
     InvalidArgument,
@@ -32,6 +32,7 @@ from services.common.policy import (
 )
 from services.common.wire import timestamp
 from services.gateway.adapters.sealed_outcomes import SealedOutcomes
+from services.gateway.api import GatewayApi
 from services.gateway.completion import (
     FEEDBACK_METHOD,
     STREAM_METHOD,
@@ -78,7 +79,7 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         tenants: TenantStore,
         directory: TenantDirectory,
         logs: RequestLogReader | None,
-        internal_token: str,
+        api: GatewayApi,
         idempotency: Idempotency | None = None,
     ) -> None:
         self._server_info = server_info
@@ -86,8 +87,14 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         self._tenants = tenants
         self._directory = directory
         self._logs = logs
-        self._internal_token = internal_token
+        self._api = api
         self._sealed = SealedOutcomes(idempotency)
+
+    @property
+    def api(self) -> GatewayApi:
+        """The gateway's wire-free front door, which this servicer's completions share with
+        the other transports (`services.gateway.openai`)."""
+        return self._api
 
     # ------------------------------------------------------------------------------ completions
 
@@ -120,12 +127,7 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         return response
 
     def _caller(self, method: str) -> Caller:
-        principal = current_principal()
-        return Caller(
-            tenant_id=principal.tenant_id,
-            metadata=tuple(internal_metadata(self._internal_token, principal.tenant_id)),
-            method=method,
-        )
+        return self._api.caller(current_principal(), method)
 
     # ------------------------------------------------------------------------------ feedback
 

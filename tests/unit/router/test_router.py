@@ -317,7 +317,12 @@ def test_in_flight_counts_end_with_the_reported_outcome() -> None:
 
 def test_the_shipped_catalog_loads(tmp_path: Path) -> None:
     catalog = load_catalog(DEFAULT_CATALOG, local_triton="127.0.0.1:8001")
-    assert [m.name for m in catalog.models] == ["smollm2-135m-instruct", "gemma3-270m", "zero"]
+    assert [m.name for m in catalog.models] == [
+        "smollm2-135m-instruct",
+        "gemma3-270m",
+        "zero",
+        "all-minilm-l6-v2",
+    ]
     assert catalog.models[0].backends[0].endpoint == "127.0.0.1:8001"
     router = Router(catalog)
     decision = router.route(RouteRequest(100, 100, Policy.COST, required=frozenset({C.CHAT})))
@@ -325,11 +330,22 @@ def test_the_shipped_catalog_loads(tmp_path: Path) -> None:
     assert [(r.model, r.reason) for r in decision.rejected] == [
         ("gemma3-270m", "lacks chat"),
         ("zero", "routed only when pinned by name"),
+        ("all-minilm-l6-v2", "routed only when pinned by name"),
     ]
     text = router.route(RouteRequest(100, 100, Policy.COST, required=frozenset({C.COMPLETION})))
     assert {c.model.name for c in text.candidates} == {"smollm2-135m-instruct", "gemma3-270m"}
+    unrequired = router.route(RouteRequest(100, 100, Policy.COST))
+    assert "all-minilm-l6-v2" not in {c.model.name for c in unrequired.candidates}
     pinned = router.route(RouteRequest(100, 100, model="zero"))
     assert [c.model.name for c in pinned.candidates] == ["zero"]
+    embedding = catalog.model("all-minilm-l6-v2")
+    assert embedding is not None
+    assert (embedding.capabilities, embedding.output_price) == (
+        frozenset({C.EMBEDDINGS}),
+        Decimal(0),
+    )
+    assert embedding.input_price > 0
+    assert embedding.backends[0].backend_model == "minilm"
 
     bad = tmp_path / "catalog.yaml"
     bad.write_text(
