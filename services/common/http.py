@@ -210,9 +210,14 @@ def bind_listener(host: str, port: int, reuse_port: bool = False) -> socket.sock
             and _unspecified(str(address[0]))
             and socket.has_dualstack_ipv6()
         )
-        return socket.create_server(
+        listener = socket.create_server(
             address, family=family, reuse_port=reuse_port, dualstack_ipv6=dualstack
         )
+        # Accepted sockets inherit it (Linux). asyncio sets it only on sockets it sees as TCP,
+        # which a `create_server` socket (proto 0) is not: without it, each small SSE write
+        # waits for the client's delayed ACK, about 40 ms.
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return listener
     except OSError as error:
         raise ConfigError(
             [
