@@ -15,7 +15,7 @@ from typing import Final
 BENCHMARKS: Final[dict[str, str]] = {
     "chain": "per-RPC cost of the server interceptor chain against a bare grpc.aio server",
     "experiment": "A/B experiment through the gateway: SmolLM2 vs Gemma 3 on one text prompt",
-    "gateway": "GatewayService streams vs InferenceService alone vs direct Triton (zero_llm)",
+    "gateway": "GatewayService gRPC and HTTP (SSE) streams vs InferenceService vs direct Triton",
     "inference": "InferenceService vs direct Triton streams (zero_llm); SmolLM2 vs transformers",
     "replicas": "two replicas of each service over PostgreSQL and Redis, SIGKILLs under load",
     "router": "routing decision cost with a 20-model catalog, in process and over gRPC",

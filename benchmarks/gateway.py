@@ -3,7 +3,7 @@ alone and against Triton itself.
 
 Triton, launched here with `zero_llm` (the generation facade with zero compute: `tokens`
 tokens per stream, no pause between them) and `zero_llm_paced` (the same, its tokens 10 ms
-apart, as a GPU decodes), is called four ways in one run:
+apart, as a GPU decodes), is called five ways in one run:
 - `direct`: `tritonclient.grpc.aio` `stream_infer` of the chat prompt as ChatML text;
 - `hop`: the same client through a bare grpc.aio relay in a process of its own
   (`benchmarks.passthrough`: bytes in, bytes out), the floor of any Python gRPC hop (at
@@ -12,7 +12,12 @@ apart, as a GPU decodes), is called four ways in one run:
 - `gateway`: GatewayService `StreamComplete` of the sample `chat` prompt (label `production`),
   pinned to model `zero` (`routing.model`), `max_tokens` = `tokens`: prompt rendering,
   routing, quota reservation and settlement, response processing (the prompt's PII
-  redaction), pricing, metrics and the request log, then InferenceService -> Triton.
+  redaction), pricing, metrics and the request log, then InferenceService -> Triton;
+- `http`: the same completion through the OpenAI-compatible HTTP API (`POST
+  /v1/chat/completions` of model `prompt:chat` with the same variable, `max_tokens` and
+  routing in `genai`, streamed as server-sent events with a usage chunk), from a lean asyncio
+  HTTP/1.1 client (`benchmarks.openai_http`): the same engine behind uvicorn instead of
+  grpc.aio.
 The platform runs as an operator starts it (`genai serve`, every service in one process of its
 own) with API keys on, the request log on (SQLite in a temporary folder) and in-memory quotas;
 a tenant with generous limits and a key of its own is created for the run and the sample
@@ -23,7 +28,9 @@ Rounds alternate the paths (and their order). At concurrency 1 streams run one a
 at 16 and 64 that many are kept in flight (closed loop) and only streams ending within a
 measured window count. Each stream gives its time to first token (TTFT: from the call to the
 first message carrying text), its stream latency (to the final message) and its tokens;
-rounds give streams/s and tokens/s, and the CPU time each process spent, from /proc.
+rounds give streams/s and tokens/s, and the CPU time each process spent, from /proc. Before
+measuring, one stream on each path is parsed in full: the same text everywhere, and on `http`
+the same usage as StreamComplete's final.
 
 The paced part (`benchmarks.paced`) then runs the paced model at several stream lengths and
 concurrencies, and fits the platform's CPU per request and per relayed token, the inter-token
@@ -33,7 +40,8 @@ The report ends with a PASS/FAIL line per target: on the gateway path, platform 
 per relayed token and <= 2 ms per request (the fit at concurrency 64), inter-token latency added
 over direct <= 1 ms p99 (paced, concurrency 64); TTFT p50 at concurrency 1 at most 0.5 ms above
 the bare relay's; at concurrency 64 unpaced, streams/s >= 1.2x direct tritonclient's and >= 0.8x
-InferenceService alone's.
+InferenceService alone's; and the HTTP API's TTFT p50 at concurrency 1 at most 0.5 ms above
+StreamComplete's (its streams/s at 1 and 64 are reported beside it).
 """
 
 import asyncio
@@ -80,6 +88,7 @@ from benchmarks.inference import (
     served_model,
     while_alive,
 )
+from benchmarks.openai_http import HttpSsePath, SseCompletion
 from benchmarks.paced import (
     PACE_US,
     PACED_MODEL,
@@ -127,13 +136,15 @@ else:
 NAME: Final = "gateway"
 DESCRIPTION: Final = (
     "GatewayService StreamComplete (sample `chat` prompt pinned to the zero-compute model) "
-    "against InferenceService GenerateStream and direct tritonclient calls to Triton."
+    "against InferenceService GenerateStream and direct tritonclient calls to Triton, and the "
+    "same completion through the OpenAI-compatible HTTP API (SSE)."
 )
 DIRECT: Final = "direct"
 HOP: Final = "hop"
 INFERENCE: Final = "inference"
 GATEWAY: Final = "gateway"
-PATHS: Final = (DIRECT, HOP, INFERENCE, GATEWAY)
+HTTP: Final = "http"
+PATHS: Final = (DIRECT, HOP, INFERENCE, GATEWAY, HTTP)
 """The measured paths, baseline first."""
 PAIRS: Final = (
     (DIRECT, GATEWAY),
@@ -141,10 +152,11 @@ PAIRS: Final = (
     (INFERENCE, GATEWAY),
     (DIRECT, INFERENCE),
     (DIRECT, HOP),
+    (GATEWAY, HTTP),
 )
 """(baseline, candidate) of each comparison: the gateway over Triton, over the floor of one
 Python hop, the gateway's own cost (over InferenceService alone), InferenceService over
-Triton, and the floor itself."""
+Triton, the floor itself, and the OpenAI-compatible HTTP API over gRPC StreamComplete."""
 PROCESSES: Final = ("client", "platform", "hop", "triton")
 """Whose CPU time is measured: this client, the `genai serve` process, the bare relay and
 Triton's group."""
@@ -171,6 +183,8 @@ ITL_ADDED_TARGET_MS: Final = 1.0
 """Inter-token latency p99 the gateway path adds over direct (paced)."""
 HOP_TTFT_TARGET_MS: Final = 0.5
 """TTFT p50 at concurrency 1 above the bare relay's."""
+HTTP_TTFT_TARGET_MS: Final = 0.5
+"""TTFT p50 at concurrency 1 of the HTTP API (SSE) above StreamComplete's."""
 DIRECT_THROUGHPUT_TARGET: Final = 1.2
 INFERENCE_THROUGHPUT_TARGET: Final = 0.8
 TARGET_CONCURRENCY: Final = 64
@@ -209,7 +223,8 @@ class GatewayConfig:
 
 
 DEFAULT = GatewayConfig()
-"""About three minutes on a busy 2-core machine, start-up included (a few seconds)."""
+"""About three minutes on a busy 2-core machine, start-up included (a few seconds), and one to
+two more for the HTTP path (942 s in all, paced part included, at a load average of 7 to 4)."""
 QUICK = GatewayConfig(
     streams=90,
     rounds=3,
@@ -465,6 +480,31 @@ def completion_request(
     return request
 
 
+def chat_body(tokens: int, model: str = ZERO_MODEL) -> dict[str, Any]:
+    """The HTTP path's body: what `completion_request(tokens, model)` asks for, as a streamed
+    OpenAI chat completion of `prompt:chat` (no messages beyond the prompt's own) with a usage
+    chunk."""
+    return {
+        "model": f"prompt:{PROMPT}",
+        "messages": [],
+        "max_tokens": tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "genai": {"variables": {"message": MESSAGE}, "routing": {"model": model}},
+    }
+
+
+def http_path(
+    platform: ServerProcess, body: Mapping[str, Any], metadata: Sequence[tuple[str, str]]
+) -> HttpSsePath:
+    """The HTTP path to the platform's OpenAI-compatible API (the port its ready file
+    names), sending `body` with the same API key (`metadata`) as the gRPC paths."""
+    port = platform.ready.get("http_port")
+    if not port:
+        raise RuntimeError("genai serve reported no HTTP port (is the HTTP API off?)")
+    return HttpSsePath("127.0.0.1", int(port), body, metadata)
+
+
 async def create_tenant(address: str, admin_key: str) -> str:
     """Creates the benchmark's tenant (generous limits) and a key of its own, pushes the
     sample prompts for it, and returns the key."""
@@ -600,7 +640,7 @@ class GatewayRun:
 
         plot_panels(
             path,
-            "GatewayService vs InferenceService vs direct Triton (zero_llm)",
+            "GatewayService (gRPC and HTTP SSE) vs InferenceService vs direct Triton (zero_llm)",
             panels(self),
             subtitle=_subtitle(self.started_at, self.environment, self.config),
         )
@@ -710,12 +750,13 @@ async def _measure(
     rendered = await rendered_chat(platform.address, metadata)
     prompt = chatml(rendered.messages)
     generation = generation_request(rendered, config.tokens)
+    http = http_path(platform, chat_body(config.tokens), metadata)
     direct = DirectPath(addresses[DIRECT], ZERO_TRITON_MODEL, prompt, config.tokens)
     hop = DirectPath(addresses[HOP], ZERO_TRITON_MODEL, prompt, config.tokens)
     inference = InferencePath(platform.address, generation, metadata)
     gateway = GatewayPath(platform.address, completion_request(config.tokens), metadata)
     try:
-        checks += await check_paths(direct, inference, gateway, config.tokens)
+        checks += await check_paths(direct, inference, gateway, config.tokens, http=http)
         if await hop.check() != await direct.check():
             raise RuntimeError("the bare relay streamed another text than Triton itself")
         paths: dict[str, StreamFn] = {
@@ -723,6 +764,7 @@ async def _measure(
             HOP: hop.stream,
             INFERENCE: inference.stream,
             GATEWAY: gateway.stream,
+            HTTP: http.stream,
         }
         loaded = {name: stream for name, stream in paths.items() if name != HOP}
         per_round = config.streams // config.rounds
@@ -764,6 +806,11 @@ async def _measure(
         await hop.close()
         await inference.close()
         await gateway.close()
+        await http.close()
+    checks.append(
+        f"http: {http.connections_opened} connections opened (one per stream in flight, and "
+        "again after the server closed an idle one)"
+    )
     paced = None
     if config.paced is not None:
         paced = await measure_paced(
@@ -902,9 +949,11 @@ async def check_paths(
     tokens: int,
     *,
     model: str = ZERO_MODEL,
+    http: HttpSsePath | None = None,
 ) -> list[str]:
     """One stream on each path, parsed in full: the same text and token count everywhere, the
-    gateway's stream served by `zero`; returns what they showed. Raises when a path is wrong."""
+    gateway's stream served by `zero`, and (with `http`) the HTTP API's the same text and
+    usage as StreamComplete's; returns what they showed. Raises when a path is wrong."""
     expected = await direct.check()
     text, final = await inference.check()
     if text != expected or final.usage.output_tokens != tokens:
@@ -917,7 +966,7 @@ async def check_paths(
     if relayed.count(" ") != tokens:
         raise RuntimeError(f"the gateway's text has {relayed.count(' ')} tokens, not {tokens}")
     same_input = metadata.usage.input_tokens == final.usage.input_tokens
-    return [
+    lines = [
         f"every path streamed the same {tokens} tokens ({expected[:24]!r}...); the gateway sent "
         f"them in {deltas} deltas (its PII redaction holds back a chunk's trailing digits "
         f"until the next chunk), served by {metadata.model}/{metadata.backend_id} (prompt "
@@ -926,6 +975,36 @@ async def check_paths(
         f"{metadata.usage.input_tokens} ("
         + ("the same rendered chat input)" if same_input else "NOT the same input)"),
     ]
+    if http is not None:
+        lines.append(http_check(await http.check(), relayed, metadata))
+    return lines
+
+
+def http_check(
+    completion: SseCompletion, expected: str, metadata: gateway_pb2.CompletionMetadata
+) -> str:
+    """What the HTTP API's stream showed, once it is held to StreamComplete's (`expected`
+    text, `metadata`): the same text, usage and model. Raises when it differs."""
+    usage = {
+        "prompt_tokens": metadata.usage.input_tokens,
+        "completion_tokens": metadata.usage.output_tokens,
+        "total_tokens": metadata.usage.input_tokens + metadata.usage.output_tokens,
+    }
+    if completion.text != expected:
+        raise RuntimeError(f"the HTTP API streamed {completion.text!r}, gRPC {expected!r}")
+    if dict(completion.usage) != usage:
+        raise RuntimeError(f"the HTTP API's usage is {dict(completion.usage)}, gRPC's {usage}")
+    served = completion.genai.get("model")
+    if served != metadata.model:
+        raise RuntimeError(
+            f"the HTTP API's stream was served by {served!r}, not {metadata.model!r}"
+        )
+    return (
+        f"http: the same text and usage as StreamComplete ({usage['prompt_tokens']} + "
+        f"{usage['completion_tokens']} tokens) in {completion.deltas} chunks, finish_reason "
+        f"{completion.finish_reason!r}, served by {served} "
+        f"({completion.headers.get('content-type', '?')})"
+    )
 
 
 def headline(scenario: Scenario) -> str:
@@ -980,7 +1059,30 @@ def gateway_targets(
                     f"{format_rounds(rate_ratios(loaded, baseline, GATEWAY))}",
                 )
             )
+    if single is not None and {GATEWAY, HTTP} <= set(single.rounds):
+        checks.append(http_target(single, [s for s in scenarios if s is not single]))
     return checks
+
+
+def http_target(single: Scenario, loaded: Sequence[Scenario]) -> TargetCheck:
+    """The HTTP API's TTFT p50 at concurrency 1 above StreamComplete's, with both paths'
+    streams/s at 1 and at `TARGET_CONCURRENCY` (where measured) beside it."""
+    base, cand, differences = added(single, GATEWAY, HTTP, "ttft", 50.0)
+    rates = [
+        f"c={s.concurrency} {s.streams_per_s(GATEWAY):,.0f} vs {s.streams_per_s(HTTP):,.0f} "
+        f"({format_ratio(_ratio(s.streams_per_s(HTTP), s.streams_per_s(GATEWAY)))})"
+        for s in (single, *loaded)
+        if {GATEWAY, HTTP} <= set(s.rounds) and s.concurrency in (1, TARGET_CONCURRENCY)
+    ]
+    return check_at_most(
+        "c=1: TTFT p50 of the HTTP API (SSE) above gRPC StreamComplete's",
+        (cand - base) / 1000,
+        HTTP_TTFT_TARGET_MS,
+        "ms",
+        detail=f"StreamComplete {base / 1000:.2f} -> HTTP {cand / 1000:.2f} ms; rounds "
+        f"{spread([d / 1000 for d in differences])} ms; streams/s StreamComplete vs HTTP: "
+        + "; ".join(rates),
+    )
 
 
 def paced_targets(paced: PacedRun) -> list[TargetCheck]:
@@ -1224,10 +1326,14 @@ def notes(config: GatewayConfig) -> list[str]:
         "direct: tritonclient.grpc.aio stream_infer of the chat prompt as ChatML text; "
         "inference: InferenceService GenerateStream of the rendered chat messages; gateway: "
         f"GatewayService StreamComplete of prompt {PROMPT!r} (label production) pinned to "
-        f"{ZERO_MODEL!r}. Both platform paths: the same `genai serve` process (every service), "
-        f"API key of tenant {TENANT!r}, request log on (SQLite), in-memory quotas.",
-        "TTFT: call to the first message with text (the gateway's `start` comes before it); "
-        "stream: call to the final message. Rounds alternate the paths' order; overheads "
+        f"{ZERO_MODEL!r}; http: POST /v1/chat/completions of model 'prompt:{PROMPT}' with the "
+        "same variable, max_tokens and routing in `genai`, streamed (SSE, usage chunk), from a "
+        "lean asyncio HTTP/1.1 client (a keep-alive connection per stream in flight; opening "
+        "one is not timed). The platform paths: the same `genai serve` process (every "
+        f"service), API key of tenant {TENANT!r}, request log on (SQLite), in-memory quotas.",
+        "TTFT: call to the first message with text (the gateway's `start` comes before it; "
+        "http: the first chunk with non-empty content); stream: call to the final message "
+        "(http: `data: [DONE]`). Rounds alternate the paths' order; overheads "
         "pool all rounds, 'rounds' gives each round's own difference or ratio: median "
         "(lowest..highest).",
         "CPU: user+system time per stream served (ramp-up and ramp-down streams too) of this "
@@ -1361,18 +1467,21 @@ def cpu_table(scenarios: Sequence[Scenario]) -> str:
     return format_table(headers, rows)
 
 
-def own_cost(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The gateway's own cost: what it adds beyond InferenceService alone, per concurrency."""
+def own_cost(
+    rows: Sequence[Mapping[str, Any]], baseline: str = INFERENCE, candidate: str = GATEWAY
+) -> list[str]:
+    """What `candidate` adds beyond `baseline`, per concurrency: by default the gateway's own
+    cost (over InferenceService alone)."""
     lines = []
     for row in rows:
-        if (row["baseline"], row["candidate"]) != (INFERENCE, GATEWAY):
+        if (row["baseline"], row["candidate"]) != (baseline, candidate):
             continue
         lines.append(
             f"c={row['concurrency']}: TTFT p50 {_signed_ms(row['ttft_p50_added_ms'])} ms "
             f"(rounds {spread(row['ttft_p50_rounds_added_ms'])}), p99 "
             f"{_signed_ms(row['ttft_p99_added_ms'])} ms; stream p50 "
             f"{_signed_ms(row['total_p50_added_ms'])} ms, p99 "
-            f"{_signed_ms(row['total_p99_added_ms'])} ms; streams/s gateway/inference "
+            f"{_signed_ms(row['total_p99_added_ms'])} ms; streams/s {candidate}/{baseline} "
             f"{format_ratio(row['streams_per_s_ratio'])}; platform CPU "
             f"{_signed_us(row['platform_cpu_us_per_stream_added'])} µs per stream"
         )
@@ -1415,8 +1524,8 @@ def report(run: GatewayRun) -> str:
             f"{_subtitle(run.started_at, run.environment, run.config)}, {run.duration_s:.0f} s",
             f"zero_llm, {run.config.tokens} tokens per stream: direct (tritonclient -> Triton), "
             "inference (InferenceService -> Triton), gateway (GatewayService `chat` pinned to "
-            "zero -> RouterService, InferenceService -> Triton); platform: genai serve, one "
-            "process",
+            "zero -> RouterService, InferenceService -> Triton), http (the same completion "
+            "through POST /v1/chat/completions, SSE); platform: genai serve, one process",
             "",
             figures_table(run.scenarios),
             "",
@@ -1428,6 +1537,10 @@ def report(run: GatewayRun) -> str:
             "",
             "the gateway's own cost (gateway - InferenceService alone, same process, same Triton):",
             *(f"  {line}" for line in own_cost(rows)),
+            "",
+            "the OpenAI-compatible HTTP API (http SSE - gRPC StreamComplete, same engine, same "
+            "process):",
+            *(f"  {line}" for line in own_cost(rows, GATEWAY, HTTP)),
             "",
             *paced_lines(run.paced),
             "checks:",
@@ -1492,11 +1605,13 @@ def panels(run: GatewayRun) -> list[Any]:
             )
         )
 
-    def ratios(rate: Callable[[Scenario, str], float]) -> str:
+    def ratios(
+        rate: Callable[[Scenario, str], float], baseline: str = DIRECT, candidate: str = GATEWAY
+    ) -> str:
         return ", ".join(
-            f"c={s.concurrency} {format_ratio(_ratio(rate(s, GATEWAY), rate(s, DIRECT)))}"
+            f"c={s.concurrency} {format_ratio(_ratio(rate(s, candidate), rate(s, baseline)))}"
             for s in scenarios
-            if {DIRECT, GATEWAY} <= set(s.rounds)
+            if {baseline, candidate} <= set(s.rounds)
         )
 
     def streams(s: Scenario, p: str) -> float:
@@ -1529,6 +1644,21 @@ def panels(run: GatewayRun) -> list[Any]:
                         if g.concurrency == f.concurrency and g.path != DIRECT
                     }
                     for f in paced.fits("platform")
+                },
+            )
+        )
+    http_vs_grpc = [s for s in scenarios if {GATEWAY, HTTP} <= set(s.rounds)]
+    if http_vs_grpc:
+        found.append(
+            RatePanel(
+                f"TTFT p50, http vs gateway (target c=1: +{HTTP_TTFT_TARGET_MS:g} ms)\n"
+                f"streams/s http/gateway {ratios(streams, GATEWAY, HTTP)}",
+                "µs",
+                {
+                    f"c={s.concurrency}": {
+                        p: latency_of(s.timings(p), "ttft", 50) for p in (GATEWAY, HTTP)
+                    }
+                    for s in http_vs_grpc
                 },
             )
         )

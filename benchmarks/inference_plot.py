@@ -38,7 +38,15 @@ class ScalingPanel:
 
 Panel = LatencyPanel | RatePanel | StackedPanel | ScalingPanel
 
-VARIANT_COLORS = {"direct": "C0", "platform": "C1", "transformers": "C2"}
+VARIANT_COLORS = {
+    "direct": "C0",
+    "platform": "C1",
+    "transformers": "C2",
+    "gateway": "C6",
+    "http": "C7",
+}
+"""Fixed colours, so that a variant looks the same in every panel (`gateway` and `http` keep
+the colours of their places among the gateway benchmark's five paths)."""
 PART_COLORS = {"client": "0.65", "inference": "C1", "triton": "C0"}
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from genai.common.v1 import chat_pb2, generation_pb2
+from genai.gateway.v1 import gateway_pb2
 from genai.prompt.v1 import prompt_service_pb2
 
 from benchmarks import __main__ as registry
@@ -19,6 +20,7 @@ from benchmarks.gateway import (
     DIRECT,
     GATEWAY,
     HOP,
+    HTTP,
     INFERENCE,
     MESSAGE,
     QUICK,
@@ -27,11 +29,13 @@ from benchmarks.gateway import (
     PathScenario,
     added,
     catalog_text,
+    chat_body,
     chatml,
     completion_request,
     counter_lines,
     gateway_targets,
     generation_request,
+    http_check,
     main,
     overheads,
     own_cost,
@@ -41,8 +45,11 @@ from benchmarks.gateway import (
     spread,
 )
 from benchmarks.inference import StreamRound, StreamTiming
+from benchmarks.openai_http import SseCompletion
 from benchmarks.paced import Cell, PacedConfig, PacedRun
 from services.common.config import load_settings
+from services.gateway.openai import convert
+from services.gateway.openai.schema import ChatCompletionRequest
 from services.inference.adapters.chat_templates import JinjaChatTemplates, load_chat_template
 from services.inference.core.model import ChatTurn
 from services.platform.settings import PlatformSettings
@@ -65,14 +72,16 @@ def _round(
 
 def _scenarios() -> list[PathScenario]:
     """Concurrency 1: the gateway adds 0.5 ms at p50 over direct Triton in both rounds (p99:
-    1.2 ms in round 2), 0.3 ms over the bare relay; concurrency 64: the gateway makes 1.3x
-    direct's streams/s and 0.9x InferenceService's."""
+    1.2 ms in round 2), 0.3 ms over the bare relay, and the HTTP API 0.3 ms over the gateway;
+    concurrency 64: the gateway makes 1.3x direct's streams/s and 0.9x InferenceService's, the
+    HTTP API 150 streams in 2 s to the gateway's 130."""
     single = PathScenario(1)
     single.rounds = {
         DIRECT: [_round(1000, 100, 1.0, 0.0), _round(1100, 100, 1.0, 0.0)],
         HOP: [_round(1200, 100, 1.0, 0.0), _round(1300, 100, 1.0, 0.0)],
         INFERENCE: [_round(1200, 100, 1.1), _round(1300, 100, 1.1)],
         GATEWAY: [_round(1500, 100, 1.2, 1.0), _round(1600, 100, 1.3, 1.0)],
+        HTTP: [_round(1800, 100, 1.2, 1.0), _round(1900, 100, 1.3, 1.0)],
     }
     single.rounds[GATEWAY][1].streams[-1] = StreamTiming(5000.0, 9000.0, 16)
     loaded = PathScenario(64)
@@ -80,6 +89,7 @@ def _scenarios() -> list[PathScenario]:
         DIRECT: [_round(9000, 100, 2.0, 0.0), _round(9000, 100, 2.0, 0.0)],
         INFERENCE: [_round(10000, 145, 2.0), _round(10000, 145, 2.0)],
         GATEWAY: [_round(15000, 130, 2.0, 1.0), _round(15000, 130, 2.0, 1.0)],
+        HTTP: [_round(14000, 150, 2.0, 0.9), _round(14000, 150, 2.0, 0.9)],
     }
     return [single, loaded]
 
@@ -209,6 +219,53 @@ def test_the_paths_send_the_same_chat_input():
     assert chatml(messages) == expected
 
 
+def test_the_http_body_asks_the_api_for_the_gateway_paths_request():
+    body = ChatCompletionRequest.model_validate(chat_body(16))
+
+    completion = convert.chat_completion(body, {})
+
+    assert completion.request == completion_request(16)
+    assert completion.inline is None  # a registry prompt version, as StreamComplete's
+    assert completion.stream
+    assert completion.include_usage
+    assert convert.chat_completion(
+        ChatCompletionRequest.model_validate(chat_body(4, "zero-paced")), {}
+    ).request == completion_request(4, "zero-paced")
+
+
+def _streamed(text: str = "tok0 tok1 ", output_tokens: int = 2) -> SseCompletion:
+    return SseCompletion(
+        headers={"content-type": "text/event-stream; charset=utf-8"},
+        text=text,
+        deltas=2,
+        finish_reason="length",
+        usage={
+            "prompt_tokens": 26,
+            "completion_tokens": output_tokens,
+            "total_tokens": 26 + output_tokens,
+        },
+        genai={"model": "zero", "backendId": "triton-0"},
+    )
+
+
+def test_the_http_stream_is_held_to_stream_completes_text_usage_and_model():
+    final = gateway_pb2.CompletionMetadata(
+        model="zero", usage=generation_pb2.TokenUsage(input_tokens=26, output_tokens=2)
+    )
+
+    line = http_check(_streamed(), "tok0 tok1 ", final)
+
+    assert line.startswith("http: the same text and usage as StreamComplete (26 + 2 tokens)")
+    assert "2 chunks, finish_reason 'length', served by zero" in line
+    with pytest.raises(RuntimeError, match="streamed 'tok0 '"):
+        http_check(_streamed("tok0 "), "tok0 tok1 ", final)
+    with pytest.raises(RuntimeError, match="usage"):
+        http_check(_streamed(output_tokens=3), "tok0 tok1 ", final)
+    final.model = "zero-paced"
+    with pytest.raises(RuntimeError, match="served by 'zero'"):
+        http_check(_streamed(), "tok0 tok1 ", final)
+
+
 def test_added_pools_rounds_and_keeps_each_rounds_difference():
     single = _scenarios()[0]
 
@@ -221,8 +278,8 @@ def test_added_pools_rounds_and_keeps_each_rounds_difference():
     assert spread([math.nan]) == "-"
 
 
-def test_targets_are_the_paced_fit_the_added_gap_ttft_over_the_relay_and_throughput():
-    token, request, gap, ttft, direct, inference = gateway_targets(_scenarios(), _paced())
+def test_targets_are_the_paced_fit_the_added_gap_ttft_over_the_relay_throughput_and_http():
+    token, request, gap, ttft, direct, inference, http = gateway_targets(_scenarios(), _paced())
 
     assert token.measured == pytest.approx(80.0)
     assert token.passed is True
@@ -239,6 +296,12 @@ def test_targets_are_the_paced_fit_the_added_gap_ttft_over_the_relay_and_through
     assert "rounds 1.30 (1.30-1.30)" in direct.line()
     assert inference.measured == pytest.approx(130 / 145)
     assert inference.passed is True
+    assert http.name == "c=1: TTFT p50 of the HTTP API (SSE) above gRPC StreamComplete's"
+    assert http.measured == pytest.approx(0.3)
+    assert http.passed is True
+    assert http.line().startswith("PASS")
+    assert "StreamComplete 1.60 -> HTTP 1.90 ms" in http.detail
+    assert "c=1 80 vs 80 (1.00x); c=64 65 vs 75 (1.15x)" in http.detail
 
 
 def test_targets_fail_honestly_and_are_left_out_when_not_measured():
@@ -246,6 +309,7 @@ def test_targets_fail_honestly_and_are_left_out_when_not_measured():
     slow = PathScenario(1)
     slow.rounds = {**single.rounds, GATEWAY: [_round(5000, 100, 2.0), _round(5000, 100, 2.0)]}
     starved = PathScenario(64)
+    slow.rounds[HTTP] = [_round(5600, 100, 2.0), _round(5600, 100, 2.0)]
     starved.rounds = {**loaded.rounds, GATEWAY: [_round(15000, 100, 2.0), _round(15000, 100, 2.0)]}
     costly = _paced()
     for cell in costly.cells:
@@ -255,7 +319,7 @@ def test_targets_fail_honestly_and_are_left_out_when_not_measured():
 
     checks = gateway_targets([slow, starved], costly)
 
-    assert [c.passed for c in checks] == [False, False, False, False, False, False]
+    assert [c.passed for c in checks] == [False] * 7
     assert all(c.line().startswith("FAIL") for c in checks)
     assert gateway_targets([PathScenario(16)]) == []
 
@@ -285,20 +349,27 @@ def test_overheads_name_each_pair_and_the_gateways_own_cost():
         (1, GATEWAY, INFERENCE),
         (1, INFERENCE, DIRECT),
         (1, HOP, DIRECT),
+        (1, HTTP, GATEWAY),
         (64, GATEWAY, DIRECT),
         (64, GATEWAY, INFERENCE),
         (64, INFERENCE, DIRECT),
+        (64, HTTP, GATEWAY),
     ]
     own = rows[2]
     assert own["ttft_p50_added_ms"] == pytest.approx(0.3)
     assert own["ttft_p50_rounds_added_ms"] == pytest.approx([0.3, 0.3])
     # 2 CPU seconds over 200 gateway streams against 1 over 200 inference streams.
     assert own["platform_cpu_us_per_stream_added"] == pytest.approx(5000.0)
-    assert rows[5]["streams_per_s_ratio"] == pytest.approx(1.3)
+    assert rows[6]["streams_per_s_ratio"] == pytest.approx(1.3)
     lines = own_cost(rows)
     assert len(lines) == 2
     assert lines[0].startswith("c=1: TTFT p50 +0.30 ms")
+    assert "streams/s gateway/inference" in lines[0]
     assert "platform CPU +5,000 µs per stream" in lines[0]
+    http = own_cost(rows, GATEWAY, HTTP)
+    assert [line.split(":")[0] for line in http] == ["c=1", "c=64"]
+    assert http[0].startswith("c=1: TTFT p50 +0.30 ms")
+    assert "streams/s http/gateway 1.15x" in http[1]
 
 
 def test_counters_are_read_from_the_prometheus_text(tmp_path: Path):
@@ -340,6 +411,7 @@ def test_report_and_json_of_a_synthetic_run(tmp_path: Path):
     for section in (
         "overhead (all rounds",
         "the gateway's own cost",
+        "the OpenAI-compatible HTTP API (http SSE - gRPC StreamComplete",
         "paced model (10 ms between tokens)",
         "per request and per token",
         "checks:",
@@ -347,15 +419,15 @@ def test_report_and_json_of_a_synthetic_run(tmp_path: Path):
     ):
         assert section in text
     verdicts = [line.split()[0] for line in text.split("targets:")[1].splitlines() if line]
-    assert verdicts == ["PASS"] * 6
+    assert verdicts == ["PASS"] * 7
     assert "request log records: dropped 0, written 460" in text
     assert json_path.name == "gateway-20260102T030405Z.json"
     assert png_path.read_bytes() == b"png"
     assert document["benchmark"] == "gateway"
     assert (document["baseline"], document["candidate"]) == (DIRECT, GATEWAY)
-    assert [t["passed"] for t in document["targets"]] == [True] * 6
-    assert [t["unit"] for t in document["targets"]] == ["µs", "µs", "ms", "ms", "x", "x"]
-    assert len(document["overheads"]) == 8
+    assert [t["passed"] for t in document["targets"]] == [True] * 7
+    assert [t["unit"] for t in document["targets"]] == ["µs", "µs", "ms", "ms", "x", "x", "ms"]
+    assert len(document["overheads"]) == 10
     fits = {(f["path"], f["process"]): f for f in document["paced"]["fits"]}
     assert fits[GATEWAY, "platform"]["per_token_us"] == pytest.approx(80.0)
     assert len(document["paced"]["cells"]) == 6
@@ -365,12 +437,14 @@ def test_report_and_json_of_a_synthetic_run(tmp_path: Path):
         "gateway/inference",
         "inference/direct",
         "hop/direct",
+        "http/gateway",
     }
     variants = {
         (m["variant"], m["concurrency"], m["latency_metric"]) for m in document["measurements"]
     }
     assert (GATEWAY, 64, "stream") in variants
-    assert len(variants) == 14
+    assert (HTTP, 1, "TTFT") in variants
+    assert len(variants) == 18
     gateway_ttft = next(
         m
         for m in document["measurements"]
