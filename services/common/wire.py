@@ -48,19 +48,17 @@ def decimal_amount(message: money_pb2.Money) -> Decimal:
     return Decimal(message.units) + Decimal(message.nanos) / NANOS
 
 
+def usage_source_name(usage: generation_pb2.TokenUsage) -> str:
+    """Who counted `usage`, as metrics labels and span attributes name it: `provider`,
+    `tokenizer`, `estimate` (or `unspecified`)."""
+    return generation_pb2.UsageSource.Name(usage.usage_source).removeprefix("USAGE_SOURCE_").lower()
+
+
 def counted_by(usage: generation_pb2.TokenUsage) -> str:
     """Who counted `usage` when it was not the provider (`tokenizer`, `estimate`), for people
     reading counts; "" for the provider's own counts (or none said)."""
-    if usage.usage_source in (
-        generation_pb2.USAGE_SOURCE_TOKENIZER,
-        generation_pb2.USAGE_SOURCE_ESTIMATE,
-    ):
-        return (
-            generation_pb2.UsageSource.Name(usage.usage_source)
-            .removeprefix("USAGE_SOURCE_")
-            .lower()
-        )
-    return ""
+    name = usage_source_name(usage)
+    return name if name in ("tokenizer", "estimate") else ""
 
 
 def offset_page(page_size: int, page_token: str) -> tuple[int, int]:

@@ -20,13 +20,13 @@ from decimal import Decimal
 from typing import Final
 
 import grpc
-from genai.common.v1 import chat_pb2, generation_pb2
+from genai.common.v1 import chat_pb2
 from genai.gateway.v1 import gateway_pb2
 from google.protobuf import json_format
 from opentelemetry import trace
 
 from services.common.errors import ResourceExhausted
-from services.common.wire import duration, money
+from services.common.wire import duration, money, usage_source_name
 from services.evaluation.core.online import FeedbackRecord, OnlineEvaluator, OnlineRecord
 from services.gateway.core.processing import ResponseProcessor
 from services.gateway.core.quota import QuotaLimiter, Reservation, Usage
@@ -42,12 +42,6 @@ _logger = logging.getLogger(__name__)
 
 RECENT_REQUESTS: Final = 10_000
 """How many recent requests `served` remembers."""
-USAGE_SOURCES: Final = {
-    generation_pb2.USAGE_SOURCE_PROVIDER: "provider",
-    generation_pb2.USAGE_SOURCE_TOKENIZER: "tokenizer",
-    generation_pb2.USAGE_SOURCE_ESTIMATE: "estimate",
-}
-"""The `usage_source` label of each `UsageSource`."""
 _LOG_REDACTION: Final = ProcessingConfig(pii_redaction=PiiRedaction(kinds=tuple(PiiKind)))
 """What the `redacted` request-log policy removes from inputs and outputs."""
 
@@ -220,7 +214,7 @@ class Accounting:
             self._metrics.token_usage.labels(operation, model, "output").observe(
                 usage.output_tokens
             )
-            source = USAGE_SOURCES.get(usage.usage_source, "unspecified")
+            source = usage_source_name(usage)
             self._metrics.usage_tokens.labels(model, "input", source).inc(usage.input_tokens)
             self._metrics.usage_tokens.labels(model, "output", source).inc(usage.output_tokens)
             self._metrics.cost.labels(caller.tenant_id, model).inc(float(outcome.cost))

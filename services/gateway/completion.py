@@ -99,7 +99,7 @@ from services.common.errors import (
     InvalidArgument,
 )
 from services.common.status import remote_error, status_code_of
-from services.common.wire import decimal_amount, duration, money
+from services.common.wire import decimal_amount, duration, money, usage_source_name
 from services.gateway.accounting import Accounting, micros
 from services.gateway.core.idempotency import (
     Claim,
@@ -1161,9 +1161,7 @@ def _response_attributes(
             ],
             "gen_ai.usage.input_tokens": final.usage.input_tokens,
             "gen_ai.usage.output_tokens": final.usage.output_tokens,
-            "genai.usage.source": generation_pb2.UsageSource.Name(final.usage.usage_source)
-            .removeprefix("USAGE_SOURCE_")
-            .lower(),
+            "genai.usage.source": usage_source_name(final.usage),
             "genai.backend.id": final.backend_id,
             "genai.cost": float(outcome.cost),
             "genai.attempts": len(final.attempts),

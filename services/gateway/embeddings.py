@@ -46,8 +46,8 @@ from services.common.errors import (
     InvalidArgument,
 )
 from services.common.status import remote_error, status_code_of
-from services.common.wire import duration, money
-from services.gateway.accounting import USAGE_SOURCES, Accounting, micros, redact_for_log
+from services.common.wire import duration, money, usage_source_name
+from services.gateway.accounting import Accounting, micros, redact_for_log
 from services.gateway.completion import MAX_UNIT_ID_CHARS, estimate_text_tokens, tag_violations
 from services.gateway.core.quota import Reservation, Usage
 from services.gateway.core.request_log import RequestLogRecord
@@ -283,7 +283,7 @@ class EmbeddingEngine:
         metrics.requests.labels(caller.tenant_id, caller.method, progress.code.name).inc()
         if tokens:
             metrics.token_usage.labels(OPERATION, model, "input").observe(tokens)
-            source = USAGE_SOURCES.get(progress.usage.usage_source, "unspecified")
+            source = usage_source_name(progress.usage)
             metrics.usage_tokens.labels(model, "input", source).inc(tokens)
             metrics.cost.labels(caller.tenant_id, model).inc(float(progress.cost))
 
