@@ -609,6 +609,24 @@ async def test_each_error_has_its_status(running: Running) -> None:
     assert unavailable.json()["error"]["genai"]["reason"] == "BACKEND_UNAVAILABLE"
 
 
+async def test_another_tenants_key_cannot_reach_this_tenants_prompts(running: Running) -> None:
+    """`greet` is a prompt of tenant `default`: a member key of `acme` gets 404 for it, as
+    for a prompt that does not exist (nothing says it exists elsewhere), and nothing is
+    charged to `acme` for it."""
+    served = await running.sdk().chat.completions.create(
+        model="prompt:greet", messages=[], extra_body={"genai": {"variables": {"who": "Ann"}}}
+    )
+    assert served.choices[0].message.content
+
+    with pytest.raises(openai.NotFoundError) as refused:
+        await running.sdk(running.acme).chat.completions.create(
+            model="prompt:greet", messages=[], extra_body={"genai": {"variables": {"who": "Ann"}}}
+        )
+    assert refused.value.code == "prompt_not_found"
+    assert refused.value.param == "model"
+    assert running.metric("genai_gateway_quota_settled_tokens_total", tenant="acme") == 0
+
+
 async def test_the_request_deadline_is_504(backends: Any, tmp_path: Path) -> None:
     good = backends[0]
     good.behaviour = Behaviour(pace=2.0)
