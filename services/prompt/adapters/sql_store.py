@@ -126,6 +126,8 @@ _now_us = now_us
 _time = time_from_us
 
 LABEL_EVENTS_CHANNEL: Final = "genai_label_events"
+_IN_CHUNK: Final = 500
+"""Ids per `IN (...)` list: well under every backend's limit on bound parameters."""
 """The PostgreSQL NOTIFY channel of committed label moves (payload: `label_event_payload`)."""
 
 
@@ -210,7 +212,20 @@ class SqlPromptStore(SqlStore):
             query = query.where(prompts.c.name.startswith(name_prefix, autoescape=True))
         async with self._read() as conn:
             rows = (await conn.execute(query)).mappings().all()
-            return [await self._prompt(conn, row) for row in rows]
+            # Every listed prompt's labels in one query per chunk, not one query per prompt
+            # (a page of 1,000 prompts took 1,001 round trips).
+            pairs: dict[int, list[tuple[str, int]]] = {row["id"]: [] for row in rows}
+            ids = list(pairs)
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                found = await conn.execute(
+                    sa.select(labels.c.prompt_id, labels.c.name, labels.c.version).where(
+                        labels.c.prompt_id.in_(chunk)
+                    )
+                )
+                for prompt_id, name, version in found.all():
+                    pairs[prompt_id].append((str(name), int(version)))
+            return [_prompt_of(row, pairs[row["id"]]) for row in rows]
 
     async def update_prompt(self, tenant_id: str, name: str, changes: PromptChanges) -> Prompt:
         """Applies `changes` to a prompt."""
@@ -460,18 +475,7 @@ class SqlPromptStore(SqlStore):
                 sa.select(labels.c.name, labels.c.version).where(labels.c.prompt_id == row["id"])
             )
         ).all()
-        gate = row["evaluation_gate"]
-        return Prompt(
-            tenant_id=row["tenant_id"],
-            name=row["name"],
-            description=row["description"],
-            latest_version=row["latest_version"],
-            labels=dict(sorted((str(n), int(v)) for n, v in pairs)),
-            protected_labels=tuple(json.loads(row["protected_labels"])),
-            evaluation_gate=json.loads(gate) if gate else None,
-            create_time=_time(row["create_time_us"]),
-            update_time=_time(row["update_time_us"]),
-        )
+        return _prompt_of(row, [(str(n), int(v)) for n, v in pairs])
 
     async def _version_row(
         self, conn: AsyncConnection, prompt_id: int, version: int
@@ -620,4 +624,20 @@ def _event(row: Mapping[Any, Any]) -> LabelEvent:
         actor=row["actor"],
         reason=row["reason"],
         event_time=_time(row["event_time_us"]),
+    )
+
+
+def _prompt_of(row: Mapping[Any, Any], pairs: Sequence[tuple[str, int]]) -> Prompt:
+    """The prompt of a `prompts` row with its labels' (name, version) pairs."""
+    gate = row["evaluation_gate"]
+    return Prompt(
+        tenant_id=row["tenant_id"],
+        name=row["name"],
+        description=row["description"],
+        latest_version=row["latest_version"],
+        labels=dict(sorted(pairs)),
+        protected_labels=tuple(json.loads(row["protected_labels"])),
+        evaluation_gate=json.loads(gate) if gate else None,
+        create_time=_time(row["create_time_us"]),
+        update_time=_time(row["update_time_us"]),
     )
