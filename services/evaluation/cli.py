@@ -177,7 +177,7 @@ async def _evaluate(channel: grpc.aio.Channel, args: argparse.Namespace) -> int:
         print("genai: the run ended without a report", file=sys.stderr)
         return 1
     _print_report(report)
-    await _write_html(report, args.html or Path(f"eval-{report.id}.html"))
+    await _write_html(stub, report, args.html or Path(f"eval-{report.id}.html"), args.timeout)
     if args.gate:
         failures = await _gate_failures(channel, report, args.timeout)
         for failure in failures:
@@ -197,7 +197,7 @@ async def _report(channel: grpc.aio.Channel, args: argparse.Namespace) -> int:
     ).report
     _print_report(report)
     if args.html is not None:
-        await _write_html(report, args.html)
+        await _write_html(stub, report, args.html, args.timeout)
     return 0
 
 
@@ -236,10 +236,52 @@ def _print_report(report: evaluation_pb2.EvaluationReport) -> None:
             )
 
 
-async def _write_html(report: evaluation_pb2.EvaluationReport, path: Path) -> None:
-    page = await asyncio.to_thread(render_html, report)
+async def _write_html(
+    stub: Stub, report: evaluation_pb2.EvaluationReport, path: Path, rpc_timeout: float
+) -> None:
+    """Writes the report's page, with each output beside its example's inputs and reference and
+    with the run's scorer kinds. Without them (the dataset or run is gone, or not readable with
+    this key) it still writes the page, with example ids only, and says so."""
+    examples: dict[str, evaluation_pb2.Example] | None = None
+    scorers: list[evaluation_pb2.Scorer] = []
+    try:
+        examples = await _dataset_examples(stub, report.dataset, rpc_timeout)
+    except grpc.aio.AioRpcError as error:
+        _lacking(f"the examples of dataset {report.dataset}", error)
+    try:
+        run = await stub.GetEvaluationRun(
+            esb.GetEvaluationRunRequest(id=report.run_id), timeout=rpc_timeout
+        )
+        scorers = list(run.run.scorers)
+    except grpc.aio.AioRpcError as error:
+        _lacking(f"the scorers of run {report.run_id}", error)
+    page = await asyncio.to_thread(render_html, report, examples, scorers)
     await asyncio.to_thread(path.write_text, page)
     print(f"wrote {path}", file=sys.stderr)
+
+
+def _lacking(what: str, error: grpc.aio.AioRpcError) -> None:
+    print(
+        f"genai: the HTML report goes without {what}: {error.code().name}: {error.details()}",
+        file=sys.stderr,
+    )
+
+
+async def _dataset_examples(
+    stub: Stub, dataset: str, rpc_timeout: float
+) -> dict[str, evaluation_pb2.Example]:
+    """Every example of `dataset` by id, read page by page."""
+    examples: dict[str, evaluation_pb2.Example] = {}
+    token = ""
+    while True:
+        page = await stub.ListExamples(
+            esb.ListExamplesRequest(dataset=dataset, page_size=1000, page_token=token),
+            timeout=rpc_timeout,
+        )
+        examples.update((e.id, e) for e in page.examples)
+        token = page.next_page_token
+        if not token:
+            return examples
 
 
 async def _gate_failures(

@@ -144,6 +144,9 @@ async def test_genai_eval_runs_writes_html_and_gates(
     page = html.read_text()
     assert page.startswith("<!doctype html>")
     assert "data:image/png;base64," in page
-    assert "Kyoto" in page
+    (kyoto,) = [row for row in page.split("<tr>") if "<pre>Kyoto</pre>" in row]
+    assert "country: Japan" in kyoto
+    assert "<pre>Tokyo</pre>" in kyoto  # inputs, reference
+    assert "goes without" not in passing.stderr  # the examples and the run were read
     assert failing.returncode == 3, failing.stderr
     assert "GATE FAILED: answer mean 0.250 < 0.750" in failing.stderr
