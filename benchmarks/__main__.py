@@ -14,6 +14,7 @@ from typing import Final
 
 BENCHMARKS: Final[dict[str, str]] = {
     "chain": "per-RPC cost of the server interceptor chain against a bare grpc.aio server",
+    "console": "web console prompts list with 1,000 prompts in headless Chromium vs gRPC",
     "experiment": "A/B experiment through the gateway: SmolLM2 vs Gemma 3 on one text prompt",
     "gateway": "GatewayService gRPC and HTTP (SSE) streams vs InferenceService vs direct Triton",
     "inference": "InferenceService vs direct Triton streams (zero_llm); SmolLM2 vs transformers",

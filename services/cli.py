@@ -383,8 +383,11 @@ async def _serve_until_signalled(
     api_url = None
     if platform.http_port is not None:
         tls = bool(settings.server.tls_certificate_file)
-        api_url = http_url(settings.server.host, platform.http_port, tls=tls) + "/v1"
+        base_url = http_url(settings.server.host, platform.http_port, tls=tls)
+        api_url = base_url + "/v1"
         print(f"OpenAI-compatible HTTP API: {api_url}", flush=True)
+        if "gateway" in settings.services and settings.gateway.console.enabled:
+            print(f"web console: {base_url}/console/ (sign in with an API key)", flush=True)
     credentials = None
     if (
         settings.auth.mode == "api_key"

@@ -98,6 +98,9 @@ class HttpContext:
     revocations and roles."""
     settings: HttpSettings
     """The limits of `server.http`."""
+    secure: bool = False
+    """Whether browsers reach it over HTTPS: the server serves TLS, or a proxy in front
+    terminates it (`server.tls_terminated_upstream`). Cookies are then marked Secure."""
 
 
 class HttpServer:

@@ -162,6 +162,26 @@ class IdempotencySettings(Settings):
     )
 
 
+class ConsoleSettings(Settings):
+    """The web console (`/console` on the HTTP server)."""
+
+    enabled: bool = Field(
+        default=True, description="Serve the web console under /console on the HTTP port."
+    )
+    session_hours: float = Field(
+        default=8.0,
+        gt=0,
+        le=720,
+        description="How long a console session lasts after signing in (the cookie's expiry).",
+    )
+    session_secret: str = Field(
+        default="",
+        description="Secret the session cookies are sealed with (at least 16 bytes); every "
+        "replica must share it. Empty: derived from auth.internal_token (which replicas "
+        "share), or random per process under auth `none`.",
+    )
+
+
 class GatewaySettings(Settings):
     """Settings of GatewayService."""
 
@@ -201,6 +221,9 @@ class GatewaySettings(Settings):
 
     targets: DependencyTargets = Field(
         default_factory=DependencyTargets, description="Addresses of the services it calls."
+    )
+    console: ConsoleSettings = Field(
+        default_factory=ConsoleSettings, description="The web console."
     )
     health_check_timeout_seconds: float = Field(
         default=1.0, gt=0, le=30, description="Deadline of one dependency health check."

@@ -19,6 +19,7 @@ from services.common.auth import internal_metadata
 from services.common.contract import contract_digest
 from services.common.local import local_stub
 from services.common.server import ServiceRegistration
+from services.console import server as console_server
 from services.evaluation.core.online import (
     AlertSink,
     DriftDetector,
@@ -117,6 +118,15 @@ def registration(
         if not target:
             raise RuntimeError(f"no address for {service}: set gateway.targets")
         return channel_for(target)
+
+    def console_channel(service: str) -> grpc.aio.Channel | None:
+        # The console calls every service over gRPC with the visitor's own key, so that the
+        # services' access interceptors decide (never in process, never with the internal
+        # token); the gateway itself is this process.
+        if service == "genai.gateway.v1.GatewayService":
+            return channel_for(local_target())
+        target = target_for(service)
+        return channel_for(target) if target else None
 
     reporter = ServerInfoReporter(
         version=version,
@@ -331,7 +341,14 @@ def registration(
         start=start,
         stop=stop,
         servicer=servicer,
-        http_routes=lambda ctx: openai_routes(
-            api, ctx, registry=registry, tracer_provider=tracer_provider
-        ),
+        http_routes=lambda ctx: [
+            *openai_routes(api, ctx, registry=registry, tracer_provider=tracer_provider),
+            *console_server.routes(
+                ctx,
+                settings.console,
+                internal_token=internal_token,
+                version=version,
+                channel=console_channel,
+            ),
+        ],
     )

@@ -422,7 +422,11 @@ async def _start_http(
     server = settings.server
     if server.http_port is None:
         return None
-    context = HttpContext(authenticator, server.http)
+    context = HttpContext(
+        authenticator,
+        server.http,
+        secure=bool(server.tls_certificate_file) or server.tls_terminated_upstream,
+    )
     routes = [
         route
         for registration in registrations

@@ -24,6 +24,7 @@ from tests.support.serve import ROOT
 
 QUICK_RUNS: Final = {
     "chain": 120,
+    "console": 240,
     "experiment": 360,
     "gateway": 360,
     "inference": 360,

@@ -1,0 +1,868 @@
+"""The request log, quality alerts and models pages.
+
+| page | what it calls (with the visitor's key) |
+|---|---|
+| `/logs` | GatewayService `ListRequestLogs`: a search form (a GET, so a search is a link) |
+| `/logs/{request_id}` | GatewayService `ListRequestLogs`, narrowed to the entry's arrival |
+| `/alerts` | EvaluationService `ListQualityAlerts` |
+| `/models` | RouterService `ListModels`, `GetBackendHealth` |
+
+`ListRequestLogs` filters by prompt, status and arrival time; the console filters by model
+itself (a request matches when the model that served it, or the model of any of its attempts,
+is the one asked for), scanning at most `MODEL_SCAN_PAGES` pages of the RPC for one page of
+the console, whose next-page link carries the RPC's token where the scan stopped.
+
+There is no RPC that returns one log entry, so the detail page lists the one microsecond the
+request arrived in (`?at=`, the microseconds since the epoch the list's links carry, which
+the store keeps exactly) and, without it or when that misses, scans the tenant's newest
+entries (`DETAIL_SCAN_PAGES` pages of `MAX_PAGE_SIZE`). Entries are shown as the gateway
+logged them: redacted by its `request_log.content` policy.
+"""
+
+import argparse
+import json
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import grpc
+from genai.common.v1 import generation_pb2, routing_pb2
+from genai.evaluation.v1 import evaluation_pb2, evaluation_service_pb2
+from genai.gateway.v1 import gateway_pb2, gateway_service_pb2
+from genai.router.v1 import router_pb2, router_service_pb2
+from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from markupsafe import Markup
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from services.common.wire import MAX_PAGE_SIZE, counted_by, timestamp, usage_source_name
+from services.console import formatting
+from services.console.charts import IntervalRow, interval_chart
+from services.console.web import PREFIX, Console, Failure, RouterStub, Visitor, redirect
+from services.gateway.logs_cli import STATUS_NAMES, parse_since
+
+PAGE_SIZE: Final = 50
+"""Entries on one page of the request log (and alerts on one page)."""
+MODEL_SCAN_PAGE_SIZE: Final = 200
+"""Entries asked for per call while the console filters by model."""
+MODEL_SCAN_PAGES: Final = 10
+"""Calls one page of a model-filtered search makes at most."""
+DETAIL_SCAN_PAGES: Final = 10
+"""Pages of `MAX_PAGE_SIZE` the detail page scans for an entry without (or missing) `?at=`."""
+MODEL_PAGES: Final = 20
+"""Pages of `MAX_PAGE_SIZE` the models page reads the catalog in, at most."""
+SEARCH_FIELDS: Final = ("start_time", "end_time", "prompt", "model", "status")
+"""The request log's search fields, as query parameters (the RPC's own names where it has
+them)."""
+ALERT_STATES: Final[Mapping[str, int]] = {
+    "": evaluation_pb2.ALERT_STATE_UNSPECIFIED,
+    "firing": evaluation_pb2.ALERT_STATE_FIRING,
+    "resolved": evaluation_pb2.ALERT_STATE_RESOLVED,
+}
+"""The alert page's `state` values and the states they ask for ("" is every state)."""
+NOT_SET: Final = "—"
+"""What a cell without a value shows."""
+
+
+def routes(console: Console) -> list[BaseRoute]:
+    """The pages of this module, relative to the console's mount."""
+
+    async def logs_page(request: Request, visitor: Visitor) -> Response:
+        search = LogSearch.of(request.query_params)
+        if search.request_id:
+            return redirect(f"{PREFIX}/logs/{urllib.parse.quote(search.request_id, safe='')}")
+        failure = search.failure()
+        result = LogResult()
+        if failure is None:
+            try:
+                result = await _search(visitor, search)
+            except grpc.aio.AioRpcError as error:
+                failure = Failure.of_rpc(error)
+        return console.render(
+            request,
+            "logs.html",
+            visitor,
+            status=failure.http_status if failure else 200,
+            title="Request log",
+            search=search,
+            failure=failure,
+            result=result,
+            statuses=STATUS_NAMES,
+        )
+
+    async def log_page(request: Request, visitor: Visitor) -> Response:
+        request_id = request.path_params["request_id"]
+        entry = await _find_entry(visitor, request_id, _micros_param(request.query_params))
+        if entry is None:
+            return console.failure_page(
+                request,
+                visitor,
+                Failure(
+                    404,
+                    "NOT_FOUND",
+                    f"Request {request_id!r} is not in your tenant's request log (the newest "
+                    f"{DETAIL_SCAN_PAGES * MAX_PAGE_SIZE} entries were searched).",
+                    reason="REQUEST_LOG_ENTRY_NOT_FOUND",
+                ),
+                title="Request not found",
+            )
+        return console.render(
+            request,
+            "log_detail.html",
+            visitor,
+            title=f"Request {request_id}",
+            entry=entry,
+            view=EntryView.of(entry),
+        )
+
+    async def alerts_page(request: Request, visitor: Visitor) -> Response:
+        stub = visitor.stubs.evaluations
+        if stub is None:
+            return console.failure_page(
+                request,
+                visitor,
+                not_deployed("genai.evaluation.v1.EvaluationService", "Quality alerts"),
+                title="Quality alerts are not available",
+            )
+        params = request.query_params
+        prompt = params.get("prompt", "").strip()
+        state = params.get("state", "").strip().lower()
+        page_token = params.get("page_token", "")
+        failure: Failure | None = None
+        alerts: list[AlertRow] = []
+        next_page = ""
+        if state not in ALERT_STATES:
+            failure = Failure(
+                400,
+                "INVALID_ARGUMENT",
+                "Check the filter.",
+                field_errors={"state": ["must be firing, resolved or empty (every state)"]},
+            )
+        else:
+            try:
+                response: evaluation_service_pb2.ListQualityAlertsResponse = (
+                    await stub.ListQualityAlerts(
+                        evaluation_service_pb2.ListQualityAlertsRequest(
+                            page_size=PAGE_SIZE,
+                            page_token=page_token,
+                            prompt=prompt,
+                            state=ALERT_STATES[state],  # type: ignore[arg-type]
+                        ),
+                        **visitor.read(),
+                    )
+                )
+            except grpc.aio.AioRpcError as error:
+                failure = Failure.of_rpc(error)
+            else:
+                alerts = [AlertRow.of(alert) for alert in response.alerts]
+                if response.next_page_token:
+                    next_page = f"{PREFIX}/alerts" + _query(
+                        prompt=prompt, state=state, page_token=response.next_page_token
+                    )
+        return console.render(
+            request,
+            "alerts.html",
+            visitor,
+            status=failure.http_status if failure else 200,
+            title="Quality alerts",
+            failure=failure,
+            prompt=prompt,
+            state=state,
+            alerts=alerts,
+            next_page=next_page,
+            first_page=f"{PREFIX}/alerts" + _query(prompt=prompt, state=state)
+            if page_token
+            else "",
+        )
+
+    async def models_page(request: Request, visitor: Visitor) -> Response:
+        router = visitor.stubs.router
+        if router is None:
+            return console.failure_page(
+                request,
+                visitor,
+                not_deployed("genai.router.v1.RouterService", "The model catalog"),
+                title="Models are not available",
+            )
+        models = await _catalog(visitor, router)
+        health: router_service_pb2.GetBackendHealthResponse = await router.GetBackendHealth(
+            router_service_pb2.GetBackendHealthRequest(), **visitor.read()
+        )
+        return console.render(
+            request,
+            "models.html",
+            visitor,
+            title="Models",
+            models=[ModelRow.of(model) for model in models],
+            backends=backend_rows(models, health.backends),
+            first_token_chart=first_token_chart(health.backends),
+        )
+
+    return [
+        Route("/logs", console.page(logs_page), methods=["GET"]),
+        Route("/logs/{request_id:path}", console.page(log_page), methods=["GET"]),
+        Route("/alerts", console.page(alerts_page), methods=["GET"]),
+        Route("/models", console.page(models_page), methods=["GET"]),
+    ]
+
+
+def not_deployed(service: str, what: str) -> Failure:
+    """The failure a page shows when the platform runs no `service` (a full name)."""
+    name = service.rsplit(".", 1)[-1]
+    return Failure(
+        503,
+        "UNAVAILABLE",
+        f"{what} come{'' if what.endswith('s') else 's'} from {name}, which this platform "
+        "does not run.",
+        reason="SERVICE_NOT_DEPLOYED",
+        metadata={"service": service},
+    )
+
+
+# ---------------------------------------------------------------------------------- searching
+
+
+@dataclass(frozen=True)
+class LogSearch:
+    """The request log's search form, as its query parameters say."""
+
+    start_time: str = ""
+    end_time: str = ""
+    prompt: str = ""
+    model: str = ""
+    status: str = ""
+    request_id: str = ""
+    page_token: str = ""
+
+    @classmethod
+    def of(cls, params: Mapping[str, str]) -> "LogSearch":
+        return cls(
+            start_time=params.get("start_time", "").strip(),
+            end_time=params.get("end_time", "").strip(),
+            prompt=params.get("prompt", "").strip(),
+            model=params.get("model", "").strip(),
+            status=params.get("status", "").strip().upper(),
+            request_id=params.get("request_id", "").strip(),
+            page_token=params.get("page_token", ""),
+        )
+
+    @property
+    def filtered(self) -> bool:
+        """Whether any filter is set."""
+        return any(getattr(self, name) for name in SEARCH_FIELDS)
+
+    def times(self) -> tuple[datetime | None, datetime | None, dict[str, list[str]]]:
+        """The time bounds, and the violations of the fields that do not parse."""
+        errors: dict[str, list[str]] = {}
+        bounds: list[datetime | None] = []
+        for name in ("start_time", "end_time"):
+            text = getattr(self, name)
+            moment = None
+            if text:
+                try:
+                    moment = parse_since(text)
+                except argparse.ArgumentTypeError:
+                    errors[name] = [
+                        "is not a time: give a date and time (UTC), for example "
+                        "2026-01-31T14:30, or an age such as 2h"
+                    ]
+            bounds.append(moment)
+        start, end = bounds
+        if start is not None and end is not None and end <= start:
+            errors.setdefault("end_time", []).append("must be after the start")
+        return start, end, errors
+
+    def failure(self) -> Failure | None:
+        """Why the form cannot be searched as it is, field by field; None when it can."""
+        _, _, errors = self.times()
+        if self.status and self.status not in STATUS_NAMES:
+            errors["status"] = ["is not a status code name (OK, UNAVAILABLE, ...)"]
+        if not errors:
+            return None
+        return Failure(400, "INVALID_ARGUMENT", "Check the search fields.", field_errors=errors)
+
+    def rpc_request(self, page_size: int) -> gateway_service_pb2.ListRequestLogsRequest:
+        """The `ListRequestLogs` request of the filters the RPC has (all but the model)."""
+        start, end, _ = self.times()
+        request = gateway_service_pb2.ListRequestLogsRequest(
+            page_size=page_size, page_token=self.page_token, prompt=self.prompt, status=self.status
+        )
+        if start is not None:
+            request.start_time.CopyFrom(timestamp(start))
+        if end is not None:
+            request.end_time.CopyFrom(timestamp(end))
+        return request
+
+    def link(self, **changes: str) -> str:
+        """`?query` of this search with `changes` (empty values left out)."""
+        values = {name: getattr(self, name) for name in SEARCH_FIELDS}
+        values.update(changes)
+        return _query(**values)
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """One request of the results table."""
+
+    request_id: str
+    href: str
+    time: str
+    iso: str
+    prompt: str
+    prompt_href: str
+    model: str
+    backend: str
+    status: str
+    ok: bool
+    tokens: str
+    cost: str
+    first_token: str
+    total: str
+
+    @classmethod
+    def of(cls, entry: gateway_pb2.RequestLogEntry) -> "LogRow":
+        meta = entry.metadata
+        return cls(
+            request_id=entry.request_id,
+            href=entry_href(entry),
+            time=formatting.timestamp(entry.create_time),
+            iso=formatting.iso(entry.create_time),
+            prompt=f"{meta.prompt}@{meta.prompt_version}" if meta.prompt_version else meta.prompt,
+            prompt_href=_prompt_href(meta.prompt, meta.prompt_version),
+            model=meta.model or _attempted_model(meta),
+            backend=meta.backend_id,
+            status=entry.status,
+            ok=entry.status == "OK",
+            tokens=tokens_text(meta.usage),
+            cost=formatting.money(meta.cost) if meta.HasField("cost") else NOT_SET,
+            first_token=duration_text(meta, "first_token_duration"),
+            total=duration_text(meta, "total_duration"),
+        )
+
+
+@dataclass(frozen=True)
+class LogResult:
+    """One page of search results."""
+
+    rows: list[LogRow] = field(default_factory=list)
+    next_page_token: str = ""
+    scanned: int = 0
+    """Entries the RPC returned for this page (more than the rows when filtering by model)."""
+    searched: bool = False
+
+
+async def _search(visitor: Visitor, search: LogSearch) -> LogResult:
+    """One page of the search: one call, or with a model filter as many as fill a page (at
+    most `MODEL_SCAN_PAGES`)."""
+    stub = visitor.stubs.gateway
+    if not search.model:
+        response: gateway_service_pb2.ListRequestLogsResponse = await stub.ListRequestLogs(
+            search.rpc_request(PAGE_SIZE), **visitor.read()
+        )
+        return LogResult(
+            rows=[LogRow.of(entry) for entry in response.entries],
+            next_page_token=response.next_page_token,
+            scanned=len(response.entries),
+            searched=True,
+        )
+    request = search.rpc_request(MODEL_SCAN_PAGE_SIZE)
+    rows: list[LogRow] = []
+    scanned = 0
+    token = ""
+    for _ in range(MODEL_SCAN_PAGES):
+        response = await stub.ListRequestLogs(request, **visitor.read())
+        scanned += len(response.entries)
+        rows.extend(LogRow.of(e) for e in response.entries if uses_model(e, search.model))
+        token = response.next_page_token
+        if not token or len(rows) >= PAGE_SIZE:
+            break
+        request.page_token = token
+    return LogResult(rows=rows, next_page_token=token, scanned=scanned, searched=True)
+
+
+def uses_model(entry: gateway_pb2.RequestLogEntry, model: str) -> bool:
+    """Whether `model` served the request or was tried for it."""
+    meta = entry.metadata
+    return meta.model == model or any(attempt.model == model for attempt in meta.attempts)
+
+
+# ---------------------------------------------------------------------------------- one entry
+
+
+async def _find_entry(
+    visitor: Visitor, request_id: str, at_us: int | None
+) -> gateway_pb2.RequestLogEntry | None:
+    """The caller's tenant's entry of `request_id`: looked for in the microsecond `at_us`
+    first, then among the newest entries."""
+    if at_us is not None:
+        request = gateway_service_pb2.ListRequestLogsRequest(page_size=MAX_PAGE_SIZE)
+        request.start_time.FromMicroseconds(at_us)
+        request.end_time.FromMicroseconds(at_us + 1)
+        found = await _scan(visitor, request, request_id, pages=1)
+        if found is not None:
+            return found
+    return await _scan(
+        visitor,
+        gateway_service_pb2.ListRequestLogsRequest(page_size=MAX_PAGE_SIZE),
+        request_id,
+        pages=DETAIL_SCAN_PAGES,
+    )
+
+
+async def _scan(
+    visitor: Visitor,
+    request: gateway_service_pb2.ListRequestLogsRequest,
+    request_id: str,
+    *,
+    pages: int,
+) -> gateway_pb2.RequestLogEntry | None:
+    for _ in range(pages):
+        response: gateway_service_pb2.ListRequestLogsResponse = (
+            await visitor.stubs.gateway.ListRequestLogs(request, **visitor.read())
+        )
+        for entry in response.entries:
+            if entry.request_id == request_id:
+                return entry
+        if not response.next_page_token:
+            return None
+        request.page_token = response.next_page_token
+    return None
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """One message of a logged chat input."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    """One try of the request on one backend."""
+
+    number: int
+    model: str
+    backend: str
+    status: str
+    ok: bool
+    error: str
+
+
+@dataclass(frozen=True)
+class EntryView:
+    """What the detail page shows of an entry, beyond its plain fields."""
+
+    status_ok: bool
+    messages: list[ChatTurn]
+    input_text: str | None
+    input_json: str | None
+    input_kept: bool
+    output_json: str | None
+    prompt_href: str
+    experiment_href: str
+    usage_source: str
+    tokens: str
+    cost: str
+    first_token: str
+    total: str
+    finish_reason: str
+    attempts: list[AttemptRow]
+    processing: list[tuple[str, str]]
+    tags: list[tuple[str, str]]
+
+    @classmethod
+    def of(cls, entry: gateway_pb2.RequestLogEntry) -> "EntryView":
+        meta = entry.metadata
+        messages, text, other = _input_of(entry)
+        processing = meta.processing
+        return cls(
+            status_ok=entry.status == "OK",
+            messages=messages,
+            input_text=text,
+            input_json=other,
+            input_kept=entry.HasField("input"),
+            output_json=formatting.pretty_json(meta.output_json)
+            if meta.HasField("output_json")
+            else None,
+            prompt_href=_prompt_href(meta.prompt, meta.prompt_version),
+            experiment_href=f"{PREFIX}/experiments/{_quote(meta.experiment)}"
+            if meta.experiment
+            else "",
+            usage_source=_known(usage_source_name(meta.usage)),
+            tokens=tokens_text(meta.usage),
+            cost=formatting.money(meta.cost) if meta.HasField("cost") else NOT_SET,
+            first_token=duration_text(meta, "first_token_duration"),
+            total=duration_text(meta, "total_duration"),
+            finish_reason=_known(
+                formatting.enum_name(
+                    generation_pb2.FinishReason.Name(meta.finish_reason), "FINISH_REASON_"
+                )
+            ),
+            attempts=[
+                AttemptRow(
+                    number=number,
+                    model=attempt.model,
+                    backend=attempt.backend_id,
+                    status=attempt.status,
+                    ok=attempt.status == "OK",
+                    error=attempt.error,
+                )
+                for number, attempt in enumerate(meta.attempts, start=1)
+            ],
+            processing=[
+                ("Redactions by the prompt's processing", str(processing.redaction_count)),
+                ("Stop sequence matched", _yes(processing.stop_sequence_matched)),
+                ("Truncated at the maximum length", _yes(processing.truncated)),
+                ("Valid against an output schema", _yes(processing.schema_valid)),
+                ("Repair attempt used", _yes(processing.repaired)),
+                ("Constrained decoding", _yes(processing.constrained_decoding)),
+            ],
+            tags=sorted(entry.tags.items()),
+        )
+
+
+def _input_of(
+    entry: gateway_pb2.RequestLogEntry,
+) -> tuple[list[ChatTurn], str | None, str | None]:
+    """The logged input as chat turns, or as the rendered text, or else as JSON."""
+    if not entry.HasField("input"):
+        return [], None, None
+    value: Any = json_format.MessageToDict(entry.input)
+    if isinstance(value, list) and all(
+        isinstance(item, dict) and isinstance(item.get("role"), str) for item in value
+    ):
+        return (
+            [
+                ChatTurn(
+                    role=item["role"],
+                    content=item["content"]
+                    if isinstance(item.get("content"), str)
+                    else json.dumps(item.get("content"), indent=2, ensure_ascii=False),
+                )
+                for item in value
+            ],
+            None,
+            None,
+        )
+    if isinstance(value, dict) and set(value) == {"text"} and isinstance(value["text"], str):
+        return [], value["text"], None
+    return [], None, formatting.pretty_json(value)
+
+
+def entry_href(entry: gateway_pb2.RequestLogEntry) -> str:
+    """The detail page of `entry`, with its arrival microsecond to find it by."""
+    at = f"?at={entry.create_time.ToMicroseconds()}" if _set(entry.create_time) else ""
+    return f"{PREFIX}/logs/{_quote(entry.request_id)}{at}"
+
+
+def _micros_param(params: Mapping[str, str]) -> int | None:
+    text = params.get("at", "")
+    return int(text) if text.isdigit() and len(text) <= 20 else None
+
+
+# ---------------------------------------------------------------------------------- alerts
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    """One quality alert."""
+
+    fired: str
+    fired_iso: str
+    resolved: str
+    resolved_iso: str
+    prompt: str
+    prompt_version: int
+    prompt_href: str
+    scorer: str
+    detector: str
+    baseline: str
+    observed: str
+    change: str
+    samples: int
+    firing: bool
+    state: str
+
+    @classmethod
+    def of(cls, alert: evaluation_pb2.QualityAlert) -> "AlertRow":
+        return cls(
+            fired=formatting.timestamp(alert.fire_time),
+            fired_iso=formatting.iso(alert.fire_time),
+            resolved=formatting.timestamp(alert.resolve_time),
+            resolved_iso=formatting.iso(alert.resolve_time),
+            prompt=alert.prompt,
+            prompt_version=alert.prompt_version,
+            prompt_href=_prompt_href(alert.prompt, alert.prompt_version),
+            scorer=alert.scorer,
+            detector=alert.detector,
+            baseline=formatting.number(alert.baseline_mean),
+            observed=formatting.number(alert.observed_mean),
+            change=_signed(alert.observed_mean - alert.baseline_mean),
+            samples=alert.sample_count,
+            firing=alert.state == evaluation_pb2.ALERT_STATE_FIRING,
+            state=formatting.enum_name(evaluation_pb2.AlertState.Name(alert.state), "ALERT_STATE_"),
+        )
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One catalog model."""
+
+    name: str
+    display_name: str
+    capabilities: list[str]
+    languages: str
+    context: str
+    max_output: str
+    input_price: str
+    output_price: str
+    quality_tier: int
+    expected_first_token: str
+    expected_per_token: str
+    weight: str
+    backend_count: int
+
+    @classmethod
+    def of(cls, model: router_pb2.Model) -> "ModelRow":
+        targets = model.latency_targets
+        return cls(
+            name=model.name,
+            display_name=model.display_name,
+            capabilities=[
+                formatting.enum_name(routing_pb2.Capability.Name(c), "CAPABILITY_")
+                for c in model.capabilities
+            ],
+            languages=", ".join(model.languages) or NOT_SET,
+            context=f"{model.max_context_tokens:,}",
+            max_output=f"{model.max_output_tokens:,}",
+            input_price=_price(model, "input_price_per_million_tokens"),
+            output_price=_price(model, "output_price_per_million_tokens"),
+            quality_tier=model.quality_tier,
+            expected_first_token=duration_text(targets, "first_token_duration"),
+            expected_per_token=duration_text(targets, "per_output_token_duration"),
+            weight=formatting.number(model.weight),
+            backend_count=len(model.backends),
+        )
+
+
+@dataclass(frozen=True)
+class BackendRow:
+    """One backend of a model, with its live status."""
+
+    model: str
+    backend_id: str
+    kind: str
+    endpoint: str
+    verdict: str
+    """healthy, unhealthy, recovering, unchecked or unknown (no status from the router)."""
+    tone: str
+    """good, bad or warn."""
+    health: str
+    circuit: str
+    in_flight: str
+    requests: str
+    failures: str
+    last_check: str
+    last_check_iso: str
+    last_error: str
+    first_token_ewma: str
+    first_token_p95: str
+    per_token_ewma: str
+    per_token_p95: str
+    queue: str
+    samples: str
+
+
+def backend_rows(
+    models: Sequence[router_pb2.Model], statuses: Iterable[router_pb2.BackendStatus]
+) -> list[BackendRow]:
+    """Every backend of the catalog with its status, by model then backend id, and any
+    backend the router reports that the catalog pages did not list."""
+    by_key = {(status.model, status.backend.id): status for status in statuses}
+    rows: list[BackendRow] = []
+    for model in models:
+        for backend in model.backends:
+            rows.append(
+                _backend_row(model.name, backend, by_key.pop((model.name, backend.id), None))
+            )
+    rows.extend(_backend_row(status.model, status.backend, status) for status in by_key.values())
+    return rows
+
+
+def _backend_row(
+    model: str, backend: router_pb2.Backend, status: router_pb2.BackendStatus | None
+) -> BackendRow:
+    kind = formatting.enum_name(router_pb2.BackendKind.Name(backend.kind), "BACKEND_KIND_")
+    if status is None:
+        return BackendRow(
+            model=model,
+            backend_id=backend.id,
+            kind=kind,
+            endpoint=backend.endpoint,
+            verdict="unknown",
+            tone="warn",
+            health="no status",
+            circuit=NOT_SET,
+            in_flight=NOT_SET,
+            requests=NOT_SET,
+            failures=NOT_SET,
+            last_check=NOT_SET,
+            last_check_iso="",
+            last_error=NOT_SET,
+            first_token_ewma=NOT_SET,
+            first_token_p95=NOT_SET,
+            per_token_ewma=NOT_SET,
+            per_token_p95=NOT_SET,
+            queue=NOT_SET,
+            samples=NOT_SET,
+        )
+    verdict, tone = health_verdict(status)
+    latency = status.latency
+    return BackendRow(
+        model=model,
+        backend_id=backend.id,
+        kind=kind,
+        endpoint=backend.endpoint,
+        verdict=verdict,
+        tone=tone,
+        health=formatting.enum_name(router_pb2.HealthState.Name(status.health), "HEALTH_STATE_")
+        if status.health
+        else "not checked yet",
+        circuit=formatting.enum_name(
+            router_pb2.CircuitState.Name(status.circuit), "CIRCUIT_STATE_"
+        ),
+        in_flight=str(status.in_flight),
+        requests=f"{status.request_count:,}",
+        failures=f"{status.failure_count:,}",
+        last_check=formatting.timestamp(status.last_check_time) or NOT_SET,
+        last_check_iso=formatting.iso(status.last_check_time),
+        last_error=status.last_error or NOT_SET,
+        first_token_ewma=duration_text(latency, "first_token_ewma_duration"),
+        first_token_p95=duration_text(latency, "first_token_p95_duration"),
+        per_token_ewma=duration_text(latency, "per_output_token_ewma_duration"),
+        per_token_p95=duration_text(latency, "per_output_token_p95_duration"),
+        queue=duration_text(latency, "queue_duration"),
+        samples=str(latency.sample_count),
+    )
+
+
+def health_verdict(status: router_pb2.BackendStatus) -> tuple[str, str]:
+    """(verdict, tone) of a backend: unhealthy when its circuit is open or its last health
+    check failed, recovering while half-open, unchecked before any check, else healthy."""
+    if status.circuit == router_pb2.CIRCUIT_STATE_OPEN:
+        return "unhealthy", "bad"
+    if status.health == router_pb2.HEALTH_STATE_NOT_SERVING:
+        return "unhealthy", "bad"
+    if status.circuit == router_pb2.CIRCUIT_STATE_HALF_OPEN:
+        return "recovering", "warn"
+    if status.health == router_pb2.HEALTH_STATE_UNSPECIFIED:
+        return "unchecked", "warn"
+    return "healthy", "good"
+
+
+def first_token_chart(statuses: Iterable[router_pb2.BackendStatus]) -> Markup | None:
+    """The moving average of each backend's time to first token, in milliseconds, as a chart;
+    None when no backend has one yet."""
+    rows = [
+        IntervalRow(
+            label=f"{status.model} / {status.backend.id}",
+            estimate=status.latency.first_token_ewma_duration.ToNanoseconds() / 1e6,
+            tone={"good": "good", "bad": "bad"}.get(health_verdict(status)[1], ""),
+        )
+        for status in statuses
+        if status.latency.HasField("first_token_ewma_duration")
+    ]
+    if not rows:
+        return None
+    return interval_chart(
+        rows,
+        title="Time to first token by backend (moving average)",
+        axis_label="milliseconds",
+        domain=(0.0, max(row.estimate for row in rows) * 1.1 or 1.0),
+    )
+
+
+async def _catalog(visitor: Visitor, router: RouterStub) -> list[router_pb2.Model]:
+    """The whole catalog, in name order (at most `MODEL_PAGES` pages)."""
+    request = router_service_pb2.ListModelsRequest(page_size=MAX_PAGE_SIZE)
+    models: list[router_pb2.Model] = []
+    for _ in range(MODEL_PAGES):
+        response: router_service_pb2.ListModelsResponse = await router.ListModels(
+            request, **visitor.read()
+        )
+        models.extend(response.models)
+        if not response.next_page_token:
+            break
+        request.page_token = response.next_page_token
+    return models
+
+
+# ---------------------------------------------------------------------------------- formatting
+
+
+def tokens_text(usage: generation_pb2.TokenUsage) -> str:
+    """`in / out`, with who counted them when it was not the provider: `12 / 30 tokenizer`."""
+    return f"{usage.input_tokens:,} / {usage.output_tokens:,} {counted_by(usage)}".rstrip()
+
+
+def duration_text(message: object, name: str) -> str:
+    """The Duration field `name` of `message` in milliseconds (or seconds past ten); `—`
+    when unset."""
+    if not message.HasField(name):  # type: ignore[attr-defined]
+        return NOT_SET
+    value: Duration = getattr(message, name)
+    ms = value.ToNanoseconds() / 1e6
+    if ms >= 10_000:
+        return formatting.seconds(ms / 1000)
+    return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
+
+
+def _price(model: router_pb2.Model, name: str) -> str:
+    return formatting.money(getattr(model, name)) if model.HasField(name) else NOT_SET
+
+
+def _attempted_model(meta: gateway_pb2.CompletionMetadata) -> str:
+    return meta.attempts[-1].model if meta.attempts else ""
+
+
+def _prompt_href(prompt: str, version: int) -> str:
+    if not prompt:
+        return ""
+    base = f"{PREFIX}/prompts/{_quote(prompt)}"
+    return f"{base}/versions/{version}" if version else base
+
+
+def _signed(value: float) -> str:
+    return ("+" if value > 0 else "") + formatting.number(value)
+
+
+def _known(name: str) -> str:
+    """An enum value's name, or `NOT_SET` for an unspecified one."""
+    return NOT_SET if name == "unspecified" else name
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _set(moment: Timestamp) -> bool:
+    return bool(moment.seconds or moment.nanos)
+
+
+def _quote(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+def _query(**values: str) -> str:
+    """`?a=1&b=2` of the non-empty `values` ('' when none)."""
+    kept = {name: value for name, value in values.items() if value}
+    return f"?{urllib.parse.urlencode(kept)}" if kept else ""
