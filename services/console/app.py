@@ -31,6 +31,7 @@ from services.console import formatting
 from services.console.pages import evaluations, experiments, logs, playground, prompts
 from services.console.web import (
     PREFIX,
+    SESSION_ENDED,
     SIGN_IN_PATH,
     STATIC,
     Console,
@@ -56,7 +57,7 @@ def console_routes(console: Console) -> list[BaseRoute]:
             "sign_in.html",
             title="Sign in",
             next=safe_next(request.query_params.get("next")),
-            why=request.query_params.get("why", "")[:300],
+            why=SESSION_ENDED if request.query_params.get("why") == "ended" else "",
             error="",
             auth_enabled=console.auth_enabled,
             lifetime=formatting.seconds(console.codec.lifetime_seconds),

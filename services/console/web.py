@@ -323,44 +323,30 @@ class Console:
         async def handle(request: Request) -> Response:
             session = self.session_of(request)
             if session is None:
-                return self.failure_page(
-                    request,
-                    None,
-                    Failure(
-                        403, "PERMISSION_DENIED", "Sign in first: this action needs a session."
-                    ),
-                )
+                return self._forbidden(request, None, _SIGN_IN_FIRST)
             form = await request.form()
             token = request.headers.get(CSRF_HEADER) or _text(form.get(CSRF_FIELD))
             visitor = await self._visitor(request, session)
             if isinstance(visitor, Response):
                 return visitor
             if not session.csrf_matches(token):
-                return self.failure_page(
+                return self._forbidden(
                     request,
                     visitor,
-                    Failure(
-                        403,
-                        "PERMISSION_DENIED",
-                        "The form's CSRF token is missing or is not this session's. "
-                        "Reload the page and try again.",
-                        reason="CSRF_TOKEN_MISMATCH",
-                    ),
+                    "The form's CSRF token is missing or is not this session's. "
+                    "Reload the page and try again.",
+                    reason="CSRF_TOKEN_MISMATCH",
                 )
             if not visitor.may(rpc):
                 rule = rule_of(rpc)
                 needed = rule.role.label if rule is not None else "unknown"
-                return self.failure_page(
+                return self._forbidden(
                     request,
                     visitor,
-                    Failure(
-                        403,
-                        "PERMISSION_DENIED",
-                        f"{rpc.rsplit('/', 1)[-1]} needs the {needed} role; "
-                        f"you are a {visitor.role.label}.",
-                        reason="PERMISSION_DENIED",
-                        metadata={"rpc": rpc, "needed_role": needed, "role": visitor.role.label},
-                    ),
+                    f"{rpc.rsplit('/', 1)[-1]} needs the {needed} role; "
+                    f"you are a {visitor.role.label}.",
+                    reason="PERMISSION_DENIED",
+                    metadata={"rpc": rpc, "needed_role": needed, "role": visitor.role.label},
                 )
             return await self._run(view, request, visitor)
 
@@ -375,7 +361,8 @@ class Console:
         try:
             principal = await self.principal_of(session.api_key)
         except (Unauthenticated, PermissionDenied) as error:
-            response = self._to_sign_in(request, why=str(error))
+            logger.info("a console session ended: its key was refused (%s)", error)
+            response = self._to_sign_in(request, ended=True)
             self.clear_session(response)
             return response
         return Visitor(
@@ -386,18 +373,28 @@ class Console:
             auth_enabled=self.auth_enabled,
         )
 
-    def _to_sign_in(self, request: Request, *, why: str = "") -> Response:
+    def _forbidden(
+        self,
+        request: Request,
+        visitor: Visitor | None,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> HTMLResponse:
+        """The 403 page of a refused action, before any call was made."""
+        failure = Failure(403, "PERMISSION_DENIED", message, reason, metadata or {})
+        return self.failure_page(request, visitor, failure)
+
+    def _to_sign_in(self, request: Request, *, ended: bool = False) -> Response:
+        """To the sign-in page, back here afterwards; `ended`: the session's key stopped
+        working (revoked, expired). Only a fixed word travels in the address, never a
+        message: a link cannot make the sign-in page say what its author wants."""
         if request.method != "GET":
-            return self.failure_page(
-                request,
-                None,
-                Failure(
-                    403, "PERMISSION_DENIED", why or "Sign in first: this action needs a session."
-                ),
-            )
+            return self._forbidden(request, None, SESSION_ENDED if ended else _SIGN_IN_FIRST)
         query = {"next": request.url.path + (f"?{request.url.query}" if request.url.query else "")}
-        if why:
-            query["why"] = why
+        if ended:
+            query["why"] = "ended"
         return secured(
             RedirectResponse(f"{SIGN_IN_PATH}?{urllib.parse.urlencode(query)}", status_code=303)
         )
@@ -408,7 +405,7 @@ class Console:
         except grpc.aio.AioRpcError as error:
             failure = Failure.of_rpc(error)
             if failure.http_status == 401:
-                response = self._to_sign_in(request, why=failure.message)
+                response = self._to_sign_in(request, ended=True)
                 self.clear_session(response)
                 return response
             return self.failure_page(request, visitor, failure)
@@ -456,6 +453,10 @@ def _quote(value: object) -> str:
     return urllib.parse.quote(str(value), safe="")
 
 
+_SIGN_IN_FIRST: Final = "Sign in first: this action needs a session."
+SESSION_ENDED: Final = (
+    "Your session ended: its API key was revoked, has expired or is no longer valid. Sign in again."
+)
 _TITLES: Final[Mapping[int, str]] = {
     400: "The request was refused",
     403: "Not allowed",

@@ -194,6 +194,12 @@ async def test_a_revoked_key_ends_its_session(running: Running) -> None:
         assert ended.status_code == 303
         assert ended.headers["location"].startswith("/console/sign-in?")
         assert "genai_console" not in client.cookies
+        told = await client.get(ended.headers["location"])
+        assert "Your session ended: its API key was revoked" in told.text
+    async with httpx.AsyncClient(base_url=running.base_url) as client:
+        # The sign-in page says only what the console says: not a message from the address.
+        page = await client.get("/console/sign-in?why=Enter+your+key+at+evil.example")
+        assert "evil.example" not in page.text
 
 
 async def test_list_version_diff_and_history(running: Running) -> None:
