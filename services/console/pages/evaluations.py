@@ -26,16 +26,17 @@ Where the platform has no EvaluationService (it is optional), every page says so
 """
 
 import asyncio
+import dataclasses
 import json
 import math
-import urllib.parse
 import uuid
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import grpc
 import yaml
+from genai.common.v1 import statistics_pb2
 from genai.evaluation.v1 import evaluation_pb2, evaluation_service_pb2
 from genai.router.v1 import router_service_pb2
 from google.protobuf import json_format
@@ -47,12 +48,13 @@ from starlette.routing import BaseRoute, Route
 from services.common import reasons
 from services.common.wire import seconds as duration_seconds
 from services.console import charts, formatting
+from services.console.pages import common
+from services.console.pages.common import Paged, link, optional, pages, quote, status_of, unread
 from services.console.web import (
     PREFIX,
     Console,
     EvaluationStub,
     Failure,
-    View,
     Visitor,
     form_text,
     redirect,
@@ -69,7 +71,7 @@ from services.evaluation.report_view import (
 
 pb = evaluation_pb2
 esb = evaluation_service_pb2
-T = TypeVar("T")
+Interval = statistics_pb2.ConfidenceInterval
 
 _SERVICE: Final = "/genai.evaluation.v1.EvaluationService/"
 START_RUN: Final = _SERVICE + "StartEvaluationRun"
@@ -130,6 +132,18 @@ _UNIT_LABELS: Final[Mapping[ScoreUnit, str]] = {
     ScoreUnit.SECONDS: "seconds",
     ScoreUnit.CURRENCY: "currency",
 }
+_MEAN_OF: Final[Mapping[ScoreUnit, str]] = {
+    ScoreUnit.QUALITY: "Mean score",
+    ScoreUnit.SECONDS: "Mean latency",
+    ScoreUnit.CURRENCY: "Mean cost per output",
+}
+"""What a report's chart of each unit plots."""
+_NOUNS: Final[Mapping[ScoreUnit, str]] = {
+    ScoreUnit.QUALITY: "score",
+    ScoreUnit.SECONDS: "latency",
+    ScoreUnit.CURRENCY: "cost",
+}
+"""What a comparison's chart of each unit plots the difference of."""
 _NOT_FOUND_FIELDS: Final[Mapping[str, str]] = {
     reasons.DATASET_NOT_FOUND: "run.dataset",
     reasons.PROMPT_VERSION_NOT_FOUND: "run.prompt_version",
@@ -221,7 +235,9 @@ class RunView:
             },
             "text": self.progress_text,
             "report_id": self.run.report_id,
-            "report_url": f"{BASE}/reports/{_q(self.run.report_id)}" if self.run.report_id else "",
+            "report_url": f"{BASE}/reports/{quote(self.run.report_id)}"
+            if self.run.report_id
+            else "",
             "error": self.run.error,
         }
 
@@ -249,7 +265,7 @@ class ResultView:
 
     @property
     def inputs_json(self) -> str:
-        return json.dumps(self.row.inputs, indent=2, ensure_ascii=False)
+        return formatting.pretty_json(self.row.inputs)
 
 
 @dataclass(frozen=True)
@@ -291,7 +307,7 @@ class RegressedView:
 
     @property
     def inputs_json(self) -> str:
-        return json.dumps(self.row.inputs, indent=2, ensure_ascii=False)
+        return formatting.pretty_json(self.row.inputs)
 
 
 @dataclass(frozen=True)
@@ -311,8 +327,8 @@ class StartForm:
 
     @classmethod
     def of(cls, source: Mapping[str, Any]) -> "StartForm":
-        values = {name: _text(source.get(name)).strip() for name in FORM_FIELDS}
-        values["scorers"] = _text(source.get("scorers"))
+        values = {name: form_text(source, name).strip() for name in FORM_FIELDS}
+        values["scorers"] = form_text(source, "scorers")  # as typed: YAML minds its spaces
         return cls(values)
 
 
@@ -323,39 +339,28 @@ class StartForm:
 
 def routes(console: Console) -> list[BaseRoute]:
     """The Evaluations pages (paths under the console's mount)."""
+    guarded = common.guarded(
+        console, lambda stubs: stubs.evaluations, NOT_DEPLOYED, "Evaluations are not available"
+    )
 
-    def guarded(view: View) -> View:
-        async def run(request: Request, visitor: Visitor) -> Response:
-            if visitor.stubs.evaluations is None:
-                return console.failure_page(
-                    request, visitor, NOT_DEPLOYED, title="Evaluations are not available"
-                )
-            return await view(request, visitor)
-
-        return run
-
-    async def index(request: Request, visitor: Visitor) -> Response:
-        stub = _stub(visitor)
+    @guarded
+    async def index(request: Request, visitor: Visitor, stub: EvaluationStub) -> Response:
         query = request.query_params
         prompt = query.get("prompt", "").strip()
         datasets, runs = await asyncio.gather(
-            _call(
-                stub.ListDatasets(
-                    esb.ListDatasetsRequest(
-                        page_size=DATASETS_PAGE,
-                        page_token=query.get("datasets_page", ""),
-                        prompt=prompt,
-                    ),
-                    **visitor.read(),
-                )
+            stub.ListDatasets(
+                esb.ListDatasetsRequest(
+                    page_size=DATASETS_PAGE,
+                    page_token=query.get("datasets_page", ""),
+                    prompt=prompt,
+                ),
+                **visitor.read(),
             ),
-            _call(
-                stub.ListEvaluationRuns(
-                    esb.ListEvaluationRunsRequest(
-                        page_size=RUNS_PAGE, page_token=query.get("runs_page", ""), prompt=prompt
-                    ),
-                    **visitor.read(),
-                )
+            stub.ListEvaluationRuns(
+                esb.ListEvaluationRunsRequest(
+                    page_size=RUNS_PAGE, page_token=query.get("runs_page", ""), prompt=prompt
+                ),
+                **visitor.read(),
             ),
         )
         return console.render(
@@ -366,159 +371,129 @@ def routes(console: Console) -> list[BaseRoute]:
             prompt=prompt,
             datasets=list(datasets.datasets),
             runs=[RunView(r) for r in runs.runs],
-            next_datasets=_url(BASE, prompt=prompt, datasets_page=datasets.next_page_token)
-            if datasets.next_page_token
-            else "",
-            next_runs=_url(BASE, prompt=prompt, runs_page=runs.next_page_token)
-            if runs.next_page_token
-            else "",
+            next_datasets=_next(BASE, datasets, prompt=prompt, token_name="datasets_page"),
+            next_runs=_next(BASE, runs, prompt=prompt, token_name="runs_page"),
             may_start=visitor.may(START_RUN),
             done=query.get("done", ""),
         )
 
-    async def dataset(request: Request, visitor: Visitor) -> Response:
-        stub = _stub(visitor)
+    @guarded
+    async def dataset(request: Request, visitor: Visitor, stub: EvaluationStub) -> Response:
         name = request.path_params["name"]
         token = request.query_params.get("page_token", "")
         found, page = await asyncio.gather(
-            _call(stub.GetDataset(esb.GetDatasetRequest(name=name), **visitor.read())),
-            _call(
-                stub.ListExamples(
-                    esb.ListExamplesRequest(
-                        dataset=name, page_size=EXAMPLES_PAGE, page_token=token
-                    ),
-                    **visitor.read(),
-                )
+            stub.GetDataset(esb.GetDatasetRequest(name=name), **visitor.read()),
+            stub.ListExamples(
+                esb.ListExamplesRequest(dataset=name, page_size=EXAMPLES_PAGE, page_token=token),
+                **visitor.read(),
             ),
         )
+        path = f"{BASE}/datasets/{quote(name)}"
         return console.render(
             request,
             "dataset.html",
             visitor,
             title=f"Dataset {name}",
             dataset=found.dataset,
-            examples=[
-                (e, json.dumps(json_format.MessageToDict(e.inputs), indent=2, ensure_ascii=False))
-                for e in page.examples
-            ],
-            first_page=not token,
-            next_page=_url(f"{BASE}/datasets/{_q(name)}", page_token=page.next_page_token)
-            if page.next_page_token
-            else "",
+            examples=[(e, formatting.pretty_json(e.inputs)) for e in page.examples],
+            first_url=path if token else "",
+            next_url=_next(path, page),
             may_start=visitor.may(START_RUN),
-            start_url=_url(f"{BASE}/new", prompt=found.dataset.prompt, dataset=name),
+            start_url=link(f"{BASE}/new", prompt=found.dataset.prompt, dataset=name),
         )
 
-    async def run_page(request: Request, visitor: Visitor) -> Response:
-        stub = _stub(visitor)
-        run_id = request.path_params["run_id"]
-        found = await stub.GetEvaluationRun(
-            esb.GetEvaluationRunRequest(id=run_id), **visitor.read()
-        )
-        return _render_run(request, visitor, RunView(found.run))
+    @guarded
+    async def run_page(request: Request, visitor: Visitor, stub: EvaluationStub) -> Response:
+        run = await _get_run(stub, visitor, request.path_params["run_id"])
+        return _render_run(request, visitor, RunView(run))
 
     def _render_run(
-        request: Request,
-        visitor: Visitor,
-        view: RunView,
-        *,
-        failure: Failure | None = None,
+        request: Request, visitor: Visitor, view: RunView, *, failure: Failure | None = None
     ) -> Response:
         return console.render(
             request,
             "evaluation_run.html",
             visitor,
-            status=failure.http_status if failure else 200,
+            status=status_of(failure),
             title=f"Evaluation run {view.run.id}",
             view=view,
             failure=failure,
             may_cancel=visitor.may(CANCEL_RUN) and not view.terminal,
-            progress_url=f"{BASE}/runs/{_q(view.run.id)}/progress",
+            progress_url=f"{BASE}/runs/{quote(view.run.id)}/progress",
             done=request.query_params.get("done", ""),
         )
 
     async def run_progress(request: Request, visitor: Visitor) -> Response:
+        """The run's progress as JSON (`static/progress.js` polls it): errors as JSON too."""
         stub = visitor.stubs.evaluations
         if stub is None:
             return JSONResponse({"error": NOT_DEPLOYED.message}, status_code=503)
-        run_id = request.path_params["run_id"]
         try:
-            found = await stub.GetEvaluationRun(
-                esb.GetEvaluationRunRequest(id=run_id), **visitor.read()
-            )
+            run = await _get_run(stub, visitor, request.path_params["run_id"])
         except grpc.aio.AioRpcError as error:
             failure = Failure.of_rpc(error)
             return JSONResponse(
                 {"error": failure.message, "code": failure.code}, status_code=failure.http_status
             )
-        return JSONResponse(RunView(found.run).progress_json())
+        return JSONResponse(RunView(run).progress_json())
 
-    async def cancel(request: Request, visitor: Visitor) -> Response:
-        stub = _stub(visitor)
+    @guarded
+    async def cancel(request: Request, visitor: Visitor, stub: EvaluationStub) -> Response:
         run_id = request.path_params["run_id"]
         try:
             await stub.CancelEvaluationRun(
                 esb.CancelEvaluationRunRequest(id=run_id), **visitor.write()
             )
         except grpc.aio.AioRpcError as error:
-            failure = Failure.of_rpc(error)
-            found = await stub.GetEvaluationRun(
-                esb.GetEvaluationRunRequest(id=run_id), **visitor.read()
-            )
-            return _render_run(request, visitor, RunView(found.run), failure=failure)
-        return redirect(f"{BASE}/runs/{_q(run_id)}", done=f"Run {run_id} cancelled.")
+            run = await _get_run(stub, visitor, run_id)
+            return _render_run(request, visitor, RunView(run), failure=Failure.of_rpc(error))
+        return redirect(f"{BASE}/runs/{quote(run_id)}", done=f"Run {run_id} cancelled.")
 
-    async def report(request: Request, visitor: Visitor) -> Response:
-        stub = _stub(visitor)
-        report_id = request.path_params["report_id"]
+    @guarded
+    async def report(request: Request, visitor: Visitor, stub: EvaluationStub) -> Response:
         found = (
             await stub.GetEvaluationReport(
-                esb.GetEvaluationReportRequest(id=report_id), **visitor.read()
+                esb.GetEvaluationReportRequest(id=request.path_params["report_id"]),
+                **visitor.read(),
             )
         ).report
-        run, examples, others = await asyncio.gather(
-            _optional(
-                _call(
-                    stub.GetEvaluationRun(
-                        esb.GetEvaluationRunRequest(id=found.run_id), **visitor.read()
-                    )
-                )
-            ),
-            _optional(_all_examples(stub, visitor, found.dataset)),
-            _optional(_other_reports(stub, visitor, found)),
+        (
+            (run, run_failure),
+            (examples, examples_failure),
+            (others, others_failure),
+        ) = await asyncio.gather(
+            optional(_get_run(stub, visitor, found.run_id)),
+            optional(_all_examples(stub, visitor, found.dataset)),
+            optional(_other_reports(stub, visitor, found)),
         )
-        scorers = list(run[0].run.scorers) if run[0] is not None else []
-        units = scorer_units(found, scorers)
-        currency = found.cost.currency_code
+        units = Units.of(found, list(run.scorers) if run is not None else [])
         comparison = found.baseline_comparison if found.HasField("baseline_comparison") else None
-        known = examples[0] or {}
+        known = examples or {}
         return console.render(
             request,
             "report.html",
             visitor,
             title=f"Evaluation report {found.id}",
             report=found,
-            run=RunView(run[0].run) if run[0] is not None else None,
-            units=units,
-            summaries=_summaries(found, units, currency),
-            charts=_report_charts(found, units, currency),
-            results=_results(found, known, units, currency),
-            examples_missing=_why(examples[1], f"the examples of dataset {found.dataset}"),
-            run_missing=_why(run[1], f"run {found.run_id}"),
+            run=RunView(run) if run is not None else None,
+            units=units.by_scorer,
+            summaries=_summaries(found, units),
+            charts=_report_charts(found, units),
+            results=_results(found, known, units),
+            examples_missing=unread(examples_failure, f"the examples of dataset {found.dataset}"),
+            run_missing=unread(run_failure, f"run {found.run_id}"),
+            others_missing=unread(others_failure, f"the other runs of {found.prompt}"),
             comparison=comparison,
-            comparison_rows=_comparison_rows(comparison, units, currency) if comparison else [],
-            regressed=_regressed(comparison, known, None, found, units, currency)
-            if comparison
-            else [],
-            others=others[0] or [],
+            comparison_rows=_comparison_rows(comparison, units) if comparison else [],
+            regressed=_regressed(comparison, known, None, found, units) if comparison else [],
+            others=others or [],
             cost=formatting.money(found.cost) if found.HasField("cost") else "",
         )
 
-    async def compare(request: Request, visitor: Visitor) -> Response:
-        stub = _stub(visitor)
+    @guarded
+    async def compare(request: Request, visitor: Visitor, stub: EvaluationStub) -> Response:
         baseline_id = request.query_params.get("baseline", "").strip()
         candidate_id = request.query_params.get("candidate", "").strip()
-        failure: Failure | None = None
         context: dict[str, Any] = {
             "baseline_id": baseline_id,
             "candidate_id": candidate_id,
@@ -533,18 +508,19 @@ def routes(console: Console) -> list[BaseRoute]:
         if not baseline_id and not candidate_id:
             return _render_compare(request, visitor, context, None)
         if not baseline_id or not candidate_id:
+            missing = [
+                name
+                for name, value in (
+                    ("baseline_report_id", baseline_id),
+                    ("candidate_report_id", candidate_id),
+                )
+                if not value
+            ]
             failure = Failure(
                 400,
                 "INVALID_ARGUMENT",
                 "Give both reports to compare.",
-                field_errors={
-                    name: ["required"]
-                    for name, value in (
-                        ("baseline_report_id", baseline_id),
-                        ("candidate_report_id", candidate_id),
-                    )
-                    if not value
-                },
+                field_errors={name: ["required"] for name in missing},
             )
             return _render_compare(request, visitor, context, failure)
         try:
@@ -557,33 +533,22 @@ def routes(console: Console) -> list[BaseRoute]:
                 )
             ).comparison
         except grpc.aio.AioRpcError as error:
-            return _render_compare(request, visitor, context, _report_failure(error, context))
+            failure = _compare_failure(error, baseline_id)
+            return _render_compare(request, visitor, context, failure)
         baseline, candidate = await asyncio.gather(
-            _call(
-                stub.GetEvaluationReport(
-                    esb.GetEvaluationReportRequest(id=baseline_id), **visitor.read()
-                )
-            ),
-            _call(
-                stub.GetEvaluationReport(
-                    esb.GetEvaluationReportRequest(id=candidate_id), **visitor.read()
-                )
-            ),
+            _get_report(stub, visitor, baseline_id), _get_report(stub, visitor, candidate_id)
         )
-        examples = await _optional(_all_examples(stub, visitor, candidate.report.dataset))
-        units = scorer_units(candidate.report)
-        currency = candidate.report.cost.currency_code or baseline.report.cost.currency_code
+        examples, examples_failure = await optional(_all_examples(stub, visitor, candidate.dataset))
+        units = Units.of(candidate, currency=baseline.cost.currency_code)
         context.update(
             comparison=comparison,
-            baseline=baseline.report,
-            candidate=candidate.report,
-            rows=_comparison_rows(comparison, units, currency),
-            charts=_comparison_charts(comparison, units, currency),
-            regressed=_regressed(
-                comparison, examples[0] or {}, baseline.report, candidate.report, units, currency
-            ),
-            examples_missing=_why(
-                examples[1], f"the examples of dataset {candidate.report.dataset}"
+            baseline=baseline,
+            candidate=candidate,
+            rows=_comparison_rows(comparison, units),
+            charts=_comparison_charts(comparison, units),
+            regressed=_regressed(comparison, examples or {}, baseline, candidate, units),
+            examples_missing=unread(
+                examples_failure, f"the examples of dataset {candidate.dataset}"
             ),
         )
         return _render_compare(request, visitor, context, None)
@@ -595,7 +560,7 @@ def routes(console: Console) -> list[BaseRoute]:
             request,
             "report_compare.html",
             visitor,
-            status=failure.http_status if failure else 200,
+            status=status_of(failure),
             title="Compare evaluation reports",
             failure=failure,
             errors={
@@ -605,7 +570,8 @@ def routes(console: Console) -> list[BaseRoute]:
             **context,
         )
 
-    async def new_run(request: Request, visitor: Visitor) -> Response:
+    @guarded
+    async def new_run(request: Request, visitor: Visitor, stub: EvaluationStub) -> Response:
         if not visitor.may(START_RUN):
             return console.failure_page(
                 request,
@@ -624,13 +590,12 @@ def routes(console: Console) -> list[BaseRoute]:
             form.values["scorers"] = DEFAULT_SCORERS
         if not form.values["repeats"]:
             form.values["repeats"] = "1"
-        return await _render_start(request, visitor, form, None)
+        return await _render_start(request, visitor, stub, form, None)
 
-    async def start_run(request: Request, visitor: Visitor) -> Response:
-        stub = _stub(visitor)
+    @guarded
+    async def start_run(request: Request, visitor: Visitor, stub: EvaluationStub) -> Response:
         submitted = await request.form()
         form = StartForm.of(submitted)
-        request_id = form_text(submitted, "request_id")[:128]
         run, problems = run_from_form(form.values)
         if problems:
             failure = Failure(
@@ -639,25 +604,29 @@ def routes(console: Console) -> list[BaseRoute]:
                 "The run was not started: correct the fields marked below.",
                 field_errors=problems,
             )
-            return await _render_start(request, visitor, form, failure)
+            return await _render_start(request, visitor, stub, form, failure)
         try:
-            started = await start(stub, visitor, run, request_id)
+            started = await start(stub, visitor, run, form_text(submitted, "request_id")[:128])
         except grpc.aio.AioRpcError as error:
-            return await _render_start(request, visitor, form, _start_failure(error, run))
-        return redirect(f"{BASE}/runs/{_q(started.id)}", done=f"Run {started.id} started.")
+            failure = _start_failure(error, run)
+            return await _render_start(request, visitor, stub, form, failure)
+        return redirect(f"{BASE}/runs/{quote(started.id)}", done=f"Run {started.id} started.")
 
     async def _render_start(
-        request: Request, visitor: Visitor, form: StartForm, failure: Failure | None
+        request: Request,
+        visitor: Visitor,
+        stub: EvaluationStub,
+        form: StartForm,
+        failure: Failure | None,
     ) -> Response:
-        datasets, models = await asyncio.gather(
-            _optional(_dataset_names(_stub(visitor), visitor)),
-            _optional(_model_names(visitor)),
+        (datasets, datasets_failure), (models, models_failure) = await asyncio.gather(
+            optional(_dataset_names(stub, visitor)), optional(_model_names(visitor))
         )
         return console.render(
             request,
             "evaluation_new.html",
             visitor,
-            status=failure.http_status if failure else 200,
+            status=status_of(failure),
             title="Start an evaluation run",
             form=form,
             failure=failure,
@@ -665,32 +634,32 @@ def routes(console: Console) -> list[BaseRoute]:
                 name: failure.errors_for(path) if failure else []
                 for name, path in FORM_FIELDS.items()
             },
-            dataset_options=datasets[0] or [],
-            model_options=models[0] or [],
+            dataset_options=datasets or [],
+            model_options=models or [],
+            options_missing="; ".join(
+                text
+                for text in (
+                    unread(datasets_failure, "the datasets"),
+                    unread(models_failure, "the models"),
+                )
+                if text
+            ),
         )
 
     return [
-        Route("/evaluations", console.page(guarded(index)), methods=["GET"]),
-        Route("/evaluations/new", console.page(guarded(new_run)), methods=["GET"]),
-        Route("/evaluations/compare", console.page(guarded(compare)), methods=["GET"]),
-        Route("/evaluations/datasets/{name}", console.page(guarded(dataset)), methods=["GET"]),
-        Route(
-            "/evaluations/runs",
-            console.action(START_RUN, guarded(start_run)),
-            methods=["POST"],
-        ),
-        Route("/evaluations/runs/{run_id}", console.page(guarded(run_page)), methods=["GET"]),
-        Route(
-            "/evaluations/runs/{run_id}/progress",
-            console.page(run_progress),
-            methods=["GET"],
-        ),
+        Route("/evaluations", console.page(index), methods=["GET"]),
+        Route("/evaluations/new", console.page(new_run), methods=["GET"]),
+        Route("/evaluations/compare", console.page(compare), methods=["GET"]),
+        Route("/evaluations/datasets/{name}", console.page(dataset), methods=["GET"]),
+        Route("/evaluations/runs", console.action(START_RUN, start_run), methods=["POST"]),
+        Route("/evaluations/runs/{run_id}", console.page(run_page), methods=["GET"]),
+        Route("/evaluations/runs/{run_id}/progress", console.page(run_progress), methods=["GET"]),
         Route(
             "/evaluations/runs/{run_id}/cancel",
-            console.action(CANCEL_RUN, guarded(cancel)),
+            console.action(CANCEL_RUN, cancel),
             methods=["POST"],
         ),
-        Route("/evaluations/reports/{report_id}", console.page(guarded(report)), methods=["GET"]),
+        Route("/evaluations/reports/{report_id}", console.page(report), methods=["GET"]),
     ]
 
 
@@ -789,37 +758,22 @@ def _start_failure(error: grpc.aio.AioRpcError, run: pb.EvaluationRun) -> Failur
     if failure.reason == reasons.PROMPT_NOT_FOUND:
         named = failure.metadata.get("prompt", run.prompt)
         path = "run.prompt" if named == run.prompt else "run.scorers"
-    if path is None:
-        return failure
-    return Failure(
-        failure.http_status,
-        failure.code,
-        failure.message,
-        reason=failure.reason,
-        metadata=failure.metadata,
-        field_errors={path: [failure.message]},
-    )
+    return _at_field(failure, path) if path is not None else failure
 
 
-def _report_failure(error: grpc.aio.AioRpcError, context: Mapping[str, Any]) -> Failure:
+def _compare_failure(error: grpc.aio.AioRpcError, baseline_id: str) -> Failure:
     """A comparison's refusal, a missing report shown at the field that names it."""
     failure = Failure.of_rpc(error)
     if failure.field_errors or failure.reason != reasons.EVALUATION_REPORT_NOT_FOUND:
         return failure
     missing = failure.metadata.get("report_id", "")
-    path = (
-        "baseline_report_id"
-        if missing and missing == context["baseline_id"]
-        else "candidate_report_id"
-    )
-    return Failure(
-        failure.http_status,
-        failure.code,
-        failure.message,
-        reason=failure.reason,
-        metadata=failure.metadata,
-        field_errors={path: [failure.message]},
-    )
+    baseline_missing = bool(missing) and missing == baseline_id
+    return _at_field(failure, "baseline_report_id" if baseline_missing else "candidate_report_id")
+
+
+def _at_field(failure: Failure, path: str) -> Failure:
+    """`failure` with its message shown as a violation of the field `path`."""
+    return dataclasses.replace(failure, field_errors={path: [failure.message]})
 
 
 # ------------------------------------------------------------------------------------------
@@ -827,74 +781,101 @@ def _report_failure(error: grpc.aio.AioRpcError, context: Mapping[str, Any]) -> 
 # ------------------------------------------------------------------------------------------
 
 
-def _summaries(
-    report: pb.EvaluationReport, units: Mapping[str, ScoreUnit], currency: str
-) -> list[SummaryView]:
-    views = []
-    for summary in report.summaries:
-        unit = units.get(summary.scorer, ScoreUnit.QUALITY)
-        interval = (
-            f"{_value(summary.mean_interval.lower, unit, currency)} to "
-            f"{_value(summary.mean_interval.upper, unit, currency)}"
-            if summary.HasField("mean_interval")
-            else "undefined"
-        )
-        views.append(
-            SummaryView(
-                scorer=summary.scorer,
-                unit=_unit_label(unit, currency),
-                count=summary.count,
-                mean=_value(summary.mean, unit, currency),
-                interval=interval,
-                flakiness=_value(summary.flakiness, unit, currency),
-            )
-        )
-    return views
+@dataclass(frozen=True)
+class Units:
+    """Each scorer's unit, and the report's currency: how its values are written."""
+
+    by_scorer: Mapping[str, ScoreUnit]
+    currency: str
+
+    @classmethod
+    def of(
+        cls, report: pb.EvaluationReport, scorers: Sequence[pb.Scorer] = (), currency: str = ""
+    ) -> "Units":
+        """The units of `report`'s scorers (read from `scorers` where given, else from the
+        values) and its currency (`currency` where the report has none)."""
+        return cls(scorer_units(report, list(scorers)), report.cost.currency_code or currency)
+
+    def of_scorer(self, scorer: str) -> ScoreUnit:
+        return self.by_scorer.get(scorer, ScoreUnit.QUALITY)
+
+    def value(self, value: float, scorer: str, *, signed: bool = False) -> str:
+        """`value` of `scorer` in its unit: a score to 3 decimals, seconds, or money."""
+        if not math.isfinite(value):
+            return "n/a"
+        sign = "+" if signed and value > 0 else "-" if signed and value < 0 else ""
+        magnitude = abs(value) if signed else value
+        match self.of_scorer(scorer):
+            case ScoreUnit.SECONDS:
+                return f"{sign}{magnitude:.3f} s"
+            case ScoreUnit.CURRENCY:
+                return f"{sign}{magnitude:.6f} {self.currency}".rstrip()
+        return f"{sign}{magnitude:.3f}"
+
+    def interval(self, interval: Interval | None, scorer: str, *, signed: bool = False) -> str:
+        """`lower to upper` in `scorer`'s unit; `undefined` without an interval."""
+        if interval is None:
+            return "undefined"
+        lower = self.value(interval.lower, scorer, signed=signed)
+        return f"{lower} to {self.value(interval.upper, scorer, signed=signed)}"
+
+    def label(self, unit: ScoreUnit) -> str:
+        """How an axis or a column names `unit`."""
+        if unit is ScoreUnit.CURRENCY:
+            return f"cost ({self.currency})" if self.currency else "cost"
+        return _UNIT_LABELS[unit]
+
+    def grouped(
+        self, rows: Iterable[tuple[str, charts.IntervalRow]]
+    ) -> list[tuple[ScoreUnit, list[charts.IntervalRow]]]:
+        """The chart rows of (scorer, row) pairs by their scorer's unit, in `ScoreUnit`'s
+        order: one chart each, since values of different units never share an axis."""
+        by_unit: dict[ScoreUnit, list[charts.IntervalRow]] = {}
+        for scorer, row in rows:
+            by_unit.setdefault(self.of_scorer(scorer), []).append(row)
+        return [(unit, by_unit[unit]) for unit in ScoreUnit if unit in by_unit]
 
 
-def _report_charts(
-    report: pb.EvaluationReport, units: Mapping[str, ScoreUnit], currency: str
-) -> list[Chart]:
+def _summaries(report: pb.EvaluationReport, units: Units) -> list[SummaryView]:
+    return [
+        SummaryView(
+            scorer=summary.scorer,
+            unit=units.label(units.of_scorer(summary.scorer)),
+            count=summary.count,
+            mean=units.value(summary.mean, summary.scorer),
+            interval=units.interval(_field(summary, "mean_interval"), summary.scorer),
+            flakiness=units.value(summary.flakiness, summary.scorer),
+        )
+        for summary in report.summaries
+    ]
+
+
+def _report_charts(report: pb.EvaluationReport, units: Units) -> list[Chart]:
     """One interval chart per unit of the scorers' means, and the latency distribution."""
+    level = _level(_field(s, "mean_interval") for s in report.summaries)
+    rows = (
+        (s.scorer, _interval_row(s.scorer, s.mean, _field(s, "mean_interval")))
+        for s in report.summaries
+    )
     found: list[Chart] = []
-    level = _level(s.mean_interval for s in report.summaries if s.HasField("mean_interval"))
-    for unit in ScoreUnit:
-        rows = [
-            charts.IntervalRow(
-                label=s.scorer,
-                estimate=s.mean,
-                lower=s.mean_interval.lower if s.HasField("mean_interval") else None,
-                upper=s.mean_interval.upper if s.HasField("mean_interval") else None,
-            )
-            for s in report.summaries
-            if units.get(s.scorer, ScoreUnit.QUALITY) is unit
-        ]
-        if not rows:
-            continue
-        what = {
-            ScoreUnit.QUALITY: "Mean score",
-            ScoreUnit.SECONDS: "Mean latency",
-            ScoreUnit.CURRENCY: "Mean cost per output",
-        }[unit]
-        title = f"{what} per scorer with its {level} interval"
-        found.append(
-            Chart(
-                charts.interval_chart(
-                    rows,
-                    title=title,
-                    axis_label=_unit_label(unit, currency),
-                    domain=(0.0, 1.0) if unit is ScoreUnit.QUALITY else None,
-                ),
-                f"{title}, in {_unit_label(unit, currency)}.",
-            )
+    for unit, unit_rows in units.grouped(rows):
+        title = f"{_MEAN_OF[unit]} per scorer with its {level} interval"
+        axis = units.label(unit)
+        svg = charts.interval_chart(
+            unit_rows,
+            title=title,
+            axis_label=axis,
+            domain=(0.0, 1.0) if unit is ScoreUnit.QUALITY else None,
         )
+        found.append(Chart(svg, f"{title}, in {axis}."))
     latencies = latency_seconds(report)
     if latencies:
+        svg = charts.histogram(
+            latencies, title="Latency of each output", axis_label="seconds", bins=12
+        )
         found.append(
             Chart(
-                charts.histogram(
-                    latencies, title="Latency of each output", axis_label="seconds", bins=12
-                ),
+                svg,
                 "How long each output took end to end, in seconds (failed generations left out).",
             )
         )
@@ -902,118 +883,80 @@ def _report_charts(
 
 
 def _results(
-    report: pb.EvaluationReport,
-    examples: Mapping[str, pb.Example],
-    units: Mapping[str, ScoreUnit],
-    currency: str,
+    report: pb.EvaluationReport, examples: Mapping[str, pb.Example], units: Units
 ) -> list[ResultView]:
-    views = []
-    for row, result in zip(example_rows(report, examples), report.results, strict=True):
-        cells = []
-        for score in result.scores:
-            unit = units.get(score.scorer, ScoreUnit.QUALITY)
-            if not score.scored:
-                cells.append(ScoreCell(score.scorer, "not scored", "state-warn", score.explanation))
-                continue
-            tone = ""
-            if unit is ScoreUnit.QUALITY:
-                tone = (
-                    "state-good"
-                    if score.value >= 1.0
-                    else "state-bad"
-                    if score.value <= 0.0
-                    else ""
-                )
-            cells.append(
-                ScoreCell(
-                    score.scorer, _value(score.value, unit, currency), tone, score.explanation
-                )
-            )
-        views.append(
-            ResultView(
-                row=row,
-                scores=cells,
-                model=result.model,
-                latency=formatting.seconds(duration_seconds(result.latency))
-                if result.HasField("latency")
-                else "",
-                known=result.example_id in examples,
-            )
+    return [
+        ResultView(
+            row=row,
+            scores=[_score_cell(score, units) for score in result.scores],
+            model=result.model,
+            latency=formatting.seconds(duration_seconds(result.latency))
+            if result.HasField("latency")
+            else "",
+            known=result.example_id in examples,
         )
-    return views
+        for row, result in zip(example_rows(report, examples), report.results, strict=True)
+    ]
 
 
-def _comparison_rows(
-    comparison: pb.ReportComparison, units: Mapping[str, ScoreUnit], currency: str
-) -> list[ComparisonRow]:
-    rows = []
-    for scorer in comparison.scorers:
-        unit = units.get(scorer.scorer, ScoreUnit.QUALITY)
-        interval = (
-            f"{_value(scorer.difference_interval.lower, unit, currency, signed=True)} to "
-            f"{_value(scorer.difference_interval.upper, unit, currency, signed=True)}"
-            if scorer.HasField("difference_interval")
-            else "undefined"
+def _score_cell(score: pb.Score, units: Units) -> ScoreCell:
+    """One score in its unit; a quality score of 1 is good and of 0 bad."""
+    if not score.scored:
+        return ScoreCell(score.scorer, "not scored", "state-warn", score.explanation)
+    tone = ""
+    if units.of_scorer(score.scorer) is ScoreUnit.QUALITY:
+        tone = "state-good" if score.value >= 1.0 else "state-bad" if score.value <= 0.0 else ""
+    return ScoreCell(score.scorer, units.value(score.value, score.scorer), tone, score.explanation)
+
+
+def _comparison_rows(comparison: pb.ReportComparison, units: Units) -> list[ComparisonRow]:
+    return [
+        ComparisonRow(
+            scorer=scorer.scorer,
+            unit=units.label(units.of_scorer(scorer.scorer)),
+            baseline=units.value(scorer.baseline_mean, scorer.scorer),
+            candidate=units.value(scorer.candidate_mean, scorer.scorer),
+            difference=units.value(scorer.difference, scorer.scorer, signed=True),
+            interval=units.interval(
+                _field(scorer, "difference_interval"), scorer.scorer, signed=True
+            ),
+            p_value=_p_value(scorer.p_value),
+            regressed=scorer.regressed,
         )
-        rows.append(
-            ComparisonRow(
-                scorer=scorer.scorer,
-                unit=_unit_label(unit, currency),
-                baseline=_value(scorer.baseline_mean, unit, currency),
-                candidate=_value(scorer.candidate_mean, unit, currency),
-                difference=_value(scorer.difference, unit, currency, signed=True),
-                interval=interval,
-                p_value=_p_value(scorer.p_value),
-                regressed=scorer.regressed,
-            )
-        )
-    return rows
+        for scorer in comparison.scorers
+    ]
 
 
-def _comparison_charts(
-    comparison: pb.ReportComparison, units: Mapping[str, ScoreUnit], currency: str
-) -> list[Chart]:
+def _comparison_charts(comparison: pb.ReportComparison, units: Units) -> list[Chart]:
     """The difference (candidate minus baseline) of each scorer with its interval, one chart
     per unit, with a line at no difference."""
-    found = []
-    level = _level(
-        s.difference_interval for s in comparison.scorers if s.HasField("difference_interval")
-    )
-    for unit in ScoreUnit:
-        rows = [
-            charts.IntervalRow(
-                label=s.scorer,
-                estimate=s.difference,
-                lower=s.difference_interval.lower if s.HasField("difference_interval") else None,
-                upper=s.difference_interval.upper if s.HasField("difference_interval") else None,
+    level = _level(_field(s, "difference_interval") for s in comparison.scorers)
+    rows = (
+        (
+            s.scorer,
+            _interval_row(
+                s.scorer,
+                s.difference,
+                _field(s, "difference_interval"),
                 tone="bad" if s.regressed else "",
-            )
-            for s in comparison.scorers
-            if units.get(s.scorer, ScoreUnit.QUALITY) is unit
-        ]
-        if not rows:
-            continue
-        label = _unit_label(unit, currency)
-        noun = {
-            ScoreUnit.QUALITY: "score",
-            ScoreUnit.SECONDS: "latency",
-            ScoreUnit.CURRENCY: "cost",
-        }
+            ),
+        )
+        for s in comparison.scorers
+    )
+    found: list[Chart] = []
+    for unit, unit_rows in units.grouped(rows):
         title = (
-            f"Difference in mean {noun[unit]}, candidate minus baseline, with its {level} interval"
+            f"Difference in mean {_NOUNS[unit]}, candidate minus baseline, "
+            f"with its {level} interval"
         )
-        found.append(
-            Chart(
-                charts.interval_chart(
-                    rows,
-                    title=title,
-                    axis_label=f"difference ({label})",
-                    domain=(-1.0, 1.0) if unit is ScoreUnit.QUALITY else None,
-                    reference=0.0,
-                ),
-                f"{title}. Regressed scorers are drawn in red.",
-            )
+        svg = charts.interval_chart(
+            unit_rows,
+            title=title,
+            axis_label=f"difference ({units.label(unit)})",
+            domain=(-1.0, 1.0) if unit is ScoreUnit.QUALITY else None,
+            reference=0.0,
         )
+        found.append(Chart(svg, f"{title}. Regressed scorers are drawn in red."))
     return found
 
 
@@ -1022,30 +965,27 @@ def _regressed(
     examples: Mapping[str, pb.Example],
     baseline: pb.EvaluationReport | None,
     candidate: pb.EvaluationReport,
-    units: Mapping[str, ScoreUnit],
-    currency: str,
+    units: Units,
 ) -> list[RegressedView]:
     """The comparison's worse examples with their inputs and, where the reports are at hand,
     both outputs (one per repeat)."""
     before = _outputs(baseline) if baseline is not None else {}
     after = _outputs(candidate)
-    views = []
-    for row in regressed_example_rows(comparison, examples):
-        unit = units.get(row.scorer, ScoreUnit.QUALITY)
-        views.append(
-            RegressedView(
-                row=row,
-                baseline=_value(row.baseline_value, unit, currency),
-                candidate=_value(row.candidate_value, unit, currency),
-                baseline_outputs=before.get(row.example_id, []),
-                candidate_outputs=after.get(row.example_id, []),
-                known=row.example_id in examples,
-            )
+    return [
+        RegressedView(
+            row=row,
+            baseline=units.value(row.baseline_value, row.scorer),
+            candidate=units.value(row.candidate_value, row.scorer),
+            baseline_outputs=before.get(row.example_id, []),
+            candidate_outputs=after.get(row.example_id, []),
+            known=row.example_id in examples,
         )
-    return views
+        for row in regressed_example_rows(comparison, examples)
+    ]
 
 
 def _outputs(report: pb.EvaluationReport) -> dict[str, list[str]]:
+    """Each example's outputs (a failure's error in their place), in the order of repeats."""
     found: dict[str, list[str]] = {}
     for result in sorted(report.results, key=lambda r: r.repeat):
         found.setdefault(result.example_id, []).append(
@@ -1054,29 +994,74 @@ def _outputs(report: pb.EvaluationReport) -> dict[str, list[str]]:
     return found
 
 
+def _interval_row(
+    label: str, estimate: float, interval: Interval | None, *, tone: str = ""
+) -> charts.IntervalRow:
+    return charts.IntervalRow(
+        label=label,
+        estimate=estimate,
+        lower=interval.lower if interval is not None else None,
+        upper=interval.upper if interval is not None else None,
+        tone=tone,
+    )
+
+
+def _field(message: Any, name: str) -> Interval | None:
+    """The interval field `name` of `message`; None when unset."""
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def _level(intervals: Iterable[Interval | None]) -> str:
+    """The confidence level of the first interval, as `95%` (95% when there is none)."""
+    for interval in intervals:
+        if interval is not None and interval.confidence_level:
+            return f"{interval.confidence_level * 100:.0f}%"
+    return "95%"
+
+
+def _p_value(value: float) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return "< 0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
 # ------------------------------------------------------------------------------------------
 # Reads
 # ------------------------------------------------------------------------------------------
+
+
+async def _get_run(stub: EvaluationStub, visitor: Visitor, run_id: str) -> pb.EvaluationRun:
+    found = await stub.GetEvaluationRun(esb.GetEvaluationRunRequest(id=run_id), **visitor.read())
+    return found.run
+
+
+async def _get_report(
+    stub: EvaluationStub, visitor: Visitor, report_id: str
+) -> pb.EvaluationReport:
+    found = await stub.GetEvaluationReport(
+        esb.GetEvaluationReportRequest(id=report_id), **visitor.read()
+    )
+    return found.report
 
 
 async def _all_examples(
     stub: EvaluationStub, visitor: Visitor, dataset: str
 ) -> dict[str, pb.Example]:
     """The dataset's examples by id, page by page (at most `MAX_EXAMPLE_PAGES` pages)."""
-    examples: dict[str, pb.Example] = {}
-    token = ""
-    for _ in range(MAX_EXAMPLE_PAGES):
-        page = await stub.ListExamples(
+
+    def fetch(token: str) -> Awaitable[esb.ListExamplesResponse]:
+        return stub.ListExamples(
             esb.ListExamplesRequest(
                 dataset=dataset, page_size=EXAMPLES_READ_PAGE, page_token=token
             ),
             **visitor.read(),
         )
-        examples.update((e.id, e) for e in page.examples)
-        token = page.next_page_token
-        if not token:
-            break
-    return examples
+
+    return {
+        example.id: example
+        async for page in pages(fetch, limit=MAX_EXAMPLE_PAGES)
+        for example in page.examples
+    }
 
 
 async def _other_reports(
@@ -1116,78 +1101,25 @@ async def _model_names(visitor: Visitor) -> list[str]:
     return [m.name for m in page.models]
 
 
-async def _call(awaitable: Awaitable[T]) -> T:
-    """`awaitable` as a coroutine (for `asyncio.gather`)."""
-    return await awaitable
-
-
-async def _optional(
-    awaitable: Awaitable[T],
-) -> tuple[T | None, Failure | None]:
-    """The value of a read a page can go without, or why it failed."""
-    try:
-        return await awaitable, None
-    except grpc.aio.AioRpcError as error:
-        return None, Failure.of_rpc(error)
-
-
-def _why(failure: Failure | None, what: str) -> str:
-    return f"{what} could not be read ({failure.code}: {failure.message})" if failure else ""
-
-
 # ------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------
 
 
-def _stub(visitor: Visitor) -> EvaluationStub:
-    stub = visitor.stubs.evaluations
-    if stub is None:  # the views are guarded: this is a bug
-        raise RuntimeError("no EvaluationService")
-    return stub
+def _next(path: str, page: Paged, *, token_name: str = "page_token", **query: str) -> str:
+    """The link to the page after `page` of a list (with `query`); '' after the last one."""
+    if not page.next_page_token:
+        return ""
+    return link(path, **query, **{token_name: page.next_page_token})
 
 
 def _describe_scorer(scorer: pb.Scorer) -> tuple[str, str, str]:
-    kind = scorer.WhichOneof("kind") or "unset"
-    settings = (
-        json_format.MessageToDict(getattr(scorer, kind), preserving_proto_field_name=True)
-        if kind != "unset"
-        else {}
-    )
+    """(name, kind, settings as JSON or '') of a scorer."""
+    kind = scorer.WhichOneof("kind")
+    if kind is None:
+        return scorer.name, "unset", ""
+    settings = json_format.MessageToDict(getattr(scorer, kind), preserving_proto_field_name=True)
     return scorer.name, kind, json.dumps(settings, ensure_ascii=False) if settings else ""
-
-
-def _value(value: float, unit: ScoreUnit, currency: str, *, signed: bool = False) -> str:
-    """A value in its unit: a score to 3 decimals, seconds, or money."""
-    if not math.isfinite(value):
-        return "n/a"
-    sign = "+" if signed and value > 0 else "-" if signed and value < 0 else ""
-    magnitude = abs(value) if signed else value
-    if unit is ScoreUnit.SECONDS:
-        return f"{sign}{magnitude:.3f} s"
-    if unit is ScoreUnit.CURRENCY:
-        return f"{sign}{magnitude:.6f} {currency}".rstrip()
-    return f"{sign}{magnitude:.3f}"
-
-
-def _unit_label(unit: ScoreUnit, currency: str) -> str:
-    if unit is ScoreUnit.CURRENCY:
-        return f"cost ({currency})" if currency else "cost"
-    return _UNIT_LABELS[unit]
-
-
-def _p_value(value: float) -> str:
-    if not math.isfinite(value):
-        return "n/a"
-    return "< 0.0001" if value < 1e-4 else f"{value:.4f}"
-
-
-def _level(intervals: Iterable[Any]) -> str:
-    """The confidence level of the first interval, as `95%` (95% when there is none)."""
-    for interval in intervals:
-        if interval.confidence_level:
-            return f"{interval.confidence_level * 100:.0f}%"
-    return "95%"
 
 
 def _whole(text: str) -> int | None:
@@ -1195,16 +1127,3 @@ def _whole(text: str) -> int | None:
         return int(text, 10)
     except ValueError:
         return None
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _q(value: str) -> str:
-    return urllib.parse.quote(value, safe="")
-
-
-def _url(path: str, **query: str) -> str:
-    present = {k: v for k, v in query.items() if v}
-    return path + (f"?{urllib.parse.urlencode(present)}" if present else "")

@@ -19,7 +19,6 @@ Where the platform runs no ExperimentService the pages say so (503) rather than 
 """
 
 import math
-import urllib.parse
 from dataclasses import dataclass
 from typing import Final
 
@@ -32,7 +31,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from services.console.charts import IntervalRow, interval_chart
-from services.console.formatting import pretty_json
+from services.console.formatting import enum_name, pretty_json
+from services.console.pages import common
+from services.console.pages.common import link, optional, quote, status_of
 from services.console.web import (
     PREFIX,
     Console,
@@ -77,18 +78,23 @@ NOT_DEPLOYED: Final = Failure(
 
 def routes(console: Console) -> list[BaseRoute]:
     """The experiments pages (paths under the `/console` mount)."""
+    guarded = common.guarded(console, lambda stubs: stubs.experiments, NOT_DEPLOYED, "Experiments")
 
-    async def list_view(request: Request, visitor: Visitor) -> Response:
-        stub = visitor.stubs.experiments
-        if stub is None:
-            return console.failure_page(request, visitor, NOT_DEPLOYED, title="Experiments")
+    @guarded
+    async def list_view(request: Request, visitor: Visitor, stub: ExperimentStub) -> Response:
         state_name = request.query_params.get("state", "")
-        state = STATES.get(state_name, pb.EXPERIMENT_STATE_UNSPECIFIED)
+        if state_name not in STATES:
+            state_name = ""
         page_token = request.query_params.get("page_token", "")
         listed = await stub.ListExperiments(
-            spb.ListExperimentsRequest(page_size=PAGE_SIZE, page_token=page_token, state=state),
+            spb.ListExperimentsRequest(
+                page_size=PAGE_SIZE,
+                page_token=page_token,
+                state=STATES.get(state_name, pb.EXPERIMENT_STATE_UNSPECIFIED),
+            ),
             **visitor.read(),
         )
+        path = f"{PREFIX}/experiments"
         return console.render(
             request,
             "experiments.html",
@@ -96,30 +102,29 @@ def routes(console: Console) -> list[BaseRoute]:
             title="Experiments",
             experiments=[_summary(experiment) for experiment in listed.experiments],
             states=list(STATES),
-            state=state_name if state_name in STATES else "",
-            next_page_token=listed.next_page_token,
-            first_page=not page_token,
+            state=state_name,
+            next_url=link(path, state=state_name, page_token=listed.next_page_token)
+            if listed.next_page_token
+            else "",
+            first_url=link(path, state=state_name) if page_token else "",
             done=request.query_params.get("done", ""),
         )
 
-    async def detail_view(request: Request, visitor: Visitor) -> Response:
-        return await _detail(console, request, visitor)
+    @guarded
+    async def detail_view(request: Request, visitor: Visitor, stub: ExperimentStub) -> Response:
+        return await _detail(console, request, visitor, stub)
 
-    async def start_view(request: Request, visitor: Visitor) -> Response:
-        stub = visitor.stubs.experiments
-        if stub is None:
-            return console.failure_page(request, visitor, NOT_DEPLOYED, title="Experiments")
+    @guarded
+    async def start_view(request: Request, visitor: Visitor, stub: ExperimentStub) -> Response:
         name = request.path_params["name"]
         try:
             await stub.StartExperiment(spb.StartExperimentRequest(name=name), **visitor.write())
         except grpc.aio.AioRpcError as error:
-            return await _detail(console, request, visitor, failure=Failure.of_rpc(error))
-        return redirect(f"{PREFIX}/experiments/{_quote(name)}", done=f"Started {name}.")
+            return await _detail(console, request, visitor, stub, failure=Failure.of_rpc(error))
+        return redirect(f"{PREFIX}/experiments/{quote(name)}", done=f"Started {name}.")
 
-    async def stop_view(request: Request, visitor: Visitor) -> Response:
-        stub = visitor.stubs.experiments
-        if stub is None:
-            return console.failure_page(request, visitor, NOT_DEPLOYED, title="Experiments")
+    @guarded
+    async def stop_view(request: Request, visitor: Visitor, stub: ExperimentStub) -> Response:
         name = request.path_params["name"]
         reason = form_text(await request.form(), "reason").strip()
         try:
@@ -128,8 +133,8 @@ def routes(console: Console) -> list[BaseRoute]:
             )
         except grpc.aio.AioRpcError as error:
             failure = Failure.of_rpc(error)
-            return await _detail(console, request, visitor, failure=failure, reason=reason)
-        return redirect(f"{PREFIX}/experiments/{_quote(name)}", done=f"Stopped {name}.")
+            return await _detail(console, request, visitor, stub, failure=failure, reason=reason)
+        return redirect(f"{PREFIX}/experiments/{quote(name)}", done=f"Stopped {name}.")
 
     return [
         Route("/experiments", console.page(list_view), methods=["GET"]),
@@ -270,22 +275,20 @@ async def _detail(
     console: Console,
     request: Request,
     visitor: Visitor,
+    stub: ExperimentStub,
     *,
     failure: Failure | None = None,
     reason: str = "",
 ) -> Response:
     """The experiment page; after a refused start or stop, with the failure shown and the
     HTTP status of the failure."""
-    stub = visitor.stubs.experiments
-    if stub is None:
-        return console.failure_page(request, visitor, NOT_DEPLOYED, title="Experiments")
     name = request.path_params["name"]
     confidence = _confidence(request.query_params.get("confidence", ""))
     experiment = (
         await stub.GetExperiment(spb.GetExperimentRequest(name=name), **visitor.read())
     ).experiment
     production, prompt_problem = await _production_version(visitor, experiment)
-    results, results_failure = await _results(stub, visitor, name, confidence)
+    results, results_failure = await optional(_results(stub, visitor, name, confidence))
     level = f"{confidence * 100:g}%"
     tables: list[MetricTable] = []
     ratio: list[RatioLine] = []
@@ -299,16 +302,16 @@ async def _detail(
         request,
         "experiment.html",
         visitor,
-        status=failure.http_status if failure is not None else 200,
+        status=status_of(failure),
         title=f"Experiment {experiment.name}",
         experiment=_summary(experiment, production),
         control=experiment.control_variant,
         holdout_share=experiment.holdout_share,
-        unit=_enum(pb.AssignmentUnit.Name(experiment.unit), "ASSIGNMENT_UNIT_"),
+        unit=enum_name(pb.AssignmentUnit.Name(experiment.unit), "ASSIGNMENT_UNIT_"),
         metrics=[
             {
                 "name": metric.name,
-                "kind": _enum(pb.MetricKind.Name(metric.kind), "METRIC_KIND_"),
+                "kind": enum_name(pb.MetricKind.Name(metric.kind), "METRIC_KIND_"),
                 "better": "higher" if metric.higher_is_better else "lower",
             }
             for metric in experiment.metrics
@@ -354,16 +357,12 @@ async def _production_version(visitor: Visitor, experiment: pb.Experiment) -> tu
 
 async def _results(
     stub: ExperimentStub, visitor: Visitor, name: str, confidence: float
-) -> tuple[pb.ExperimentResults | None, Failure | None]:
-    """The results, or why there are none (the rest of the page still shows)."""
-    try:
-        response = await stub.GetExperimentResults(
-            spb.GetExperimentResultsRequest(name=name, confidence_level=confidence),
-            **visitor.read(),
-        )
-    except grpc.aio.AioRpcError as error:
-        return None, Failure.of_rpc(error)
-    return response.results, None
+) -> pb.ExperimentResults:
+    response = await stub.GetExperimentResults(
+        spb.GetExperimentResultsRequest(name=name, confidence_level=confidence),
+        **visitor.read(),
+    )
+    return response.results
 
 
 def _metric_tables(
@@ -461,7 +460,7 @@ def _metric_tables(
         tables.append(
             MetricTable(
                 name=first.metric,
-                kind=_enum(pb.MetricKind.Name(first.kind), "METRIC_KIND_"),
+                kind=enum_name(pb.MetricKind.Name(first.kind), "METRIC_KIND_"),
                 higher_is_better=higher_is_better,
                 rate=rate,
                 lines=lines,
@@ -543,11 +542,7 @@ def _confidence(text: str) -> float:
 
 
 def _state_name(state: int) -> str:
-    return _enum(pb.ExperimentState.Name(state), "EXPERIMENT_STATE_")
-
-
-def _enum(name: str, prefix: str) -> str:
-    return name.removeprefix(prefix).lower().replace("_", " ")
+    return enum_name(pb.ExperimentState.Name(state), "EXPERIMENT_STATE_")
 
 
 def _value(value: float, rate: bool, *, signed: bool = False) -> str:
@@ -578,7 +573,3 @@ def _p_value(p: float) -> str:
     if not math.isfinite(p):
         return "n/a"
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
-
-
-def _quote(value: str) -> str:
-    return urllib.parse.quote(value, safe="")

@@ -20,9 +20,7 @@ logged them: redacted by its `request_log.content` policy.
 """
 
 import argparse
-import json
-import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -43,7 +41,16 @@ from starlette.routing import BaseRoute, Route
 from services.common.wire import MAX_PAGE_SIZE, counted_by, timestamp, usage_source_name
 from services.console import formatting
 from services.console.charts import IntervalRow, interval_chart
-from services.console.web import PREFIX, Console, Failure, RouterStub, Visitor, redirect
+from services.console.pages.common import guarded, link, pages, quote, status_of
+from services.console.web import (
+    PREFIX,
+    Console,
+    EvaluationStub,
+    Failure,
+    RouterStub,
+    Visitor,
+    redirect,
+)
 from services.gateway.logs_cli import STATUS_NAMES, parse_since
 
 PAGE_SIZE: Final = 50
@@ -75,7 +82,7 @@ def routes(console: Console) -> list[BaseRoute]:
     async def logs_page(request: Request, visitor: Visitor) -> Response:
         search = LogSearch.of(request.query_params)
         if search.request_id:
-            return redirect(f"{PREFIX}/logs/{urllib.parse.quote(search.request_id, safe='')}")
+            return redirect(f"{PREFIX}/logs/{quote(search.request_id)}")
         failure = search.failure()
         result = LogResult()
         if failure is None:
@@ -87,12 +94,16 @@ def routes(console: Console) -> list[BaseRoute]:
             request,
             "logs.html",
             visitor,
-            status=failure.http_status if failure else 200,
+            status=status_of(failure),
             title="Request log",
             search=search,
             failure=failure,
             result=result,
             statuses=STATUS_NAMES,
+            next_url=search.link(page_token=result.next_page_token)
+            if result.next_page_token
+            else "",
+            first_url=search.link() if search.page_token else "",
         )
 
     async def log_page(request: Request, visitor: Visitor) -> Response:
@@ -120,22 +131,19 @@ def routes(console: Console) -> list[BaseRoute]:
             view=EntryView.of(entry),
         )
 
-    async def alerts_page(request: Request, visitor: Visitor) -> Response:
-        stub = visitor.stubs.evaluations
-        if stub is None:
-            return console.failure_page(
-                request,
-                visitor,
-                not_deployed("genai.evaluation.v1.EvaluationService", "Quality alerts"),
-                title="Quality alerts are not available",
-            )
+    @guarded(
+        console,
+        lambda stubs: stubs.evaluations,
+        not_deployed("genai.evaluation.v1.EvaluationService", "Quality alerts"),
+        "Quality alerts are not available",
+    )
+    async def alerts_page(request: Request, visitor: Visitor, stub: EvaluationStub) -> Response:
         params = request.query_params
         prompt = params.get("prompt", "").strip()
         state = params.get("state", "").strip().lower()
         page_token = params.get("page_token", "")
         failure: Failure | None = None
-        alerts: list[AlertRow] = []
-        next_page = ""
+        response = evaluation_service_pb2.ListQualityAlertsResponse()
         if state not in ALERT_STATES:
             failure = Failure(
                 400,
@@ -145,50 +153,41 @@ def routes(console: Console) -> list[BaseRoute]:
             )
         else:
             try:
-                response: evaluation_service_pb2.ListQualityAlertsResponse = (
-                    await stub.ListQualityAlerts(
-                        evaluation_service_pb2.ListQualityAlertsRequest(
-                            page_size=PAGE_SIZE,
-                            page_token=page_token,
-                            prompt=prompt,
-                            state=ALERT_STATES[state],  # type: ignore[arg-type]
-                        ),
-                        **visitor.read(),
-                    )
+                response = await stub.ListQualityAlerts(
+                    evaluation_service_pb2.ListQualityAlertsRequest(
+                        page_size=PAGE_SIZE,
+                        page_token=page_token,
+                        prompt=prompt,
+                        state=ALERT_STATES[state],  # type: ignore[arg-type]
+                    ),
+                    **visitor.read(),
                 )
             except grpc.aio.AioRpcError as error:
                 failure = Failure.of_rpc(error)
-            else:
-                alerts = [AlertRow.of(alert) for alert in response.alerts]
-                if response.next_page_token:
-                    next_page = f"{PREFIX}/alerts" + _query(
-                        prompt=prompt, state=state, page_token=response.next_page_token
-                    )
+        path = f"{PREFIX}/alerts"
         return console.render(
             request,
             "alerts.html",
             visitor,
-            status=failure.http_status if failure else 200,
+            status=status_of(failure),
             title="Quality alerts",
             failure=failure,
             prompt=prompt,
             state=state,
-            alerts=alerts,
-            next_page=next_page,
-            first_page=f"{PREFIX}/alerts" + _query(prompt=prompt, state=state)
-            if page_token
+            alerts=[AlertRow.of(alert) for alert in response.alerts],
+            next_url=link(path, prompt=prompt, state=state, page_token=response.next_page_token)
+            if response.next_page_token
             else "",
+            first_url=link(path, prompt=prompt, state=state) if page_token else "",
         )
 
-    async def models_page(request: Request, visitor: Visitor) -> Response:
-        router = visitor.stubs.router
-        if router is None:
-            return console.failure_page(
-                request,
-                visitor,
-                not_deployed("genai.router.v1.RouterService", "The model catalog"),
-                title="Models are not available",
-            )
+    @guarded(
+        console,
+        lambda stubs: stubs.router,
+        not_deployed("genai.router.v1.RouterService", "The model catalog"),
+        "Models are not available",
+    )
+    async def models_page(request: Request, visitor: Visitor, router: RouterStub) -> Response:
         models = await _catalog(visitor, router)
         health: router_service_pb2.GetBackendHealthResponse = await router.GetBackendHealth(
             router_service_pb2.GetBackendHealthRequest(), **visitor.read()
@@ -299,10 +298,10 @@ class LogSearch:
         return request
 
     def link(self, **changes: str) -> str:
-        """`?query` of this search with `changes` (empty values left out)."""
+        """The request log's URL of this search with `changes` (empty values left out)."""
         values = {name: getattr(self, name) for name in SEARCH_FIELDS}
         values.update(changes)
-        return _query(**values)
+        return link(f"{PREFIX}/logs", **values)
 
 
 @dataclass(frozen=True)
@@ -319,10 +318,7 @@ class LogRow:
     backend: str
     status: str
     ok: bool
-    tokens: str
-    cost: str
-    first_token: str
-    total: str
+    figures: "Figures"
 
     @classmethod
     def of(cls, entry: gateway_pb2.RequestLogEntry) -> "LogRow":
@@ -338,6 +334,22 @@ class LogRow:
             backend=meta.backend_id,
             status=entry.status,
             ok=entry.status == "OK",
+            figures=Figures.of(meta),
+        )
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What a request used and took, as the results table and the detail page write it."""
+
+    tokens: str
+    cost: str
+    first_token: str
+    total: str
+
+    @classmethod
+    def of(cls, meta: gateway_pb2.CompletionMetadata) -> "Figures":
+        return cls(
             tokens=tokens_text(meta.usage),
             cost=formatting.money(meta.cost) if meta.HasField("cost") else NOT_SET,
             first_token=duration_text(meta, "first_token_duration"),
@@ -345,7 +357,7 @@ class LogRow:
         )
 
 
-@dataclass(frozen=True)
+@dataclass
 class LogResult:
     """One page of search results."""
 
@@ -359,30 +371,25 @@ class LogResult:
 async def _search(visitor: Visitor, search: LogSearch) -> LogResult:
     """One page of the search: one call, or with a model filter as many as fill a page (at
     most `MODEL_SCAN_PAGES`)."""
-    stub = visitor.stubs.gateway
-    if not search.model:
-        response: gateway_service_pb2.ListRequestLogsResponse = await stub.ListRequestLogs(
-            search.rpc_request(PAGE_SIZE), **visitor.read()
-        )
-        return LogResult(
-            rows=[LogRow.of(entry) for entry in response.entries],
-            next_page_token=response.next_page_token,
-            scanned=len(response.entries),
-            searched=True,
-        )
-    request = search.rpc_request(MODEL_SCAN_PAGE_SIZE)
-    rows: list[LogRow] = []
-    scanned = 0
-    token = ""
-    for _ in range(MODEL_SCAN_PAGES):
-        response = await stub.ListRequestLogs(request, **visitor.read())
-        scanned += len(response.entries)
-        rows.extend(LogRow.of(e) for e in response.entries if uses_model(e, search.model))
-        token = response.next_page_token
-        if not token or len(rows) >= PAGE_SIZE:
-            break
+    by_model = bool(search.model)
+    request = search.rpc_request(MODEL_SCAN_PAGE_SIZE if by_model else PAGE_SIZE)
+
+    def fetch(token: str) -> Awaitable[gateway_service_pb2.ListRequestLogsResponse]:
         request.page_token = token
-    return LogResult(rows=rows, next_page_token=token, scanned=scanned, searched=True)
+        return visitor.stubs.gateway.ListRequestLogs(request, **visitor.read())
+
+    result = LogResult(searched=True)
+    async for response in pages(
+        fetch, limit=MODEL_SCAN_PAGES if by_model else 1, token=search.page_token
+    ):
+        result.scanned += len(response.entries)
+        result.rows.extend(
+            LogRow.of(e) for e in response.entries if not by_model or uses_model(e, search.model)
+        )
+        result.next_page_token = response.next_page_token
+        if len(result.rows) >= PAGE_SIZE:
+            break
+    return result
 
 
 def uses_model(entry: gateway_pb2.RequestLogEntry, model: str) -> bool:
@@ -403,14 +410,14 @@ async def _find_entry(
         request = gateway_service_pb2.ListRequestLogsRequest(page_size=MAX_PAGE_SIZE)
         request.start_time.FromMicroseconds(at_us)
         request.end_time.FromMicroseconds(at_us + 1)
-        found = await _scan(visitor, request, request_id, pages=1)
+        found = await _scan(visitor, request, request_id, limit=1)
         if found is not None:
             return found
     return await _scan(
         visitor,
         gateway_service_pb2.ListRequestLogsRequest(page_size=MAX_PAGE_SIZE),
         request_id,
-        pages=DETAIL_SCAN_PAGES,
+        limit=DETAIL_SCAN_PAGES,
     )
 
 
@@ -419,18 +426,18 @@ async def _scan(
     request: gateway_service_pb2.ListRequestLogsRequest,
     request_id: str,
     *,
-    pages: int,
+    limit: int,
 ) -> gateway_pb2.RequestLogEntry | None:
-    for _ in range(pages):
-        response: gateway_service_pb2.ListRequestLogsResponse = (
-            await visitor.stubs.gateway.ListRequestLogs(request, **visitor.read())
-        )
+    """The entry of `request_id` among at most `limit` pages of `request`'s answer."""
+
+    def fetch(token: str) -> Awaitable[gateway_service_pb2.ListRequestLogsResponse]:
+        request.page_token = token
+        return visitor.stubs.gateway.ListRequestLogs(request, **visitor.read())
+
+    async for response in pages(fetch, limit=limit):
         for entry in response.entries:
             if entry.request_id == request_id:
                 return entry
-        if not response.next_page_token:
-            return None
-        request.page_token = response.next_page_token
     return None
 
 
@@ -467,10 +474,7 @@ class EntryView:
     prompt_href: str
     experiment_href: str
     usage_source: str
-    tokens: str
-    cost: str
-    first_token: str
-    total: str
+    figures: Figures
     finish_reason: str
     attempts: list[AttemptRow]
     processing: list[tuple[str, str]]
@@ -491,14 +495,11 @@ class EntryView:
             if meta.HasField("output_json")
             else None,
             prompt_href=_prompt_href(meta.prompt, meta.prompt_version),
-            experiment_href=f"{PREFIX}/experiments/{_quote(meta.experiment)}"
+            experiment_href=f"{PREFIX}/experiments/{quote(meta.experiment)}"
             if meta.experiment
             else "",
             usage_source=_known(usage_source_name(meta.usage)),
-            tokens=tokens_text(meta.usage),
-            cost=formatting.money(meta.cost) if meta.HasField("cost") else NOT_SET,
-            first_token=duration_text(meta, "first_token_duration"),
-            total=duration_text(meta, "total_duration"),
+            figures=Figures.of(meta),
             finish_reason=_known(
                 formatting.enum_name(
                     generation_pb2.FinishReason.Name(meta.finish_reason), "FINISH_REASON_"
@@ -543,7 +544,7 @@ def _input_of(
                     role=item["role"],
                     content=item["content"]
                     if isinstance(item.get("content"), str)
-                    else json.dumps(item.get("content"), indent=2, ensure_ascii=False),
+                    else formatting.pretty_json(item.get("content")),
                 )
                 for item in value
             ],
@@ -558,7 +559,7 @@ def _input_of(
 def entry_href(entry: gateway_pb2.RequestLogEntry) -> str:
     """The detail page of `entry`, with its arrival microsecond to find it by."""
     at = f"?at={entry.create_time.ToMicroseconds()}" if _set(entry.create_time) else ""
-    return f"{PREFIX}/logs/{_quote(entry.request_id)}{at}"
+    return f"{PREFIX}/logs/{quote(entry.request_id)}{at}"
 
 
 def _micros_param(params: Mapping[str, str]) -> int | None:
@@ -793,17 +794,14 @@ def first_token_chart(statuses: Iterable[router_pb2.BackendStatus]) -> Markup | 
 
 async def _catalog(visitor: Visitor, router: RouterStub) -> list[router_pb2.Model]:
     """The whole catalog, in name order (at most `MODEL_PAGES` pages)."""
-    request = router_service_pb2.ListModelsRequest(page_size=MAX_PAGE_SIZE)
-    models: list[router_pb2.Model] = []
-    for _ in range(MODEL_PAGES):
-        response: router_service_pb2.ListModelsResponse = await router.ListModels(
-            request, **visitor.read()
+
+    def fetch(token: str) -> Awaitable[router_service_pb2.ListModelsResponse]:
+        return router.ListModels(
+            router_service_pb2.ListModelsRequest(page_size=MAX_PAGE_SIZE, page_token=token),
+            **visitor.read(),
         )
-        models.extend(response.models)
-        if not response.next_page_token:
-            break
-        request.page_token = response.next_page_token
-    return models
+
+    return [model async for page in pages(fetch, limit=MODEL_PAGES) for model in page.models]
 
 
 # ---------------------------------------------------------------------------------- formatting
@@ -837,7 +835,7 @@ def _attempted_model(meta: gateway_pb2.CompletionMetadata) -> str:
 def _prompt_href(prompt: str, version: int) -> str:
     if not prompt:
         return ""
-    base = f"{PREFIX}/prompts/{_quote(prompt)}"
+    base = f"{PREFIX}/prompts/{quote(prompt)}"
     return f"{base}/versions/{version}" if version else base
 
 
@@ -856,13 +854,3 @@ def _yes(flag: bool) -> str:
 
 def _set(moment: Timestamp) -> bool:
     return bool(moment.seconds or moment.nanos)
-
-
-def _quote(value: str) -> str:
-    return urllib.parse.quote(value, safe="")
-
-
-def _query(**values: str) -> str:
-    """`?a=1&b=2` of the non-empty `values` ('' when none)."""
-    kept = {name: value for name, value in values.items() if value}
-    return f"?{urllib.parse.urlencode(kept)}" if kept else ""

@@ -23,6 +23,7 @@ from services.platform.bootstrap import ensure_dev_credentials
 from services.platform.runner import Platform, start_platform
 from services.platform.settings import PlatformSettings
 from services.prompt import cli as prompts_cli
+from tests.support.console import csrf_of, signed_in
 from tests.support.openai_server import MODEL, Behaviour, OpenAICompatibleServer
 from tests.support.settings import inference_without_triton, router_without_triton
 
@@ -56,7 +57,6 @@ models:
 """
 CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo")]
 SCORERS = "- {name: answer, contains: {}}\n- {name: latency, latency: {}}\n"
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @dataclass
@@ -69,19 +69,9 @@ class Console:
     viewer: httpx.AsyncClient
 
 
-async def _sign_in(base: str, key: str) -> httpx.AsyncClient:
-    client = httpx.AsyncClient(base_url=base, timeout=30.0)
-    signed = await client.post("/console/sign-in", data={"api_key": key, "next": "/console/"})
-    assert signed.status_code == 303, signed.text
-    assert "genai_console" in client.cookies
-    return client
-
-
 async def _csrf(client: httpx.AsyncClient, path: str = "/console/evaluations") -> str:
-    page = await client.get(path)
-    found = CSRF.search(page.text)
-    assert found, page.text
-    return found.group(1)
+    """The session's CSRF token, read from the page at `path`."""
+    return csrf_of(await client.get(path))
 
 
 @pytest.fixture
@@ -121,7 +111,6 @@ async def console(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
             }
         )
         platform = await start_platform(settings)
-        clients: list[httpx.AsyncClient] = []
         try:
             assert platform.tenants is not None
             assert platform.http_port
@@ -143,11 +132,9 @@ async def console(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
                 assert (await prompts_cli.seed_prompts(channel, folder)).failures == 0
                 await _seed_dataset(evaluation_service_pb2_grpc.EvaluationServiceStub(channel))
             base = f"http://127.0.0.1:{platform.http_port}"
-            clients = [await _sign_in(base, admin_key), await _sign_in(base, viewer_key)]
-            yield Console(platform, backend, clients[0], clients[1])
+            async with signed_in(base, admin_key) as admin, signed_in(base, viewer_key) as viewer:
+                yield Console(platform, backend, admin, viewer)
         finally:
-            for client in clients:
-                await client.aclose()
             await platform.stop(grace=1)
 
 
@@ -377,14 +364,11 @@ async def test_a_platform_without_evaluations_says_so(tmp_path: Path) -> None:
     )
     platform = await start_platform(settings)
     try:
-        client = await _sign_in(f"http://127.0.0.1:{platform.http_port}", "")
-        try:
+        async with signed_in(f"http://127.0.0.1:{platform.http_port}", "") as client:
             page = await client.get("/console/evaluations")
             assert page.status_code == 503
             assert "no EvaluationService" in page.text
             progress = await client.get("/console/evaluations/runs/x/progress")
             assert progress.status_code == 503
-        finally:
-            await client.aclose()
     finally:
         await platform.stop(grace=1)

@@ -8,7 +8,7 @@ reason re-render the page with the failure; a viewer sees no buttons and its for
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from services.platform.bootstrap import ensure_dev_credentials
 from services.platform.runner import Platform, start_platform
 from services.platform.settings import PlatformSettings, ServiceKey
 from services.prompt import cli as prompts_cli
+from tests.support.console import csrf_of, signed_in
 from tests.support.settings import inference_without_triton, router_without_triton
 
 if TYPE_CHECKING:
@@ -43,7 +44,6 @@ messages:
 variables:
   - {name: who, type: string, required: true}
 """
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @dataclass
@@ -60,16 +60,9 @@ class Console:
         self.channels.append(channel)
         return experiment_service_pb2_grpc.ExperimentServiceStub(channel)
 
-    @asynccontextmanager
-    async def browser(self, role: str) -> AsyncIterator[httpx.AsyncClient]:
+    def browser(self, role: str) -> AbstractAsyncContextManager[httpx.AsyncClient]:
         """A signed-in HTTP client (its cookie jar holds the session) for `role`'s key."""
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:
-            signed_in = await client.post(
-                "/console/sign-in",
-                data={"api_key": self.keys[role], "next": "/console/experiments"},
-            )
-            assert signed_in.status_code == 303, signed_in.text
-            yield client
+        return signed_in(self.base_url, self.keys[role])
 
 
 async def _platform(tmp_path: Path, services: tuple[ServiceKey, ...]) -> AsyncIterator[Console]:
@@ -174,12 +167,6 @@ async def _record(stub: Experiments, name: str, units: int, *, warm_every: int =
         )
 
 
-def _csrf(page: httpx.Response) -> str:
-    found = CSRF.search(page.text)
-    assert found, "no CSRF token on the page"
-    return found.group(1)
-
-
 def _rows(page: str, table_heading_id: str) -> list[list[str]]:
     """The body rows of the table labelled by `table_heading_id`, as cell texts."""
     start = page.index(f'<table aria-labelledby="{table_heading_id}">')
@@ -223,7 +210,7 @@ async def test_start_results_and_stop_from_the_console(console: Console) -> None
         assert "<svg" not in page.text
 
         started = await admin.post(
-            "/console/experiments/greeting-tone/start", data={"csrf_token": _csrf(page)}
+            "/console/experiments/greeting-tone/start", data={"csrf_token": csrf_of(page)}
         )
         assert started.status_code == 303
         assert started.headers["location"].startswith("/console/experiments/greeting-tone?done=")
@@ -277,7 +264,7 @@ async def test_start_results_and_stop_from_the_console(console: Console) -> None
 
         too_long = await admin.post(
             "/console/experiments/greeting-tone/stop",
-            data={"csrf_token": _csrf(page), "reason": "x" * 2000},
+            data={"csrf_token": csrf_of(page), "reason": "x" * 2000},
         )
         assert too_long.status_code == 400
         assert 'aria-invalid="true"' in too_long.text
@@ -288,7 +275,7 @@ async def test_start_results_and_stop_from_the_console(console: Console) -> None
 
         stopped = await admin.post(
             "/console/experiments/greeting-tone/stop",
-            data={"csrf_token": _csrf(page), "reason": "enough data"},
+            data={"csrf_token": csrf_of(page), "reason": "enough data"},
         )
         assert stopped.status_code == 303
         page = await admin.get(stopped.headers["location"])
@@ -299,7 +286,7 @@ async def test_start_results_and_stop_from_the_console(console: Console) -> None
         assert _rows(page.text, "metric-1")[1][2] == "100.00%"  # results stay readable
 
         refused = await admin.post(
-            "/console/experiments/greeting-tone/start", data={"csrf_token": _csrf(page)}
+            "/console/experiments/greeting-tone/start", data={"csrf_token": csrf_of(page)}
         )
         assert refused.status_code == 409
         assert "FAILED_PRECONDITION" in refused.text
@@ -342,7 +329,7 @@ async def test_viewer_sees_no_actions_and_a_forged_start_is_refused(console: Con
         assert page.status_code == 200
         assert "Start experiment" not in page.text
         assert "Stop experiment" not in page.text
-        token = _csrf(page)  # the sign-out form's: the session's token
+        token = csrf_of(page)  # the sign-out form's: the session's token
         for action in ("start", "stop"):
             forged = await viewer.post(
                 f"/console/experiments/greeting-tone/{action}", data={"csrf_token": token}
@@ -370,7 +357,9 @@ async def test_the_list_pages(console: Console) -> None:
         first = await viewer.get("/console/experiments")
         shown = re.findall(r'href="/console/experiments/(exp-\d\d)"', first.text)
         assert shown == names[:50]
-        link = re.search(r'href="(/console/experiments\?page_token=[^"]+)">Next page', first.text)
+        link = re.search(
+            r'href="(/console/experiments\?page_token=[^"]+)"[^>]*>Next page', first.text
+        )
         assert link
         second = await viewer.get(link.group(1).replace("&amp;", "&"))
         assert re.findall(r'href="/console/experiments/(exp-\d\d)"', second.text) == names[50:]

@@ -10,7 +10,6 @@ the catalog with each backend's health and live latency, `/console/alerts` the t
 quality alerts, or says EvaluationService is not deployed."""
 
 import asyncio
-import contextlib
 import re
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
-import httpx
 import pytest
 from genai.common.v1 import routing_pb2
 from genai.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
@@ -33,6 +31,7 @@ from services.platform.bootstrap import ensure_dev_credentials
 from services.platform.runner import Platform, start_platform
 from services.platform.settings import PlatformSettings
 from services.prompt import cli as prompts_cli
+from tests.support.console import signed_in
 from tests.support.fake_triton import FakeTriton
 
 if TYPE_CHECKING:
@@ -174,16 +173,6 @@ async def without_evaluation(tmp_path: Path) -> AsyncIterator[Running]:
         yield started
 
 
-@contextlib.asynccontextmanager
-async def _signed_in(running: Running, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client with a console session of `api_key`."""
-    async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as client:
-        response = await client.post("/console/sign-in", data={"api_key": api_key})
-        assert response.status_code == 303, response.text
-        assert "genai_console" in client.cookies
-        yield client
-
-
 async def _complete(
     running: Running, request_id: str, model: str, question: str
 ) -> gateway_pb2.CompletionMetadata:
@@ -244,7 +233,7 @@ async def test_request_log_lists_filters_and_details_the_tenants_requests(
         await _complete(running, "req-down-1", "down", "Third question")
     assert down.value.code() == grpc.StatusCode.UNAVAILABLE
 
-    async with _signed_in(running, running.admin_key) as admin:
+    async with signed_in(running.base_url, running.admin_key) as admin:
         page = await admin.get("/console/logs")
         assert page.status_code == 200, page.text
         assert _request_ids(page.text) == ["req-down-1", "req-chat-b-1", "req-chat-1"]
@@ -350,13 +339,13 @@ async def test_request_log_lists_filters_and_details_the_tenants_requests(
         assert "REQUEST_LOG_ENTRY_NOT_FOUND" in missing.text
 
     # A viewer of the tenant reads the log too.
-    async with _signed_in(running, await _viewer_key(running)) as viewer:
+    async with signed_in(running.base_url, await _viewer_key(running)) as viewer:
         page = await viewer.get("/console/logs")
         assert page.status_code == 200
         assert len(_request_ids(page.text)) == 3
 
     # Another tenant's key sees none of it, even by a link with the arrival hint.
-    async with _signed_in(running, await _key_of_new_tenant(running, "other")) as other:
+    async with signed_in(running.base_url, await _key_of_new_tenant(running, "other")) as other:
         page = await other.get("/console/logs")
         assert page.status_code == 200
         assert _request_ids(page.text) == []
@@ -370,13 +359,13 @@ async def test_request_log_lists_filters_and_details_the_tenants_requests(
 
 
 async def _admin_list(running: Running) -> str:
-    async with _signed_in(running, running.admin_key) as client:
+    async with signed_in(running.base_url, running.admin_key) as client:
         return (await client.get("/console/logs")).text
 
 
 async def test_models_page_shows_the_catalog_health_and_live_latency(running: Running) -> None:
     await _complete(running, "req-1", "chat", "How are you?")
-    async with _signed_in(running, await _viewer_key(running)) as viewer:
+    async with signed_in(running.base_url, await _viewer_key(running)) as viewer:
         page = await viewer.get("/console/models")
         assert page.status_code == 200, page.text
         text = page.text
@@ -428,7 +417,7 @@ async def test_alerts_page_lists_the_tenants_alerts(running: Running) -> None:
         )
     finally:
         await store.close()
-    async with _signed_in(running, await _viewer_key(running)) as viewer:
+    async with signed_in(running.base_url, await _viewer_key(running)) as viewer:
         page = await viewer.get("/console/alerts")
         assert page.status_code == 200, page.text
         assert 'href="/console/prompts/ask/versions/1">ask@1</a>' in page.text
@@ -442,7 +431,7 @@ async def test_alerts_page_lists_the_tenants_alerts(running: Running) -> None:
         bad = await viewer.get("/console/alerts", params={"state": "sleeping"})
         assert bad.status_code == 400
         assert 'aria-invalid="true" aria-describedby="f-state-error"' in bad.text
-    async with _signed_in(running, await _key_of_new_tenant(running, "other")) as other:
+    async with signed_in(running.base_url, await _key_of_new_tenant(running, "other")) as other:
         page = await other.get("/console/alerts")
         assert page.status_code == 200
         assert "helpfulness" not in page.text
@@ -452,7 +441,7 @@ async def test_alerts_page_lists_the_tenants_alerts(running: Running) -> None:
 async def test_alerts_page_says_so_without_evaluation_service(
     without_evaluation: Running,
 ) -> None:
-    async with _signed_in(without_evaluation, without_evaluation.admin_key) as client:
+    async with signed_in(without_evaluation.base_url, without_evaluation.admin_key) as client:
         page = await client.get("/console/alerts")
         assert page.status_code == 503
         assert "SERVICE_NOT_DEPLOYED" in page.text
@@ -464,5 +453,7 @@ async def test_alerts_page_says_so_without_evaluation_service(
 def test_search_links_keep_the_filters() -> None:
     search = logs.LogSearch.of({"model": "chat", "status": "ok", "page_token": "t1", "prompt": ""})
     assert search.status == "OK"
-    query = urllib.parse.parse_qs(search.link(page_token="t2").lstrip("?"))
+    url = urllib.parse.urlsplit(search.link(page_token="t2"))
+    assert url.path == "/console/logs"
+    query = urllib.parse.parse_qs(url.query)
     assert query == {"model": ["chat"], "status": ["OK"], "page_token": ["t2"]}

@@ -68,7 +68,7 @@ class Running:
     prompts: PromptStub
     triton: FakeTriton
 
-    async def key(self, role: int) -> tuple[str, str]:
+    async def key(self, role: gateway_pb2.Role) -> tuple[str, str]:
         """A new key of the development tenant with `role`: (id, secret)."""
         created = await self.gateway.CreateApiKey(
             gs.CreateApiKeyRequest(tenant_id="default", display_name="console", role=role)
