@@ -19,6 +19,9 @@ from markupsafe import Markup
 
 _WIDTH: Final = 640
 _LABEL_WIDTH: Final = 170
+_LABEL_CHARS: Final = 22
+"""Characters of a row's label that fit left of the plot at 12 px (longer ones end in …;
+the description keeps them whole)."""
 _RIGHT: Final = 24
 _ROW: Final = 30
 _TOP: Final = 34
@@ -77,7 +80,7 @@ def interval_chart(
         colour = _COLOURS.get(row.tone, _COLOURS[""])
         parts.append(
             f'<text x="{_LABEL_WIDTH - 8}" y="{y + 4:.1f}" text-anchor="end" font-size="12" '
-            f'fill="#1b1f24">{escape(_clip(row.label, 26))}</text>'
+            f'fill="#1b1f24">{escape(_clip(row.label, _LABEL_CHARS))}</text>'
         )
         if row.lower is not None and row.upper is not None:
             parts.append(

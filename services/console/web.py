@@ -338,16 +338,7 @@ class Console:
                     reason="CSRF_TOKEN_MISMATCH",
                 )
             if not visitor.may(rpc):
-                rule = rule_of(rpc)
-                needed = rule.role.label if rule is not None else "unknown"
-                return self._forbidden(
-                    request,
-                    visitor,
-                    f"{rpc.rsplit('/', 1)[-1]} needs the {needed} role; "
-                    f"you are a {visitor.role.label}.",
-                    reason="PERMISSION_DENIED",
-                    metadata={"rpc": rpc, "needed_role": needed, "role": visitor.role.label},
-                )
+                return self.role_refused(request, visitor, rpc)
             return await self._run(view, request, visitor)
 
         return handle
@@ -371,6 +362,19 @@ class Console:
             stubs=self._stubs(),
             metadata=self.metadata_of(session),
             auth_enabled=self.auth_enabled,
+        )
+
+    def role_refused(self, request: Request, visitor: Visitor, rpc: str) -> HTMLResponse:
+        """The 403 page for a visitor whose role is below `rpc`'s rule (for a view that calls
+        a second RPC, stricter than the one its action was registered with)."""
+        rule = rule_of(rpc)
+        needed = rule.role.label if rule is not None else "unknown"
+        return self._forbidden(
+            request,
+            visitor,
+            f"{rpc.rsplit('/', 1)[-1]} needs the {needed} role; you are a {visitor.role.label}.",
+            reason="PERMISSION_DENIED",
+            metadata={"rpc": rpc, "needed_role": needed, "role": visitor.role.label},
         )
 
     def _forbidden(

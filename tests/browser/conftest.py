@@ -73,8 +73,10 @@ def console_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServePro
         "GENAI_INFERENCE__TRITON__HTTP_PORT": "0",
         "GENAI_INFERENCE__TRITON__METRICS_PORT": str(triton_metrics_port),
     }
-    with genai_serve(tmp_path_factory.mktemp("console-serve"), env=env, timeout=300) as serve:
+    workdir = tmp_path_factory.mktemp("console-serve")
+    log = workdir / "genai-serve.log"  # a file: a pipe unread for minutes could fill and block
+    with genai_serve(workdir, env=env, timeout=300, log_file=log) as serve:
         yield serve
         serve.process.send_signal(signal.SIGTERM)  # genai serve stops the Triton it started
-        output, _ = serve.process.communicate(timeout=60)
-        assert serve.process.returncode == 0, output
+        serve.process.wait(timeout=60)
+        assert serve.process.returncode == 0, log.read_text()[-5000:]

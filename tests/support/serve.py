@@ -43,12 +43,19 @@ class ServeProcess:
 
 @contextmanager
 def genai_serve(
-    workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60.0
+    workdir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    log_file: Path | None = None,
 ) -> Iterator[ServeProcess]:
     """Starts `genai serve --port 0 ARGS` with `env` added to the environment, waits until it
     is serving, and kills it on exit unless the caller already stopped it. Fails with the
-    process output if it never serves. Without `env`, no Triton is launched (`NO_TRITON`)."""
+    process output if it never serves. Without `env`, no Triton is launched (`NO_TRITON`).
+    Its output is a pipe the caller reads at the end (`process.communicate()`), or goes to
+    `log_file`: for a server that lives long enough to fill a pipe nobody reads meanwhile."""
     ready = workdir / "genai-ready.json"
+    output = log_file.open("w") if log_file is not None else None
     command: Sequence[str] = [
         sys.executable,
         "-m",
@@ -63,7 +70,7 @@ def genai_serve(
     process = subprocess.Popen(
         command,
         cwd=ROOT,
-        stdout=subprocess.PIPE,
+        stdout=output if output is not None else subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, **(NO_TRITON if env is None else env)},
@@ -73,8 +80,8 @@ def genai_serve(
         while not ready.exists():
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                output = process.communicate()[0]
-                raise AssertionError(f"genai serve did not become ready:\n{output}")
+                said = process.communicate()[0] if log_file is None else log_file.read_text()
+                raise AssertionError(f"genai serve did not become ready:\n{said}")
             time.sleep(0.05)
         described = json.loads(ready.read_text())
         yield ServeProcess(
@@ -95,3 +102,5 @@ def genai_serve(
         if process.poll() is None:
             process.kill()
             process.communicate()
+        if output is not None:
+            output.close()

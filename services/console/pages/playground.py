@@ -79,7 +79,8 @@ def routes(console: Console) -> list[BaseRoute]:
         Route("/prompts/{name}/playground", console.page(_page(console)), methods=["GET"]),
         Route(
             "/prompts/{name}/playground",
-            console.action(STREAM_COMPLETE_RPC, _submit(console)),
+            # Render is a viewer's read; Run (do=run) is checked against StreamComplete inside.
+            console.action(RENDER_RPC, _submit(console)),
             methods=["POST"],
         ),
         Route(
@@ -174,9 +175,12 @@ def _submit(console: Console) -> Any:
         if not values["version"].isdigit():
             return _no_version(console, request, visitor)
         version = int(values["version"])
+        render = form_text(form, "do") == "render"
+        if not render and not visitor.may(STREAM_COMPLETE_RPC):
+            return console.role_refused(request, visitor, STREAM_COMPLETE_RPC)
         try:
             variables = await _variables(visitor, name, version, form)
-            if form_text(form, "do") == "render":
+            if render:
                 rendered = await visitor.stubs.prompts.RenderPrompt(
                     psb.RenderPromptRequest(prompt=name, version=version, variables=variables),
                     **visitor.read(),

@@ -281,6 +281,18 @@ async def test_a_viewer_sees_no_actions_and_its_forged_posts_are_refused(
         playground = await client.get("/console/prompts/ask/playground?version=2")
         assert ">Run</button>" not in playground.text
         token = csrf_of(page)
+        rendered = await client.post(
+            "/console/prompts/ask/playground",
+            data={
+                "csrf_token": token,
+                "version": "2",
+                "do": "render",
+                "var.question": "Capital of France?",
+                "var.words": "3",
+            },
+        )
+        assert rendered.status_code == 200  # a viewer may render
+        assert "Capital of France? (in 3 words)" in rendered.text
         for path, form in (
             ("/console/prompts/ask/labels/set", {"version": "2", "label": "production@1"}),
             ("/console/prompts/ask/labels/rollback", {"label": "production"}),
