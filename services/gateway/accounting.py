@@ -356,7 +356,8 @@ class Accounting:
             status=outcome.code.name,
             prompt=metadata.prompt,
             prompt_version=metadata.prompt_version,
-            model=metadata.model,
+            # A request refused before any attempt is still found by the model it pinned.
+            model=metadata.model or outcome.request.routing.model,
             input=messages,
             output=output,
             metadata=json_format.MessageToDict(metadata),

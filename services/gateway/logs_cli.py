@@ -69,6 +69,10 @@ def add_commands(parser: argparse.ArgumentParser, *, default_target: str) -> Non
     )
     parser.add_argument("--prompt", default="", help="only requests that used this prompt")
     parser.add_argument(
+        "--model", default="", help="only requests served by (or last tried on) this model"
+    )
+    parser.add_argument("--request-id", default="", help="only the request with this id")
+    parser.add_argument(
         "--status",
         default="",
         type=str.upper,
@@ -120,6 +124,8 @@ async def run_async(args: argparse.Namespace) -> int:
                 prompt=args.prompt,
                 status=args.status,
                 since=args.since,
+                model=args.model,
+                request_id=args.request_id,
                 metadata=metadata,
                 rpc_timeout_s=args.timeout,
             )
@@ -151,10 +157,14 @@ async def fetch_entries(
     since: datetime | None = None,
     metadata: Sequence[tuple[str, str]] = (),
     rpc_timeout_s: float = DEFAULT_TIMEOUT,
+    model: str = "",
+    request_id: str = "",
 ) -> list[gateway_pb2.RequestLogEntry]:
     """Up to `limit` entries, newest first, over as many pages as that takes (each call
     within `rpc_timeout_s`)."""
-    request = gateway_service_pb2.ListRequestLogsRequest(prompt=prompt, status=status)
+    request = gateway_service_pb2.ListRequestLogsRequest(
+        prompt=prompt, status=status, model=model, request_id=request_id
+    )
     if since is not None:
         request.start_time.CopyFrom(timestamp(since))
     entries: list[gateway_pb2.RequestLogEntry] = []

@@ -206,6 +206,8 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             end_time=_time_or_none(request, "end_time"),
             page_size=request.page_size or DEFAULT_PAGE_SIZE,
             page_token=request.page_token,
+            model=request.model,
+            request_id=request.request_id,
         )
         page = await self._logs.list(query)
         return gs.ListRequestLogsResponse(

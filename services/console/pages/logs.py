@@ -3,20 +3,13 @@
 | page | what it calls (with the visitor's key) |
 |---|---|
 | `/logs` | GatewayService `ListRequestLogs`: a search form (a GET, so a search is a link) |
-| `/logs/{request_id}` | GatewayService `ListRequestLogs`, narrowed to the entry's arrival |
+| `/logs/{request_id}` | GatewayService `ListRequestLogs` by `request_id` |
 | `/alerts` | EvaluationService `ListQualityAlerts` |
 | `/models` | RouterService `ListModels`, `GetBackendHealth` |
 
-`ListRequestLogs` filters by prompt, status and arrival time; the console filters by model
-itself (a request matches when the model that served it, or the model of any of its attempts,
-is the one asked for), scanning at most `MODEL_SCAN_PAGES` pages of the RPC for one page of
-the console, whose next-page link carries the RPC's token where the scan stopped.
-
-There is no RPC that returns one log entry, so the detail page lists the one microsecond the
-request arrived in (`?at=`, the microseconds since the epoch the list's links carry, which
-the store keeps exactly) and, without it or when that misses, scans the tenant's newest
-entries (`DETAIL_SCAN_PAGES` pages of `MAX_PAGE_SIZE`). Entries are shown as the gateway
-logged them: redacted by its `request_log.content` policy.
+Every search field is a filter of `ListRequestLogs` (prompt, model, status, arrival time,
+request id), so a page is one call and its next-page link carries the RPC's token. Entries are
+shown as the gateway logged them: redacted by its `request_log.content` policy.
 """
 
 import argparse
@@ -55,12 +48,6 @@ from services.gateway.logs_cli import STATUS_NAMES, parse_since
 
 PAGE_SIZE: Final = 50
 """Entries on one page of the request log (and alerts on one page)."""
-MODEL_SCAN_PAGE_SIZE: Final = 200
-"""Entries asked for per call while the console filters by model."""
-MODEL_SCAN_PAGES: Final = 10
-"""Calls one page of a model-filtered search makes at most."""
-DETAIL_SCAN_PAGES: Final = 10
-"""Pages of `MAX_PAGE_SIZE` the detail page scans for an entry without (or missing) `?at=`."""
 MODEL_PAGES: Final = 20
 """Pages of `MAX_PAGE_SIZE` the models page reads the catalog in, at most."""
 SEARCH_FIELDS: Final = ("start_time", "end_time", "prompt", "model", "status")
@@ -108,20 +95,23 @@ def routes(console: Console) -> list[BaseRoute]:
 
     async def log_page(request: Request, visitor: Visitor) -> Response:
         request_id = request.path_params["request_id"]
-        entry = await _find_entry(visitor, request_id, _micros_param(request.query_params))
-        if entry is None:
+        found = await visitor.stubs.gateway.ListRequestLogs(
+            gateway_service_pb2.ListRequestLogsRequest(request_id=request_id, page_size=1),
+            **visitor.read(),
+        )
+        if not found.entries:
             return console.failure_page(
                 request,
                 visitor,
                 Failure(
                     404,
                     "NOT_FOUND",
-                    f"Request {request_id!r} is not in your tenant's request log (the newest "
-                    f"{DETAIL_SCAN_PAGES * MAX_PAGE_SIZE} entries were searched).",
+                    f"Request {request_id!r} is not in your tenant's request log.",
                     reason="REQUEST_LOG_ENTRY_NOT_FOUND",
                 ),
                 title="Request not found",
             )
+        entry = found.entries[0]
         return console.render(
             request,
             "log_detail.html",
@@ -286,10 +276,14 @@ class LogSearch:
         return Failure(400, "INVALID_ARGUMENT", "Check the search fields.", field_errors=errors)
 
     def rpc_request(self, page_size: int) -> gateway_service_pb2.ListRequestLogsRequest:
-        """The `ListRequestLogs` request of the filters the RPC has (all but the model)."""
+        """The `ListRequestLogs` request of this search."""
         start, end, _ = self.times()
         request = gateway_service_pb2.ListRequestLogsRequest(
-            page_size=page_size, page_token=self.page_token, prompt=self.prompt, status=self.status
+            page_size=page_size,
+            page_token=self.page_token,
+            prompt=self.prompt,
+            status=self.status,
+            model=self.model,
         )
         if start is not None:
             request.start_time.CopyFrom(timestamp(start))
@@ -363,82 +357,19 @@ class LogResult:
 
     rows: list[LogRow] = field(default_factory=list)
     next_page_token: str = ""
-    scanned: int = 0
-    """Entries the RPC returned for this page (more than the rows when filtering by model)."""
     searched: bool = False
 
 
 async def _search(visitor: Visitor, search: LogSearch) -> LogResult:
-    """One page of the search: one call, or with a model filter as many as fill a page (at
-    most `MODEL_SCAN_PAGES`)."""
-    by_model = bool(search.model)
-    request = search.rpc_request(MODEL_SCAN_PAGE_SIZE if by_model else PAGE_SIZE)
-
-    def fetch(token: str) -> Awaitable[gateway_service_pb2.ListRequestLogsResponse]:
-        request.page_token = token
-        return visitor.stubs.gateway.ListRequestLogs(request, **visitor.read())
-
-    result = LogResult(searched=True)
-    async for response in pages(
-        fetch, limit=MODEL_SCAN_PAGES if by_model else 1, token=search.page_token
-    ):
-        result.scanned += len(response.entries)
-        result.rows.extend(
-            LogRow.of(e) for e in response.entries if not by_model or uses_model(e, search.model)
-        )
-        result.next_page_token = response.next_page_token
-        if len(result.rows) >= PAGE_SIZE:
-            break
-    return result
-
-
-def uses_model(entry: gateway_pb2.RequestLogEntry, model: str) -> bool:
-    """Whether `model` served the request or was tried for it."""
-    meta = entry.metadata
-    return meta.model == model or any(attempt.model == model for attempt in meta.attempts)
-
-
-# ---------------------------------------------------------------------------------- one entry
-
-
-async def _find_entry(
-    visitor: Visitor, request_id: str, at_us: int | None
-) -> gateway_pb2.RequestLogEntry | None:
-    """The caller's tenant's entry of `request_id`: looked for in the microsecond `at_us`
-    first, then among the newest entries."""
-    if at_us is not None:
-        request = gateway_service_pb2.ListRequestLogsRequest(page_size=MAX_PAGE_SIZE)
-        request.start_time.FromMicroseconds(at_us)
-        request.end_time.FromMicroseconds(at_us + 1)
-        found = await _scan(visitor, request, request_id, limit=1)
-        if found is not None:
-            return found
-    return await _scan(
-        visitor,
-        gateway_service_pb2.ListRequestLogsRequest(page_size=MAX_PAGE_SIZE),
-        request_id,
-        limit=DETAIL_SCAN_PAGES,
+    """One page of the search: one call."""
+    response = await visitor.stubs.gateway.ListRequestLogs(
+        search.rpc_request(PAGE_SIZE), **visitor.read()
     )
-
-
-async def _scan(
-    visitor: Visitor,
-    request: gateway_service_pb2.ListRequestLogsRequest,
-    request_id: str,
-    *,
-    limit: int,
-) -> gateway_pb2.RequestLogEntry | None:
-    """The entry of `request_id` among at most `limit` pages of `request`'s answer."""
-
-    def fetch(token: str) -> Awaitable[gateway_service_pb2.ListRequestLogsResponse]:
-        request.page_token = token
-        return visitor.stubs.gateway.ListRequestLogs(request, **visitor.read())
-
-    async for response in pages(fetch, limit=limit):
-        for entry in response.entries:
-            if entry.request_id == request_id:
-                return entry
-    return None
+    return LogResult(
+        rows=[LogRow.of(entry) for entry in response.entries],
+        next_page_token=response.next_page_token,
+        searched=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -557,14 +488,8 @@ def _input_of(
 
 
 def entry_href(entry: gateway_pb2.RequestLogEntry) -> str:
-    """The detail page of `entry`, with its arrival microsecond to find it by."""
-    at = f"?at={entry.create_time.ToMicroseconds()}" if _set(entry.create_time) else ""
-    return f"{PREFIX}/logs/{quote(entry.request_id)}{at}"
-
-
-def _micros_param(params: Mapping[str, str]) -> int | None:
-    text = params.get("at", "")
-    return int(text) if text.isdigit() and len(text) <= 20 else None
+    """The detail page of `entry`."""
+    return f"{PREFIX}/logs/{quote(entry.request_id)}"
 
 
 # ---------------------------------------------------------------------------------- alerts

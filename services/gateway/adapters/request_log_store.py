@@ -74,13 +74,28 @@ sa.Index(
     request_log.c.id,
 )
 
+_BY_MODEL: Final = sa.Index(
+    "ix_gateway_request_log_tenant_model_time",
+    request_log.c.tenant_id,
+    request_log.c.model,
+    request_log.c.create_time_us,
+    request_log.c.id,
+)
+"""For `ListRequestLogs` by model (migration 2)."""
+
 
 def _initial_schema(connection: SyncConnection) -> None:
     metadata.create_all(connection)
 
 
+def _model_index(connection: SyncConnection) -> None:
+    # A database made after this index joined the table's metadata has it from migration 1.
+    _BY_MODEL.create(connection, checkfirst=True)
+
+
 MIGRATIONS: Final[Sequence[Migration]] = (
     Migration(1, "request log table and indexes", _initial_schema),
+    Migration(2, "index by model", _model_index),
 )
 """Every migration, in order. Append; never edit one that has shipped."""
 
@@ -141,6 +156,10 @@ class SqlRequestLogStore(SqlStore):
             select = select.where(table.prompt == query.prompt)
         if query.status:
             select = select.where(table.status == query.status)
+        if query.model:
+            select = select.where(table.model == query.model)
+        if query.request_id:
+            select = select.where(table.request_id == query.request_id)
         if query.start_time is not None:
             select = select.where(table.create_time_us >= _to_us(query.start_time))
         if query.end_time is not None:
@@ -234,7 +253,9 @@ def _to_us(moment: datetime) -> int:
 def _filter_digest(query: RequestLogQuery) -> str:
     """What a page token is bound to: the tenant and every filter (not the page size)."""
     bounds = [None if t is None else _to_us(t) for t in (query.start_time, query.end_time)]
-    key = json.dumps([query.tenant_id, query.prompt, query.status, *bounds])
+    later = [query.model, query.request_id] if query.model or query.request_id else []
+    # Filters added later join the key only when set: tokens issued before stay valid.
+    key = json.dumps([query.tenant_id, query.prompt, query.status, *bounds, *later])
     return hashlib.blake2s(key.encode(), digest_size=8).hexdigest()
 
 

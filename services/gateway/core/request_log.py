@@ -114,8 +114,9 @@ class RequestLogRecord:
 class RequestLogQuery:
     """One page of a tenant's request log, newest first.
 
-    `start_time` is inclusive, `end_time` exclusive; empty `prompt`/`status` match every
-    request. `page_token` is a previous page's `next_page_token`, valid only with the same
+    `start_time` is inclusive, `end_time` exclusive; empty `prompt`/`status`/`model`/
+    `request_id` match every request (`model`: the model recorded with the entry, the one that
+    served or was tried last). `page_token` is a previous page's `next_page_token`, valid only with the same
     tenant and filters. Invalid values raise `InvalidArgument` naming each field.
     """
 
@@ -126,6 +127,8 @@ class RequestLogQuery:
     end_time: datetime | None = None
     page_size: int = DEFAULT_PAGE_SIZE
     page_token: str = ""
+    model: str = ""
+    request_id: str = ""
 
     def __post_init__(self) -> None:
         violations = []
@@ -135,8 +138,17 @@ class RequestLogQuery:
             moment: datetime | None = getattr(self, name)
             if moment is not None and moment.utcoffset() is None:
                 violations.append(FieldViolation(name, "must be timezone-aware"))
+        for name, limit in (("model", MAX_MODEL_CHARS), ("request_id", MAX_REQUEST_ID_CHARS)):
+            if len(getattr(self, name)) > limit:
+                violations.append(FieldViolation(name, f"must be at most {limit} characters"))
         if violations:
             raise InvalidArgument(violations=violations)
+
+
+MAX_MODEL_CHARS: Final = 256
+"""The longest `model` filter (`ListRequestLogsRequest.model`)."""
+MAX_REQUEST_ID_CHARS: Final = 128
+"""The longest `request_id` filter (`ListRequestLogsRequest.request_id`)."""
 
 
 @dataclass(frozen=True)

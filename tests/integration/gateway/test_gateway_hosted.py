@@ -431,15 +431,21 @@ async def test_the_request_log_is_flushed_at_shutdown_and_read_by_genai_logs(
 
     restarted = await _start(settings, tmp_path)
     try:
-        status = await logs_cli.main_async(
-            ["--target", restarted.platform.address, "--api-key", restarted.key, "--json"]
-        )
+        target = ["--target", restarted.platform.address, "--api-key", restarted.key, "--json"]
+        status = await logs_cli.main_async(target)
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+        one = sorted(ids)[0]
+        narrowed = await logs_cli.main_async([*target, "--request-id", one, "--model", "hosted"])
+        only = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+        other_model = await logs_cli.main_async([*target, "--model", "no-such-model"])
+        none = [line for line in capsys.readouterr().out.splitlines() if line]
     finally:
         await restarted.channel.close(None)
         await restarted.platform.stop(grace=1)
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
-    assert status == 0
+    assert status == narrowed == other_model == 0
     assert {line["requestId"] for line in lines} == ids
+    assert [line["requestId"] for line in only] == [one]
+    assert none == []
 
 
 async def test_every_request_whose_final_arrived_is_already_in_the_request_log(

@@ -74,7 +74,7 @@ async def test_migrations_apply_once_in_their_own_table(db: Database) -> None:
     stores = [SqlRequestLogStore.from_url(db.url, schema=db.schema) for _ in range(3)]
     try:
         applied = await asyncio.gather(*(s.migrate() for s in stores))
-        assert sorted(applied) == [[], [], [1]]
+        assert sorted(applied) == [[], [], [1, 2]]
         assert await stores[0].migrate() == []
     finally:
         for s in stores:
@@ -159,8 +159,8 @@ async def test_filters_select_by_prompt_status_and_time(store: SqlRequestLogStor
             record(0),
             record(1, prompt="translate"),
             record(2, status="UNAVAILABLE"),
-            record(3, prompt="translate", status="UNAVAILABLE"),
-            record(4),
+            record(3, prompt="translate", status="UNAVAILABLE", model="gemma-3-270m"),
+            record(4, model="gemma-3-270m"),
         ]
     )
 
@@ -173,6 +173,12 @@ async def test_filters_select_by_prompt_status_and_time(store: SqlRequestLogStor
     assert await ids(status="UNAVAILABLE") == [3, 2]
     assert await ids(prompt="translate", status="UNAVAILABLE") == [3]
     assert await ids(prompt="nothing") == []
+    assert await ids(model="gemma-3-270m") == [4, 3]
+    assert await ids(model="gemma-3-270m", status="UNAVAILABLE") == [3]
+    assert await ids(model="smollm2-135m-instruct") == [2, 1, 0]
+    assert await ids(request_id="req-0002") == [2]
+    assert await ids(request_id="req-0002", prompt="translate") == []
+    assert await ids(request_id="req-9999") == []
     at_1, at_3 = T0 + timedelta(seconds=1), T0 + timedelta(seconds=3)
     assert await ids(start_time=at_1) == [4, 3, 2, 1]  # inclusive
     assert await ids(end_time=at_3) == [2, 1, 0]  # exclusive
@@ -180,6 +186,12 @@ async def test_filters_select_by_prompt_status_and_time(store: SqlRequestLogStor
     assert await ids(start_time=at_1 - timedelta(microseconds=1), end_time=at_1) == []
     at_3_in_paris = datetime(2025, 3, 1, 13, 0, 3, 123457, tzinfo=timezone(timedelta(hours=1)))
     assert await ids(start_time=at_3_in_paris) == [4, 3]
+
+
+def test_filters_longer_than_their_limits_are_invalid_arguments() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        RequestLogQuery(tenant_id=TENANT, model="m" * 257, request_id="r" * 129)
+    assert [v.field for v in raised.value.violations] == ["model", "request_id"]
 
 
 async def test_pages_are_exact_across_equal_timestamps(store: SqlRequestLogStore) -> None:
@@ -247,6 +259,8 @@ async def test_a_token_works_only_with_the_tenant_and_filters_it_came_from(
         replace(query, prompt=""),
         replace(query, status="OK"),
         replace(query, start_time=T0),
+        replace(query, model="smollm2-135m-instruct"),
+        replace(query, request_id="req-0001"),
     ):
         with pytest.raises(InvalidArgument) as raised:
             await store.list(replace(other, page_token=token))
