@@ -11,8 +11,9 @@ The supervisor (`start_workers`, run by `genai serve` when `server.workers` > 1)
   (`server.http_port`, when a hosted service serves HTTP) is reserved and shared the same way;
 - launches Triton once (InferenceService hosted and `inference.triton.launch`) and hands its
   address to every worker (`start_platform(local_triton=...)`), which launch none;
-- gives every worker the same `auth.internal_token` (a random one when empty; never printed)
-  and the same settings otherwise, over the worker's stdin;
+- gives every worker the same `auth.internal_token` (a random one when empty; never printed),
+  or under auth `none` the same console session secret, and the same settings otherwise, over
+  the worker's stdin;
 - starts worker 0 first, so that migrations and start-up errors happen once (a worker's
   configuration error becomes the supervisor's, printed once), then the others together; each
   reports on a pipe once it serves;
@@ -112,7 +113,10 @@ def worker_settings(
 ) -> PlatformSettings:
     """What each worker runs: `settings` on `port` (and HTTP on `http_port`, None: none), one
     process, no Triton of its own, its Prometheus endpoint on a free port (when the supervisor
-    serves metrics at all), and the shared internal token."""
+    serves metrics at all), and the shared `internal_token`: as the internal token under API
+    keys, else as the web console's session secret when none is set (under API keys the
+    console derives its secret from the internal token), so that a browser's session opens
+    on whichever worker its connection lands."""
     data = settings.model_dump(mode="json")
     data["server"].update(
         port=port,
@@ -123,6 +127,8 @@ def worker_settings(
     data["inference"]["triton"]["launch"] = False
     if settings.auth.mode == "api_key":
         data["auth"]["internal_token"] = internal_token
+    elif not settings.gateway.console.session_secret:
+        data["gateway"]["console"]["session_secret"] = internal_token
     return PlatformSettings.model_validate(data)
 
 
@@ -448,8 +454,7 @@ async def start_workers(settings: PlatformSettings) -> WorkerPool:
         except ConfigError:
             reservation.close()
             raise
-    api_keys = settings.auth.mode == "api_key"
-    token = (settings.auth.internal_token or secrets.token_urlsafe(32)) if api_keys else ""
+    token = settings.auth.internal_token or secrets.token_urlsafe(32)
     pool = WorkerPool(
         settings,
         reservation=reservation,

@@ -63,6 +63,27 @@ def test_each_worker_serves_the_shared_port_without_a_triton_of_its_own() -> Non
     assert worker_settings(no_metrics, port=1, internal_token="t").server.metrics_port is None
 
 
+def test_workers_share_the_console_session_secret() -> None:
+    """Under API keys the console derives its secret from the shared internal token; under
+    auth `none` there is none, so the shared secret becomes the console's (one browser session
+    must open on every worker), unless one is configured."""
+    keys = _settings(SERVER__WORKERS="2")
+    assert keys.auth.mode == "api_key"
+    assert (
+        worker_settings(keys, port=1, internal_token="s" * 32).gateway.console.session_secret == ""
+    )
+    anonymous = _settings(SERVER__WORKERS="2", AUTH__MODE="none")
+    worker = worker_settings(anonymous, port=1, internal_token="s" * 32)
+    assert worker.gateway.console.session_secret == "s" * 32
+    assert worker.auth.internal_token == ""
+    chosen = _settings(
+        SERVER__WORKERS="2", AUTH__MODE="none", GATEWAY__CONSOLE__SESSION_SECRET="c" * 32
+    )
+    assert worker_settings(
+        chosen, port=1, internal_token="s" * 32
+    ).gateway.console.session_secret == ("c" * 32)
+
+
 def test_the_reserved_port_admits_workers_and_nothing_else() -> None:
     reservation = reserve_port("127.0.0.1", 0)
     port = reservation.getsockname()[1]
