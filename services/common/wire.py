@@ -4,7 +4,7 @@ offset-based page tokens."""
 from datetime import datetime
 from decimal import Decimal
 
-from genai.common.v1 import generation_pb2, money_pb2
+from genai.common.v1 import chat_pb2, generation_pb2, money_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -46,6 +46,11 @@ def money(amount: Decimal, currency: str) -> money_pb2.Money:
 def decimal_amount(message: money_pb2.Money) -> Decimal:
     """The amount of a Money, exactly."""
     return Decimal(message.units) + Decimal(message.nanos) / NANOS
+
+
+def chat_role_name(role: chat_pb2.ChatRole) -> str:
+    """A chat message's role as logs and pages write it: `system`, `user`, `assistant`."""
+    return chat_pb2.ChatRole.Name(role).removeprefix("CHAT_ROLE_").lower()
 
 
 def usage_source_name(usage: generation_pb2.TokenUsage) -> str:

@@ -38,7 +38,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from services.common.auth import Authenticator, Principal
-from services.common.errors import DomainError, PermissionDenied, Unauthenticated
+from services.common.clients import api_key_metadata
+from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.policy import Role, role_of, rule_of
 from services.common.status import ParsedError, error_details
 from services.console import formatting
@@ -186,20 +187,6 @@ class Failure:
             field_errors=fields,
         )
 
-    @classmethod
-    def of_domain(cls, error: DomainError, code: grpc.StatusCode) -> "Failure":
-        fields: dict[str, list[str]] = {}
-        for violation in getattr(error, "violations", ()) or ():
-            fields.setdefault(violation.field, []).append(violation.description)
-        return cls(
-            http_status=_HTTP_STATUS.get(code, 400),
-            code=code.name,
-            message=str(error),
-            reason=getattr(error, "reason", None),
-            metadata=dict(getattr(error, "metadata", {}) or {}),
-            field_errors=fields,
-        )
-
     def errors_for(self, prefix: str) -> list[str]:
         """The messages of violations of `prefix` or any field under it."""
         return [
@@ -228,7 +215,6 @@ class Console:
         self._stubs = stubs
         self.auth_enabled = auth_enabled
         self._secure_cookie = secure_cookie
-        self.version = version
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES),
             autoescape=True,
@@ -249,11 +235,9 @@ class Console:
 
     async def principal_of(self, api_key: str) -> Principal:
         """The principal `api_key` authenticates as (raises `Unauthenticated`)."""
-        metadata = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        return await self._authenticator.authenticate(AUTHENTICATED_RPC, metadata)
-
-    def metadata_of(self, session: Session) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {session.api_key}"),) if session.api_key else ()
+        return await self._authenticator.authenticate(
+            AUTHENTICATED_RPC, dict(api_key_metadata(api_key))
+        )
 
     def set_session(self, response: Response, session: Session) -> None:
         response.set_cookie(
@@ -360,7 +344,7 @@ class Console:
             session=session,
             principal=principal,
             stubs=self._stubs(),
-            metadata=self.metadata_of(session),
+            metadata=api_key_metadata(session.api_key),
             auth_enabled=self.auth_enabled,
         )
 

@@ -20,13 +20,12 @@ from decimal import Decimal
 from typing import Final
 
 import grpc
-from genai.common.v1 import chat_pb2
 from genai.gateway.v1 import gateway_pb2
 from google.protobuf import json_format
 from opentelemetry import trace
 
 from services.common.errors import ResourceExhausted
-from services.common.wire import duration, money, usage_source_name
+from services.common.wire import chat_role_name, duration, money, usage_source_name
 from services.evaluation.core.online import FeedbackRecord, OnlineEvaluator, OnlineRecord
 from services.gateway.core.processing import ResponseProcessor
 from services.gateway.core.quota import QuotaLimiter, Reservation, Usage
@@ -318,7 +317,7 @@ class Accounting:
             else:
                 messages = [
                     {
-                        "role": chat_pb2.ChatRole.Name(m.role).removeprefix("CHAT_ROLE_").lower(),
+                        "role": chat_role_name(m.role),
                         "content": redact_for_log(m.content)
                         if content == "redacted"
                         else m.content,

@@ -16,6 +16,7 @@ answer. Either way the run is the gateway's StreamComplete: routing, quotas, pro
 request log (linked from the result) and the trace are those of any API call.
 """
 
+import asyncio
 import json
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
-from genai.common.v1 import chat_pb2, generation_pb2, routing_pb2
+from genai.common.v1 import generation_pb2, routing_pb2
 from genai.gateway.v1 import gateway_pb2, gateway_service_pb2
 from genai.prompt.v1 import prompt_pb2, prompt_service_pb2
 from genai.router.v1 import router_service_pb2
@@ -114,27 +115,27 @@ async def playground_page(
     failure: Failure | None = None,
     rendered: psb.RenderPromptResponse | None = None,
     answer: dict[str, Any] | None = None,
+    version: prompt_pb2.PromptVersion | None = None,
 ) -> Response:
     """The playground of the version `values` selects (a version number, a label, else the
-    production label or the latest), with the form's values kept."""
+    production label or the latest; `version` when the caller has it already), with the
+    form's values kept."""
     name = request.path_params["name"]
-    prompt = (
-        await visitor.stubs.prompts.GetPrompt(psb.GetPromptRequest(name=name), **visitor.read())
-    ).prompt
-    selector = _selector(prompt, values)
-    version = (
-        await visitor.stubs.prompts.GetPromptVersion(
-            psb.GetPromptVersionRequest(prompt=name, version=selector), **visitor.read()
-        )
-    ).version
     router = visitor.stubs.router
-    models = (
-        await router.ListModels(
-            router_service_pb2.ListModelsRequest(page_size=1000), **visitor.read()
-        )
+    prompt_response, models = await asyncio.gather(
+        visitor.stubs.prompts.GetPrompt(psb.GetPromptRequest(name=name), **visitor.read()),
+        router.ListModels(router_service_pb2.ListModelsRequest(page_size=1000), **visitor.read())
         if router is not None
-        else router_service_pb2.ListModelsResponse()
+        else _no_models(),
     )
+    prompt = prompt_response.prompt
+    if version is None:
+        version = (
+            await visitor.stubs.prompts.GetPromptVersion(
+                psb.GetPromptVersionRequest(prompt=name, version=_selector(prompt, values)),
+                **visitor.read(),
+            )
+        ).version
     status = failure.http_status if failure else 200
     return console.render(
         request,
@@ -155,10 +156,7 @@ async def playground_page(
         max_tokens=form_text(form, "max_tokens") if form else "",
         temperature=form_text(form, "temperature") if form else "",
         failure=failure,
-        rendered=[
-            (chat_pb2.ChatRole.Name(m.role).removeprefix("CHAT_ROLE_").lower(), m.content)
-            for m in rendered.messages
-        ]
+        rendered=[(wire.chat_role_name(m.role), m.content) for m in rendered.messages]
         if rendered is not None
         else None,
         rendered_text=rendered.text if rendered is not None else "",
@@ -174,38 +172,43 @@ def _submit(console: Console) -> Any:
         name = request.path_params["name"]
         if not values["version"].isdigit():
             return _no_version(console, request, visitor)
-        version = int(values["version"])
+        number = int(values["version"])
         render = form_text(form, "do") == "render"
         if not render and not visitor.may(STREAM_COMPLETE_RPC):
             return console.role_refused(request, visitor, STREAM_COMPLETE_RPC)
+        version: prompt_pb2.PromptVersion | None = None
         try:
-            variables = await _variables(visitor, name, version, form)
+            version, variables = await _variables(visitor, name, number, form)
             if render:
                 rendered = await visitor.stubs.prompts.RenderPrompt(
-                    psb.RenderPromptRequest(prompt=name, version=version, variables=variables),
+                    psb.RenderPromptRequest(prompt=name, version=number, variables=variables),
                     **visitor.read(),
                 )
                 return await playground_page(
-                    console, request, visitor, values=values, form=form, rendered=rendered
+                    console,
+                    request,
+                    visitor,
+                    values=values,
+                    form=form,
+                    rendered=rendered,
+                    version=version,
                 )
             answer: dict[str, Any] = {"text": "", "final": None}
-            async for event in _run(visitor, name, version, variables, form):
+            async for event in _run(visitor, name, number, variables, form):
                 if event["event"] == "delta":
                     answer["text"] += event["text"]
-                elif event["event"] == "start":
-                    answer["start"] = event
                 elif event["event"] == "final":
                     answer["final"] = event
         except grpc.aio.AioRpcError as error:
-            return await playground_page(
-                console, request, visitor, values=values, form=form, failure=Failure.of_rpc(error)
-            )
+            failure = Failure.of_rpc(error)
         except _BadForm as error:
+            failure = error.failure
+        else:
             return await playground_page(
-                console, request, visitor, values=values, form=form, failure=error.failure
+                console, request, visitor, values=values, form=form, answer=answer, version=version
             )
         return await playground_page(
-            console, request, visitor, values=values, form=form, answer=answer
+            console, request, visitor, values=values, form=form, failure=failure, version=version
         )
 
     return view
@@ -222,7 +225,7 @@ def _stream(console: Console) -> Any:
 
         async def events() -> AsyncIterator[str]:
             try:
-                variables = await _variables(visitor, name, version, form)
+                _, variables = await _variables(visitor, name, version, form)
                 async for event in _run(visitor, name, version, variables, form):
                     yield _sse(event)
             except grpc.aio.AioRpcError as error:
@@ -247,23 +250,28 @@ class _BadForm(Exception):
 
 async def _variables(
     visitor: Visitor, name: str, version: int, form: FormData
-) -> struct_pb2.Struct:
-    """The form's variables as the version's schema types them (what cannot be converted is
-    passed as text, for PromptService to refuse with a precise violation)."""
-    specs = (
+) -> tuple[prompt_pb2.PromptVersion, struct_pb2.Struct]:
+    """The version, and the form's variables as its schema types them (what cannot be
+    converted is passed as text, for PromptService to refuse with a precise violation)."""
+    found = (
         await visitor.stubs.prompts.GetPromptVersion(
             psb.GetPromptVersionRequest(prompt=name, version=version), **visitor.read()
         )
-    ).version.variables
+    ).version
     variables: dict[str, Any] = {}
-    for spec in specs:
+    for spec in found.variables:
         raw = form_text(form, f"var.{spec.name}")
         value = _convert(spec, raw)
         if value is not None:
             variables[spec.name] = value
     struct = struct_pb2.Struct()
     struct.update(variables)
-    return struct
+    return found, struct
+
+
+async def _no_models() -> router_service_pb2.ListModelsResponse:
+    """The catalog where no RouterService is deployed: no model to offer."""
+    return router_service_pb2.ListModelsResponse()
 
 
 def _convert(spec: prompt_pb2.VariableSpec, raw: str) -> Any:

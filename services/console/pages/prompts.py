@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
-from genai.common.v1 import chat_pb2
 from genai.prompt.v1 import prompt_pb2, prompt_service_pb2
 from google.protobuf import json_format
 from starlette.requests import Request
@@ -33,6 +32,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from services.common.errors import DomainError, FieldViolation
+from services.common.wire import chat_role_name
 from services.console.web import PREFIX, Console, Failure, Visitor, form_text, redirect
 from services.prompt.adapters.evaluation_gate import EvaluationReportGate
 from services.prompt.core.registry import GateVerdict
@@ -182,10 +182,7 @@ async def version_page(
         prompt=prompt,
         version=version,
         here=sorted(label for label, at in prompt.labels.items() if at == number),
-        messages=[
-            (chat_pb2.ChatRole.Name(m.role).removeprefix("CHAT_ROLE_").lower(), m.content)
-            for m in version.messages
-        ],
+        messages=[(chat_role_name(m.role), m.content) for m in version.messages],
         variables=[_variable(spec) for spec in version.variables],
         parameters=_fields(version, "parameters"),
         routing=_fields(version, "routing"),
