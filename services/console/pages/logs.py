@@ -25,7 +25,6 @@ from genai.gateway.v1 import gateway_pb2, gateway_service_pb2
 from genai.router.v1 import router_pb2, router_service_pb2
 from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import Response
@@ -775,7 +774,3 @@ def _known(name: str) -> str:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
-
-
-def _set(moment: Timestamp) -> bool:
-    return bool(moment.seconds or moment.nanos)
